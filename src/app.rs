@@ -1,0 +1,331 @@
+//! Wiring: opens the store, starts the listeners, runs the CLI commands, and
+//! owns the one shutdown token every part watches.
+
+use anyhow::{Context, bail};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, ExportArgs, ExportFormat, SessionsArgs, ShowArgs, SyncMode};
+use crate::model::{SessionRef, TestOutcome};
+use crate::store::{OutcomeFilter, SessionFilter, Store, StoreConfig, Sync};
+
+/// How long a graceful shutdown may take before the server stops anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = StoreConfig {
+                path: args.db.path(),
+                sync: match args.sync {
+                    SyncMode::Normal => Sync::Normal,
+                    SyncMode::Full => Sync::Full,
+                },
+                max_field_bytes: args.max_field_bytes,
+            };
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            serve(config, args.grpc_addr, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions(args) => sessions(args).await,
+        Command::Show(args) => show(args).await,
+        Command::Export(args) => export(args).await,
+    }
+}
+
+/// Refuses addresses other than loopback: the recorder has no authentication
+/// yet, so it must not be reachable from other machines.
+pub fn check_loopback(addr: SocketAddr, flag: &str) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!(
+            "{flag}: refusing to listen on {addr}: it is not a loopback address, and the \
+             recorder has no authentication yet; use 127.0.0.1 (or ::1)"
+        );
+    }
+    Ok(())
+}
+
+/// Opens the store, serves gRPC on `grpc_addr` until `shutdown`, then
+/// commits everything received and returns.
+pub async fn serve(
+    config: StoreConfig,
+    grpc_addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    check_loopback(grpc_addr, "--grpc-addr")?;
+    let db = config.path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(config))
+        .await?
+        .with_context(|| format!("opening the database {}", db.display()))?;
+    let listener = TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("--grpc-addr: cannot listen on {grpc_addr}"))?;
+    let local = listener.local_addr()?;
+    // A stable line on stderr: people read it, and tests parse the port from it.
+    eprintln!(
+        "pytest-mcp: gRPC listening on {local}, database {}",
+        db.display()
+    );
+    tracing::info!(%local, db = %db.display(), "serving");
+
+    let server = tokio::spawn(crate::grpc::serve(
+        listener,
+        store.clone(),
+        shutdown.clone(),
+    ));
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: finishing open streams");
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(joined) => joined??,
+        Err(_) => tracing::warn!("open connections did not close in time; stopping anyway"),
+    }
+    store.shutdown().await;
+    eprintln!("pytest-mcp: stopped; everything acknowledged is stored");
+    Ok(())
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    token.cancel();
+}
+
+/// Opens an existing database for a reading command.
+async fn open_existing(path: &Path) -> anyhow::Result<Store> {
+    if !path.exists() {
+        bail!(
+            "no database at {} (nothing recorded yet; start `pytest-mcp serve`, or pass --db)",
+            path.display()
+        );
+    }
+    let config = StoreConfig::new(path);
+    let store = tokio::task::spawn_blocking(move || Store::open(config)).await??;
+    Ok(store)
+}
+
+fn short_time(t: crate::model::Timestamp) -> String {
+    let text = t.to_rfc3339();
+    // 2026-11-24T09:14:38.123456Z -> 2026-11-24 09:14:38
+    text.get(..19).map(|s| s.replace('T', " ")).unwrap_or(text)
+}
+
+fn duration_text(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{seconds:.2}s")
+    } else {
+        let s = seconds.round() as u64;
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
+    let store = open_existing(&args.db.path()).await?;
+    let filter = SessionFilter {
+        statuses: args.status.into_iter().collect(),
+        project: args.project,
+    };
+    let page = store.list_sessions(filter, args.limit.max(1), None).await?;
+    let mut out = std::io::stdout().lock();
+    if page.items.is_empty() {
+        writeln!(out, "no sessions recorded in {}", store.path().display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<19}  {:<11}  {:<6}  {:<16}  {:>7}  {:>7}  {:>6}  {:>6}  {:>7}  {:>9}",
+        "ID",
+        "STARTED (UTC)",
+        "STATUS",
+        "SOURCE",
+        "PROJECT",
+        "TESTS",
+        "PASSED",
+        "FAILED",
+        "ERRORS",
+        "SKIPPED",
+        "DURATION"
+    )?;
+    for s in &page.items {
+        let mut project = s.environment.project.clone();
+        if project.chars().count() > 16 {
+            project = project.chars().take(15).collect::<String>() + "…";
+        }
+        writeln!(
+            out,
+            "{:<36}  {:<19}  {:<11}  {:<6}  {:<16}  {:>7}  {:>7}  {:>6}  {:>6}  {:>7}  {:>9}",
+            s.id,
+            short_time(s.started_at),
+            s.status.as_str(),
+            s.source.as_str(),
+            project,
+            s.outcomes_stored,
+            s.counts.passed,
+            s.counts.failed,
+            s.counts.errors,
+            s.counts.skipped,
+            s.summary
+                .as_ref()
+                .map(|x| duration_text(x.duration))
+                .unwrap_or_else(|| "-".into()),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let store = open_existing(&args.db.path()).await?;
+    let session_ref = SessionRef::parse(&args.session, "SESSION")?;
+    let s = store.get_session(session_ref).await?;
+    let mut out = std::io::stdout().lock();
+    let env = &s.environment;
+    writeln!(out, "session   {}", s.id)?;
+    writeln!(out, "status    {} (source {})", s.status, s.source)?;
+    writeln!(
+        out,
+        "started   {}{}",
+        short_time(s.started_at),
+        s.finished_at
+            .map(|f| format!("   finished {}", short_time(f)))
+            .unwrap_or_default()
+    )?;
+    if !env.project.is_empty() || !env.rootdir.is_empty() {
+        writeln!(out, "project   {}  {}", env.project, env.rootdir)?;
+    }
+    if !env.python_version.is_empty() || !env.os.is_empty() {
+        writeln!(
+            out,
+            "python    {} {}  pytest {}  on {}",
+            env.python_implementation, env.python_version, env.pytest_version, env.os
+        )?;
+    }
+    if !env.git_commit.is_empty() {
+        writeln!(
+            out,
+            "git       {} {}{}",
+            env.git_branch,
+            env.git_commit,
+            if env.git_dirty == Some(true) {
+                " (dirty)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    let c = s.counts;
+    writeln!(
+        out,
+        "stored    {} outcomes: {} passed, {} failed, {} errors, {} skipped, {} xfailed, {} xpassed",
+        s.outcomes_stored, c.passed, c.failed, c.errors, c.skipped, c.xfailed, c.xpassed
+    )?;
+    if let Some(sum) = &s.summary {
+        writeln!(
+            out,
+            "summary   {} tests: {} passed, {} failed, {} errors, {} skipped, {} xfailed, {} xpassed; exit status {}; {}",
+            sum.total_tests,
+            sum.passed,
+            sum.failed,
+            sum.errors,
+            sum.skipped,
+            sum.xfailed,
+            sum.xpassed,
+            sum.exitstatus,
+            duration_text(sum.duration)
+        )?;
+    }
+    if let Some(expected) = s.outcomes_expected
+        && expected > s.outcomes_stored
+    {
+        writeln!(
+            out,
+            "missing   {} of {} outcomes the client sent are not stored",
+            expected - s.outcomes_stored,
+            expected
+        )?;
+    }
+    let filter = OutcomeFilter {
+        outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
+        nodeid_contains: None,
+    };
+    let mut cursor = None;
+    let mut shown = 0usize;
+    loop {
+        let (_, page) = store
+            .list_outcomes(SessionRef::Id(s.id), filter.clone(), 500, cursor)
+            .await?;
+        for o in &page.items {
+            shown += 1;
+            writeln!(out)?;
+            writeln!(
+                out,
+                "{} {} [{}{}] {}",
+                o.outcome.as_str().to_uppercase(),
+                o.nodeid,
+                o.phase.map(|p| p.as_str()).unwrap_or("?"),
+                if o.attempt > 1 {
+                    format!(", attempt {}", o.attempt)
+                } else {
+                    String::new()
+                },
+                duration_text(o.duration)
+            )?;
+            if !o.message.is_empty() {
+                writeln!(out, "  {}", o.message)?;
+            }
+            for line in o.longrepr.lines() {
+                writeln!(out, "  | {line}")?;
+            }
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    if shown == 0 {
+        writeln!(out, "\nno failures")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let store = open_existing(&args.db.path()).await?;
+    let session_ref = SessionRef::parse(&args.session, "SESSION")?;
+    let session = store.get_session(session_ref).await?;
+    let mut sink: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("--output: creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    match args.format {
+        ExportFormat::Json => crate::export::write_json(&store, &session, &mut sink).await?,
+        ExportFormat::Junit => crate::export::write_junit(&store, &session, &mut sink).await?,
+    }
+    sink.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

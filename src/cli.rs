@@ -1,0 +1,129 @@
+//! Command-line interface. Every flag can also be set through its
+//! `PYTEST_MCP_*` environment variable; a flag on the command line wins.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Records pytest runs streamed over gRPC and shows them to people and AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "pytest-mcp", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the database is; shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// SQLite database file [default: pytest-mcp/pytest-mcp.db in the per-user data directory].
+    #[arg(long, env = "PYTEST_MCP_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+impl DbArgs {
+    /// The database path, explicit or default.
+    pub fn path(&self) -> PathBuf {
+        self.db
+            .clone()
+            .unwrap_or_else(crate::store::default_db_path)
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the recorder: gRPC for the pytest plugin and grpcurl.
+    Serve(ServeArgs),
+    /// List recent sessions as a table.
+    Sessions(SessionsArgs),
+    /// Show a session's summary and its failures with tracebacks.
+    Show(ShowArgs),
+    /// Export a session as JSON or JUnit XML.
+    Export(ExportArgs),
+}
+
+/// How commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// Survives a crash of the server process; a power loss may lose the last commits.
+    Normal,
+    /// fsync on every commit; survives a power loss.
+    Full,
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Address for the gRPC listener (loopback only).
+    #[arg(long, env = "PYTEST_MCP_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Durability of each commit.
+    #[arg(long, env = "PYTEST_MCP_SYNC", value_enum, default_value = "normal")]
+    pub sync: SyncMode,
+    /// Bound for each traceback, crash message and captured output, in bytes; longer text is cut with a marker.
+    #[arg(long, env = "PYTEST_MCP_MAX_FIELD_BYTES", default_value_t = crate::model::DEFAULT_MAX_FIELD_BYTES)]
+    pub max_field_bytes: usize,
+}
+
+/// `sessions` options.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// How many sessions to show.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: usize,
+    /// Only sessions with this status.
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<crate::model::SessionStatus>,
+    /// Only sessions of this project.
+    #[arg(long)]
+    pub project: Option<String>,
+}
+
+/// `show` options.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// A session id, or `latest`.
+    #[arg(default_value = "latest")]
+    pub session: String,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// The session and every outcome as one JSON document.
+    Json,
+    /// JUnit XML, one testcase per outcome, for CI dashboards.
+    Junit,
+}
+
+/// `export` options.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// A session id, or `latest`.
+    #[arg(default_value = "latest")]
+    pub session: String,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value = "json")]
+    pub format: ExportFormat,
+    /// Write to this file instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+fn parse_status(text: &str) -> Result<crate::model::SessionStatus, String> {
+    text.parse()
+}

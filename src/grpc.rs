@@ -1,0 +1,570 @@
+//! The gRPC front end: the `pytest_mcp.v1.Recorder` service, standard health
+//! checking and server reflection (v1 and v1alpha), on one listener.
+//!
+//! Handlers are thin: validate and convert (see [`convert`]), call the store,
+//! convert back. `StreamOutcomes` pipelines: it reads the next batch while
+//! earlier ones commit, and sends acks strictly in order, each only after its
+//! batch is on disk.
+
+pub mod convert;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::model::{SessionRef, SessionStatus, parse_session_id};
+use crate::store::{OutcomeFilter, SessionFilter, Store};
+
+/// Generated protobuf types and service traits for `pytest_mcp.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("pytest_mcp.v1");
+}
+
+/// The encoded descriptor set of `proto/`, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/pytest_mcp_descriptor.bin"));
+
+/// Largest message the server accepts, in bytes; larger ones get RESOURCE_EXHAUSTED.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Batches of one stream that may be committing at once before the stream
+/// stops reading (backpressure to the client).
+const IN_FLIGHT_BATCHES: usize = 16;
+
+/// Outcomes sent per page when a watcher catches up from the store.
+const WATCH_PAGE: usize = 1000;
+
+/// The Recorder service.
+#[derive(Clone)]
+pub struct RecorderService {
+    store: Store,
+    shutdown: CancellationToken,
+}
+
+impl RecorderService {
+    /// A service over `store`; open streams end when `shutdown` is cancelled.
+    pub fn new(store: Store, shutdown: CancellationToken) -> Self {
+        Self { store, shutdown }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn page_size(requested: u32, default: usize, max: usize) -> usize {
+    match requested {
+        0 => default,
+        n => (n as usize).min(max),
+    }
+}
+
+fn opt(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// What the ack task does next, in stream order.
+enum Next {
+    Ack(String, oneshot::Receiver<crate::error::Result<u64>>),
+    Fail(Status),
+}
+
+/// Converts the decoder's "message too large" into RESOURCE_EXHAUSTED, the
+/// code gRPC uses for size limits.
+fn stream_error(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        Status::resource_exhausted(format!(
+            "request: message too large ({}); send smaller batches",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl pb::recorder_server::Recorder for RecorderService {
+    async fn start_session(
+        &self,
+        request: Request<pb::StartSessionRequest>,
+    ) -> Result<Response<pb::StartSessionResponse>, Status> {
+        let req = request.into_inner();
+        let id = parse_session_id(&req.session_id, "session_id")?;
+        let source = convert::source_from_pb(req.source, "source")?;
+        let environment = convert::environment_from_pb(req.environment.unwrap_or_default())?;
+        let started_at = req
+            .started_at
+            .as_ref()
+            .map(|t| convert::timestamp_from_pb(t, "started_at"))
+            .transpose()?;
+        let session = self
+            .store
+            .start_session(id, source, environment, started_at)
+            .await?;
+        Ok(Response::new(pb::StartSessionResponse {
+            session: Some(convert::session_to_pb(&session)),
+        }))
+    }
+
+    type StreamOutcomesStream = BoxStream<pb::StreamOutcomesResponse>;
+
+    async fn stream_outcomes(
+        &self,
+        request: Request<Streaming<pb::StreamOutcomesRequest>>,
+    ) -> Result<Response<Self::StreamOutcomesStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (out_tx, out_rx) = mpsc::channel(IN_FLIGHT_BATCHES);
+        let (next_tx, mut next_rx) = mpsc::channel::<Next>(IN_FLIGHT_BATCHES);
+
+        // Acks leave in the order batches arrived, each after its commit.
+        tokio::spawn(async move {
+            while let Some(next) = next_rx.recv().await {
+                let item = match next {
+                    Next::Ack(session_id, rx) => match rx.await {
+                        Ok(Ok(acked_seq)) => Ok(pb::StreamOutcomesResponse {
+                            session_id,
+                            acked_seq,
+                        }),
+                        Ok(Err(e)) => Err(Status::from(e)),
+                        Err(_) => Err(Status::unavailable("the store shut down before committing")),
+                    },
+                    Next::Fail(status) => Err(status),
+                };
+                let failed = item.is_err();
+                if out_tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+
+        let store = self.store.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = next_tx
+                            .send(Next::Fail(Status::unavailable(
+                                "the server is shutting down; every acknowledged outcome is stored, resend the rest",
+                            )))
+                            .await;
+                        break;
+                    }
+                    m = inbound.message() => m,
+                };
+                let request = match message {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = next_tx.send(Next::Fail(stream_error(status))).await;
+                        break;
+                    }
+                };
+                let step = async {
+                    let (id, outcomes) = convert_batch(request, store.max_field_bytes())?;
+                    let rx = store.enqueue_append(id, outcomes).await?;
+                    Ok::<_, Error>(Next::Ack(id.to_string(), rx))
+                };
+                let next = step.await.unwrap_or_else(|e| Next::Fail(e.into()));
+                let stop = matches!(next, Next::Fail(_));
+                if next_tx.send(next).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn finish_session(
+        &self,
+        request: Request<pb::FinishSessionRequest>,
+    ) -> Result<Response<pb::FinishSessionResponse>, Status> {
+        let req = request.into_inner();
+        let id = parse_session_id(&req.session_id, "session_id")?;
+        let summary = convert::summary_from_pb(
+            req.summary
+                .ok_or_else(|| Error::invalid("summary", "is required"))?,
+        );
+        let finished_at = req
+            .finished_at
+            .as_ref()
+            .map(|t| convert::timestamp_from_pb(t, "finished_at"))
+            .transpose()?;
+        let session = self
+            .store
+            .finish_session(id, summary, req.outcomes_sent, finished_at)
+            .await?;
+        Ok(Response::new(pb::FinishSessionResponse {
+            session: Some(convert::session_to_pb(&session)),
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let req = request.into_inner();
+        let session_ref = SessionRef::parse(&req.session_id, "session_id")?;
+        let session = self.store.get_session(session_ref).await?;
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(convert::session_to_pb(&session)),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let req = request.into_inner();
+        let statuses = req
+            .status
+            .iter()
+            .enumerate()
+            .map(|(i, s)| convert::status_from_pb(*s, &format!("status[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let filter = SessionFilter {
+            statuses,
+            project: opt(req.project),
+        };
+        let page = self
+            .store
+            .list_sessions(
+                filter,
+                page_size(req.page_size, 50, 1000),
+                opt(req.page_token),
+            )
+            .await?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: page.items.iter().map(convert::session_to_pb).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_outcomes(
+        &self,
+        request: Request<pb::ListOutcomesRequest>,
+    ) -> Result<Response<pb::ListOutcomesResponse>, Status> {
+        let req = request.into_inner();
+        let session_ref = SessionRef::parse(&req.session_id, "session_id")?;
+        let outcomes = req
+            .outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| convert::test_outcome_from_pb(*o, &format!("outcomes[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let filter = OutcomeFilter {
+            outcomes,
+            nodeid_contains: opt(req.nodeid_contains),
+        };
+        let (session, page) = self
+            .store
+            .list_outcomes(
+                session_ref,
+                filter,
+                page_size(req.page_size, 100, 10_000),
+                opt(req.page_token),
+            )
+            .await?;
+        let id = session.id.to_string();
+        Ok(Response::new(pb::ListOutcomesResponse {
+            outcomes: page
+                .items
+                .iter()
+                .map(|o| convert::outcome_to_pb(&id, o))
+                .collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_test_history(
+        &self,
+        request: Request<pb::GetTestHistoryRequest>,
+    ) -> Result<Response<pb::GetTestHistoryResponse>, Status> {
+        let req = request.into_inner();
+        let page = self
+            .store
+            .test_history(
+                req.nodeid,
+                page_size(req.page_size, 50, 1000),
+                opt(req.page_token),
+            )
+            .await?;
+        Ok(Response::new(pb::GetTestHistoryResponse {
+            entries: page
+                .items
+                .iter()
+                .map(|e| pb::TestHistoryEntry {
+                    session: Some(convert::session_to_pb(&e.session)),
+                    outcome: Some(convert::outcome_to_pb(
+                        &e.session.id.to_string(),
+                        &e.outcome,
+                    )),
+                })
+                .collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    type WatchSessionStream = BoxStream<pb::WatchSessionResponse>;
+
+    async fn watch_session(
+        &self,
+        request: Request<pb::WatchSessionRequest>,
+    ) -> Result<Response<Self::WatchSessionStream>, Status> {
+        let req = request.into_inner();
+        let session_ref = SessionRef::parse(&req.session_id, "session_id")?;
+        // Subscribe before reading what is stored, so nothing committed in
+        // between is missed.
+        let events = self.store.subscribe();
+        let session = self.store.get_session(session_ref).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let watcher = Watcher {
+            store: self.store.clone(),
+            tx,
+            id: session.id,
+            sent_seq: 0,
+        };
+        tokio::spawn(watcher.run(session, events, self.shutdown.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Turns one stream message into a session id and validated outcomes.
+fn convert_batch(
+    request: pb::StreamOutcomesRequest,
+    max_field_bytes: usize,
+) -> Result<(Uuid, Vec<crate::model::Outcome>), Error> {
+    let id = parse_session_id(&request.session_id, "session_id")?;
+    if request.outcomes.is_empty() {
+        return Err(Error::invalid("outcomes", "must hold at least one outcome"));
+    }
+    let mut outcomes = Vec::with_capacity(request.outcomes.len());
+    for (i, o) in request.outcomes.into_iter().enumerate() {
+        let field = format!("outcomes[{i}]");
+        if !o.session_id.is_empty() && o.session_id != request.session_id {
+            return Err(Error::invalid(
+                format!("{field}.session_id"),
+                format!(
+                    "{:?} differs from the request's session_id {:?}; one message carries one session",
+                    o.session_id, request.session_id
+                ),
+            ));
+        }
+        let mut outcome = convert::outcome_from_pb(o, &field)?;
+        outcome.validate_and_bound(&field, max_field_bytes)?;
+        if let Some(prev) = outcomes.last().map(|p: &crate::model::Outcome| p.seq)
+            && outcome.seq <= prev
+        {
+            return Err(Error::invalid(
+                format!("{field}.seq"),
+                format!(
+                    "{} after {prev}; seqs in a message must increase",
+                    outcome.seq
+                ),
+            ));
+        }
+        outcomes.push(outcome);
+    }
+    Ok((id, outcomes))
+}
+
+/// Sends one session's stored and new outcomes to a watcher.
+struct Watcher {
+    store: Store,
+    tx: mpsc::Sender<Result<pb::WatchSessionResponse, Status>>,
+    id: Uuid,
+    sent_seq: u64,
+}
+
+fn watch_done(status: SessionStatus) -> bool {
+    status != SessionStatus::Running
+}
+
+impl Watcher {
+    async fn send(&self, event: pb::watch_session_response::Event) -> bool {
+        self.tx
+            .send(Ok(pb::WatchSessionResponse { event: Some(event) }))
+            .await
+            .is_ok()
+    }
+
+    /// Sends every stored outcome after the last one sent; false when the watcher left.
+    async fn catch_up(&mut self) -> Result<bool, Error> {
+        let id = self.id.to_string();
+        loop {
+            let page = self
+                .store
+                .outcomes_after(self.id, self.sent_seq, WATCH_PAGE)
+                .await?;
+            let n = page.len();
+            for o in page {
+                self.sent_seq = o.seq;
+                let event =
+                    pb::watch_session_response::Event::Outcome(convert::outcome_to_pb(&id, &o));
+                if !self.send(event).await {
+                    return Ok(false);
+                }
+            }
+            if n < WATCH_PAGE {
+                return Ok(true);
+            }
+        }
+    }
+
+    async fn run(
+        mut self,
+        session: crate::model::Session,
+        mut events: broadcast::Receiver<crate::store::StoreEvent>,
+        shutdown: CancellationToken,
+    ) {
+        let mut status = session.status;
+        if !self
+            .send(pb::watch_session_response::Event::Session(
+                convert::session_to_pb(&session),
+            ))
+            .await
+        {
+            return;
+        }
+        if let Err(e) = self.watch(&mut status, &mut events, &shutdown).await {
+            let _ = self.tx.send(Err(e.into())).await;
+        }
+    }
+
+    async fn watch(
+        &mut self,
+        status: &mut SessionStatus,
+        events: &mut broadcast::Receiver<crate::store::StoreEvent>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
+        let mut dirty = true;
+        loop {
+            if dirty {
+                if !self.catch_up().await? {
+                    return Ok(());
+                }
+                let now = self.store.get_session(SessionRef::Id(self.id)).await?;
+                // Outcomes committed after the catch-up are sent before the
+                // final status, so the stream is complete when it ends.
+                if now.outcomes_stored > self.sent_seq && !self.catch_up().await? {
+                    return Ok(());
+                }
+                if now.status != *status {
+                    *status = now.status;
+                    if !self
+                        .send(pb::watch_session_response::Event::Session(
+                            convert::session_to_pb(&now),
+                        ))
+                        .await
+                    {
+                        return Ok(());
+                    }
+                }
+                if watch_done(*status) {
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    return Err(Error::Unavailable("the server is shutting down; watch again to continue".into()));
+                }
+                _ = self.tx.closed() => return Ok(()),
+                event = events.recv() => match event {
+                    Ok(e) => dirty = e.session == self.id,
+                    // Missed events: re-read the store, which is the truth.
+                    Err(broadcast::error::RecvError::Lagged(_)) => dirty = true,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+        }
+    }
+}
+
+/// Serves the Recorder, health and reflection on `listener` until `shutdown`
+/// is cancelled; health turns NOT_SERVING first, open streams get their
+/// final acks, then it returns.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let service_name =
+        <pb::recorder_server::RecorderServer<RecorderService> as tonic::server::NamedService>::NAME;
+    health_reporter
+        .set_service_status(service_name, tonic_health::ServingStatus::Serving)
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    // Both reflection versions, each listing every service (the other
+    // version's included), so grpcurl 1.8 (v1alpha) and newer (v1) agree.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let recorder =
+        pb::recorder_server::RecorderServer::new(RecorderService::new(store, shutdown.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let signal = {
+        let shutdown = shutdown.clone();
+        let reporter = health_reporter.clone();
+        async move {
+            shutdown.cancelled().await;
+            reporter
+                .set_service_status(service_name, tonic_health::ServingStatus::NotServing)
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    };
+
+    tonic::transport::Server::builder()
+        // No request timeout: a StreamOutcomes stream lives as long as the
+        // test run. Dead peers are found by HTTP/2 and TCP keepalive instead.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(size_limit_status))
+        .add_service(recorder)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await?;
+    Ok(())
+}
+
+/// Rewrites tonic's OUT_OF_RANGE for an oversized unary request to
+/// RESOURCE_EXHAUSTED, the code gRPC clients expect for size limits.
+fn size_limit_status<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}

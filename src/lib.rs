@@ -1,0 +1,13 @@
+//! pytest-mcp: records pytest runs streamed over gRPC into SQLite and serves
+//! them to people (CLI, grpcurl) and AI agents (MCP).
+//!
+//! The binary is a thin shell over this library so integration tests can run
+//! the same server on a `127.0.0.1:0` listener.
+
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod export;
+pub mod grpc;
+pub mod model;
+pub mod store;

@@ -1,0 +1,597 @@
+//! Domain types of pytest-mcp: sessions, outcomes and their parts.
+//!
+//! This module knows nothing of protobuf, SQL or JSON-RPC; the transports and
+//! the store convert to and from these types at their edges. Validation that
+//! every transport shares (limits, allowed values) lives here, once.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
+
+use crate::error::Error;
+
+/// Longest nodeid accepted, in bytes; longer ones are rejected, not truncated,
+/// because a truncated nodeid would name a different test.
+pub const MAX_NODEID_BYTES: usize = 4096;
+
+/// Default bound for each of traceback, message and captured output, in bytes.
+pub const DEFAULT_MAX_FIELD_BYTES: usize = 64 * 1024;
+
+/// A point in time with microsecond precision, stored as microseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        Self::from(SystemTime::now())
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    /// RFC 3339 text in UTC, e.g. `2026-11-24T09:14:38.123456Z`.
+    pub fn to_rfc3339(self) -> String {
+        let nanos = i128::from(self.0) * 1000;
+        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(t) => t
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| self.0.to_string()),
+            Err(_) => self.0.to_string(),
+        }
+    }
+
+    /// Parses RFC 3339 text.
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+        i64::try_from(t.unix_timestamp_nanos() / 1000)
+            .ok()
+            .map(Self)
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Self(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+            Err(e) => Self(-i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> Self {
+        let abs = Duration::from_micros(t.0.unsigned_abs());
+        if t.0 >= 0 {
+            UNIX_EPOCH + abs
+        } else {
+            UNIX_EPOCH - abs
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse_rfc3339(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {text:?}")))
+    }
+}
+
+/// Declares a string-valued enum with its wire names in one place.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The lower-case name used in SQL, JSON and the CLI.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "unknown value {other:?}, expected one of: {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// Where a session was recorded from.
+    Source {
+        /// Streamed by the pytest plugin.
+        Plugin => "plugin",
+        /// Recorded by an agent through the MCP record tools.
+        Mcp => "mcp",
+        /// Replayed from a spool file.
+        Import => "import",
+    }
+}
+
+named_enum! {
+    /// The lifecycle state of a session.
+    SessionStatus {
+        /// Started and not finished.
+        Running => "running",
+        /// Finished with every announced outcome stored.
+        Finished => "finished",
+        /// pytest was interrupted; every announced outcome stored.
+        Interrupted => "interrupted",
+        /// Finished with fewer outcomes stored than announced.
+        Incomplete => "incomplete",
+    }
+}
+
+impl SessionStatus {
+    /// Whether the session is done and takes no new outcomes.
+    ///
+    /// `incomplete` is not closed: the missing outcomes may still arrive from a
+    /// replayed spool file, and then complete it.
+    pub fn is_closed(self) -> bool {
+        matches!(self, SessionStatus::Finished | SessionStatus::Interrupted)
+    }
+}
+
+named_enum! {
+    /// The result of one test attempt, in pytest's terms.
+    TestOutcome {
+        /// The test passed.
+        Passed => "passed",
+        /// The test's call phase failed.
+        Failed => "failed",
+        /// The test was skipped.
+        Skipped => "skipped",
+        /// Setup, teardown or collection raised.
+        Error => "error",
+        /// An expected failure failed.
+        Xfailed => "xfailed",
+        /// An expected failure passed.
+        Xpassed => "xpassed",
+    }
+}
+
+impl TestOutcome {
+    /// Whether this outcome is something a person should look at.
+    pub fn is_failure(self) -> bool {
+        matches!(self, TestOutcome::Failed | TestOutcome::Error)
+    }
+}
+
+named_enum! {
+    /// The pytest phase whose report decided an outcome.
+    Phase {
+        /// Module collection.
+        Collect => "collect",
+        /// Fixture setup.
+        Setup => "setup",
+        /// The test function.
+        Call => "call",
+        /// Fixture teardown.
+        Teardown => "teardown",
+    }
+}
+
+/// The machine and project a session ran on; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Environment {
+    /// Operating system.
+    pub os: String,
+    /// Python version.
+    pub python_version: String,
+    /// Python implementation (CPython, PyPy).
+    pub python_implementation: String,
+    /// pytest version.
+    pub pytest_version: String,
+    /// Active plugins with versions.
+    pub plugins: Vec<String>,
+    /// Host name.
+    pub hostname: String,
+    /// pytest rootdir.
+    pub rootdir: String,
+    /// Project name.
+    pub project: String,
+    /// pytest's invocation arguments.
+    pub invocation_args: Vec<String>,
+    /// Git commit hash.
+    pub git_commit: String,
+    /// Git branch.
+    pub git_branch: String,
+    /// Whether the work tree was dirty, when known.
+    pub git_dirty: Option<bool>,
+    /// CI provider, when detected.
+    pub ci_provider: String,
+    /// Number of xdist workers, 0 without xdist.
+    pub xdist_workers: u32,
+    /// Free-form extra key/value pairs.
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+/// pytest's end-of-run counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    /// Number of test outcomes of all kinds.
+    pub total_tests: u64,
+    /// Passed outcomes.
+    pub passed: u64,
+    /// Failed outcomes.
+    pub failed: u64,
+    /// Skipped outcomes.
+    pub skipped: u64,
+    /// Error outcomes.
+    pub errors: u64,
+    /// Xfailed outcomes.
+    pub xfailed: u64,
+    /// Xpassed outcomes.
+    pub xpassed: u64,
+    /// pytest's exit status.
+    pub exitstatus: i32,
+    /// Duration of the run in seconds.
+    pub duration: f64,
+}
+
+/// pytest's exit status for an interrupted run (`ExitCode.INTERRUPTED`).
+pub const EXIT_INTERRUPTED: i32 = 2;
+
+/// Stored outcomes of a session counted by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeCounts {
+    /// Passed.
+    pub passed: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Skipped.
+    pub skipped: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Xfailed.
+    pub xfailed: u64,
+    /// Xpassed.
+    pub xpassed: u64,
+}
+
+impl OutcomeCounts {
+    /// Adds `n` outcomes of one kind.
+    pub fn add(&mut self, outcome: TestOutcome, n: u64) {
+        let slot = match outcome {
+            TestOutcome::Passed => &mut self.passed,
+            TestOutcome::Failed => &mut self.failed,
+            TestOutcome::Skipped => &mut self.skipped,
+            TestOutcome::Error => &mut self.errors,
+            TestOutcome::Xfailed => &mut self.xfailed,
+            TestOutcome::Xpassed => &mut self.xpassed,
+        };
+        *slot += n;
+    }
+
+    /// The sum over all kinds.
+    pub fn total(&self) -> u64 {
+        self.passed + self.failed + self.skipped + self.errors + self.xfailed + self.xpassed
+    }
+}
+
+/// One recorded session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// Client-chosen UUID.
+    pub id: Uuid,
+    /// Where it was recorded from.
+    pub source: Source,
+    /// Lifecycle state.
+    pub status: SessionStatus,
+    /// Start time.
+    pub started_at: Timestamp,
+    /// End time, once finished.
+    pub finished_at: Option<Timestamp>,
+    /// Machine and project.
+    pub environment: Environment,
+    /// Summary sent at finish.
+    pub summary: Option<Summary>,
+    /// Outcomes stored.
+    pub outcomes_stored: u64,
+    /// Outcomes the client said it sent.
+    pub outcomes_expected: Option<u64>,
+    /// Stored outcomes by kind; filled by reads that ask for them.
+    pub counts: OutcomeCounts,
+}
+
+/// One test attempt's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Position in its session, from 1.
+    pub seq: u64,
+    /// pytest node id.
+    pub nodeid: String,
+    /// The outcome.
+    pub outcome: TestOutcome,
+    /// The deciding phase, when known.
+    pub phase: Option<Phase>,
+    /// Duration of all phases in seconds.
+    pub duration: f64,
+    /// One-line crash message or skip reason.
+    pub message: String,
+    /// Full failure representation.
+    pub longrepr: String,
+    /// Captured stdout.
+    pub stdout: String,
+    /// Captured stderr.
+    pub stderr: String,
+    /// Captured log.
+    pub log: String,
+    /// Defining file, relative to rootdir.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<u32>,
+    /// Marker names.
+    pub markers: Vec<String>,
+    /// xdist worker id.
+    pub worker: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Start time, when known.
+    pub started_at: Option<Timestamp>,
+}
+
+impl Outcome {
+    /// A minimal outcome with every optional part empty.
+    pub fn new(seq: u64, nodeid: impl Into<String>, outcome: TestOutcome) -> Self {
+        Self {
+            seq,
+            nodeid: nodeid.into(),
+            outcome,
+            phase: None,
+            duration: 0.0,
+            message: String::new(),
+            longrepr: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            log: String::new(),
+            file: String::new(),
+            line: None,
+            markers: Vec::new(),
+            worker: String::new(),
+            attempt: 1,
+            started_at: None,
+        }
+    }
+
+    /// Checks the rules every transport shares and bounds the large text
+    /// fields. `field` prefixes error messages, e.g. `outcomes[3]`.
+    pub fn validate_and_bound(&mut self, field: &str, max_field_bytes: usize) -> Result<(), Error> {
+        if self.seq == 0 {
+            return Err(Error::invalid(format!("{field}.seq"), "must be 1 or more"));
+        }
+        validate_nodeid(&self.nodeid, &format!("{field}.nodeid"))?;
+        validate_duration(self.duration, &format!("{field}.duration"))?;
+        if self.attempt == 0 {
+            self.attempt = 1;
+        }
+        for text in [
+            &mut self.message,
+            &mut self.longrepr,
+            &mut self.stdout,
+            &mut self.stderr,
+            &mut self.log,
+        ] {
+            truncate_marked(text, max_field_bytes);
+        }
+        for (name, text) in [("file", &mut self.file), ("worker", &mut self.worker)] {
+            if text.len() > MAX_NODEID_BYTES {
+                return Err(Error::invalid(
+                    format!("{field}.{name}"),
+                    format!("{} bytes, the limit is {MAX_NODEID_BYTES}", text.len()),
+                ));
+            }
+        }
+        if self.markers.len() > 256 {
+            return Err(Error::invalid(
+                format!("{field}.markers"),
+                format!("{} markers, the limit is 256", self.markers.len()),
+            ));
+        }
+        for (i, m) in self.markers.iter().enumerate() {
+            if m.len() > 1024 {
+                return Err(Error::invalid(
+                    format!("{field}.markers[{i}]"),
+                    format!("{} bytes, the limit is 1024", m.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rejects an empty or oversized nodeid, naming `field`.
+pub fn validate_nodeid(nodeid: &str, field: &str) -> Result<(), Error> {
+    if nodeid.trim().is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if nodeid.len() > MAX_NODEID_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("{} bytes, the limit is {MAX_NODEID_BYTES}", nodeid.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects a negative, NaN or infinite duration, naming `field`.
+pub fn validate_duration(duration: f64, field: &str) -> Result<(), Error> {
+    if !duration.is_finite() {
+        return Err(Error::invalid(
+            field,
+            format!("must be a finite number of seconds, got {duration}"),
+        ));
+    }
+    if duration < 0.0 {
+        return Err(Error::invalid(
+            field,
+            format!("must not be negative, got {duration}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a session UUID, naming `field` when it is malformed.
+pub fn parse_session_id(text: &str, field: &str) -> Result<Uuid, Error> {
+    if text.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    Uuid::parse_str(text)
+        .map_err(|e| Error::invalid(field, format!("{text:?} is not a UUID ({e})")))
+}
+
+/// The marker appended to text cut by [`truncate_marked`].
+pub const TRUNCATION_MARKER: &str = "[pytest-mcp: truncated";
+
+/// Cuts `text` to at most `max` bytes (on a character boundary), keeping the
+/// head and the tail (where a traceback's error line is) and marking the cut.
+pub fn truncate_marked(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let omitted_estimate = text.len() - max;
+    let marker = format!("\n... {TRUNCATION_MARKER} {omitted_estimate} bytes] ...\n");
+    let budget = max.saturating_sub(marker.len());
+    let head_len = floor_char_boundary(text, budget / 2);
+    let tail_start = ceil_char_boundary(text, text.len() - (budget - head_len));
+    let mut out = String::with_capacity(max);
+    out.push_str(&text[..head_len]);
+    out.push_str(&marker);
+    out.push_str(&text[tail_start..]);
+    *text = out;
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
+    while i < s.len() && !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Names a session: by id, or the most recently started one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRef {
+    /// A session by UUID.
+    Id(Uuid),
+    /// The most recently started session.
+    Latest,
+}
+
+impl SessionRef {
+    /// Parses `latest` or a UUID, naming `field` when neither.
+    pub fn parse(text: &str, field: &str) -> Result<Self, Error> {
+        if text.eq_ignore_ascii_case("latest") {
+            Ok(SessionRef::Latest)
+        } else {
+            parse_session_id(text, field).map(SessionRef::Id)
+        }
+    }
+}
+
+impl fmt::Display for SessionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionRef::Id(id) => write!(f, "{id}"),
+            SessionRef::Latest => f.write_str("latest"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_head_and_tail_and_stays_within_the_bound() {
+        let mut text = format!("HEAD{}TAIL", "x".repeat(10_000));
+        truncate_marked(&mut text, 1000);
+        assert!(text.len() <= 1000, "len {}", text.len());
+        assert!(text.starts_with("HEAD"));
+        assert!(text.ends_with("TAIL"));
+        assert!(text.contains(TRUNCATION_MARKER));
+    }
+
+    #[test]
+    fn truncation_never_splits_a_character() {
+        let mut text = "é".repeat(5000);
+        truncate_marked(&mut text, 777);
+        assert!(text.len() <= 777);
+        assert!(text.contains(TRUNCATION_MARKER));
+    }
+
+    #[test]
+    fn short_text_is_left_alone() {
+        let mut text = "short".to_string();
+        truncate_marked(&mut text, 1000);
+        assert_eq!(text, "short");
+    }
+
+    #[test]
+    fn durations_must_be_finite_and_not_negative() {
+        assert!(validate_duration(0.0, "d").is_ok());
+        for bad in [-1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = validate_duration(bad, "outcomes[0].duration").unwrap_err();
+            assert!(err.to_string().contains("outcomes[0].duration"), "{err}");
+        }
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_rfc3339() {
+        let t = Timestamp(1_764_000_000_123_456);
+        assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
+    }
+}
