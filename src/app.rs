@@ -15,7 +15,7 @@ use crate::model::{SessionRef, TestOutcome};
 use crate::store::{OutcomeFilter, SessionFilter, Store, StoreConfig, Sync};
 
 /// How long a graceful shutdown may take before the server stops anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -205,7 +205,7 @@ impl Store {
         self.write(|reply| WriteCmd::Start {
             id,
             source,
-            environment,
+            environment: Box::new(environment),
             started_at: started_at.unwrap_or_else(Timestamp::now),
             started_at_given: started_at.is_some(),
             reply,

