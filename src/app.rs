@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, ExportArgs, ExportFormat, SessionsArgs, ShowArgs, SyncMode};
+use crate::cli::{
+    Cli, Command, ExportArgs, ExportFormat, ImportArgs, SessionsArgs, ShowArgs, SyncMode,
+};
 use crate::model::{SessionRef, TestOutcome};
 use crate::store::{OutcomeFilter, SessionFilter, Store, StoreConfig, Sync};
 
@@ -37,6 +39,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sessions(args) => sessions(args).await,
         Command::Show(args) => show(args).await,
         Command::Export(args) => export(args).await,
+        Command::Import(args) => import(args).await,
+        Command::Watch(args) => {
+            crate::watch::watch(&args.grpc_addr, &args.session).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -328,4 +335,40 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     }
     sink.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let path = args.db.path();
+    let config = StoreConfig::new(&path);
+    let store = tokio::task::spawn_blocking(move || Store::open(config))
+        .await?
+        .with_context(|| format!("opening the database {}", path.display()))?;
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    for file in &args.files {
+        let report = crate::spool::import_file(&store, file).await?;
+        for s in &report.sessions {
+            writeln!(
+                out,
+                "{}: session {} {}: {} outcomes read, {} new, {} stored; {}",
+                file.display(),
+                s.id,
+                if s.created { "created" } else { "existing" },
+                s.outcomes_read,
+                s.outcomes_new,
+                s.outcomes_stored,
+                s.status
+            )?;
+        }
+        for e in &report.errors {
+            eprintln!("pytest-mcp: import: {e}");
+        }
+        failed |= !report.errors.is_empty();
+    }
+    store.shutdown().await;
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

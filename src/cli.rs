@@ -42,6 +42,32 @@ pub enum Command {
     Show(ShowArgs),
     /// Export a session as JSON or JUnit XML.
     Export(ExportArgs),
+    /// Replay spool files written by the pytest plugin into the database (idempotent).
+    Import(ImportArgs),
+    /// Follow a session live: a progress line and each failure as it arrives.
+    Watch(WatchArgs),
+}
+
+/// `import` options.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Spool files (JSON lines, see docs/spool.md).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// `watch` options.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Address of the running recorder.
+    #[arg(long, env = "PYTEST_MCP_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: String,
+    /// A session id, or `latest`.
+    #[arg(default_value = "latest")]
+    pub session: String,
 }
 
 /// How commits reach the disk.

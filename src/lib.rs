@@ -10,4 +10,6 @@ pub mod error;
 pub mod export;
 pub mod grpc;
 pub mod model;
+pub mod spool;
 pub mod store;
+pub mod watch;

@@ -412,3 +412,202 @@ fn every_command_has_help_and_flags_read_their_environment_variables() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("0.0.0.0:0"));
 }
+
+fn spool_line(v: serde_json::Value) -> String {
+    format!("{v}\n")
+}
+
+fn spool(id: &str, seqs: std::ops::RangeInclusive<u64>, finish_sent: Option<u64>) -> String {
+    let mut text = spool_line(serde_json::json!({
+        "type": "start", "session_id": id, "started_at": "2026-11-24T09:00:00Z",
+        "environment": {"os": "Linux", "python_version": "3.11.7", "project": "spooled"}
+    }));
+    for seq in seqs {
+        let failed = seq.is_multiple_of(4);
+        text += &spool_line(serde_json::json!({
+            "type": "outcome", "session_id": id, "seq": seq,
+            "nodeid": format!("tests/test_s.py::test_{seq}"),
+            "outcome": if failed { "failed" } else { "passed" },
+            "phase": "call", "duration": 0.01,
+            "message": if failed { "AssertionError: boom" } else { "" },
+            "longrepr": if failed { "E   AssertionError: boom" } else { "" },
+            "line": seq, "markers": ["m"], "attempt": 1, "started_at": null
+        }));
+    }
+    if let Some(sent) = finish_sent {
+        text += &spool_line(serde_json::json!({
+            "type": "finish", "session_id": id, "outcomes_sent": sent,
+            "finished_at": "2026-11-24T09:01:00Z",
+            "summary": {"total_tests": sent, "passed": sent - sent / 4, "failed": sent / 4,
+                        "skipped": 0, "errors": 0, "xfailed": 0, "xpassed": 0, "exitstatus": 1, "duration": 60.0}
+        }));
+    }
+    text
+}
+
+#[test]
+fn importing_a_spool_file_twice_stores_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("imp.db");
+    let id = new_id();
+    let file = dir.path().join("spool.jsonl");
+    std::fs::write(&file, spool(&id, 1..=8, Some(8))).unwrap();
+
+    let o = run(&["import", file.to_str().unwrap()], &db);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!(
+            "session {id} created: 8 outcomes read, 8 new, 8 stored; finished"
+        )),
+        "{text}"
+    );
+
+    let o = run(&["import", file.to_str().unwrap()], &db);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!(
+            "session {id} existing: 8 outcomes read, 0 new, 8 stored; finished"
+        )),
+        "{text}"
+    );
+
+    let o = run(&["export", &id, "-f", "json"], &db);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["outcomes"].as_array().unwrap().len(), 8);
+    assert_eq!(doc["session"]["source"], "import");
+    assert_eq!(doc["session"]["started_at"], "2026-11-24T09:00:00Z");
+    assert_eq!(doc["outcomes"][3]["message"], "AssertionError: boom");
+}
+
+#[tokio::test]
+async fn importing_completes_a_session_the_server_only_partly_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("part.db");
+    let server = Server::start(&db);
+    let mut c = server.client().await;
+    let id = new_id();
+    c.start_session(pb::StartSessionRequest {
+        session_id: id.clone(),
+        environment: Some(env("spooled")),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    stream(&mut c, &id, vec![(1..=3).map(numbered).collect()])
+        .await
+        .unwrap();
+
+    // The spool holds what was not acknowledged (and, by format, the start).
+    let file = dir.path().join("spool.jsonl");
+    let mut text = spool(&id, 4..=10, Some(10));
+    text = text.replacen("\"project\":\"spooled\"", "\"project\":\"different\"", 1);
+    std::fs::write(&file, text).unwrap();
+    let o = run(&["import", file.to_str().unwrap()], &db);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o).contains("existing: 7 outcomes read, 7 new, 10 stored; finished"),
+        "{}",
+        stdout(&o)
+    );
+
+    let s = get_session(&mut c, &id).await;
+    assert_eq!(s.status(), pb::SessionStatus::Finished);
+    assert_eq!(s.source(), pb::Source::Plugin, "the stored start is kept");
+    assert_eq!(all_outcomes(&mut c, &id).await.len(), 10);
+}
+
+#[test]
+fn a_malformed_spool_line_is_named_and_the_rest_is_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let id = new_id();
+    let mut text = spool(&id, 1..=3, None);
+    text += "{not json\n";
+    text += &spool_line(
+        serde_json::json!({"type": "outcome", "session_id": id, "seq": 4,
+        "nodeid": "t.py::x", "outcome": "exploded"}),
+    );
+    text += &spool_line(
+        serde_json::json!({"type": "outcome", "session_id": id, "seq": 4,
+        "nodeid": "t.py::x", "outcome": "passed", "duration": -1.0}),
+    );
+    let file = dir.path().join("bad.jsonl");
+    std::fs::write(&file, text).unwrap();
+    let o = run(&["import", file.to_str().unwrap()], &db);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.jsonl:5:"), "{err}");
+    assert!(
+        err.contains("bad.jsonl:6:") && err.contains("exploded"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.jsonl:7:") && err.contains("duration"),
+        "{err}"
+    );
+    assert!(stdout(&o).contains("3 stored; running"), "{}", stdout(&o));
+}
+
+#[tokio::test]
+async fn watch_prints_failures_as_they_arrive_and_exits_when_the_session_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("watch.db"));
+    let mut c = server.client().await;
+    let id = new_id();
+    start_session(&mut c, &id, "demo").await;
+    stream(&mut c, &id, vec![(1..=5).map(numbered).collect()])
+        .await
+        .unwrap();
+
+    let child = Command::new(binary())
+        .args(["watch", "latest", "--grpc-addr", &server.addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for seq in 6..=20u64 {
+        stream(&mut c, &id, vec![vec![numbered(seq)]])
+            .await
+            .unwrap();
+    }
+    finish(&mut c, &id, 20, 1).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("watching session {id} demo (running)")),
+        "{text}"
+    );
+    for seq in [10, 20] {
+        assert!(
+            text.contains(&format!(
+                "FAILED tests/test_n.py::test_{seq}\n  AssertionError: assert {seq} == 0"
+            )),
+            "{text}"
+        );
+    }
+    assert!(text.contains("20 tests: 18 passed, 2 failed"), "{text}");
+    assert!(
+        text.contains(&format!("session {id} finished, exit status 1")),
+        "{text}"
+    );
+}
+
+#[test]
+fn watch_names_the_address_when_no_server_runs() {
+    let o = Command::new(binary())
+        .args(["watch", "--grpc-addr", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("127.0.0.1:1"));
+}

@@ -1,0 +1,318 @@
+//! Reads spool files (docs/spool.md) and replays them into the store.
+//!
+//! Replaying is idempotent because every outcome carries (session id, seq):
+//! the store acknowledges a seq it already holds without storing it again, so
+//! a file may be imported twice, or after part of it reached the server.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::model::{
+    Environment, Outcome, Phase, SessionRef, Source, Summary, TestOutcome, Timestamp,
+    parse_session_id,
+};
+use crate::store::Store;
+
+/// Outcomes appended per store call while importing.
+const CHUNK: usize = 1000;
+
+/// One line of a spool file.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Record {
+    Start {
+        session_id: String,
+        #[serde(default)]
+        started_at: Option<Timestamp>,
+        #[serde(default)]
+        environment: Environment,
+    },
+    Outcome(SpoolOutcome),
+    Finish {
+        session_id: String,
+        outcomes_sent: u64,
+        #[serde(default)]
+        finished_at: Option<Timestamp>,
+        summary: Summary,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct SpoolOutcome {
+    session_id: String,
+    seq: u64,
+    nodeid: String,
+    outcome: TestOutcome,
+    #[serde(default)]
+    phase: Option<Phase>,
+    #[serde(default)]
+    duration: f64,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    longrepr: String,
+    #[serde(default)]
+    stdout: String,
+    #[serde(default)]
+    stderr: String,
+    #[serde(default)]
+    log: String,
+    #[serde(default)]
+    file: String,
+    #[serde(default)]
+    line: Option<u32>,
+    #[serde(default)]
+    markers: Vec<String>,
+    #[serde(default)]
+    worker: String,
+    #[serde(default)]
+    attempt: u32,
+    #[serde(default)]
+    started_at: Option<Timestamp>,
+}
+
+impl SpoolOutcome {
+    fn into_model(self) -> Outcome {
+        Outcome {
+            seq: self.seq,
+            nodeid: self.nodeid,
+            outcome: self.outcome,
+            phase: self.phase,
+            duration: self.duration,
+            message: self.message,
+            longrepr: self.longrepr,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            log: self.log,
+            file: self.file,
+            line: self.line,
+            markers: self.markers,
+            worker: self.worker,
+            attempt: self.attempt.max(1),
+            started_at: self.started_at,
+        }
+    }
+}
+
+/// What importing did to one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionReport {
+    /// The session.
+    pub id: Uuid,
+    /// Whether the import created it.
+    pub created: bool,
+    /// Outcome lines read for it.
+    pub outcomes_read: u64,
+    /// Outcomes that were not stored before.
+    pub outcomes_new: u64,
+    /// Its status after the import.
+    pub status: crate::model::SessionStatus,
+    /// Outcomes stored for it after the import.
+    pub outcomes_stored: u64,
+}
+
+/// What importing a file did.
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    /// Per session, in order of first appearance.
+    pub sessions: Vec<SessionReport>,
+    /// Problems, each naming the file and line; the rest of the file was still imported.
+    pub errors: Vec<String>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    order: usize,
+    created: bool,
+    known: bool,
+    before: u64,
+    read: u64,
+    pending: Vec<(usize, Outcome)>,
+}
+
+/// Replays one spool file into `store`.
+pub async fn import_file(store: &Store, path: &Path) -> Result<ImportReport, Error> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::invalid("FILE", format!("cannot open {}: {e}", path.display())))?;
+    let mut report = ImportReport::default();
+    let mut sessions: BTreeMap<Uuid, SessionState> = BTreeMap::new();
+    let name = path.display().to_string();
+
+    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let lineno = index + 1;
+        let line =
+            line.map_err(|e| Error::invalid("FILE", format!("{name}:{lineno}: cannot read: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Record = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                report.errors.push(format!("{name}:{lineno}: {e}"));
+                continue;
+            }
+        };
+        let result = match record {
+            Record::Start {
+                session_id,
+                started_at,
+                environment,
+            } => {
+                let id = parse_session_id(&session_id, "session_id");
+                match id {
+                    Ok(id) => {
+                        let next = sessions.len();
+                        let state = sessions.entry(id).or_insert_with(|| SessionState {
+                            order: next,
+                            ..Default::default()
+                        });
+                        ensure_session(store, id, state, Some((started_at, environment))).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Record::Outcome(o) => match parse_session_id(&o.session_id, "session_id") {
+                Ok(id) => {
+                    let next = sessions.len();
+                    let state = sessions.entry(id).or_insert_with(|| SessionState {
+                        order: next,
+                        ..Default::default()
+                    });
+                    state.read += 1;
+                    state.pending.push((lineno, o.into_model()));
+                    if state.pending.len() >= CHUNK {
+                        flush(store, id, state, &name, &mut report.errors).await
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            Record::Finish {
+                session_id,
+                outcomes_sent,
+                finished_at,
+                summary,
+            } => match parse_session_id(&session_id, "session_id") {
+                Ok(id) => {
+                    let next = sessions.len();
+                    let state = sessions.entry(id).or_insert_with(|| SessionState {
+                        order: next,
+                        ..Default::default()
+                    });
+                    match flush(store, id, state, &name, &mut report.errors).await {
+                        Ok(()) => store
+                            .finish_session(id, summary, outcomes_sent, finished_at)
+                            .await
+                            .map(|_| ()),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            report.errors.push(format!("{name}:{lineno}: {e}"));
+        }
+    }
+
+    let mut ordered: Vec<(Uuid, SessionState)> = sessions.into_iter().collect();
+    ordered.sort_by_key(|(_, s)| s.order);
+    for (id, mut state) in ordered {
+        if let Err(e) = flush(store, id, &mut state, &name, &mut report.errors).await {
+            report.errors.push(format!("{name}: session {id}: {e}"));
+        }
+        match store.get_session(SessionRef::Id(id)).await {
+            Ok(s) => report.sessions.push(SessionReport {
+                id,
+                created: state.created,
+                outcomes_read: state.read,
+                outcomes_new: s.outcomes_stored.saturating_sub(state.before),
+                status: s.status,
+                outcomes_stored: s.outcomes_stored,
+            }),
+            Err(e) => report.errors.push(format!("{name}: session {id}: {e}")),
+        }
+    }
+    Ok(report)
+}
+
+/// Makes sure the session exists, creating it (source `import`) from the
+/// start record when it does not; remembers how many outcomes it had before.
+async fn ensure_session(
+    store: &Store,
+    id: Uuid,
+    state: &mut SessionState,
+    start: Option<(Option<Timestamp>, Environment)>,
+) -> Result<(), Error> {
+    if state.known {
+        return Ok(());
+    }
+    match store.get_session(SessionRef::Id(id)).await {
+        Ok(s) => {
+            state.before = s.outcomes_stored;
+            state.known = true;
+            Ok(())
+        }
+        Err(Error::NotFound { .. }) => {
+            let Some((started_at, environment)) = start else {
+                return Err(Error::not_found(
+                    "session_id",
+                    format!(
+                        "no session {id} in the store and no start record for it before its outcomes"
+                    ),
+                ));
+            };
+            match store
+                .start_session(id, Source::Import, environment, started_at)
+                .await
+            {
+                Ok(_) => {
+                    state.created = true;
+                    state.known = true;
+                    Ok(())
+                }
+                // Created meanwhile by another writer: keep what it stored.
+                Err(Error::AlreadyExists { .. }) => {
+                    state.known = true;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Appends the session's pending outcomes, in seq order.
+async fn flush(
+    store: &Store,
+    id: Uuid,
+    state: &mut SessionState,
+    name: &str,
+    errors: &mut Vec<String>,
+) -> Result<(), Error> {
+    if state.pending.is_empty() {
+        return Ok(());
+    }
+    ensure_session(store, id, state, None).await?;
+    let mut pending = std::mem::take(&mut state.pending);
+    pending.sort_by_key(|(_, o)| o.seq);
+    pending.dedup_by_key(|(_, o)| o.seq);
+    // Validate line by line first so an error names the line it came from.
+    let mut valid = Vec::with_capacity(pending.len());
+    for (lineno, mut o) in pending {
+        match o.validate_and_bound("outcome", store.max_field_bytes()) {
+            Ok(()) => valid.push(o),
+            Err(e) => errors.push(format!("{name}:{lineno}: {e}")),
+        }
+    }
+    if valid.is_empty() {
+        return Ok(());
+    }
+    store.append_validated(id, valid).await.map(|_| ())
+}
