@@ -521,7 +521,9 @@ async fn sigterm_turns_health_off_sends_final_acks_and_exits_zero() {
     assert_eq!(watch.message().await.unwrap().unwrap().status, 1, "SERVING");
 
     let started = std::time::Instant::now();
-    let waiter = std::thread::spawn(move || server.terminate());
+    // Not a blocking join on this runtime's thread: the client's connection
+    // tasks must keep running for the server to see its streams finish.
+    let waiter = tokio::task::spawn_blocking(move || server.terminate());
     // Health flips to NOT_SERVING before the server goes away.
     let update = watch.message().await.unwrap().expect("a health update");
     assert_eq!(update.status, 2, "NOT_SERVING");
@@ -536,7 +538,7 @@ async fn sigterm_turns_health_off_sends_final_acks_and_exits_zero() {
         Ok(other) => panic!("expected UNAVAILABLE, got {other:?}"),
     }
     drop(tx);
-    let exit = waiter.join().unwrap();
+    let exit = waiter.await.unwrap();
     assert!(exit.success(), "exit status {exit:?}");
     eprintln!("shutdown took {:?}", started.elapsed());
 
