@@ -14,8 +14,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -537,19 +538,25 @@ pub async fn serve(
         }
     };
 
+    // The builder's tcp_nodelay / tcp_keepalive apply only to listeners it
+    // binds itself; on a listener handed in they are set here. Without
+    // TCP_NODELAY every small ack waits on Nagle's algorithm and delayed ACKs,
+    // which halves the ingest rate.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+
     tonic::transport::Server::builder()
         // No request timeout: a StreamOutcomes stream lives as long as the
         // test run. Dead peers are found by HTTP/2 and TCP keepalive instead.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .tcp_nodelay(true)
         .layer(tower::util::MapResponseLayer::new(size_limit_status))
         .add_service(recorder)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())
 }
