@@ -11,8 +11,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
-    Cli, Command, ExportArgs, ExportFormat, ImportArgs, SessionsArgs, ShowArgs, SyncMode,
+    Cli, Command, ExportArgs, ExportFormat, HttpArgs, ImportArgs, SessionsArgs, ShowArgs,
+    StdioArgs, SyncMode,
 };
+use crate::mcp::http::HttpOptions;
 use crate::model::{SessionRef, TestOutcome};
 use crate::store::{OutcomeFilter, SessionFilter, Store, StoreConfig, Sync};
 
@@ -33,9 +35,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            serve(config, args.grpc_addr, shutdown).await?;
+            serve_with_mcp(config, args.grpc_addr, http_options(&args.http), shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Stdio(args) => stdio(args).await,
         Command::Sessions(args) => sessions(args).await,
         Command::Show(args) => show(args).await,
         Command::Export(args) => export(args).await,
@@ -66,28 +69,85 @@ pub async fn serve(
     grpc_addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_mcp(config, grpc_addr, None, shutdown).await
+}
+
+fn http_options(args: &HttpArgs) -> Option<(SocketAddr, HttpOptions)> {
+    (!args.no_http).then(|| {
+        (
+            args.http_addr,
+            HttpOptions {
+                allowed_origins: args.allow_origins.clone(),
+                max_sessions: args.max_sessions,
+                idle_timeout: Duration::from_secs(args.session_idle_secs.max(1)),
+            },
+        )
+    })
+}
+
+/// Like [`serve`], and also serves MCP streamable HTTP when `http` is given.
+pub async fn serve_with_mcp(
+    config: StoreConfig,
+    grpc_addr: SocketAddr,
+    http: Option<(SocketAddr, HttpOptions)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     check_loopback(grpc_addr, "--grpc-addr")?;
+    if let Some((addr, _)) = &http {
+        check_loopback(*addr, "--http-addr")?;
+    }
     let db = config.path.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(config))
         .await?
         .with_context(|| format!("opening the database {}", db.display()))?;
+    // Bind every listener before announcing any, so a taken port fails the
+    // start cleanly instead of leaving a half-started server behind.
     let listener = TcpListener::bind(grpc_addr)
         .await
         .with_context(|| format!("--grpc-addr: cannot listen on {grpc_addr}"))?;
     let local = listener.local_addr()?;
-    // A stable line on stderr: people read it, and tests parse the port from it.
+    let http = match http {
+        Some((addr, options)) => {
+            let http_listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--http-addr: cannot listen on {addr}"))?;
+            Some((http_listener, options))
+        }
+        None => None,
+    };
+    // Stable lines on stderr: people read them, and tests parse the ports.
     eprintln!(
         "pytest-mcp: gRPC listening on {local}, database {}",
         db.display()
     );
     tracing::info!(%local, db = %db.display(), "serving");
-
     let server = tokio::spawn(crate::grpc::serve(
         listener,
         store.clone(),
         shutdown.clone(),
     ));
+    let mcp_http = match http {
+        Some((http_listener, options)) => {
+            eprintln!(
+                "pytest-mcp: MCP HTTP listening on http://{}{}",
+                http_listener.local_addr()?,
+                crate::mcp::http::PATH
+            );
+            Some(tokio::spawn(crate::mcp::http::serve(
+                http_listener,
+                store.clone(),
+                options,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     shutdown.cancelled().await;
+    if let Some(task) = mcp_http
+        && tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err()
+    {
+        tracing::warn!("MCP HTTP connections did not close in time; stopping anyway");
+    }
     tracing::info!("shutting down: finishing open streams");
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(joined) => joined??,
@@ -96,6 +156,73 @@ pub async fn serve(
     store.shutdown().await;
     eprintln!("pytest-mcp: stopped; everything acknowledged is stored");
     Ok(())
+}
+
+/// `stdio`: MCP on stdin/stdout until the client closes stdin, with the gRPC
+/// listener beside it unless `--no-grpc` or its port is taken (another
+/// server already records into the shared database then).
+async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
+    let db = args.db.path();
+    let config = StoreConfig {
+        path: db.clone(),
+        sync: match args.sync {
+            SyncMode::Normal => Sync::Normal,
+            SyncMode::Full => Sync::Full,
+        },
+        max_field_bytes: args.max_field_bytes,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(config))
+        .await?
+        .with_context(|| format!("opening the database {}", db.display()))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let grpc = if args.no_grpc {
+        None
+    } else {
+        check_loopback(args.grpc_addr, "--grpc-addr")?;
+        match TcpListener::bind(args.grpc_addr).await {
+            Ok(listener) => {
+                eprintln!(
+                    "pytest-mcp: gRPC listening on {}, database {}",
+                    listener.local_addr()?,
+                    db.display()
+                );
+                Some(tokio::spawn(crate::grpc::serve(
+                    listener,
+                    store.clone(),
+                    shutdown.clone(),
+                )))
+            }
+            Err(e) => {
+                eprintln!(
+                    "pytest-mcp: gRPC address {} is not available ({e}); serving MCP from the \
+                     shared database {} without a gRPC listener",
+                    args.grpc_addr,
+                    db.display()
+                );
+                None
+            }
+        }
+    };
+    let served = crate::mcp::serve_stdio(store.clone(), shutdown.clone()).await;
+    // Stopped by a signal rather than by the client closing stdin.
+    let signalled = shutdown.is_cancelled();
+    shutdown.cancel();
+    if let Some(task) = grpc
+        && tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err()
+    {
+        tracing::warn!("open gRPC connections did not close in time; stopping anyway");
+    }
+    store.shutdown().await;
+    served?;
+    if signalled {
+        // tokio reads stdin on a blocking thread that nothing can interrupt;
+        // with the client's stdin still open the runtime would wait for it
+        // forever on the way out. Everything is committed: leave now.
+        eprintln!("pytest-mcp: stopped; everything acknowledged is stored");
+        std::process::exit(0);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn cancel_on_signal(token: CancellationToken) {

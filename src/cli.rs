@@ -34,8 +34,10 @@ impl DbArgs {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the recorder: gRPC for the pytest plugin and grpcurl.
+    /// Run the recorder: gRPC for the pytest plugin and grpcurl, MCP over HTTP for agents.
     Serve(ServeArgs),
+    /// Serve MCP on stdin/stdout for an agent that starts this process (plus the gRPC listener).
+    Stdio(StdioArgs),
     /// List recent sessions as a table.
     Sessions(SessionsArgs),
     /// Show a session's summary and its failures with tracebacks.
@@ -94,6 +96,53 @@ pub struct ServeArgs {
     /// Bound for each traceback, crash message and captured output, in bytes; longer text is cut with a marker.
     #[arg(long, env = "PYTEST_MCP_MAX_FIELD_BYTES", default_value_t = crate::model::DEFAULT_MAX_FIELD_BYTES)]
     pub max_field_bytes: usize,
+    /// MCP over HTTP.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// MCP streamable HTTP options of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Address for MCP streamable HTTP, served at /mcp (loopback only; port 0 picks a free one).
+    #[arg(long, env = "PYTEST_MCP_HTTP_ADDR", default_value = "127.0.0.1:8765")]
+    pub http_addr: SocketAddr,
+    /// Do not serve MCP over HTTP.
+    #[arg(long, env = "PYTEST_MCP_NO_HTTP")]
+    pub no_http: bool,
+    /// A browser origin allowed to call the MCP endpoint besides loopback ones, as scheme://host:port (repeatable).
+    #[arg(long = "allow-origin", env = "PYTEST_MCP_ALLOW_ORIGIN", value_delimiter = ',', value_name = "ORIGIN", value_parser = parse_origin)]
+    pub allow_origins: Vec<String>,
+    /// Most MCP HTTP sessions open at once; more get 503.
+    #[arg(long, env = "PYTEST_MCP_MAX_SESSIONS", default_value_t = 64)]
+    pub max_sessions: usize,
+    /// Seconds after which an MCP HTTP session with no traffic is closed.
+    #[arg(long, env = "PYTEST_MCP_SESSION_IDLE_SECS", default_value_t = 600)]
+    pub session_idle_secs: u64,
+}
+
+/// `stdio` options.
+#[derive(Debug, Args)]
+pub struct StdioArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Address for the gRPC listener run beside MCP (loopback only).
+    #[arg(long, env = "PYTEST_MCP_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Serve MCP only, without the gRPC listener.
+    #[arg(long)]
+    pub no_grpc: bool,
+    /// Durability of each commit.
+    #[arg(long, env = "PYTEST_MCP_SYNC", value_enum, default_value = "normal")]
+    pub sync: SyncMode,
+    /// Bound for each traceback, crash message and captured output, in bytes.
+    #[arg(long, env = "PYTEST_MCP_MAX_FIELD_BYTES", default_value_t = crate::model::DEFAULT_MAX_FIELD_BYTES)]
+    pub max_field_bytes: usize,
+}
+
+fn parse_origin(text: &str) -> Result<String, String> {
+    crate::mcp::http::check_origin(text).map(|()| text.to_string())
 }
 
 /// `sessions` options.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod error;
 pub mod export;
 pub mod grpc;
+pub mod mcp;
 pub mod model;
 pub mod spool;
 pub mod store;

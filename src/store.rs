@@ -7,6 +7,7 @@
 //! write batch is in progress, and no blocking connection is ever held across
 //! an `.await`.
 
+mod analysis;
 mod rows;
 mod schema;
 mod writer;
@@ -17,6 +18,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
+pub use analysis::{
+    ComparedTest, Comparison, DurationChange, FlakyTest, Stability, Verdict, flakiness_verdict,
+};
 pub use schema::{SCHEMA_VERSION, Sync};
 
 use crate::error::{Error, Result};
@@ -244,6 +248,20 @@ impl Store {
         self.enqueue(|reply| WriteCmd::Append {
             id,
             outcomes,
+            reply,
+        })
+        .await
+    }
+
+    /// Appends one outcome (validated and bounded here) as the session's next
+    /// seq and returns that seq, after it has committed.
+    pub async fn append_next(&self, id: Uuid, mut outcome: Outcome) -> Result<u64> {
+        // The writer assigns the real seq; 1 only passes validation.
+        outcome.seq = 1;
+        outcome.validate_and_bound("outcome", self.inner.max_field_bytes)?;
+        self.write(|reply| WriteCmd::AppendNext {
+            id,
+            outcome: Box::new(outcome),
             reply,
         })
         .await

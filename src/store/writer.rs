@@ -50,6 +50,16 @@ pub enum WriteCmd {
         /// Receives the highest contiguous stored seq.
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// Append one validated outcome as the session's next seq (for clients,
+    /// such as the MCP record tools, that do not number their outcomes).
+    AppendNext {
+        /// Session id.
+        id: Uuid,
+        /// The outcome; its `seq` is replaced by the next free one.
+        outcome: Box<Outcome>,
+        /// Receives the seq it was stored as.
+        reply: oneshot::Sender<Result<u64>>,
+    },
     /// Finish a session.
     Finish {
         /// Session id.
@@ -250,6 +260,33 @@ fn apply(
             }
             Err(e) => Err(Pending::Seq(reply, Err(e))),
         },
+        WriteCmd::AppendNext {
+            id,
+            mut outcome,
+            reply,
+        } => {
+            // Numbered inside the write transaction, so two writers cannot
+            // take the same seq.
+            let next = match load_session(conn, id) {
+                Ok(Some((_, s))) => s.outcomes_stored + 1,
+                Ok(None) => 1, // `append` reports the missing session
+                Err(e) => return Err(Pending::Seq(reply, Err(e))),
+            };
+            outcome.seq = next;
+            match append(conn, id, std::slice::from_ref(&*outcome)) {
+                Ok((stored, status, grew)) => {
+                    if grew {
+                        changed.push(StoreEvent {
+                            session: id,
+                            status,
+                            outcomes_stored: stored,
+                        });
+                    }
+                    Ok(Pending::Seq(reply, Ok(next)))
+                }
+                Err(e) => Err(Pending::Seq(reply, Err(e))),
+            }
+        }
         WriteCmd::Finish {
             id,
             summary,

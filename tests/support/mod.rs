@@ -34,8 +34,11 @@ impl Server {
         let mut child = Command::new(binary())
             .args(["serve", "--grpc-addr", "127.0.0.1:0", "--db"])
             .arg(db)
+            // MCP HTTP on a free port too, so parallel tests do not contend for 8765.
+            .args(["--http-addr", "127.0.0.1:0"])
             .args(extra)
             .env_remove("PYTEST_MCP_GRPC_ADDR")
+            .env_remove("PYTEST_MCP_HTTP_ADDR")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,262 @@
+//! The MCP front end: one rmcp handler ([`PytestMcp`]) with the record and
+//! read tools, the `pytest://` resources with subscriptions, and the
+//! `triage_failures` prompt, served over stdio ([`serve_stdio`]) and
+//! streamable HTTP ([`http`]).
+//!
+//! Handlers are thin: parse arguments ([`args`]), call the store, convert the
+//! answer ([`views`]). Store errors are mapped to MCP once, here: what the
+//! client can fix becomes a tool result with `isError: true` naming the field
+//! (or invalid params / resource not found outside tools); the rest is logged
+//! and returned opaque.
+//!
+//! The server speaks the protocol versions that have an `initialize`
+//! handshake (up to 2025-11-25): `resources/subscribe` is defined there, and
+//! every MCP client in use today negotiates one of them.
+
+pub mod args;
+pub mod http;
+mod prompts;
+mod resources;
+mod tools;
+pub mod views;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
+    ServerConfig as ServerInfo, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::store::Store;
+
+/// The MCP handler: every transport serves this one type. A value is made per
+/// MCP session (per HTTP session, once for stdio); it holds that session's
+/// resource subscriptions.
+#[derive(Clone)]
+pub struct PytestMcp {
+    store: Store,
+    tool_router: ToolRouter<PytestMcp>,
+    subscriptions: Arc<resources::Subscriptions>,
+    shutdown: CancellationToken,
+}
+
+impl PytestMcp {
+    /// A handler over `store`; its background work stops when `shutdown` is cancelled.
+    pub fn new(store: Store, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            tool_router: Self::tool_router(),
+            subscriptions: Arc::new(resources::Subscriptions::default()),
+            shutdown,
+        }
+    }
+
+    /// The names of every tool, sorted.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.tool_router
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect()
+    }
+}
+
+/// A successful tool result: the view as structured content and `text` as
+/// its rendering.
+fn structured<V: Serialize>(view: &V, text: String) -> Result<CallToolResult, ErrorData> {
+    let value = serde_json::to_value(view).map_err(|e| {
+        tracing::error!(error = %e, "encoding a tool result");
+        ErrorData::internal_error("internal error; see the server log", None)
+    })?;
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(value);
+    Ok(result)
+}
+
+/// Maps an error inside a tool: what the client can act on is a tool result
+/// with `isError: true` (its message names the field); the server's own
+/// failures are logged and answered with an opaque internal error.
+fn tool_failure(e: Error) -> Result<CallToolResult, ErrorData> {
+    match e {
+        Error::InvalidArgument { .. }
+        | Error::NotFound { .. }
+        | Error::FailedPrecondition { .. }
+        | Error::AlreadyExists { .. }
+        | Error::Unavailable(_) => Ok(CallToolResult::error(vec![ContentBlock::text(
+            e.to_string(),
+        )])),
+        Error::Sqlite(_) | Error::Internal(_) => Err(protocol_error(e)),
+    }
+}
+
+/// Maps an error outside tools (resources, prompts) to a JSON-RPC error.
+fn protocol_error(e: Error) -> ErrorData {
+    match &e {
+        Error::NotFound { .. } => ErrorData::resource_not_found(e.to_string(), None),
+        Error::InvalidArgument { .. }
+        | Error::FailedPrecondition { .. }
+        | Error::AlreadyExists { .. } => ErrorData::invalid_params(e.to_string(), None),
+        Error::Unavailable(_) => ErrorData::internal_error(e.to_string(), None),
+        Error::Sqlite(_) | Error::Internal(_) => {
+            tracing::error!(error = %e, "internal error");
+            ErrorData::internal_error("internal error; see the server log", None)
+        }
+    }
+}
+
+const INSTRUCTIONS: &str = "pytest-mcp records pytest runs. To find out what happened: \
+get_session (default latest), get_failures (tracebacks and a rerun command), \
+compare_sessions (new failures vs. the previous run), get_test_history and find_flaky_tests \
+(is it flaky?), slowest_tests. To record a run yourself: record_session_start, \
+record_test_outcome for each test, record_session_finish. Resources pytest://sessions/latest, \
+pytest://sessions/{id} and pytest://sessions/{id}/failures can be subscribed to while a run \
+is in progress.";
+
+impl ServerHandler for PytestMcp {
+    fn get_info(&self) -> ServerInfo {
+        ServerInfo::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .enable_prompts()
+                .build(),
+        )
+        .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+        .with_server_info(
+            Implementation::new("pytest-mcp", env!("CARGO_PKG_VERSION"))
+                .with_title("pytest-mcp: pytest results for agents"),
+        )
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(ProtocolVersion::known_up_to(
+            &ProtocolVersion::LATEST_WITH_INITIALIZE,
+        ))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if self.tool_router.get(&request.name).is_none() {
+            // MCP 2025-11-25: an unknown tool is a protocol error (invalid params).
+            let tools = self.tool_names();
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "unknown tool {:?}; the tools are: {}",
+                    request.name,
+                    tools.join(", ")
+                ),
+                Some(serde_json::json!({ "tool": request.name, "tools": tools })),
+            ));
+        }
+        self.tool_router
+            .call(ToolCallContext::new(self, request, context))
+            .await
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tool_router.list_all()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tool_router.get(name).cloned()
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        resources::list(&self.store).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(resources::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        resources::read(self, &request.uri).await.map(Into::into)
+    }
+
+    #[allow(deprecated)] // resources/subscribe is how handshake-era clients subscribe
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscriptions
+            .subscribe(&self.store, &request.uri, context.peer, &self.shutdown)
+            .await
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscriptions.unsubscribe(&request.uri);
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(vec![prompts::triage()]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        prompts::get(self, request).await.map(Into::into)
+    }
+}
+
+/// Serves MCP on stdin/stdout until the client closes stdin or `shutdown`
+/// is cancelled. Nothing else may write to stdout meanwhile.
+pub async fn serve_stdio(store: Store, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let handler = PytestMcp::new(store, shutdown.clone());
+    let service = match handler
+        .serve_with_ct(rmcp::transport::stdio(), shutdown.child_token())
+        .await
+    {
+        Ok(service) => service,
+        // Stopped (a signal) before the client initialized: not an error.
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let reason = service.waiting().await?;
+    tracing::info!(?reason, "MCP stdio session ended");
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! Tool arguments as agents send them. The doc comments on these structs and
+//! fields become the JSON Schema in `tools/list`, so they are written for the
+//! agent that reads them.
+//!
+//! Deserialization goes through [`Parameters`], which names the offending
+//! field (`environment.os: invalid type ...`) instead of serde's bare message;
+//! rules serde cannot express (non-negative counts, known session ids) are
+//! checked where the arguments are converted to model types, and name the
+//! field too.
+
+use rmcp::ErrorData;
+use rmcp::handler::server::common::FromContextPart;
+use rmcp::handler::server::tool::ToolCallContext;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::model::{
+    Environment, Outcome, SessionRef, Summary, TestOutcome, parse_session_id, validate_duration,
+};
+
+/// Tool arguments, deserialized with the path of the offending field in
+/// every error (rmcp's own wrapper reports serde's message without it).
+pub struct Parameters<T>(pub T);
+
+impl<T: JsonSchema> JsonSchema for Parameters<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}
+
+impl<S, T: DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> for Parameters<T> {
+    fn from_context_part(context: &mut ToolCallContext<'_, S>) -> Result<Self, ErrorData> {
+        let arguments = context.arguments.take().unwrap_or_default();
+        serde_path_to_error::deserialize(serde_json::Value::Object(arguments))
+            .map(Parameters)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." { "arguments" } else { &path };
+                // rmcp turns errors with this prefix into a tool result with
+                // isError: true, as MCP 2025-11-25 asks for invalid arguments.
+                ErrorData::invalid_params(
+                    format!("failed to deserialize parameters: {field}: {}", e.inner()),
+                    None,
+                )
+            })
+    }
+}
+
+/// A test outcome, in pytest's terms.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeArg {
+    /// The test passed.
+    Passed,
+    /// The test failed.
+    Failed,
+    /// The test was skipped.
+    Skipped,
+    /// Setup, teardown or collection raised.
+    Error,
+    /// An expected failure failed.
+    Xfailed,
+    /// An expected failure passed.
+    Xpassed,
+}
+
+impl From<OutcomeArg> for TestOutcome {
+    fn from(o: OutcomeArg) -> Self {
+        match o {
+            OutcomeArg::Passed => TestOutcome::Passed,
+            OutcomeArg::Failed => TestOutcome::Failed,
+            OutcomeArg::Skipped => TestOutcome::Skipped,
+            OutcomeArg::Error => TestOutcome::Error,
+            OutcomeArg::Xfailed => TestOutcome::Xfailed,
+            OutcomeArg::Xpassed => TestOutcome::Xpassed,
+        }
+    }
+}
+
+/// The machine the tests run on.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct EnvironmentArg {
+    /// Operating system, e.g. `Linux-6.1-x86_64`.
+    pub os: String,
+    /// Python version, e.g. `3.12.1`.
+    pub python_version: String,
+    /// Project name, used to group sessions.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Git commit the tests ran on; lets flakiness be judged per commit.
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    /// Git branch.
+    #[serde(default)]
+    pub git_branch: Option<String>,
+    /// pytest version.
+    #[serde(default)]
+    pub pytest_version: Option<String>,
+}
+
+impl From<EnvironmentArg> for Environment {
+    fn from(e: EnvironmentArg) -> Self {
+        Environment {
+            os: e.os,
+            python_version: e.python_version,
+            project: e.project.unwrap_or_default(),
+            git_commit: e.git_commit.unwrap_or_default(),
+            git_branch: e.git_branch.unwrap_or_default(),
+            pytest_version: e.pytest_version.unwrap_or_default(),
+            ..Environment::default()
+        }
+    }
+}
+
+/// Arguments of `record_session_start`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SessionStartArgs {
+    /// Where the tests run.
+    pub environment: EnvironmentArg,
+    /// Optional UUID for the new session; repeating a start with the same id
+    /// and environment is a no-op. A new one is chosen when absent.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// Arguments of `record_test_outcome`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TestOutcomeArgs {
+    /// pytest node id, e.g. `tests/test_api.py::test_login[admin]`.
+    pub nodeid: String,
+    /// The outcome.
+    pub outcome: OutcomeArg,
+    /// Duration in seconds (finite, 0 or more).
+    pub duration: f64,
+    /// Failure text: the first line is kept as the message, the whole as the traceback.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Session to append to; by default the latest running session started
+    /// with `record_session_start`.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+impl TestOutcomeArgs {
+    /// The model outcome (seq is assigned by the store).
+    pub fn to_outcome(&self) -> Result<Outcome, Error> {
+        crate::model::validate_nodeid(&self.nodeid, "nodeid")?;
+        validate_duration(self.duration, "duration")?;
+        let mut o = Outcome::new(1, self.nodeid.clone(), self.outcome.into());
+        o.duration = self.duration;
+        if let Some(error) = self.error.as_deref().filter(|e| !e.is_empty()) {
+            o.message = error
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            o.longrepr = error.to_string();
+        }
+        o.file = self
+            .nodeid
+            .split("::")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Ok(o)
+    }
+}
+
+/// pytest's end-of-run counts.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SummaryArg {
+    /// Number of tests run.
+    pub total_tests: i64,
+    /// Tests passed.
+    pub passed: i64,
+    /// Tests failed.
+    pub failed: i64,
+    /// Tests skipped.
+    pub skipped: i64,
+    /// pytest's exit status (0 all passed, 1 some failed, 2 interrupted, ...).
+    pub exitstatus: i32,
+    /// Tests that errored in setup or teardown.
+    #[serde(default)]
+    pub errors: Option<i64>,
+    /// Expected failures that failed.
+    #[serde(default)]
+    pub xfailed: Option<i64>,
+    /// Expected failures that passed.
+    #[serde(default)]
+    pub xpassed: Option<i64>,
+    /// Duration of the run in seconds.
+    #[serde(default)]
+    pub duration: Option<f64>,
+}
+
+impl TryFrom<&SummaryArg> for Summary {
+    type Error = Error;
+
+    fn try_from(s: &SummaryArg) -> Result<Self, Error> {
+        let count = |value: i64, name: &str| {
+            u64::try_from(value).map_err(|_| {
+                Error::invalid(
+                    format!("summary.{name}"),
+                    format!("must not be negative, got {value}"),
+                )
+            })
+        };
+        let summary = Summary {
+            total_tests: count(s.total_tests, "total_tests")?,
+            passed: count(s.passed, "passed")?,
+            failed: count(s.failed, "failed")?,
+            skipped: count(s.skipped, "skipped")?,
+            errors: count(s.errors.unwrap_or(0), "errors")?,
+            xfailed: count(s.xfailed.unwrap_or(0), "xfailed")?,
+            xpassed: count(s.xpassed.unwrap_or(0), "xpassed")?,
+            exitstatus: s.exitstatus,
+            duration: s.duration.unwrap_or(0.0),
+        };
+        validate_duration(summary.duration, "summary.duration")?;
+        let parts = summary.passed
+            + summary.failed
+            + summary.skipped
+            + summary.errors
+            + summary.xfailed
+            + summary.xpassed;
+        if parts > summary.total_tests {
+            return Err(Error::invalid(
+                "summary.total_tests",
+                format!(
+                    "{} is less than passed + failed + skipped + errors + xfailed + xpassed = {parts}",
+                    summary.total_tests
+                ),
+            ));
+        }
+        Ok(summary)
+    }
+}
+
+/// Arguments of `record_session_finish`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SessionFinishArgs {
+    /// pytest's summary of the run.
+    pub summary: SummaryArg,
+    /// Session to finish; by default the latest running session started with
+    /// `record_session_start`.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// A session status.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusArg {
+    /// Started, not finished.
+    Running,
+    /// Finished with every outcome stored.
+    Finished,
+    /// pytest was interrupted.
+    Interrupted,
+    /// Finished with outcomes missing.
+    Incomplete,
+}
+
+impl From<StatusArg> for crate::model::SessionStatus {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Running => Self::Running,
+            StatusArg::Finished => Self::Finished,
+            StatusArg::Interrupted => Self::Interrupted,
+            StatusArg::Incomplete => Self::Incomplete,
+        }
+    }
+}
+
+/// Arguments of `list_sessions`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct ListSessionsArgs {
+    /// Sessions per page, newest first (default 20, at most 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Only sessions with this status.
+    #[serde(default)]
+    pub status: Option<StatusArg>,
+    /// Only sessions of this project.
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+/// Names one session.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct SessionArgs {
+    /// A session id, or `latest` (the default) for the most recently started one.
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// Arguments of `get_failures`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct FailuresArgs {
+    /// A session id, or `latest` (the default).
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Failures per page (default 10, at most 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Only failures whose nodeid contains this text.
+    #[serde(default)]
+    pub nodeid_contains: Option<String>,
+    /// Bytes of each traceback to return, keeping its end where the error is
+    /// (default 4000, at most 16000).
+    #[serde(default)]
+    pub traceback_bytes: Option<u32>,
+}
+
+/// Arguments of `get_test_history`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct HistoryArgs {
+    /// pytest node id of the test.
+    pub nodeid: String,
+    /// Entries per page, newest session first (default 20, at most 200).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// How many of the newest pass/fail outcomes the verdict is based on (default 50).
+    #[serde(default)]
+    pub window: Option<u32>,
+}
+
+/// Arguments of `find_flaky_tests`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct FlakyArgs {
+    /// How many of the newest sessions to look at (default 30, at most 1000).
+    #[serde(default)]
+    pub window_sessions: Option<u32>,
+    /// Only sessions of this project.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Most tests to return (default 20, at most 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Arguments of `compare_sessions`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct CompareArgs {
+    /// The newer session: an id or `latest` (the default).
+    #[serde(default)]
+    pub head: Option<String>,
+    /// The older session: an id or `latest`; by default the session of the
+    /// same project started just before `head`.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// A passing test counts as slower when it takes at least this many times
+    /// as long (default 1.5)...
+    #[serde(default)]
+    pub min_ratio: Option<f64>,
+    /// ...and at least this many seconds longer (default 0.1).
+    #[serde(default)]
+    pub min_seconds: Option<f64>,
+    /// Most entries per list (default 50, at most 500).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Arguments of `slowest_tests`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct SlowestArgs {
+    /// A session id, or `latest` (the default).
+    #[serde(default)]
+    pub session: Option<String>,
+    /// How many tests (default 10, at most 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Parses an optional session reference (`latest` when absent), naming `field`.
+pub fn session_ref(text: Option<&str>, field: &str) -> Result<SessionRef, Error> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(SessionRef::Latest),
+        Some(t) => SessionRef::parse(t, field),
+    }
+}
+
+/// Parses an optional session UUID, naming `field`.
+pub fn session_id(text: Option<&str>, field: &str) -> Result<Option<uuid::Uuid>, Error> {
+    text.map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| parse_session_id(t, field))
+        .transpose()
+}
+
+/// A page size: `default` when absent, at least 1, at most `max`.
+pub fn page(limit: Option<u32>, default: usize, max: usize) -> usize {
+    limit.map_or(default, |n| (n as usize).clamp(1, max))
+}

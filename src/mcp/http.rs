@@ -1,0 +1,171 @@
+//! MCP over streamable HTTP at `/mcp`, guarded against DNS rebinding and
+//! against clients that never close their sessions.
+//!
+//! - Host: only loopback names (rmcp's default allow-list) are served.
+//! - Origin: a request that carries one must come from a loopback origin
+//!   (any port, http or https) or one allowed with `--allow-origin`; others
+//!   get 403. A request without Origin (a command-line client) is fine.
+//! - Sessions: at most [`HttpOptions::max_sessions`] live at once (a new one
+//!   beyond that gets 503), and a session idle for
+//!   [`HttpOptions::idle_timeout`] is closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::PytestMcp;
+use crate::store::Store;
+
+/// The path the MCP endpoint is served at.
+pub const PATH: &str = "/mcp";
+
+/// Origins always allowed: pages served from this machine.
+const LOOPBACK_ORIGINS: &[&str] = &[
+    "http://localhost:*",
+    "http://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://localhost:*",
+    "https://127.0.0.1:*",
+    "https://[::1]:*",
+];
+
+/// Settings of the HTTP transport.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Extra origins allowed besides loopback ones, e.g. `https://inspector.example:443`.
+    pub allowed_origins: Vec<String>,
+    /// Most MCP sessions alive at once.
+    pub max_sessions: usize,
+    /// A session with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            max_sessions: 64,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Checks an `--allow-origin` value the way rmcp will read it, so a typo is
+/// an error at startup rather than a silent 403 later.
+pub fn check_origin(origin: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err(format!(
+            "{origin:?} is not an origin; write it as scheme://host[:port], e.g. https://app.example:443"
+        ));
+    };
+    if scheme.is_empty() || rest.is_empty() || rest.contains('/') {
+        return Err(format!(
+            "{origin:?} is not an origin; write it as scheme://host[:port] with no path"
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Limits {
+    sessions: Arc<LocalSessionManager>,
+    max_sessions: usize,
+}
+
+/// Refuses a new session (a POST without `Mcp-Session-Id`) once the cap is reached.
+async fn cap_sessions(
+    State(limits): State<Limits>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let opens_session =
+        request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
+    if opens_session && limits.sessions.sessions.read().await.len() >= limits.max_sessions {
+        tracing::warn!(
+            max = limits.max_sessions,
+            "refusing a new MCP session: too many open"
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "30")],
+            format!(
+                "too many MCP sessions are open (limit {}); close one (HTTP DELETE) or retry when idle ones expire",
+                limits.max_sessions
+            ),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// The axum router serving MCP at [`PATH`].
+pub fn router(store: Store, options: &HttpOptions, shutdown: CancellationToken) -> axum::Router {
+    let mut session_config = SessionConfig::default();
+    session_config.keep_alive = Some(options.idle_timeout);
+    let mut manager = LocalSessionManager::default();
+    manager.session_config = session_config;
+    let manager = Arc::new(manager);
+
+    let origins: Vec<String> = LOOPBACK_ORIGINS
+        .iter()
+        .map(|o| o.to_string())
+        .chain(options.allowed_origins.iter().cloned())
+        .collect();
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_origins(origins)
+        .enforce_origin_validation()
+        .with_cancellation_token(shutdown.child_token());
+    let handler_shutdown = shutdown.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(PytestMcp::new(store.clone(), handler_shutdown.clone())),
+        manager.clone(),
+        config,
+    );
+    let limits = Limits {
+        sessions: manager,
+        max_sessions: options.max_sessions.max(1),
+    };
+    axum::Router::new()
+        .route_service(PATH, service)
+        .layer(axum::middleware::from_fn_with_state(limits, cap_sessions))
+}
+
+/// Serves MCP over HTTP on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    options: HttpOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = router(store, &options, shutdown.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_origins_must_be_scheme_host_and_port() {
+        assert!(check_origin("https://app.example:443").is_ok());
+        assert!(check_origin("http://localhost:*").is_ok());
+        for bad in [
+            "app.example",
+            "https://",
+            "https://app.example/path",
+            "://x",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
+    }
+}

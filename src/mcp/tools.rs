@@ -1,0 +1,475 @@
+//! The tools: three record tools compatible with the original Node server,
+//! and the read tools. Each is small: parse, call the store, convert.
+
+use rmcp::handler::server::tool::schema_for_output;
+use rmcp::model::CallToolResult;
+use rmcp::{ErrorData, tool, tool_router};
+use uuid::Uuid;
+
+use super::args::{
+    CompareArgs, FailuresArgs, FlakyArgs, HistoryArgs, ListSessionsArgs, Parameters, SessionArgs,
+    SessionFinishArgs, SessionStartArgs, SlowestArgs, TestOutcomeArgs, page, session_id,
+    session_ref,
+};
+use super::views::{
+    self, ComparisonView, FailureBrief, FailureView, FailuresView, FlakyTestView, FlakyView,
+    HistoryEntryView, HistoryView, OutcomeRecordedView, SessionDetailView, SessionFinishedView,
+    SessionListView, SessionStartedView, SessionView, SlowestView, StabilityView, fit_budget,
+};
+use super::{PytestMcp, structured, tool_failure};
+use crate::error::{Error, Result};
+use crate::model::{SessionRef, Source, Summary, TestOutcome};
+use crate::store::{OutcomeFilter, SessionFilter, flakiness_verdict};
+
+type ToolResult = std::result::Result<CallToolResult, ErrorData>;
+
+/// Runs a tool body, mapping its error once.
+fn answer(result: Result<CallToolResult>) -> ToolResult {
+    result.or_else(tool_failure)
+}
+
+fn done<V: serde::Serialize>(view: &V, text: String) -> Result<CallToolResult> {
+    structured(view, text).map_err(|e| Error::Internal(e.message.to_string()))
+}
+
+impl PytestMcp {
+    /// The session a record tool writes to: the one named, or the latest
+    /// running session started through MCP.
+    async fn record_target(&self, given: Option<&str>) -> Result<Uuid> {
+        if let Some(id) = session_id(given, "session_id")? {
+            return Ok(id);
+        }
+        match self.store.latest_running(Source::Mcp).await? {
+            Some(s) => Ok(s.id),
+            None => Err(Error::precondition(
+                "session_id",
+                "no running session was started through MCP; call record_session_start first, or pass session_id",
+            )),
+        }
+    }
+}
+
+#[tool_router(router = tool_router, vis = "pub(super)")]
+impl PytestMcp {
+    /// Start recording a test session; returns its id. Then call
+    /// record_test_outcome for each test and record_session_finish at the end.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
+        output_schema = schema_for_output::<SessionStartedView>()
+    )]
+    async fn record_session_start(
+        &self,
+        Parameters(a): Parameters<SessionStartArgs>,
+    ) -> ToolResult {
+        answer(
+            async {
+                let id =
+                    session_id(a.session_id.as_deref(), "session_id")?.unwrap_or_else(Uuid::new_v4);
+                let s = self
+                    .store
+                    .start_session(id, Source::Mcp, a.environment.into(), None)
+                    .await?;
+                let view = SessionStartedView {
+                    session_id: s.id.to_string(),
+                    session: (&s).into(),
+                };
+                done(&view, format!("started session {}", s.id))
+            }
+            .await,
+        )
+    }
+
+    /// Record one test's outcome in a session (by default the latest running
+    /// session started with record_session_start); it is stored as the next
+    /// outcome of that session.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
+        output_schema = schema_for_output::<OutcomeRecordedView>()
+    )]
+    async fn record_test_outcome(&self, Parameters(a): Parameters<TestOutcomeArgs>) -> ToolResult {
+        answer(
+            async {
+                let outcome = a.to_outcome()?;
+                let id = self.record_target(a.session_id.as_deref()).await?;
+                let kind = outcome.outcome;
+                let seq = self.store.append_next(id, outcome).await.map_err(|e| {
+                    // The store names the field of its batch API; here it is one outcome.
+                    match e {
+                        Error::InvalidArgument { field, message } => Error::InvalidArgument {
+                            field: field.trim_start_matches("outcome.").to_string(),
+                            message,
+                        },
+                        other => other,
+                    }
+                })?;
+                let view = OutcomeRecordedView {
+                    session_id: id.to_string(),
+                    seq,
+                    nodeid: a.nodeid.clone(),
+                    outcome: kind.to_string(),
+                };
+                done(
+                    &view,
+                    format!("recorded {} {} as #{seq} of session {id}", kind, a.nodeid),
+                )
+            }
+            .await,
+        )
+    }
+
+    /// Finish a recorded session with pytest's summary (by default the latest
+    /// running session started with record_session_start).
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<SessionFinishedView>()
+    )]
+    async fn record_session_finish(
+        &self,
+        Parameters(a): Parameters<SessionFinishArgs>,
+    ) -> ToolResult {
+        answer(
+            async {
+                let summary = Summary::try_from(&a.summary)?;
+                let id = self.record_target(a.session_id.as_deref()).await?;
+                let current = self.store.get_session(SessionRef::Id(id)).await?;
+                // Outcomes recorded through MCP have no gaps: every one the
+                // client sent is stored.
+                let s = self
+                    .store
+                    .finish_session(id, summary, current.outcomes_stored, None)
+                    .await?;
+                let view = SessionFinishedView {
+                    session_id: id.to_string(),
+                    session: (&s).into(),
+                };
+                let text = format!("finished: {}", view.session.line());
+                done(&view, text)
+            }
+            .await,
+        )
+    }
+
+    /// List recorded test sessions, newest first, with their counts.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<SessionListView>()
+    )]
+    async fn list_sessions(&self, Parameters(a): Parameters<ListSessionsArgs>) -> ToolResult {
+        answer(
+            async {
+                let filter = SessionFilter {
+                    statuses: a.status.map(Into::into).into_iter().collect(),
+                    project: a.project.filter(|p| !p.is_empty()),
+                };
+                let limit = page(a.limit, 20, 100);
+                let p = self
+                    .store
+                    .list_sessions(filter, limit, a.cursor.filter(|c| !c.is_empty()))
+                    .await?;
+                let view = SessionListView {
+                    sessions: p.items.iter().map(SessionView::from).collect(),
+                    next_cursor: p.next,
+                };
+                done(&view, view.render())
+            }
+            .await,
+        )
+    }
+
+    /// One session: status, counts, environment and its first failures.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<SessionDetailView>()
+    )]
+    async fn get_session(&self, Parameters(a): Parameters<SessionArgs>) -> ToolResult {
+        answer(
+            async {
+                let view =
+                    session_detail(self, session_ref(a.session.as_deref(), "session")?).await?;
+                done(&view, view.render())
+            }
+            .await,
+        )
+    }
+
+    /// A session's failures and errors with tracebacks, captured output,
+    /// location, and a pytest command that reruns exactly them. Paged.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<FailuresView>()
+    )]
+    async fn get_failures(&self, Parameters(a): Parameters<FailuresArgs>) -> ToolResult {
+        answer(
+            async {
+                let view = failures(self, &a).await?;
+                done(&view, view.render())
+            }
+            .await,
+        )
+    }
+
+    /// One test's outcomes across sessions, newest first, with a verdict:
+    /// passing, failing, regressed, fixed, or flaky.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<HistoryView>()
+    )]
+    async fn get_test_history(&self, Parameters(a): Parameters<HistoryArgs>) -> ToolResult {
+        answer(
+            async {
+                let limit = page(a.limit, 20, 200);
+                let window = page(a.window, 50, 1000);
+                let offset: u64 = match a.cursor.as_deref().filter(|c| !c.is_empty()) {
+                    Some(c) => c.parse().map_err(|_| {
+                        Error::invalid(
+                            "cursor",
+                            format!("{c:?} is not a cursor this server issued"),
+                        )
+                    })?,
+                    None => 0,
+                };
+                let p = self
+                    .store
+                    .test_history(
+                        a.nodeid.clone(),
+                        limit,
+                        a.cursor.clone().filter(|c| !c.is_empty()),
+                    )
+                    .await?;
+                let stability = self.store.test_stability(a.nodeid.clone(), window).await?;
+                let mut view = HistoryView {
+                    nodeid: a.nodeid.clone(),
+                    stability: StabilityView::new(&stability, flakiness_verdict(&stability)),
+                    entries: p.items.iter().map(HistoryEntryView::from).collect(),
+                    truncated: false,
+                    next_cursor: p.next,
+                };
+                if fit_budget(&mut view, |v| &mut v.entries) > 0 {
+                    view.truncated = true;
+                    view.next_cursor = Some((offset + view.entries.len() as u64).to_string());
+                }
+                done(&view, view.render())
+            }
+            .await,
+        )
+    }
+
+    /// Tests that both passed and failed on the same commit or in the same
+    /// session, or flip between pass and fail often, over the newest sessions.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<FlakyView>()
+    )]
+    async fn find_flaky_tests(&self, Parameters(a): Parameters<FlakyArgs>) -> ToolResult {
+        answer(
+            async {
+                let window = page(a.window_sessions, 30, 1000);
+                let limit = page(a.limit, 20, 100);
+                let (total, found) = self
+                    .store
+                    .flaky_tests(window, a.project.filter(|p| !p.is_empty()), limit)
+                    .await?;
+                let mut view = FlakyView {
+                    window_sessions: window as u64,
+                    total: total as u64,
+                    tests: found.iter().map(FlakyTestView::from).collect(),
+                    truncated: total > found.len(),
+                };
+                if fit_budget(&mut view, |v| &mut v.tests) > 0 {
+                    view.truncated = true;
+                }
+                done(&view, view.render())
+            }
+            .await,
+        )
+    }
+
+    /// Compare two sessions: new failures, fixed tests, still failing, added
+    /// and removed tests, and tests that got slower. By default the latest
+    /// session against the one before it.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<ComparisonView>()
+    )]
+    async fn compare_sessions(&self, Parameters(a): Parameters<CompareArgs>) -> ToolResult {
+        answer(
+            async {
+                let head = session_ref(a.head.as_deref(), "head")?;
+                let base = match a.base.as_deref().filter(|b| !b.trim().is_empty()) {
+                    Some(b) => SessionRef::parse(b, "base")?,
+                    None => {
+                        let h = self
+                            .store
+                            .get_session(head)
+                            .await
+                            .map_err(|e| rename(e, "head"))?;
+                        let prev = self.store.previous_session(&h).await?.ok_or_else(|| {
+                            Error::not_found(
+                                "base",
+                                format!("no session of the same project started before {}", h.id),
+                            )
+                        })?;
+                        SessionRef::Id(prev.id)
+                    }
+                };
+                let min_ratio = a.min_ratio.unwrap_or(1.5);
+                let min_seconds = a.min_seconds.unwrap_or(0.1);
+                for (field, v) in [("min_ratio", min_ratio), ("min_seconds", min_seconds)] {
+                    crate::model::validate_duration(v, field)?;
+                }
+                let c = self
+                    .store
+                    .compare_sessions(base, head, min_ratio, min_seconds)
+                    .await?;
+                let limit = page(a.limit, 50, 500);
+                let mut view = ComparisonView::new(&c, limit);
+                // Cut the longest lists first until the answer fits.
+                while views::json_len(&view) > views::BUDGET_BYTES {
+                    let lens = [
+                        view.added.len(),
+                        view.removed.len(),
+                        view.slower.len(),
+                        view.still_failing.len(),
+                        view.fixed.len(),
+                        view.new_failures.len(),
+                    ];
+                    let Some((i, n)) = lens.iter().copied().enumerate().max_by_key(|(_, n)| *n)
+                    else {
+                        break;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    let keep = n / 2;
+                    match i {
+                        0 => view.added.truncate(keep),
+                        1 => view.removed.truncate(keep),
+                        2 => view.slower.truncate(keep),
+                        3 => view.still_failing.truncate(keep),
+                        4 => view.fixed.truncate(keep),
+                        _ => view.new_failures.truncate(keep),
+                    }
+                    view.truncated = true;
+                }
+                if view.truncated {
+                    view.note = Some(
+                        "lists were cut (counts has their totals); use get_failures on head for \
+                         every failure, or a smaller limit"
+                            .into(),
+                    );
+                }
+                done(&view, view.render())
+            }
+            .await,
+        )
+    }
+
+    /// The slowest tests of a session (default latest), slowest first.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<SlowestView>()
+    )]
+    async fn slowest_tests(&self, Parameters(a): Parameters<SlowestArgs>) -> ToolResult {
+        answer(
+            async {
+                let session = session_ref(a.session.as_deref(), "session")?;
+                let (s, outcomes) = self
+                    .store
+                    .slowest_tests(session, page(a.limit, 10, 100))
+                    .await?;
+                let view = SlowestView::new(&s, &outcomes);
+                done(&view, view.render())
+            }
+            .await,
+        )
+    }
+}
+
+fn rename(e: Error, field: &str) -> Error {
+    match e {
+        Error::NotFound { message, .. } => Error::NotFound {
+            field: field.into(),
+            message,
+        },
+        other => other,
+    }
+}
+
+/// `get_session`'s answer; shared with the session resources.
+pub(super) async fn session_detail(
+    mcp: &PytestMcp,
+    session: SessionRef,
+) -> Result<SessionDetailView> {
+    let (s, p) = mcp
+        .store
+        .list_outcomes(
+            session,
+            OutcomeFilter {
+                outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
+                nodeid_contains: None,
+            },
+            5,
+            None,
+        )
+        .await
+        .map_err(|e| rename(e, "session"))?;
+    Ok(SessionDetailView {
+        session: (&s).into(),
+        environment: (&s.environment).into(),
+        first_failures: p
+            .items
+            .iter()
+            .map(|o| FailureBrief {
+                nodeid: o.nodeid.clone(),
+                outcome: o.outcome.to_string(),
+                message: o.message.chars().take(300).collect(),
+            })
+            .collect(),
+    })
+}
+
+/// `get_failures`' answer; shared with the failures resource and the prompt.
+pub(super) async fn failures(mcp: &PytestMcp, a: &FailuresArgs) -> Result<FailuresView> {
+    let session = session_ref(a.session.as_deref(), "session")?;
+    let limit = page(a.limit, 10, 100);
+    let traceback_bytes = page(a.traceback_bytes, 4000, 16_000);
+    let filter = OutcomeFilter {
+        outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
+        nodeid_contains: a.nodeid_contains.clone().filter(|t| !t.is_empty()),
+    };
+    let cursor = a.cursor.clone().filter(|c| !c.is_empty());
+    let (s, p) = mcp
+        .store
+        .list_outcomes(session, filter, limit, cursor)
+        .await
+        .map_err(|e| match e {
+            Error::InvalidArgument { message, .. } => Error::InvalidArgument {
+                field: "cursor".into(),
+                message,
+            },
+            Error::NotFound { message, .. } => Error::NotFound {
+                field: "session".into(),
+                message,
+            },
+            other => other,
+        })?;
+    let mut view = FailuresView {
+        session: (&s).into(),
+        failures: p
+            .items
+            .iter()
+            .map(|o| FailureView::new(o, traceback_bytes))
+            .collect(),
+        total_failures: s.counts.failed + s.counts.errors,
+        rerun_command: String::new(),
+        truncated: false,
+        next_cursor: p.next,
+    };
+    if fit_budget(&mut view, |v| &mut v.failures) > 0 {
+        view.truncated = true;
+        // The store's cursor is the last seq returned.
+        view.next_cursor = view.failures.last().map(|f| f.seq.to_string());
+    }
+    view.rerun_command = views::rerun_command(view.failures.iter().map(|f| f.nodeid.as_str()));
+    Ok(view)
+}

@@ -1,0 +1,891 @@
+//! What the tools answer: structured results (their JSON Schema is each
+//! tool's output schema) converted from model types, a short text rendering
+//! of each, and the size budget every answer is held to.
+//!
+//! Invariant: a view that dropped items to fit the budget says so
+//! (`truncated: true`) and says how to get the rest (`next_cursor` or `note`).
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+use crate::model::{Environment, Outcome, Session, truncate_marked};
+use crate::store::{ComparedTest, Comparison, FlakyTest, HistoryEntry, Stability, Verdict};
+
+/// Largest answer, in bytes of JSON, before lists are cut.
+pub const BUDGET_BYTES: usize = 20 * 1024;
+
+/// Bytes of captured output kept per stream in a failure.
+const CAPTURE_EXCERPT_BYTES: usize = 1024;
+
+/// Shortens `text` to `max` bytes, keeping the head and the tail.
+fn excerpt(text: &str, max: usize) -> String {
+    let mut t = text.to_string();
+    truncate_marked(&mut t, max);
+    t
+}
+
+/// A session in brief.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionView {
+    /// Session id.
+    pub id: String,
+    /// running, finished, interrupted or incomplete.
+    pub status: String,
+    /// plugin, mcp or import.
+    pub source: String,
+    /// Start time, RFC 3339.
+    pub started_at: String,
+    /// End time, RFC 3339, once finished.
+    pub finished_at: Option<String>,
+    /// Project name, when known.
+    pub project: Option<String>,
+    /// Git branch, when known.
+    pub git_branch: Option<String>,
+    /// Git commit, when known.
+    pub git_commit: Option<String>,
+    /// Outcomes stored so far.
+    pub outcomes_stored: u64,
+    /// Outcomes the client said it sent, once finished.
+    pub outcomes_expected: Option<u64>,
+    /// Stored outcomes by kind.
+    pub counts: CountsView,
+    /// pytest's exit status, once finished.
+    pub exitstatus: Option<i32>,
+    /// Duration of the run in seconds, once finished.
+    pub duration: Option<f64>,
+}
+
+/// Stored outcomes by kind.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CountsView {
+    /// Passed.
+    pub passed: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Skipped.
+    pub skipped: u64,
+    /// Xfailed.
+    pub xfailed: u64,
+    /// Xpassed.
+    pub xpassed: u64,
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl From<&Session> for SessionView {
+    fn from(s: &Session) -> Self {
+        let c = s.counts;
+        SessionView {
+            id: s.id.to_string(),
+            status: s.status.to_string(),
+            source: s.source.to_string(),
+            started_at: s.started_at.to_rfc3339(),
+            finished_at: s.finished_at.map(|t| t.to_rfc3339()),
+            project: non_empty(&s.environment.project),
+            git_branch: non_empty(&s.environment.git_branch),
+            git_commit: non_empty(&s.environment.git_commit),
+            outcomes_stored: s.outcomes_stored,
+            outcomes_expected: s.outcomes_expected,
+            counts: CountsView {
+                passed: c.passed,
+                failed: c.failed,
+                errors: c.errors,
+                skipped: c.skipped,
+                xfailed: c.xfailed,
+                xpassed: c.xpassed,
+            },
+            exitstatus: s.summary.as_ref().map(|x| x.exitstatus),
+            duration: s.summary.as_ref().map(|x| x.duration),
+        }
+    }
+}
+
+impl SessionView {
+    /// One line: id, status, counts.
+    pub fn line(&self) -> String {
+        let c = &self.counts;
+        format!(
+            "{} {} ({}){}: {} outcomes, {} passed, {} failed, {} errors, {} skipped",
+            self.id,
+            self.status,
+            self.source,
+            self.project
+                .as_deref()
+                .map(|p| format!(" project {p}"))
+                .unwrap_or_default(),
+            self.outcomes_stored,
+            c.passed,
+            c.failed,
+            c.errors,
+            c.skipped
+        )
+    }
+}
+
+/// The machine and project a session ran on (empty fields left out of the text).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct EnvironmentView {
+    /// Operating system.
+    pub os: String,
+    /// Python version.
+    pub python_version: String,
+    /// Python implementation.
+    pub python_implementation: String,
+    /// pytest version.
+    pub pytest_version: String,
+    /// Active plugins.
+    pub plugins: Vec<String>,
+    /// Host name.
+    pub hostname: String,
+    /// pytest rootdir.
+    pub rootdir: String,
+    /// pytest's invocation arguments.
+    pub invocation_args: Vec<String>,
+    /// Whether the work tree was dirty, when known.
+    pub git_dirty: Option<bool>,
+    /// CI provider, when detected.
+    pub ci_provider: String,
+    /// xdist workers, 0 without xdist.
+    pub xdist_workers: u32,
+}
+
+impl From<&Environment> for EnvironmentView {
+    fn from(e: &Environment) -> Self {
+        EnvironmentView {
+            os: e.os.clone(),
+            python_version: e.python_version.clone(),
+            python_implementation: e.python_implementation.clone(),
+            pytest_version: e.pytest_version.clone(),
+            plugins: e.plugins.clone(),
+            hostname: e.hostname.clone(),
+            rootdir: e.rootdir.clone(),
+            invocation_args: e.invocation_args.clone(),
+            git_dirty: e.git_dirty,
+            ci_provider: e.ci_provider.clone(),
+            xdist_workers: e.xdist_workers,
+        }
+    }
+}
+
+/// A failure in brief: which test and its one-line message.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FailureBrief {
+    /// pytest node id.
+    pub nodeid: String,
+    /// failed or error.
+    pub outcome: String,
+    /// One-line crash message.
+    pub message: String,
+}
+
+/// Answer of `get_session`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionDetailView {
+    /// The session.
+    pub session: SessionView,
+    /// Where it ran.
+    pub environment: EnvironmentView,
+    /// The first few failures; `get_failures` has their tracebacks.
+    pub first_failures: Vec<FailureBrief>,
+}
+
+impl SessionDetailView {
+    /// Text rendering.
+    pub fn render(&self) -> String {
+        let mut out = self.session.line();
+        let e = &self.environment;
+        if !e.python_version.is_empty() || !e.os.is_empty() {
+            let _ = write!(out, "\npython {} on {}", e.python_version, e.os);
+        }
+        for f in &self.first_failures {
+            let _ = write!(
+                out,
+                "\n{} {}: {}",
+                f.outcome.to_uppercase(),
+                f.nodeid,
+                f.message
+            );
+        }
+        out
+    }
+}
+
+/// Answer of `list_sessions`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionListView {
+    /// Sessions, newest first.
+    pub sessions: Vec<SessionView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl SessionListView {
+    /// Text rendering.
+    pub fn render(&self) -> String {
+        let mut out = if self.sessions.is_empty() {
+            "no sessions recorded".to_string()
+        } else {
+            self.sessions
+                .iter()
+                .map(SessionView::line)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        if let Some(c) = &self.next_cursor {
+            let _ = write!(out, "\nmore: call again with cursor {c:?}");
+        }
+        out
+    }
+}
+
+/// One failing test with what is needed to understand it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FailureView {
+    /// Position in the session.
+    pub seq: u64,
+    /// pytest node id.
+    pub nodeid: String,
+    /// failed or error.
+    pub outcome: String,
+    /// The phase that failed (setup, call, teardown), when known.
+    pub phase: Option<String>,
+    /// `file:line` of the test, or the file alone.
+    pub location: String,
+    /// One-line crash message.
+    pub message: String,
+    /// The traceback; its end (where the error is) is kept when cut.
+    pub traceback: String,
+    /// Whether `traceback` was cut to fit.
+    pub traceback_truncated: bool,
+    /// Excerpt of captured stdout.
+    pub stdout: String,
+    /// Excerpt of captured stderr.
+    pub stderr: String,
+    /// Excerpt of captured log.
+    pub log: String,
+    /// Duration in seconds.
+    pub duration: f64,
+    /// Attempt number (reruns).
+    pub attempt: u32,
+}
+
+impl FailureView {
+    /// Converts an outcome, keeping at most `traceback_bytes` of its traceback.
+    pub fn new(o: &Outcome, traceback_bytes: usize) -> Self {
+        let file = if o.file.is_empty() {
+            o.nodeid.split("::").next().unwrap_or_default().to_string()
+        } else {
+            o.file.clone()
+        };
+        let location = match o.line {
+            Some(l) => format!("{file}:{l}"),
+            None => file,
+        };
+        FailureView {
+            seq: o.seq,
+            nodeid: o.nodeid.clone(),
+            outcome: o.outcome.to_string(),
+            phase: o.phase.map(|p| p.to_string()),
+            location,
+            message: o.message.clone(),
+            traceback: tail_excerpt(&o.longrepr, traceback_bytes),
+            traceback_truncated: o.longrepr.len() > traceback_bytes,
+            stdout: excerpt(&o.stdout, CAPTURE_EXCERPT_BYTES),
+            stderr: excerpt(&o.stderr, CAPTURE_EXCERPT_BYTES),
+            log: excerpt(&o.log, CAPTURE_EXCERPT_BYTES),
+            duration: o.duration,
+            attempt: o.attempt,
+        }
+    }
+}
+
+/// Keeps the last `max` bytes of a traceback (the error line is at its end)
+/// after a marker saying how much was cut.
+fn tail_excerpt(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!(
+        "[pytest-mcp: first {start} bytes cut; ask for more with traceback_bytes]\n{}",
+        &text[start..]
+    )
+}
+
+/// Quotes a nodeid for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=+,@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// A `pytest` command line that reruns exactly these nodeids.
+pub fn rerun_command<'a>(nodeids: impl IntoIterator<Item = &'a str>) -> String {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cmd = "pytest".to_string();
+    for n in nodeids {
+        if seen.insert(n) {
+            cmd.push(' ');
+            cmd.push_str(&shell_quote(n));
+        }
+    }
+    cmd
+}
+
+/// Answer of `get_failures`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FailuresView {
+    /// The session.
+    pub session: SessionView,
+    /// Failures and errors on this page, in the order they happened.
+    pub failures: Vec<FailureView>,
+    /// Failures and errors stored in the session in all.
+    pub total_failures: u64,
+    /// A `pytest` command that reruns exactly the failures on this page.
+    pub rerun_command: String,
+    /// Whether failures were left off this page to stay within the size budget.
+    pub truncated: bool,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl FailuresView {
+    /// Text rendering: each failure with the end of its traceback.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{}\n{} failures in all, {} here",
+            self.session.line(),
+            self.total_failures,
+            self.failures.len()
+        );
+        for f in &self.failures {
+            let _ = write!(
+                out,
+                "\n\n{} {} ({}, {})\n  {}",
+                f.outcome.to_uppercase(),
+                f.nodeid,
+                f.location,
+                f.phase.as_deref().unwrap_or("?"),
+                f.message
+            );
+            let lines: Vec<&str> = f.traceback.lines().collect();
+            for l in &lines[lines.len().saturating_sub(12)..] {
+                let _ = write!(out, "\n  | {l}");
+            }
+        }
+        if !self.failures.is_empty() {
+            let _ = write!(out, "\n\nrerun: {}", self.rerun_command);
+        }
+        if let Some(c) = &self.next_cursor {
+            let _ = write!(out, "\nmore: call get_failures again with cursor {c:?}");
+        }
+        budget_text(out)
+    }
+}
+
+/// Pass/fail statistics behind a verdict.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StabilityView {
+    /// passing, failing, regressed, fixed, flaky or unknown.
+    pub verdict: String,
+    /// Pass or fail outcomes counted (newest first, up to the window).
+    pub runs: u64,
+    /// Passed.
+    pub passed: u64,
+    /// Failed or errored.
+    pub failed: u64,
+    /// Changes between pass and fail, oldest to newest.
+    pub flips: u64,
+    /// Commits on which it both passed and failed.
+    pub mixed_commits: u64,
+    /// Sessions in which it both passed and failed (reruns).
+    pub mixed_sessions: u64,
+}
+
+impl StabilityView {
+    /// Converts statistics and their verdict.
+    pub fn new(s: &Stability, verdict: Verdict) -> Self {
+        StabilityView {
+            verdict: verdict.as_str().to_string(),
+            runs: s.runs,
+            passed: s.passed,
+            failed: s.failed,
+            flips: s.flips,
+            mixed_commits: s.mixed_commits,
+            mixed_sessions: s.mixed_sessions,
+        }
+    }
+}
+
+/// One run of a test.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HistoryEntryView {
+    /// The session.
+    pub session_id: String,
+    /// Session start, RFC 3339.
+    pub started_at: String,
+    /// Git commit, when known.
+    pub git_commit: Option<String>,
+    /// Git branch, when known.
+    pub git_branch: Option<String>,
+    /// The outcome.
+    pub outcome: String,
+    /// Duration in seconds.
+    pub duration: f64,
+    /// Attempt number (reruns).
+    pub attempt: u32,
+    /// One-line crash message, for failures.
+    pub message: String,
+}
+
+impl From<&HistoryEntry> for HistoryEntryView {
+    fn from(e: &HistoryEntry) -> Self {
+        HistoryEntryView {
+            session_id: e.session.id.to_string(),
+            started_at: e.session.started_at.to_rfc3339(),
+            git_commit: non_empty(&e.session.environment.git_commit),
+            git_branch: non_empty(&e.session.environment.git_branch),
+            outcome: e.outcome.outcome.to_string(),
+            duration: e.outcome.duration,
+            attempt: e.outcome.attempt,
+            message: excerpt(&e.outcome.message, 500),
+        }
+    }
+}
+
+/// Answer of `get_test_history`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HistoryView {
+    /// The test.
+    pub nodeid: String,
+    /// Whether it is flaky, and why.
+    pub stability: StabilityView,
+    /// Its runs, newest session first.
+    pub entries: Vec<HistoryEntryView>,
+    /// Whether entries were left off to stay within the size budget.
+    pub truncated: bool,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl HistoryView {
+    /// Text rendering.
+    pub fn render(&self) -> String {
+        let s = &self.stability;
+        let mut out = format!(
+            "{}: {} ({} runs: {} passed, {} failed, {} flips, {} mixed commits, {} mixed sessions)",
+            self.nodeid,
+            s.verdict,
+            s.runs,
+            s.passed,
+            s.failed,
+            s.flips,
+            s.mixed_commits,
+            s.mixed_sessions
+        );
+        for e in &self.entries {
+            let _ = write!(
+                out,
+                "\n{} {} {} {:.3}s{}",
+                e.started_at,
+                e.session_id,
+                e.outcome,
+                e.duration,
+                if e.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", e.message)
+                }
+            );
+        }
+        if let Some(c) = &self.next_cursor {
+            let _ = write!(out, "\nmore: call again with cursor {c:?}");
+        }
+        budget_text(out)
+    }
+}
+
+/// A test judged flaky.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FlakyTestView {
+    /// pytest node id.
+    pub nodeid: String,
+    /// The statistics that make it flaky.
+    pub stability: StabilityView,
+    /// Its newest failure message.
+    pub last_message: String,
+}
+
+impl From<&FlakyTest> for FlakyTestView {
+    fn from(f: &FlakyTest) -> Self {
+        FlakyTestView {
+            nodeid: f.nodeid.clone(),
+            stability: StabilityView::new(&f.stability, f.verdict),
+            last_message: excerpt(&f.last_message, 500),
+        }
+    }
+}
+
+/// Answer of `find_flaky_tests`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FlakyView {
+    /// Sessions looked at.
+    pub window_sessions: u64,
+    /// Flaky tests found in all.
+    pub total: u64,
+    /// The flakiest first: same-commit evidence, then most flips.
+    pub tests: Vec<FlakyTestView>,
+    /// Whether tests were left off (raise `limit` to see more).
+    pub truncated: bool,
+}
+
+impl FlakyView {
+    /// Text rendering.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{} flaky tests in the newest {} sessions",
+            self.total, self.window_sessions
+        );
+        for t in &self.tests {
+            let s = &t.stability;
+            let _ = write!(
+                out,
+                "\n{}: {} passed, {} failed, {} flips, {} mixed commits, {} mixed sessions; last: {}",
+                t.nodeid,
+                s.passed,
+                s.failed,
+                s.flips,
+                s.mixed_commits,
+                s.mixed_sessions,
+                t.last_message
+            );
+        }
+        if self.truncated {
+            out.push_str("\nmore: raise limit");
+        }
+        budget_text(out)
+    }
+}
+
+/// A test whose outcome changed between two sessions.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ComparedTestView {
+    /// pytest node id.
+    pub nodeid: String,
+    /// Final outcome in the base session, if it ran.
+    pub base: Option<String>,
+    /// Final outcome in the head session, if it ran.
+    pub head: Option<String>,
+    /// The relevant failure message.
+    pub message: String,
+}
+
+impl From<&ComparedTest> for ComparedTestView {
+    fn from(t: &ComparedTest) -> Self {
+        ComparedTestView {
+            nodeid: t.nodeid.clone(),
+            base: t.base.map(|o| o.to_string()),
+            head: t.head.map(|o| o.to_string()),
+            message: excerpt(&t.message, 300),
+        }
+    }
+}
+
+/// A test that got slower.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SlowerView {
+    /// pytest node id.
+    pub nodeid: String,
+    /// Seconds in base.
+    pub base: f64,
+    /// Seconds in head.
+    pub head: f64,
+}
+
+/// How many tests fall in each list of a comparison (before any cut).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ComparisonCounts {
+    /// New failures.
+    pub new_failures: u64,
+    /// Fixed.
+    pub fixed: u64,
+    /// Still failing.
+    pub still_failing: u64,
+    /// Added.
+    pub added: u64,
+    /// Removed.
+    pub removed: u64,
+    /// Slower.
+    pub slower: u64,
+}
+
+/// Answer of `compare_sessions`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ComparisonView {
+    /// The older session.
+    pub base: SessionView,
+    /// The newer session.
+    pub head: SessionView,
+    /// Totals of each list.
+    pub counts: ComparisonCounts,
+    /// Failing in head, not failing (or absent) in base.
+    pub new_failures: Vec<ComparedTestView>,
+    /// Failing in base, passing in head.
+    pub fixed: Vec<ComparedTestView>,
+    /// Failing in both.
+    pub still_failing: Vec<ComparedTestView>,
+    /// Run in head only.
+    pub added: Vec<String>,
+    /// Run in base only.
+    pub removed: Vec<String>,
+    /// Passing in both and slower in head, largest growth first.
+    pub slower: Vec<SlowerView>,
+    /// Whether lists were cut (see `counts` for their totals).
+    pub truncated: bool,
+    /// How to see what was cut.
+    pub note: Option<String>,
+}
+
+impl ComparisonView {
+    /// Converts a comparison, keeping at most `limit` entries per list.
+    pub fn new(c: &Comparison, limit: usize) -> Self {
+        let counts = ComparisonCounts {
+            new_failures: c.new_failures.len() as u64,
+            fixed: c.fixed.len() as u64,
+            still_failing: c.still_failing.len() as u64,
+            added: c.added.len() as u64,
+            removed: c.removed.len() as u64,
+            slower: c.slower.len() as u64,
+        };
+        let tests = |v: &[ComparedTest]| v.iter().take(limit).map(Into::into).collect();
+        let truncated = [
+            c.new_failures.len(),
+            c.fixed.len(),
+            c.still_failing.len(),
+            c.added.len(),
+            c.removed.len(),
+            c.slower.len(),
+        ]
+        .iter()
+        .any(|n| *n > limit);
+        ComparisonView {
+            base: (&c.base).into(),
+            head: (&c.head).into(),
+            counts,
+            new_failures: tests(&c.new_failures),
+            fixed: tests(&c.fixed),
+            still_failing: tests(&c.still_failing),
+            added: c.added.iter().take(limit).cloned().collect(),
+            removed: c.removed.iter().take(limit).cloned().collect(),
+            slower: c
+                .slower
+                .iter()
+                .take(limit)
+                .map(|d| SlowerView {
+                    nodeid: d.nodeid.clone(),
+                    base: d.base,
+                    head: d.head,
+                })
+                .collect(),
+            truncated,
+            note: None,
+        }
+    }
+
+    /// Text rendering.
+    pub fn render(&self) -> String {
+        let c = &self.counts;
+        let mut out = format!(
+            "base {}\nhead {}\n{} new failures, {} fixed, {} still failing, {} added, {} removed, {} slower",
+            self.base.line(),
+            self.head.line(),
+            c.new_failures,
+            c.fixed,
+            c.still_failing,
+            c.added,
+            c.removed,
+            c.slower
+        );
+        for (label, list) in [
+            ("NEW", &self.new_failures),
+            ("FIXED", &self.fixed),
+            ("STILL", &self.still_failing),
+        ] {
+            for t in list {
+                let _ = write!(out, "\n{label} {}: {}", t.nodeid, t.message);
+            }
+        }
+        for d in &self.slower {
+            let _ = write!(
+                out,
+                "\nSLOWER {}: {:.3}s -> {:.3}s",
+                d.nodeid, d.base, d.head
+            );
+        }
+        if let Some(n) = &self.note {
+            let _ = write!(out, "\n{n}");
+        }
+        budget_text(out)
+    }
+}
+
+/// One slow test.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SlowTestView {
+    /// pytest node id.
+    pub nodeid: String,
+    /// The outcome.
+    pub outcome: String,
+    /// Duration in seconds.
+    pub duration: f64,
+    /// Position in the session.
+    pub seq: u64,
+}
+
+/// Answer of `slowest_tests`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SlowestView {
+    /// The session.
+    pub session: SessionView,
+    /// Slowest first.
+    pub tests: Vec<SlowTestView>,
+}
+
+impl SlowestView {
+    /// Converts a session and its slowest outcomes.
+    pub fn new(s: &Session, outcomes: &[Outcome]) -> Self {
+        SlowestView {
+            session: s.into(),
+            tests: outcomes
+                .iter()
+                .map(|o| SlowTestView {
+                    nodeid: o.nodeid.clone(),
+                    outcome: o.outcome.to_string(),
+                    duration: o.duration,
+                    seq: o.seq,
+                })
+                .collect(),
+        }
+    }
+
+    /// Text rendering.
+    pub fn render(&self) -> String {
+        let mut out = self.session.line();
+        for t in &self.tests {
+            let _ = write!(out, "\n{:>9.3}s {} {}", t.duration, t.outcome, t.nodeid);
+        }
+        budget_text(out)
+    }
+}
+
+/// Answer of `record_session_start`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionStartedView {
+    /// The new session's id; pass it as `session_id` to the other record tools.
+    pub session_id: String,
+    /// The session.
+    pub session: SessionView,
+}
+
+/// Answer of `record_test_outcome`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct OutcomeRecordedView {
+    /// The session it was appended to.
+    pub session_id: String,
+    /// The position it was stored at.
+    pub seq: u64,
+    /// The test.
+    pub nodeid: String,
+    /// The outcome.
+    pub outcome: String,
+}
+
+/// Answer of `record_session_finish`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionFinishedView {
+    /// The session finished.
+    pub session_id: String,
+    /// The session as stored.
+    pub session: SessionView,
+}
+
+/// Cuts a text rendering to the budget.
+fn budget_text(mut text: String) -> String {
+    truncate_marked(&mut text, BUDGET_BYTES);
+    text
+}
+
+/// Size of a value as JSON.
+pub fn json_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map(|v| v.len()).unwrap_or(0)
+}
+
+/// Drops items from the end of `list(view)` until `view` fits the budget;
+/// returns how many were dropped.
+pub fn fit_budget<V: Serialize, T>(view: &mut V, list: impl Fn(&mut V) -> &mut Vec<T>) -> usize {
+    let mut dropped = 0;
+    loop {
+        let size = json_len(view);
+        let items = list(view);
+        if size <= BUDGET_BYTES || items.len() <= 1 {
+            return dropped;
+        }
+        // Drop in proportion to the excess, at least one.
+        let per_item = size / items.len();
+        let excess = size - BUDGET_BYTES;
+        let n = (excess / per_item.max(1) + 1).min(items.len() - 1);
+        items.truncate(items.len() - n);
+        dropped += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rerun_command_quotes_parametrized_ids_and_drops_duplicates() {
+        let cmd = rerun_command(["tests/a.py::t[x y]", "tests/a.py::u", "tests/a.py::u"]);
+        assert_eq!(cmd, "pytest 'tests/a.py::t[x y]' tests/a.py::u");
+        assert_eq!(rerun_command(["t.py::it's"]), r"pytest 't.py::it'\''s'");
+    }
+
+    #[test]
+    fn tracebacks_keep_their_end_when_cut() {
+        let tb = format!("{}\nE   AssertionError: boom", "x".repeat(10_000));
+        let cut = tail_excerpt(&tb, 100);
+        assert!(cut.ends_with("E   AssertionError: boom"));
+        assert!(cut.len() < 200);
+    }
+
+    #[test]
+    fn fitting_the_budget_drops_items_and_keeps_at_least_one() {
+        #[derive(Serialize)]
+        struct V {
+            items: Vec<String>,
+        }
+        let mut v = V {
+            items: vec!["y".repeat(1000); 100],
+        };
+        let dropped = fit_budget(&mut v, |v| &mut v.items);
+        assert!(dropped > 0);
+        assert!(json_len(&v) <= BUDGET_BYTES);
+        let mut one = V {
+            items: vec!["z".repeat(BUDGET_BYTES * 2)],
+        };
+        assert_eq!(fit_budget(&mut one, |v| &mut v.items), 0);
+    }
+}
