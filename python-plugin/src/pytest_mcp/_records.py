@@ -1,0 +1,32 @@
+"""The record the test thread hands to the sender: a plain tuple, cheap to build.
+
+Indexes into the tuple; the reporter builds records, the sender turns them
+into protobuf Outcomes or spool lines.
+"""
+
+NODEID = 0
+OUTCOME = 1  # "passed" "failed" "skipped" "error" "xfailed" "xpassed"
+PHASE = 2  # "collect" "setup" "call" "teardown" or None
+DURATION = 3
+MESSAGE = 4
+LONGREPR = 5
+STDOUT = 6
+STDERR = 7
+LOG = 8
+FILE = 9
+LINE = 10  # 1-based, or None
+MARKERS = 11  # tuple or list of names
+WORKER = 12
+ATTEMPT = 13
+STARTED = 14  # seconds since the epoch, or None
+
+# (spool / JSON key, index) of the free-text fields.
+TEXT_FIELDS = (
+    ("message", MESSAGE),
+    ("longrepr", LONGREPR),
+    ("stdout", STDOUT),
+    ("stderr", STDERR),
+    ("log", LOG),
+    ("file", FILE),
+    ("worker", WORKER),
+)

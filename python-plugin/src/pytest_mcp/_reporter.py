@@ -1,0 +1,353 @@
+"""Turns pytest's reports into outcome records and runs the session's lifecycle.
+
+Registered only when recording is enabled, and only where every report
+arrives (the xdist controller, never a worker). Per test it does a few dict
+operations and appends one tuple to the sender's queue; anything slow (gRPC,
+protobuf, files, git) happens on the sender thread.
+
+Which records a test produces follows pytest's own counting, so stored counts
+match the terminal summary: the phase that decides the outcome gives one
+record per attempt (its duration is the sum of all phases, its captured output
+that of all phases); a teardown error after a decided outcome is a second
+record, as pytest counts it as a second result. Each subtest report is a
+record of its own; each pytest-rerunfailures attempt keeps its record, with
+the attempt number.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from . import _environment
+from . import _records as R
+from ._sender import Sender
+
+MESSAGE_LIMIT = 2000  # characters of the one-line crash message
+_KINDS = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
+_STATS_KEYS = {"error": "errors"}
+
+
+@dataclass
+class Settings:
+    """Resolved options (command line, environment, ini)."""
+
+    address: str
+    token: Optional[str]
+    spool_dir: Optional[str]
+    timeout: float
+
+
+def _one_line(text: str) -> str:
+    text = text.strip()
+    line = text.split("\n", 1)[0].rstrip()
+    if len(line) > MESSAGE_LIMIT:
+        line = line[: MESSAGE_LIMIT - 3] + "..."
+    return line
+
+
+def _crash_message(longrepr: Any) -> str:
+    """The one-line reason of a failure, error or skip."""
+    if longrepr is None:
+        return ""
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None and getattr(crash, "message", None):
+        return _one_line(crash.message)
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (path, line, reason)
+        reason = str(longrepr[2])
+        return _one_line(reason[len("Skipped: ") :] if reason.startswith("Skipped: ") else reason)
+    text = str(longrepr)
+    # Collection errors are preformatted text whose "E   " lines hold the error.
+    for line in reversed(text.splitlines()):
+        if line.startswith("E   "):
+            return _one_line(line[1:])
+    return _one_line(text)
+
+
+def _kind(report: Any) -> str:
+    """The outcome a setup/call/teardown report stands for, as pytest counts it."""
+    outcome = report.outcome
+    if outcome == "passed":
+        return "xpassed" if "wasxfail" in report.__dict__ else "passed"
+    if outcome == "skipped":
+        return "xfailed" if "wasxfail" in report.__dict__ else "skipped"
+    # "failed", or "rerun" (pytest-rerunfailures) for an attempt that will be retried.
+    return "failed" if report.when == "call" else "error"
+
+
+def _detail(report: Any, kind: str):
+    """(message, longrepr text) for a report of the given kind."""
+    if kind == "passed":
+        return "", ""
+    if kind == "xpassed":
+        return _one_line(report.wasxfail or ""), ""
+    if kind == "skipped":
+        return _crash_message(report.longrepr), ""
+    text = report.longreprtext
+    if kind == "xfailed":
+        return _one_line(report.wasxfail or "") or _crash_message(report.longrepr), text
+    return _crash_message(report.longrepr), text
+
+
+def _captured(sections):
+    """(stdout, stderr, log) from a report's sections, all phases joined."""
+    if not sections:
+        return "", "", ""
+    out: List[str] = []
+    err: List[str] = []
+    log: List[str] = []
+    for title, content in sections:
+        if title.startswith("Captured stdout"):
+            out.append(content)
+        elif title.startswith("Captured stderr"):
+            err.append(content)
+        elif title.startswith("Captured log"):
+            log.append(content)
+    return "".join(out), "".join(err), "\n".join(log)
+
+
+def _location(report: Any):
+    location = report.location
+    if not location:
+        return "", None
+    line = location[1]
+    return location[0] or "", (line + 1 if line is not None else None)
+
+
+def _subtest_label(report: Any) -> str:
+    describe = getattr(report, "_sub_test_description", None)
+    if describe is not None:
+        return describe()
+    context = report.context
+    parts = []
+    msg = getattr(context, "msg", None)
+    if msg is not None:
+        parts.append(f"[{msg}]")
+    kwargs = getattr(context, "kwargs", None)
+    if kwargs:
+        parts.append("(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")")
+    return " ".join(parts) or "(<subtest>)"
+
+
+class Reporter:
+    """The recording plugin object; see the module docstring."""
+
+    def __init__(self, config: pytest.Config, settings: Settings, markers) -> None:
+        self.config = config
+        self.settings = settings
+        self._markers = markers  # plugin.MarkerIndex
+        self.session_id = str(uuid.uuid4())
+        self._sender: Optional[Sender] = None
+        self._append = None
+        self._open: Dict[Any, list] = {}  # (nodeid, worker) -> [start, duration, decided, extras]
+        self._attempts: Dict[Any, int] = {}  # (nodeid, worker) -> attempts finished
+        self._counts = dict.fromkeys(_KINDS, 0)  # used only without a terminal reporter
+        self._t0 = 0.0
+        self._lines: List[str] = []
+        self._printed = False
+        self._warned = False
+
+    # ---- session lifecycle -------------------------------------------------
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        started = time.time()
+        self._t0 = time.perf_counter()
+        self._sender = Sender(
+            address=self.settings.address,
+            token=self.settings.token,
+            spool_dir=self.settings.spool_dir,
+            timeout=self.settings.timeout,
+            session_id=self.session_id,
+            started_at=started,
+            environment=_environment.from_config(self.config),
+        )
+        self._append = self._sender.queue.append
+        self._sender.start()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        sender = self._sender
+        if sender is None:
+            return
+        self._sender = None
+        # Attempts without a teardown (interrupted inside a test) are not
+        # counted by pytest either: they are left out.
+        self._open.clear()
+        summary = self._summary(int(session.exitstatus))
+        result = sender.close(summary)
+        if sender.warning is not None and not self._warned:
+            # Noticed at the very end: it leads the lines of the terminal summary.
+            self._warned = True
+            self._lines.append(sender.warning)
+        where = f"session {self.session_id}"
+        if result.spool_path is not None:
+            missing = result.outcomes - result.acked
+            self._lines.append(
+                f"pytest-mcp: {where}: {missing} of {result.outcomes} outcomes not acknowledged"
+                f"{'' if result.finished else ', session not finished'} at {self.settings.address}; "
+                f"spooled to {result.spool_path}"
+            )
+            self._lines.append(f"pytest-mcp: replay with: pytest-mcp import {result.spool_path}")
+        else:
+            self._lines.append(
+                f"pytest-mcp: {where}: {result.outcomes} outcomes recorded at {self.settings.address}"
+            )
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self._lines:
+            for line in self._lines:
+                terminalreporter.write_line(line)
+            self._printed = True
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        sender = self._sender
+        if sender is not None:  # pytest stopped before sessionfinish: spool, no finish
+            self._sender = None
+            result = sender.close(None)
+            if result.spool_path is not None:
+                self._lines.append(f"pytest-mcp: spooled to {result.spool_path}")
+        if self._lines and not self._printed:
+            sys.stderr.write("\n".join(self._lines) + "\n")
+            self._printed = True
+
+    def _summary(self, exitstatus: int) -> Dict[str, Any]:
+        """pytest's own end-of-run counts (the terminal reporter's), plus exit status."""
+        counts = dict(self._counts)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        stats = getattr(reporter, "stats", None)
+        if stats is not None:
+            for kind in _KINDS:
+                counts[kind] = sum(
+                    1 for r in stats.get(kind, ()) if getattr(r, "count_towards_summary", True)
+                )
+        summary = {_STATS_KEYS.get(k, k): n for k, n in counts.items()}
+        summary["total_tests"] = sum(counts.values())
+        summary["exitstatus"] = exitstatus
+        # Microseconds: a decimal the importer parses back to the same double.
+        summary["duration"] = round(time.perf_counter() - self._t0, 6)
+        return summary
+
+    def _print_warning(self, sender: Sender) -> None:
+        if self._warned or sender.warning is None:
+            return
+        self._warned = True
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(sender.warning, yellow=True)
+        else:
+            sys.stderr.write(sender.warning + "\n")
+
+    # ---- results -----------------------------------------------------------
+
+    def pytest_collectreport(self, report) -> None:
+        if report.outcome == "passed":
+            return
+        kind = "error" if report.failed else "skipped"
+        nodeid = report.nodeid or "."
+        if kind == "skipped":
+            message, text = _crash_message(report.longrepr), ""
+        else:
+            message, text = _crash_message(report.longrepr), report.longreprtext
+        path = nodeid.split("::", 1)[0] if nodeid != "." else ""
+        self._record(
+            (nodeid, kind, "collect", 0.0, message, text, "", "", "", path, None, (),
+             report.__dict__.get("worker_id", ""), 1, None)
+        )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report) -> None:
+        # trylast: after the terminal reporter, whose teststatus hooks may still
+        # change a report (pytest marks a test with failed subtests as failed).
+        sender = self._sender
+        if sender is None:
+            return
+        if sender.warning is not None and not self._warned:
+            self._print_warning(sender)
+        d = report.__dict__
+        if type(report) is not pytest.TestReport and "context" in d:
+            self._subtest(report)
+            return
+        key = (report.nodeid, d.get("worker_id", ""))
+        when = report.when
+        state = self._open.get(key)
+        if state is None:
+            state = self._open[key] = [d.get("start"), 0.0, None, None]
+        elif when == "setup":
+            # The previous attempt never logged its teardown (older
+            # pytest-rerunfailures stop an attempt at the failure): close it.
+            self._attempt_done(key, state, state[2])
+            state = self._open[key] = [d.get("start"), 0.0, None, None]
+        state[1] += report.duration
+        if when == "call" or report.outcome != "passed":
+            if state[2] is None:
+                state[2] = report
+            elif state[3] is None:
+                state[3] = [report]
+            else:
+                state[3].append(report)
+        if when == "teardown":
+            del self._open[key]
+            self._attempt_done(key, state, report)
+
+    def _attempt_done(self, key, state, last) -> None:
+        """Records one attempt; ``last`` is its last report (normally the teardown)."""
+        attempts = self._attempts.get(key, 0) + 1
+        self._attempts[key] = attempts
+        decided = state[2]
+        if decided is None:
+            return  # nothing ran that pytest counts (e.g. --setup-only)
+        rerun = decided.__dict__.get("rerun")  # pytest-rerunfailures: attempts before this one
+        attempt = rerun + 1 if rerun is not None else attempts
+        path, line = _location(last)
+        markers = last.__dict__.get("mcp_markers") or self._markers.get(key[0])
+        worker = key[1]
+        kind = _kind(decided)
+        message, text = _detail(decided, kind)
+        out, err, log = _captured(last.sections)
+        extras = state[3]
+        duration = state[1]
+        if extras:
+            # A second counted result (a teardown error): its own duration, so
+            # durations still add up to the test's time.
+            duration -= sum(r.duration for r in extras)
+        self._record(
+            (key[0], kind, decided.when, duration, message, text, out, err, log, path, line,
+             markers, worker, attempt, state[0])
+        )
+        if extras:
+            for extra in extras:
+                extra_kind = _kind(extra)
+                message, text = _detail(extra, extra_kind)
+                self._record(
+                    (key[0], extra_kind, extra.when, extra.duration, message, text, "", "", "",
+                     path, line, markers, worker, attempt, state[0])
+                )
+
+    def _subtest(self, report) -> None:
+        d = report.__dict__
+        worker = d.get("worker_id", "")
+        parent = report.nodeid
+        outcome = report.outcome
+        if outcome == "failed":
+            kind = "failed"
+        elif outcome == "skipped":
+            kind = "xfailed" if "wasxfail" in d else "skipped"
+        else:
+            kind = "passed"
+        message, text = _detail(report, kind)
+        out, err, log = _captured(report.sections)
+        path, line = _location(report)
+        self._record(
+            (f"{parent} {_subtest_label(report)}", kind, "call", report.duration, message, text,
+             out, err, log, path, line, d.get("mcp_markers") or self._markers.get(parent), worker,
+             self._attempts.get((parent, worker), 0) + 1, d.get("start"))
+        )
+
+    def _record(self, record: tuple) -> None:
+        self._counts[record[R.OUTCOME]] += 1
+        self._append(record)

@@ -1,0 +1,94 @@
+"""Spool files: what the recorder did not acknowledge, as JSON lines (docs/spool.md).
+
+``pytest-mcp import FILE`` replays a spool file; every outcome carries its
+(session id, seq), so a replay stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+from . import _records as R
+
+
+def default_dir() -> Path:
+    """The per-user data directory the server also uses, plus ``spool``."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "pytest-mcp" / "spool"
+
+
+def rfc3339(seconds: Optional[float]) -> Optional[str]:
+    """UTC RFC 3339 text with microseconds, e.g. 2026-11-24T09:14:38.123456Z."""
+    if seconds is None:
+        return None
+    whole = int(seconds)
+    micros = int(round((seconds - whole) * 1_000_000))
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
+
+
+def outcome_line(session_id: str, seq: int, r: Tuple) -> Dict[str, Any]:
+    """One spool ``outcome`` object; empty text fields are left out, as the format allows."""
+    line: Dict[str, Any] = {
+        "type": "outcome",
+        "session_id": session_id,
+        "seq": seq,
+        "nodeid": r[R.NODEID],
+        "outcome": r[R.OUTCOME],
+        "phase": r[R.PHASE],
+        "duration": r[R.DURATION],
+        "line": r[R.LINE],
+        "attempt": r[R.ATTEMPT],
+        "started_at": rfc3339(r[R.STARTED]),
+    }
+    for key, index in R.TEXT_FIELDS:
+        if r[index]:
+            line[key] = r[index]
+    if r[R.MARKERS]:
+        line["markers"] = list(r[R.MARKERS])
+    return line
+
+
+class SpoolFile:
+    """A spool file being written: the start line first, then outcomes, then finish."""
+
+    def __init__(self, directory: Path, session_id: str, start: Dict[str, Any]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.path = directory / f"pytest-mcp-{stamp}-{session_id}.jsonl"
+        self.session_id = session_id
+        # Lone surrogates (undecodable bytes in captured output) become "?":
+        # the file must be valid UTF-8 for the importer.
+        self._file = open(self.path, "w", encoding="utf-8", errors="replace", newline="\n")
+        self._write(start)
+
+    def _write(self, obj: Dict[str, Any]) -> None:
+        self._file.write(json.dumps(obj, ensure_ascii=False, allow_nan=False))
+        self._file.write("\n")
+
+    def outcomes(self, items: Iterable[Tuple[int, Tuple]]) -> int:
+        """Appends (seq, record) pairs; returns how many."""
+        n = 0
+        for seq, record in items:
+            self._write(outcome_line(self.session_id, seq, record))
+            n += 1
+        return n
+
+    def finish(self, obj: Dict[str, Any]) -> None:
+        self._write(obj)
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()

@@ -1,0 +1,161 @@
+"""pytest entry point: options, and the decision whether to record at all.
+
+When recording is not enabled this module is all that runs: no gRPC import, no
+thread, no per-test hook. When it is, the reporter (``_reporter``) is
+registered on the process that sees every result, which is the xdist
+controller under pytest-xdist and never a worker; the small marker index runs
+wherever tests are collected, so markers travel with reports from workers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import pytest
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 5.0
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mcp", "pytest-mcp (record results in a pytest-mcp server)")
+    group.addoption(
+        "--mcp",
+        action="store_true",
+        default=None,
+        help="stream every test result to a pytest-mcp recorder "
+        "(also: ini 'mcp = true', env PYTEST_MCP=1)",
+    )
+    group.addoption(
+        "--mcp-address",
+        metavar="HOST:PORT",
+        default=None,
+        help="gRPC address of the recorder (env PYTEST_MCP_ADDRESS, ini mcp_address; "
+        f"default {DEFAULT_ADDRESS})",
+    )
+    group.addoption(
+        "--mcp-token",
+        metavar="TOKEN",
+        default=None,
+        help="token sent as 'authorization: Bearer TOKEN' (env PYTEST_MCP_TOKEN)",
+    )
+    group.addoption(
+        "--mcp-spool",
+        metavar="DIR",
+        default=None,
+        help="directory for the spool file of results the recorder did not acknowledge "
+        "(env PYTEST_MCP_SPOOL, ini mcp_spool; default: the per-user data directory, "
+        "e.g. ~/.local/share/pytest-mcp/spool)",
+    )
+    group.addoption(
+        "--mcp-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="how long the end of the run may wait for the recorder's acknowledgements "
+        f"before spooling the rest (env PYTEST_MCP_TIMEOUT, ini mcp_timeout; default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.addini("mcp", type="bool", default=False, help="record results with pytest-mcp")
+    parser.addini("mcp_address", default="", help=f"pytest-mcp recorder address ({DEFAULT_ADDRESS})")
+    parser.addini("mcp_spool", default="", help="pytest-mcp spool directory")
+    parser.addini("mcp_timeout", default="", help="pytest-mcp end-of-run wait, in seconds")
+    # No ini for the token on purpose: ini files get committed, tokens must not.
+
+
+def _setting(config: pytest.Config, option: str, env: str, ini: Optional[str]) -> Optional[str]:
+    """Command line first, then the environment, then the ini file."""
+    value = config.getoption(option)
+    if value is not None:
+        return str(value)
+    value = os.environ.get(env)
+    if value:
+        return value
+    if ini is not None:
+        value = config.getini(ini)
+        if value:
+            return str(value)
+    return None
+
+
+def is_enabled(config: pytest.Config) -> bool:
+    """Whether --mcp, PYTEST_MCP or the ini switch asks for recording."""
+    if config.getoption("mcp"):
+        return True
+    env = os.environ.get("PYTEST_MCP")
+    if env is not None:
+        text = env.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise pytest.UsageError(f"PYTEST_MCP={env!r}: expected 1/0, true/false, yes/no or on/off")
+    return bool(config.getini("mcp"))
+
+
+class MarkerIndex:
+    """Marker names of every collected test, by nodeid.
+
+    Reports are all the reporter sees (under xdist, all the controller gets),
+    and their ``keywords`` mix markers with node names. Building the index once
+    after collection costs far less than a hook around every report; on an
+    xdist worker the names are copied onto each report, and xdist carries them
+    to the controller. Markers added while a test runs are not seen.
+    """
+
+    def __init__(self) -> None:
+        self.by_nodeid: dict = {}
+
+    def get(self, nodeid: str):
+        return self.by_nodeid.get(nodeid, ())
+
+    def pytest_collection_finish(self, session) -> None:
+        index = self.by_nodeid
+        for item in session.items:
+            names = []
+            for mark in item.iter_markers():
+                if mark.name not in names:
+                    names.append(mark.name)
+            if names:
+                index[item.nodeid] = tuple(names)
+
+
+class WorkerMarkers(MarkerIndex):
+    """On an xdist worker: puts the marker names on each report sent to the controller."""
+
+    @pytest.hookimpl(tryfirst=True)  # before xdist serializes the report
+    def pytest_runtest_logreport(self, report) -> None:
+        names = self.by_nodeid.get(report.nodeid)
+        if names:
+            report.mcp_markers = names
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not is_enabled(config):
+        return
+    if hasattr(config, "workerinput"):
+        # An xdist worker: its reports reach the controller, which sends them.
+        config.pluginmanager.register(WorkerMarkers(), "mcp-markers")
+        return
+
+    from ._reporter import Reporter, Settings
+
+    timeout_text = _setting(config, "mcp_timeout", "PYTEST_MCP_TIMEOUT", "mcp_timeout")
+    try:
+        timeout = float(timeout_text) if timeout_text is not None else DEFAULT_TIMEOUT
+    except ValueError:
+        raise pytest.UsageError(f"--mcp-timeout: not a number of seconds: {timeout_text!r}") from None
+    if timeout < 0:
+        raise pytest.UsageError(f"--mcp-timeout: must not be negative, got {timeout_text}")
+    settings = Settings(
+        address=_setting(config, "mcp_address", "PYTEST_MCP_ADDRESS", "mcp_address") or DEFAULT_ADDRESS,
+        token=_setting(config, "mcp_token", "PYTEST_MCP_TOKEN", None),
+        spool_dir=_setting(config, "mcp_spool", "PYTEST_MCP_SPOOL", "mcp_spool"),
+        timeout=timeout,
+    )
+    markers = MarkerIndex()
+    config.pluginmanager.register(markers, "mcp-markers")
+    config.pluginmanager.register(Reporter(config, settings, markers), "mcp-reporter")
