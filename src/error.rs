@@ -68,6 +68,32 @@ impl Error {
         }
     }
 
+    /// The same error with its field placed under `prefix`
+    /// (`nodeid` within `outcomes[3]` is `outcomes[3].nodeid`). Validation
+    /// names fields relative to what it checks and the caller adds where
+    /// that was, so the success path formats no field paths.
+    pub fn within(self, prefix: impl std::fmt::Display) -> Self {
+        match self {
+            Error::InvalidArgument { field, message } => Error::InvalidArgument {
+                field: format!("{prefix}.{field}"),
+                message,
+            },
+            Error::NotFound { field, message } => Error::NotFound {
+                field: format!("{prefix}.{field}"),
+                message,
+            },
+            Error::FailedPrecondition { field, message } => Error::FailedPrecondition {
+                field: format!("{prefix}.{field}"),
+                message,
+            },
+            Error::AlreadyExists { field, message } => Error::AlreadyExists {
+                field: format!("{prefix}.{field}"),
+                message,
+            },
+            other => other,
+        }
+    }
+
     /// A failed-precondition error naming `field`.
     pub fn precondition(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::FailedPrecondition {

@@ -348,23 +348,23 @@ fn convert_batch(
     }
     let mut outcomes = Vec::with_capacity(request.outcomes.len());
     for (i, o) in request.outcomes.into_iter().enumerate() {
-        let field = format!("outcomes[{i}]");
         if !o.session_id.is_empty() && o.session_id != request.session_id {
             return Err(Error::invalid(
-                format!("{field}.session_id"),
+                format!("outcomes[{i}].session_id"),
                 format!(
                     "{:?} differs from the request's session_id {:?}; one message carries one session",
                     o.session_id, request.session_id
                 ),
             ));
         }
-        let mut outcome = convert::outcome_from_pb(o, &field)?;
-        outcome.validate_and_bound(&field, max_field_bytes)?;
+        let outcome = convert::outcome_from_pb(o)
+            .and_then(|mut o| o.validate_and_bound(max_field_bytes).map(|()| o))
+            .map_err(|e| e.within(format_args!("outcomes[{i}]")))?;
         if let Some(prev) = outcomes.last().map(|p: &crate::model::Outcome| p.seq)
             && outcome.seq <= prev
         {
             return Err(Error::invalid(
-                format!("{field}.seq"),
+                format!("outcomes[{i}].seq"),
                 format!(
                     "{} after {prev}; seqs in a message must increase",
                     outcome.seq

@@ -401,13 +401,14 @@ impl Outcome {
     }
 
     /// Checks the rules every transport shares and bounds the large text
-    /// fields. `field` prefixes error messages, e.g. `outcomes[3]`.
-    pub fn validate_and_bound(&mut self, field: &str, max_field_bytes: usize) -> Result<(), Error> {
+    /// fields. Errors name fields relative to the outcome (`nodeid`); place
+    /// them with [`Error::within`].
+    pub fn validate_and_bound(&mut self, max_field_bytes: usize) -> Result<(), Error> {
         if self.seq == 0 {
-            return Err(Error::invalid(format!("{field}.seq"), "must be 1 or more"));
+            return Err(Error::invalid("seq", "must be 1 or more"));
         }
-        validate_nodeid(&self.nodeid, &format!("{field}.nodeid"))?;
-        validate_duration(self.duration, &format!("{field}.duration"))?;
+        validate_nodeid(&self.nodeid, "nodeid")?;
+        validate_duration(self.duration, "duration")?;
         if self.attempt == 0 {
             self.attempt = 1;
         }
@@ -423,21 +424,21 @@ impl Outcome {
         for (name, text) in [("file", &mut self.file), ("worker", &mut self.worker)] {
             if text.len() > MAX_NODEID_BYTES {
                 return Err(Error::invalid(
-                    format!("{field}.{name}"),
+                    name,
                     format!("{} bytes, the limit is {MAX_NODEID_BYTES}", text.len()),
                 ));
             }
         }
         if self.markers.len() > 256 {
             return Err(Error::invalid(
-                format!("{field}.markers"),
+                "markers",
                 format!("{} markers, the limit is 256", self.markers.len()),
             ));
         }
         for (i, m) in self.markers.iter().enumerate() {
             if m.len() > 1024 {
                 return Err(Error::invalid(
-                    format!("{field}.markers[{i}]"),
+                    format!("markers[{i}]"),
                     format!("{} bytes, the limit is 1024", m.len()),
                 ));
             }
@@ -587,6 +588,33 @@ mod tests {
             let err = validate_duration(bad, "outcomes[0].duration").unwrap_err();
             assert!(err.to_string().contains("outcomes[0].duration"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_stored_summary_reads_back_equal() {
+        // A repeated FinishSession is compared with the summary stored as
+        // JSON, so every duration must survive the round trip bit for bit.
+        let mut bits: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..100_000 {
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            let duration = f64::from_bits(bits >> 2); // finite and positive
+            let summary = Summary {
+                duration,
+                ..Summary::default()
+            };
+            let text = serde_json::to_string(&summary).unwrap();
+            let back: Summary = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, summary, "{text}");
+        }
+    }
+
+    #[test]
+    fn validation_errors_name_the_field_within_their_outcome() {
+        let mut o = Outcome::new(3, "", TestOutcome::Passed);
+        let err = o.validate_and_bound(1024).unwrap_err().within("outcomes[2]");
+        assert_eq!(err.to_string(), "outcomes[2].nodeid: must not be empty");
     }
 
     #[test]

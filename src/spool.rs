@@ -306,7 +306,10 @@ async fn flush(
     // Validate line by line first so an error names the line it came from.
     let mut valid = Vec::with_capacity(pending.len());
     for (lineno, mut o) in pending {
-        match o.validate_and_bound("outcome", store.max_field_bytes()) {
+        match o
+            .validate_and_bound(store.max_field_bytes())
+            .map_err(|e| e.within("outcome"))
+        {
             Ok(()) => valid.push(o),
             Err(e) => errors.push(format!("{name}:{lineno}: {e}")),
         }

@@ -221,7 +221,8 @@ impl Store {
     /// contiguous seq stored, after it has committed.
     pub async fn append_outcomes(&self, id: Uuid, mut outcomes: Vec<Outcome>) -> Result<u64> {
         for (i, o) in outcomes.iter_mut().enumerate() {
-            o.validate_and_bound(&format!("outcomes[{i}]"), self.inner.max_field_bytes)?;
+            o.validate_and_bound(self.inner.max_field_bytes)
+                .map_err(|e| e.within(format_args!("outcomes[{i}]")))?;
         }
         self.append_validated(id, outcomes).await
     }
@@ -258,7 +259,9 @@ impl Store {
     pub async fn append_next(&self, id: Uuid, mut outcome: Outcome) -> Result<u64> {
         // The writer assigns the real seq; 1 only passes validation.
         outcome.seq = 1;
-        outcome.validate_and_bound("outcome", self.inner.max_field_bytes)?;
+        outcome
+            .validate_and_bound(self.inner.max_field_bytes)
+            .map_err(|e| e.within("outcome"))?;
         self.write(|reply| WriteCmd::AppendNext {
             id,
             outcome: Box::new(outcome),

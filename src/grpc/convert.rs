@@ -262,13 +262,14 @@ pub fn outcome_to_pb(session_id: &str, o: &Outcome) -> pb::Outcome {
     }
 }
 
-/// Protobuf outcome to model; `field` prefixes error messages (`outcomes[3]`).
-/// The result still needs [`Outcome::validate_and_bound`].
-pub fn outcome_from_pb(o: pb::Outcome, field: &str) -> Result<Outcome> {
+/// Protobuf outcome to model; errors name fields relative to the outcome
+/// (place them with [`Error::within`]). The result still needs
+/// [`Outcome::validate_and_bound`].
+pub fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome> {
     Ok(Outcome {
         seq: o.seq,
-        outcome: test_outcome_from_pb(o.outcome, &format!("{field}.outcome"))?,
-        phase: phase_from_pb(o.phase, &format!("{field}.phase"))?,
+        outcome: test_outcome_from_pb(o.outcome, "outcome")?,
+        phase: phase_from_pb(o.phase, "phase")?,
         nodeid: o.nodeid,
         duration: o.duration,
         message: o.message,
@@ -284,7 +285,7 @@ pub fn outcome_from_pb(o: pb::Outcome, field: &str) -> Result<Outcome> {
         started_at: o
             .started_at
             .as_ref()
-            .map(|t| timestamp_from_pb(t, &format!("{field}.started_at")))
+            .map(|t| timestamp_from_pb(t, "started_at"))
             .transpose()?,
     })
 }
