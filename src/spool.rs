@@ -132,6 +132,11 @@ struct SessionState {
     before: u64,
     read: u64,
     pending: Vec<(usize, Outcome)>,
+    /// The first seq that could not be stored (a malformed or missing line):
+    /// seqs are contiguous, so nothing after it can be stored either.
+    blocked_at: Option<u64>,
+    /// Outcomes read after `blocked_at` and therefore not stored.
+    skipped: u64,
 }
 
 /// Replays one spool file into `store`.
@@ -226,6 +231,14 @@ pub async fn import_file(store: &Store, path: &Path) -> Result<ImportReport, Err
         if let Err(e) = flush(store, id, &mut state, &name, &mut report.errors).await {
             report.errors.push(format!("{name}: session {id}: {e}"));
         }
+        if let Some(seq) = state.blocked_at {
+            report.errors.push(format!(
+                "{name}: session {id}: seq {seq} is missing or malformed, so the {} outcome(s) \
+                 after it were not stored (a session's seqs are contiguous from 1) and the \
+                 session cannot be complete",
+                state.skipped
+            ));
+        }
         match store.get_session(SessionRef::Id(id)).await {
             Ok(s) => report.sessions.push(SessionReport {
                 id,
@@ -313,6 +326,22 @@ async fn flush(
             Ok(()) => valid.push(o),
             Err(e) => errors.push(format!("{name}:{lineno}: {e}")),
         }
+    }
+    if state.blocked_at.is_some() {
+        state.skipped += valid.len() as u64;
+        return Ok(());
+    }
+    // A session's seqs are contiguous: store the run up to the first gap (a
+    // line that was malformed or is missing) and count the rest as skipped,
+    // rather than refusing the whole chunk.
+    let run = valid
+        .windows(2)
+        .position(|w| w[1].seq != w[0].seq + 1)
+        .map_or(valid.len(), |i| i + 1);
+    if run < valid.len() {
+        state.blocked_at = Some(valid[run - 1].seq + 1);
+        state.skipped += (valid.len() - run) as u64;
+        valid.truncate(run);
     }
     if valid.is_empty() {
         return Ok(());

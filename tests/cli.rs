@@ -550,6 +550,45 @@ fn a_malformed_spool_line_is_named_and_the_rest_is_imported() {
     assert!(stdout(&o).contains("3 stored; running"), "{}", stdout(&o));
 }
 
+#[test]
+fn a_bad_outcome_mid_file_keeps_what_precedes_it_and_the_session_is_incomplete() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gap.db");
+    let id = new_id();
+    // Line 4 holds seq 3 with a negative duration; seqs 4..6 follow it.
+    let text = spool(&id, 1..=6, Some(6)).replacen(
+        "\"duration\":0.01,\"line\":3,",
+        "\"duration\":-1.0,\"line\":3,",
+        1,
+    );
+    assert!(text.contains("-1.0"), "the fixture changed: {text}");
+    let file = dir.path().join("gap.jsonl");
+    std::fs::write(&file, text).unwrap();
+    let o = run(&["import", file.to_str().unwrap()], &db);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("gap.jsonl:4: outcome.duration"), "{err}");
+    assert!(
+        err.contains("seq 3 is missing or malformed, so the 3 outcome(s) after it were not stored"),
+        "{err}"
+    );
+    assert!(
+        stdout(&o).contains("2 stored; incomplete"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Fixing the line and importing again completes the session.
+    std::fs::write(&file, spool(&id, 1..=6, Some(6))).unwrap();
+    let o = run(&["import", file.to_str().unwrap()], &db);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o).contains("4 new, 6 stored; finished"),
+        "{}",
+        stdout(&o)
+    );
+}
+
 #[tokio::test]
 async fn watch_prints_failures_as_they_arrive_and_exits_when_the_session_ends() {
     let dir = tempfile::tempdir().unwrap();
