@@ -29,7 +29,7 @@ use crate::model::{
     Summary, TestOutcome, Timestamp,
 };
 use rows::{OUTCOME_COLUMNS, SESSION_COLUMNS, outcome_rowid_range};
-use writer::{Queued, WriteCmd};
+use writer::{ByteBudget, Queued, WriteCmd};
 
 /// How to open a store.
 #[derive(Debug, Clone)]
@@ -119,6 +119,8 @@ struct Inner {
     writes: mpsc::Sender<Queued>,
     readers: Mutex<Vec<Connection>>,
     events: broadcast::Sender<StoreEvent>,
+    /// Bounds the bytes of outcomes waiting for the writer.
+    budget: ByteBudget,
     max_field_bytes: usize,
     sync: Sync,
 }
@@ -152,6 +154,7 @@ impl Store {
                 writes: tx,
                 readers: Mutex::new(Vec::new()),
                 events,
+                budget: ByteBudget::new(),
                 max_field_bytes: config.max_field_bytes,
                 sync: config.sync,
             }),
@@ -230,9 +233,11 @@ impl Store {
     /// Like [`Store::append_outcomes`] for outcomes the caller has already
     /// passed through [`Outcome::validate_and_bound`].
     pub async fn append_validated(&self, id: Uuid, outcomes: Vec<Outcome>) -> Result<u64> {
+        let budget = self.inner.budget.take(&outcomes).await;
         self.write(|reply| WriteCmd::Append {
             id,
             outcomes,
+            budget,
             reply,
         })
         .await
@@ -246,9 +251,11 @@ impl Store {
         id: Uuid,
         outcomes: Vec<Outcome>,
     ) -> Result<oneshot::Receiver<Result<u64>>> {
+        let budget = self.inner.budget.take(&outcomes).await;
         self.enqueue(|reply| WriteCmd::Append {
             id,
             outcomes,
+            budget,
             reply,
         })
         .await
