@@ -613,7 +613,10 @@ mod tests {
     #[test]
     fn validation_errors_name_the_field_within_their_outcome() {
         let mut o = Outcome::new(3, "", TestOutcome::Passed);
-        let err = o.validate_and_bound(1024).unwrap_err().within("outcomes[2]");
+        let err = o
+            .validate_and_bound(1024)
+            .unwrap_err()
+            .within("outcomes[2]");
         assert_eq!(err.to_string(), "outcomes[2].nodeid: must not be empty");
     }
 

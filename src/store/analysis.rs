@@ -352,26 +352,36 @@ impl Store {
     pub async fn test_stability(&self, nodeid: String, window: usize) -> Result<Stability> {
         crate::model::validate_nodeid(&nodeid, "nodeid")?;
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT s.pk, s.git_commit, o.outcome IN ('failed', 'error')
+            // The test's rows newest first, ordered using only the nodeid
+            // index (its rowid gives the session, see the schema); then each
+            // row's outcome is read until the window is full, so a long
+            // history costs `window` row reads, not one per run stored.
+            let mut ordered = c.prepare_cached(
+                "SELECT o.id, s.pk, s.git_commit
                  FROM outcomes o INDEXED BY outcomes_by_nodeid
-                 JOIN sessions s ON s.pk = o.session_pk
-                 WHERE o.nodeid = ?1 AND o.outcome IN ('passed', 'failed', 'error')
-                 ORDER BY s.started_at DESC, s.pk DESC, o.seq DESC
-                 LIMIT ?2",
+                 JOIN sessions s ON s.pk = o.id >> 32
+                 WHERE o.nodeid = ?1
+                 ORDER BY s.started_at DESC, s.pk DESC, o.id DESC",
             )?;
-            let mut runs: Vec<Run> = stmt
-                .query_map(
-                    rusqlite::params![nodeid, i64::try_from(window).unwrap_or(i64::MAX)],
-                    |r| {
-                        Ok(Run {
-                            session_pk: r.get(0)?,
-                            commit: r.get(1)?,
-                            failed: r.get(2)?,
-                        })
-                    },
-                )?
-                .collect::<rusqlite::Result<_>>()?;
+            let mut kind = c.prepare_cached(
+                "SELECT outcome IN ('passed', 'failed', 'error'), outcome IN ('failed', 'error')
+                 FROM outcomes WHERE id = ?1",
+            )?;
+            let mut runs: Vec<Run> = Vec::new();
+            let mut rows = ordered.query([&nodeid])?;
+            while runs.len() < window
+                && let Some(r) = rows.next()?
+            {
+                let (counts, failed): (bool, bool) =
+                    kind.query_row([r.get::<_, i64>(0)?], |k| Ok((k.get(0)?, k.get(1)?)))?;
+                if counts {
+                    runs.push(Run {
+                        session_pk: r.get(1)?,
+                        commit: r.get(2)?,
+                        failed,
+                    });
+                }
+            }
             runs.reverse();
             Ok(stability_of(&runs))
         })
@@ -534,6 +544,82 @@ fn rename_field(e: crate::error::Error, field: &str) -> crate::error::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Environment, Timestamp};
+    use crate::store::StoreConfig;
+    use uuid::Uuid;
+
+    /// Sessions oldest first; each `(start, commit, outcomes)` holds the
+    /// tracked test's outcomes in seq order among other tests.
+    async fn store_with_history(
+        dir: &std::path::Path,
+        sessions: &[(i64, &str, &[TestOutcome])],
+    ) -> anyhow::Result<(Store, Vec<Uuid>)> {
+        let store = Store::open(StoreConfig::new(dir.join("h.db")))?;
+        let mut ids = Vec::new();
+        for (start, commit, outcomes) in sessions {
+            let id = Uuid::new_v4();
+            let env = Environment {
+                git_commit: commit.to_string(),
+                ..Environment::default()
+            };
+            store
+                .start_session(id, Source::Import, env, Some(Timestamp(*start)))
+                .await?;
+            let mut batch = vec![Outcome::new(1, "t.py::other", TestOutcome::Passed)];
+            for (i, o) in outcomes.iter().enumerate() {
+                let mut tracked = Outcome::new(i as u64 + 2, "t.py::tracked", *o);
+                tracked.attempt = i as u32 + 1;
+                batch.push(tracked);
+            }
+            store.append_outcomes(id, batch).await?;
+            ids.push(id);
+        }
+        Ok((store, ids))
+    }
+
+    #[tokio::test]
+    async fn history_and_stability_read_sessions_newest_first_and_reruns_in_order()
+    -> anyhow::Result<()> {
+        use TestOutcome::{Failed, Passed, Skipped};
+        let dir = tempfile::tempdir()?;
+        // The last two start at the same moment: the later stored one is newer.
+        let (store, ids) = store_with_history(
+            dir.path(),
+            &[
+                (1_000, "c1", &[Passed]),
+                (2_000, "c2", &[Skipped]),
+                (3_000, "c3", &[Failed, Passed]),
+                (3_000, "c4", &[Failed]),
+            ],
+        )
+        .await?;
+
+        let page = store.test_history("t.py::tracked".into(), 3, None).await?;
+        let seen: Vec<(Uuid, TestOutcome)> = page
+            .items
+            .iter()
+            .map(|e| (e.session.id, e.outcome.outcome))
+            .collect();
+        assert_eq!(seen, [(ids[3], Failed), (ids[2], Failed), (ids[2], Passed)]);
+        assert_eq!(page.items[0].session.environment.git_commit, "c4");
+        let rest = store
+            .test_history("t.py::tracked".into(), 3, page.next)
+            .await?;
+        let seen: Vec<Uuid> = rest.items.iter().map(|e| e.session.id).collect();
+        assert_eq!(seen, [ids[1], ids[0]]);
+        assert!(rest.next.is_none());
+
+        // Oldest to newest: P (c1), F then P (c3, a rerun), F (c4); the skip is not a run.
+        let all = store.test_stability("t.py::tracked".into(), 50).await?;
+        assert_eq!((all.runs, all.passed, all.failed), (4, 2, 2));
+        assert_eq!((all.flips, all.mixed_sessions), (3, 1));
+        assert_eq!(all.last_failed, Some(true));
+        // The window keeps the newest runs: P (c3, the rerun), F (c4).
+        let newest = store.test_stability("t.py::tracked".into(), 2).await?;
+        assert_eq!((newest.runs, newest.passed, newest.failed), (2, 1, 1));
+        assert_eq!((newest.flips, newest.mixed_sessions), (1, 0));
+        Ok(())
+    }
 
     fn runs(pattern: &str, commit: Option<&str>) -> Vec<Run> {
         pattern
