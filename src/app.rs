@@ -4,19 +4,24 @@
 use anyhow::{Context, bail};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Tokens;
 use crate::cli::{
-    Cli, Command, ExportArgs, ExportFormat, HttpArgs, ImportArgs, SessionsArgs, ShowArgs,
-    StdioArgs, SyncMode,
+    AuditArgs, Cli, Command, ExportArgs, ExportFormat, HttpArgs, ImportArgs, SecurityArgs,
+    SessionsArgs, ShowArgs, StdioArgs, SyncMode,
 };
+use crate::mcp::PytestMcp;
 use crate::mcp::http::HttpOptions;
 use crate::model::{SessionRef, TestOutcome};
+use crate::policy::{Gate, Policy};
 use crate::store::{OutcomeFilter, SessionFilter, Store, StoreConfig, Sync};
+use crate::tls::Tls;
 
 /// How long a graceful shutdown may take before the server stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -33,9 +38,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 max_field_bytes: args.max_field_bytes,
             };
+            let guard = Guard::from_args(&args.security)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            serve_with_mcp(config, args.grpc_addr, http_options(&args.http), shutdown).await?;
+            let http = http_options(&args.http, &guard);
+            serve_with_mcp(config, args.grpc_addr, http, guard, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stdio(args) => stdio(args).await,
@@ -44,19 +51,81 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export(args).await,
         Command::Import(args) => import(args).await,
         Command::Watch(args) => {
-            crate::watch::watch(&args.grpc_addr, &args.session).await?;
+            crate::watch::watch(&args.grpc_addr, &args.session, args.token.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(args) => audit(args).await,
+    }
+}
+
+/// What guards a server: the policy gate in front of MCP tool calls, the
+/// file it was read from (watched for changes), and the tokens, if any.
+pub struct Guard {
+    /// The gate every MCP handler of the process shares.
+    pub gate: Arc<Gate>,
+    /// The policy file, reloaded when it changes.
+    pub policy_path: Option<PathBuf>,
+    /// Configured tokens; `None` means no authentication (loopback only).
+    pub tokens: Option<Arc<Tokens>>,
+    /// TLS for both listeners.
+    pub tls: Option<Tls>,
+}
+
+impl Guard {
+    /// Everything allowed, no tokens: loopback only.
+    pub fn open() -> Self {
+        Self {
+            gate: Arc::new(Gate::allow_all()),
+            policy_path: None,
+            tokens: None,
+            tls: None,
+        }
+    }
+
+    /// Reads `--policy` and `--token` / `--tokens`; a bad file stops the start.
+    pub fn from_args(args: &SecurityArgs) -> anyhow::Result<Self> {
+        let policy = match &args.policy {
+            Some(path) => crate::policy::load(path, &PytestMcp::all_tool_names())?,
+            None => Policy::allow_all(),
+        };
+        let tokens = match (&args.token, &args.tokens) {
+            (Some(token), _) => Some(Tokens::single(token)?),
+            (None, Some(path)) => Some(Tokens::from_file(path)?),
+            (None, None) => None,
+        };
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+            _ => None,
+        };
+        Ok(Self {
+            gate: Arc::new(Gate::new(policy)),
+            policy_path: args.policy.clone(),
+            tokens: tokens.map(Arc::new),
+            tls,
+        })
+    }
+
+    /// Starts reloading the policy file when it changes, until `shutdown`.
+    fn watch_policy(&self, shutdown: &CancellationToken) {
+        if let Some(path) = &self.policy_path {
+            crate::policy::watch(
+                self.gate.clone(),
+                path.clone(),
+                PytestMcp::all_tool_names(),
+                shutdown.clone(),
+            );
         }
     }
 }
 
-/// Refuses addresses other than loopback: the recorder has no authentication
-/// yet, so it must not be reachable from other machines.
-pub fn check_loopback(addr: SocketAddr, flag: &str) -> anyhow::Result<()> {
-    if !addr.ip().is_loopback() {
+/// Refuses a non-loopback address unless tokens are configured: without
+/// them anyone who can reach the port could read and write test results.
+pub fn check_loopback(addr: SocketAddr, flag: &str, tokens: bool) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() && !tokens {
         bail!(
-            "{flag}: refusing to listen on {addr}: it is not a loopback address, and the \
-             recorder has no authentication yet; use 127.0.0.1 (or ::1)"
+            "{flag}: refusing to listen on {addr}: it is not a loopback address and no token \
+             is configured, so anyone who can reach it could read and write your test results; \
+             set PYTEST_MCP_TOKEN (or --token, or --tokens FILE), or use 127.0.0.1 (or ::1)"
         );
     }
     Ok(())
@@ -69,10 +138,10 @@ pub async fn serve(
     grpc_addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve_with_mcp(config, grpc_addr, None, shutdown).await
+    serve_with_mcp(config, grpc_addr, None, Guard::open(), shutdown).await
 }
 
-fn http_options(args: &HttpArgs) -> Option<(SocketAddr, HttpOptions)> {
+fn http_options(args: &HttpArgs, guard: &Guard) -> Option<(SocketAddr, HttpOptions)> {
     (!args.no_http).then(|| {
         (
             args.http_addr,
@@ -80,21 +149,25 @@ fn http_options(args: &HttpArgs) -> Option<(SocketAddr, HttpOptions)> {
                 allowed_origins: args.allow_origins.clone(),
                 max_sessions: args.max_sessions,
                 idle_timeout: Duration::from_secs(args.session_idle_secs.max(1)),
+                tokens: guard.tokens.clone(),
+                any_host: !args.http_addr.ip().is_loopback() && guard.tokens.is_some(),
             },
         )
     })
 }
 
-/// Like [`serve`], and also serves MCP streamable HTTP when `http` is given.
+/// Like [`serve`], and also serves MCP streamable HTTP when `http` is given,
+/// every tool call passing `guard`'s gate.
 pub async fn serve_with_mcp(
     config: StoreConfig,
     grpc_addr: SocketAddr,
     http: Option<(SocketAddr, HttpOptions)>,
+    guard: Guard,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    check_loopback(grpc_addr, "--grpc-addr")?;
+    check_loopback(grpc_addr, "--grpc-addr", guard.tokens.is_some())?;
     if let Some((addr, _)) = &http {
-        check_loopback(*addr, "--http-addr")?;
+        check_loopback(*addr, "--http-addr", guard.tokens.is_some())?;
     }
     let db = config.path.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(config))
@@ -117,25 +190,35 @@ pub async fn serve_with_mcp(
     };
     // Stable lines on stderr: people read them, and tests parse the ports.
     eprintln!(
-        "pytest-mcp: gRPC listening on {local}, database {}",
-        db.display()
+        "pytest-mcp: gRPC listening on {local}, database {}{}",
+        db.display(),
+        if guard.tls.is_some() { ", TLS" } else { "" }
     );
     tracing::info!(%local, db = %db.display(), "serving");
+    guard.watch_policy(&shutdown);
     let server = tokio::spawn(crate::grpc::serve(
         listener,
         store.clone(),
+        guard.tokens.clone(),
+        guard.tls.as_ref().map(Tls::grpc_config),
         shutdown.clone(),
     ));
     let mcp_http = match http {
         Some((http_listener, options)) => {
             eprintln!(
-                "pytest-mcp: MCP HTTP listening on http://{}{}",
+                "pytest-mcp: MCP HTTP listening on {}://{}{}",
+                if guard.tls.is_some() { "https" } else { "http" },
                 http_listener.local_addr()?,
                 crate::mcp::http::PATH
             );
+            let http_listener = match &guard.tls {
+                Some(tls) => crate::mcp::http::Listener::Tls(tls.listener(http_listener)?),
+                None => crate::mcp::http::Listener::Plain(http_listener),
+            };
             Some(tokio::spawn(crate::mcp::http::serve(
                 http_listener,
                 store.clone(),
+                guard.gate.clone(),
                 options,
                 shutdown.clone(),
             )))
@@ -162,6 +245,7 @@ pub async fn serve_with_mcp(
 /// listener beside it unless `--no-grpc` or its port is taken (another
 /// server already records into the shared database then).
 async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
+    let guard = Guard::from_args(&args.security)?;
     let db = args.db.path();
     let config = StoreConfig {
         path: db.clone(),
@@ -176,20 +260,24 @@ async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("opening the database {}", db.display()))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    guard.watch_policy(&shutdown);
     let grpc = if args.no_grpc {
         None
     } else {
-        check_loopback(args.grpc_addr, "--grpc-addr")?;
+        check_loopback(args.grpc_addr, "--grpc-addr", guard.tokens.is_some())?;
         match TcpListener::bind(args.grpc_addr).await {
             Ok(listener) => {
                 eprintln!(
-                    "pytest-mcp: gRPC listening on {}, database {}",
+                    "pytest-mcp: gRPC listening on {}, database {}{}",
                     listener.local_addr()?,
-                    db.display()
+                    db.display(),
+                    if guard.tls.is_some() { ", TLS" } else { "" }
                 );
                 Some(tokio::spawn(crate::grpc::serve(
                     listener,
                     store.clone(),
+                    guard.tokens.clone(),
+                    guard.tls.as_ref().map(Tls::grpc_config),
                     shutdown.clone(),
                 )))
             }
@@ -204,7 +292,7 @@ async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let served = crate::mcp::serve_stdio(store.clone(), shutdown.clone()).await;
+    let served = crate::mcp::serve_stdio(store.clone(), guard.gate.clone(), shutdown.clone()).await;
     // Stopped by a signal rather than by the client closing stdin.
     let signalled = shutdown.is_cancelled();
     shutdown.cancel();
@@ -347,6 +435,9 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
             .map(|f| format!("   finished {}", short_time(f)))
             .unwrap_or_default()
     )?;
+    if let Some(grant) = store.session_grant(s.id).await? {
+        writeln!(out, "grant     {grant}")?;
+    }
     if !env.project.is_empty() || !env.rootdir.is_empty() {
         writeln!(out, "project   {}  {}", env.project, env.rootdir)?;
     }
@@ -464,6 +555,52 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let store = open_existing(&args.db.path()).await?;
+    let rows = store.recent_audit(args.limit.max(1)).await?;
+    let mut out = std::io::stdout().lock();
+    if rows.is_empty() {
+        writeln!(
+            out,
+            "no MCP tool calls recorded in {}",
+            store.path().display()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<19}  {:<24}  {:<9}  {:<22}  {:<8}  {:<6}  {:>9}  REASON",
+        "TIME (UTC)", "GRANT", "TRANSPORT", "TOOL", "DECISION", "RESULT", "DURATION"
+    )?;
+    let cut = |text: &str, n: usize| -> String {
+        if text.chars().count() > n {
+            text.chars().take(n - 1).collect::<String>() + "…"
+        } else {
+            text.to_string()
+        }
+    };
+    for r in &rows {
+        let reason = r
+            .reason
+            .as_deref()
+            .and_then(|t| t.lines().next())
+            .unwrap_or("");
+        writeln!(
+            out,
+            "{:<19}  {:<24}  {:<9}  {:<22}  {:<8}  {:<6}  {:>9}  {}",
+            short_time(r.at),
+            cut(&r.grant, 24),
+            r.transport,
+            cut(&r.tool, 22),
+            r.decision,
+            r.result.as_deref().unwrap_or("-"),
+            format!("{:.1}ms", r.duration_us as f64 / 1000.0),
+            cut(reason, 160),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let path = args.db.path();
     let config = StoreConfig::new(&path);
@@ -498,4 +635,19 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_loopback_address_needs_a_token() {
+        let any: SocketAddr = "0.0.0.0:50051".parse().expect("addr");
+        let err = check_loopback(any, "--grpc-addr", false).expect_err("refused");
+        assert!(err.to_string().contains("no token is configured"), "{err}");
+        assert!(check_loopback(any, "--grpc-addr", true).is_ok());
+        let local: SocketAddr = "[::1]:0".parse().expect("addr");
+        assert!(check_loopback(local, "--http-addr", false).is_ok());
+    }
 }

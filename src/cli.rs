@@ -48,6 +48,19 @@ pub enum Command {
     Import(ImportArgs),
     /// Follow a session live: a progress line and each failure as it arrives.
     Watch(WatchArgs),
+    /// Show the newest MCP tool calls: who called what, and what the policy decided.
+    Audit(AuditArgs),
+}
+
+/// `audit` options.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// How many calls to show, newest first.
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub limit: usize,
 }
 
 /// `import` options.
@@ -67,6 +80,14 @@ pub struct WatchArgs {
     /// Address of the running recorder.
     #[arg(long, env = "PYTEST_MCP_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: String,
+    /// Bearer token, when the recorder requires one.
+    #[arg(
+        long,
+        env = "PYTEST_MCP_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     /// A session id, or `latest`.
     #[arg(default_value = "latest")]
     pub session: String,
@@ -87,7 +108,7 @@ pub struct ServeArgs {
     /// Database location.
     #[command(flatten)]
     pub db: DbArgs,
-    /// Address for the gRPC listener (loopback only).
+    /// Address for the gRPC listener (loopback only, unless tokens are configured).
     #[arg(long, env = "PYTEST_MCP_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
     /// Durability of each commit.
@@ -99,12 +120,51 @@ pub struct ServeArgs {
     /// MCP over HTTP.
     #[command(flatten)]
     pub http: HttpArgs,
+    /// Policy and credentials.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// The policy gate and credentials of `serve` and `stdio`.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// Policy file (PolicyLayer's policy.json format) deciding which MCP tools may be called, and how often; reloaded when it changes.
+    #[arg(long, env = "PYTEST_MCP_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Bearer token every gRPC call and MCP HTTP request must carry (grant "default"); prefer the variable, a flag shows in `ps`.
+    #[arg(
+        long,
+        env = "PYTEST_MCP_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        conflicts_with = "tokens"
+    )]
+    pub token: Option<String>,
+    /// JSON file mapping grant names to tokens, e.g. {"ci": "…", "agent": "…"}.
+    #[arg(long, env = "PYTEST_MCP_TOKENS", value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// PEM certificate chain: serve gRPC and MCP HTTP over TLS (with --tls-key).
+    #[arg(
+        long,
+        env = "PYTEST_MCP_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "PYTEST_MCP_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// MCP streamable HTTP options of `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct HttpArgs {
-    /// Address for MCP streamable HTTP, served at /mcp (loopback only; port 0 picks a free one).
+    /// Address for MCP streamable HTTP, served at /mcp (loopback only unless tokens are configured; port 0 picks a free one).
     #[arg(long, env = "PYTEST_MCP_HTTP_ADDR", default_value = "127.0.0.1:8765")]
     pub http_addr: SocketAddr,
     /// Do not serve MCP over HTTP.
@@ -127,7 +187,7 @@ pub struct StdioArgs {
     /// Database location.
     #[command(flatten)]
     pub db: DbArgs,
-    /// Address for the gRPC listener run beside MCP (loopback only).
+    /// Address for the gRPC listener run beside MCP (loopback only, unless tokens are configured).
     #[arg(long, env = "PYTEST_MCP_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
     /// Serve MCP only, without the gRPC listener.
@@ -139,6 +199,9 @@ pub struct StdioArgs {
     /// Bound for each traceback, crash message and captured output, in bytes.
     #[arg(long, env = "PYTEST_MCP_MAX_FIELD_BYTES", default_value_t = crate::model::DEFAULT_MAX_FIELD_BYTES)]
     pub max_field_bytes: usize,
+    /// Policy and credentials (tokens guard the gRPC listener; stdio itself needs none).
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 fn parse_origin(text: &str) -> Result<String, String> {

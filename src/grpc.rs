@@ -9,6 +9,7 @@
 pub mod convert;
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -16,10 +17,12 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use crate::auth::{Grant, Tokens};
 use crate::error::Error;
 use crate::model::{SessionRef, SessionStatus, parse_session_id};
 use crate::store::{OutcomeFilter, SessionFilter, Store};
@@ -96,6 +99,7 @@ impl pb::recorder_server::Recorder for RecorderService {
         &self,
         request: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::StartSessionResponse>, Status> {
+        let grant = request.extensions().get::<Grant>().map(|g| g.0.clone());
         let req = request.into_inner();
         let id = parse_session_id(&req.session_id, "session_id")?;
         let source = convert::source_from_pb(req.source, "source")?;
@@ -107,7 +111,7 @@ impl pb::recorder_server::Recorder for RecorderService {
             .transpose()?;
         let session = self
             .store
-            .start_session(id, source, environment, started_at)
+            .start_session_as(id, source, environment, started_at, grant)
             .await?;
         Ok(Response::new(pb::StartSessionResponse {
             session: Some(convert::session_to_pb(&session)),
@@ -488,14 +492,53 @@ impl Watcher {
     }
 }
 
+/// Checks a call's bearer token when tokens are configured, and puts the
+/// grant it belongs to into the request's extensions.
+#[derive(Clone)]
+pub struct Authenticate {
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(request);
+        };
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        match tokens.check(header) {
+            Ok(grant) => {
+                request.extensions_mut().insert(grant);
+                Ok(request)
+            }
+            Err(refusal) => {
+                tracing::debug!(?refusal, "refused an unauthenticated gRPC call");
+                Err(Status::unauthenticated(refusal.message()))
+            }
+        }
+    }
+}
+
 /// Serves the Recorder, health and reflection on `listener` until `shutdown`
 /// is cancelled; health turns NOT_SERVING first, open streams get their
 /// final acks, then it returns.
+///
+/// With `tokens`, every Recorder rpc needs `authorization: Bearer <token>`.
+/// Health checks and reflection stay open: a load balancer can probe the
+/// server without a credential, and grpcurl can find the method it is asked
+/// to call (and then show the Recorder's own UNAUTHENTICATED). They reveal
+/// only whether the server is up and the API's shape, which is public in
+/// `proto/`, never a recorded result.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
+    tokens: Option<Arc<Tokens>>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let auth = Authenticate { tokens };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let service_name =
         <pb::recorder_server::RecorderServer<RecorderService> as tonic::server::NamedService>::NAME;
@@ -546,13 +589,17 @@ pub async fn serve(
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
 
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         // No request timeout: a StreamOutcomes stream lives as long as the
         // test run. Dead peers are found by HTTP/2 and TCP keepalive instead.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(tower::util::MapResponseLayer::new(size_limit_status))
-        .add_service(recorder)
+        .add_service(InterceptedService::new(recorder, auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

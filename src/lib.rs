@@ -5,12 +5,15 @@
 //! the same server on a `127.0.0.1:0` listener.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod export;
 pub mod grpc;
 pub mod mcp;
 pub mod model;
+pub mod policy;
 pub mod spool;
 pub mod store;
+pub mod tls;
 pub mod watch;

@@ -3,6 +3,10 @@
 //! `triage_failures` prompt, served over stdio ([`serve_stdio`]) and
 //! streamable HTTP ([`http`]).
 //!
+//! Every tool call passes the policy gate ([`crate::policy`]) before it runs
+//! (a denied tool is also left out of `tools/list`), and leaves one audit row
+//! whatever happens to it.
+//!
 //! Handlers are thin: parse arguments ([`args`]), call the store, convert the
 //! answer ([`views`]). Store errors are mapped to MCP once, here: what the
 //! client can fix becomes a tool result with `isError: true` naming the field
@@ -22,6 +26,7 @@ pub mod views;
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
@@ -37,8 +42,11 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Grant;
 use crate::error::Error;
-use crate::store::Store;
+use crate::model::Timestamp;
+use crate::policy::{Decision, Gate};
+use crate::store::{AuditEntry, Store};
 
 /// The MCP handler: every transport serves this one type. A value is made per
 /// MCP session (per HTTP session, once for stdio); it holds that session's
@@ -49,16 +57,91 @@ pub struct PytestMcp {
     tool_router: ToolRouter<PytestMcp>,
     subscriptions: Arc<resources::Subscriptions>,
     shutdown: CancellationToken,
+    gate: Arc<Gate>,
+    transport: Transport,
+}
+
+/// The transport a handler serves, for the grant of calls that carry no
+/// token and for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// MCP on stdin/stdout: one client session per process.
+    Stdio,
+    /// Streamable HTTP: one handler per `Mcp-Session-Id`.
+    Http,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Stdio => "stdio",
+            Transport::Http => "http",
+        }
+    }
 }
 
 impl PytestMcp {
-    /// A handler over `store`; its background work stops when `shutdown` is cancelled.
-    pub fn new(store: Store, shutdown: CancellationToken) -> Self {
+    /// A handler over `store` behind `gate`; its background work stops when
+    /// `shutdown` is cancelled.
+    pub fn new(
+        store: Store,
+        gate: Arc<Gate>,
+        transport: Transport,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             store,
             tool_router: Self::tool_router(),
             subscriptions: Arc::new(resources::Subscriptions::default()),
             shutdown,
+            gate,
+            transport,
+        }
+    }
+
+    /// The names of every tool the server has, sorted; what a policy file
+    /// may name.
+    pub fn all_tool_names() -> Vec<String> {
+        let mut names: Vec<String> = Self::tool_router()
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Whom a call counts for: the grant of its token, else its MCP session
+    /// (the `Mcp-Session-Id` over HTTP; the one client of a stdio process).
+    fn grant_of(&self, context: &RequestContext<RoleServer>) -> String {
+        let parts = context.extensions.get::<axum::http::request::Parts>();
+        if let Some(Grant(name)) = parts.and_then(|p| p.extensions.get::<Grant>()) {
+            return name.clone();
+        }
+        match parts
+            .and_then(|p| p.headers.get("mcp-session-id"))
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(id) => format!("mcp-session:{id}"),
+            None => self.transport.as_str().to_string(),
+        }
+    }
+
+    /// The grant recorded on sessions a call creates: only a token's grant
+    /// names a credential; an MCP session id does not outlive the session.
+    fn token_grant(context: &RequestContext<RoleServer>) -> Option<String> {
+        context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Grant>())
+            .map(|g| g.0.clone())
+    }
+
+    /// Stores an audit row; a failure to store it is logged, not returned:
+    /// the call itself has already been answered or refused.
+    async fn audit(&self, entry: AuditEntry) {
+        if let Err(e) = self.store.record_audit(entry).await {
+            tracing::error!(error = %e, "storing an audit row");
         }
     }
 
@@ -152,9 +235,32 @@ impl ServerHandler for PytestMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        let arrived = Instant::now();
+        let grant = self.grant_of(&context);
+        let mut entry = AuditEntry {
+            id: 0,
+            at: Timestamp::now(),
+            grant: grant.clone(),
+            transport: self.transport.as_str().to_string(),
+            tool: request.name.to_string(),
+            decision: String::new(),
+            result: None,
+            reason: None,
+            duration_us: 0,
+        };
+        let elapsed = move || u64::try_from(arrived.elapsed().as_micros()).unwrap_or(0);
         if self.tool_router.get(&request.name).is_none() {
-            // MCP 2025-11-25: an unknown tool is a protocol error (invalid params).
-            let tools = self.tool_names();
+            // MCP 2025-11-25: an unknown tool is a protocol error (invalid
+            // params). Only tools the policy lets this caller see are named.
+            let tools: Vec<String> = self
+                .tool_names()
+                .into_iter()
+                .filter(|t| self.gate.visible(t))
+                .collect();
+            entry.decision = "unknown".into();
+            entry.reason = Some("no such tool".into());
+            entry.duration_us = elapsed();
+            self.audit(entry).await;
             return Err(ErrorData::invalid_params(
                 format!(
                     "unknown tool {:?}; the tools are: {}",
@@ -164,9 +270,42 @@ impl ServerHandler for PytestMcp {
                 Some(serde_json::json!({ "tool": request.name, "tools": tools })),
             ));
         }
-        self.tool_router
+        // Decided and counted before the tool runs: a call the gate lets
+        // through counts whatever the tool then answers.
+        let decision = self.gate.check(&request.name, &grant);
+        entry.decision = decision.kind().into();
+        if let Some(text) = decision.refusal(&request.name) {
+            if let Decision::Limited { .. } = decision {
+                // Not a warning: a runaway loop would flood the log; the audit
+                // trail has every refusal.
+                tracing::info!(tool = %request.name, grant = %grant, "tool call over its policy limit");
+            }
+            entry.reason = Some(text.clone());
+            entry.duration_us = elapsed();
+            self.audit(entry).await;
+            return Ok(CallToolResult::error(vec![ContentBlock::text(text)]).into());
+        }
+        let answered = self
+            .tool_router
             .call(ToolCallContext::new(self, request, context))
-            .await
+            .await;
+        entry.duration_us = elapsed();
+        match &answered {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => {
+                entry.result = Some("error".into());
+                entry.reason = r
+                    .content
+                    .iter()
+                    .find_map(|c| c.as_text().map(|t| t.text.clone()));
+            }
+            Ok(_) => entry.result = Some("ok".into()),
+            Err(e) => {
+                entry.result = Some("error".into());
+                entry.reason = Some(e.message.to_string());
+            }
+        }
+        self.audit(entry).await;
+        answered
     }
 
     async fn list_tools(
@@ -174,7 +313,14 @@ impl ServerHandler for PytestMcp {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.tool_router.list_all()))
+        // A denied or hidden tool is not shown at all.
+        let tools = self
+            .tool_router
+            .list_all()
+            .into_iter()
+            .filter(|t| self.gate.visible(&t.name))
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
@@ -245,8 +391,12 @@ impl ServerHandler for PytestMcp {
 
 /// Serves MCP on stdin/stdout until the client closes stdin or `shutdown`
 /// is cancelled. Nothing else may write to stdout meanwhile.
-pub async fn serve_stdio(store: Store, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let handler = PytestMcp::new(store, shutdown.clone());
+pub async fn serve_stdio(
+    store: Store,
+    gate: Arc<Gate>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let handler = PytestMcp::new(store, gate, Transport::Stdio, shutdown.clone());
     let service = match handler
         .serve_with_ct(rmcp::transport::stdio(), shutdown.child_token())
         .await

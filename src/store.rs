@@ -8,6 +8,7 @@
 //! an `.await`.
 
 mod analysis;
+mod audit;
 mod rows;
 mod schema;
 mod writer;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 pub use analysis::{
     ComparedTest, Comparison, DurationChange, FlakyTest, Stability, Verdict, flakiness_verdict,
 };
+pub use audit::AuditEntry;
 pub use schema::{SCHEMA_VERSION, Sync};
 
 use crate::error::{Error, Result};
@@ -209,13 +211,54 @@ impl Store {
         environment: Environment,
         started_at: Option<Timestamp>,
     ) -> Result<Session> {
+        self.start_session_as(id, source, environment, started_at, None)
+            .await
+    }
+
+    /// Like [`Store::start_session`], tagging a new session with the grant
+    /// its client authenticated as (a retry keeps the first tag).
+    pub async fn start_session_as(
+        &self,
+        id: Uuid,
+        source: Source,
+        environment: Environment,
+        started_at: Option<Timestamp>,
+        grant: Option<String>,
+    ) -> Result<Session> {
         self.write(|reply| WriteCmd::Start {
             id,
             source,
             environment: Box::new(environment),
             started_at: started_at.unwrap_or_else(Timestamp::now),
             started_at_given: started_at.is_some(),
+            grant,
             reply,
+        })
+        .await
+    }
+
+    /// Stores one audit row (after commit) and returns its id.
+    pub async fn record_audit(&self, entry: AuditEntry) -> Result<u64> {
+        self.write(|reply| WriteCmd::Audit {
+            entry: Box::new(entry),
+            reply,
+        })
+        .await
+    }
+
+    /// The newest `limit` audit rows, newest first.
+    pub async fn recent_audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.read(move |c| audit::recent(c, limit)).await
+    }
+
+    /// The grant a session was recorded under, if its client authenticated.
+    pub async fn session_grant(&self, id: Uuid) -> Result<Option<String>> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT grant_name FROM sessions WHERE id = ?1")?
+                .query_row([id.to_string()], |r| r.get::<_, Option<String>>(0))
+                .optional()
+                .map(Option::flatten)
+                .map_err(Into::into)
         })
         .await
     }

@@ -53,8 +53,9 @@ impl Tally {
     }
 }
 
-/// Follows `session` (an id or `latest`) on the server at `addr` until it ends.
-pub async fn watch(addr: &str, session: &str) -> anyhow::Result<()> {
+/// Follows `session` (an id or `latest`) on the server at `addr` until it
+/// ends, authenticating with `token` when given.
+pub async fn watch(addr: &str, session: &str, token: Option<&str>) -> anyhow::Result<()> {
     let url = format!("http://{addr}");
     let mut client = pb::recorder_client::RecorderClient::connect(url)
         .await
@@ -63,10 +64,17 @@ pub async fn watch(addr: &str, session: &str) -> anyhow::Result<()> {
                 "--grpc-addr: cannot reach the recorder at {addr}; is `pytest-mcp serve` running?"
             )
         })?;
+    let mut request = tonic::Request::new(pb::WatchSessionRequest {
+        session_id: session.to_string(),
+    });
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--token: not usable in a gRPC header"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut events = client
-        .watch_session(pb::WatchSessionRequest {
-            session_id: session.to_string(),
-        })
+        .watch_session(request)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();

@@ -5,6 +5,8 @@
 //! - Origin: a request that carries one must come from a loopback origin
 //!   (any port, http or https) or one allowed with `--allow-origin`; others
 //!   get 403. A request without Origin (a command-line client) is fine.
+//! - Credentials: with tokens configured, a request without a valid
+//!   `Authorization: Bearer <token>` gets 401 before anything else is read.
 //! - Sessions: at most [`HttpOptions::max_sessions`] live at once (a new one
 //!   beyond that gets 503), and a session idle for
 //!   [`HttpOptions::idle_timeout`] is closed.
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{Method, StatusCode};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
@@ -21,7 +23,9 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::PytestMcp;
+use super::{PytestMcp, Transport};
+use crate::auth::{Grant, Refusal, Tokens};
+use crate::policy::Gate;
 use crate::store::Store;
 
 /// The path the MCP endpoint is served at.
@@ -46,6 +50,11 @@ pub struct HttpOptions {
     pub max_sessions: usize,
     /// A session with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// With tokens, every request needs `Authorization: Bearer <token>` (401 otherwise).
+    pub tokens: Option<Arc<Tokens>>,
+    /// Serve any `Host`: for a non-loopback listener, which only runs with
+    /// tokens. DNS rebinding gains a page nothing without the token.
+    pub any_host: bool,
 }
 
 impl Default for HttpOptions {
@@ -54,6 +63,8 @@ impl Default for HttpOptions {
             allowed_origins: Vec::new(),
             max_sessions: 64,
             idle_timeout: Duration::from_secs(600),
+            tokens: None,
+            any_host: false,
         }
     }
 }
@@ -106,8 +117,48 @@ async fn cap_sessions(
     next.run(request).await
 }
 
-/// The axum router serving MCP at [`PATH`].
-pub fn router(store: Store, options: &HttpOptions, shutdown: CancellationToken) -> axum::Router {
+/// Refuses a request without a configured bearer token with 401 and a
+/// `WWW-Authenticate: Bearer` challenge; otherwise passes it on with its
+/// [`Grant`] in the request extensions, where the handler finds it.
+async fn authenticate(
+    State(tokens): State<Option<Arc<Tokens>>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(tokens) = tokens else {
+        return next.run(request).await;
+    };
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match tokens.check(header) {
+        Ok(grant) => {
+            request.extensions_mut().insert::<Grant>(grant);
+            next.run(request).await
+        }
+        Err(refusal) => {
+            let challenge = match refusal {
+                Refusal::Missing => r#"Bearer realm="pytest-mcp""#,
+                Refusal::Invalid => r#"Bearer realm="pytest-mcp", error="invalid_token""#,
+            };
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, challenge)],
+                format!("{}\n", refusal.message()),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The axum router serving MCP at [`PATH`], every tool call passing `gate`.
+pub fn router(
+    store: Store,
+    gate: Arc<Gate>,
+    options: &HttpOptions,
+    shutdown: CancellationToken,
+) -> axum::Router {
     let mut session_config = SessionConfig::default();
     session_config.keep_alive = Some(options.idle_timeout);
     let mut manager = LocalSessionManager::default();
@@ -119,13 +170,24 @@ pub fn router(store: Store, options: &HttpOptions, shutdown: CancellationToken) 
         .map(|o| o.to_string())
         .chain(options.allowed_origins.iter().cloned())
         .collect();
-    let config = StreamableHttpServerConfig::default()
+    let mut config = StreamableHttpServerConfig::default();
+    if options.any_host {
+        config = config.disable_allowed_hosts();
+    }
+    let config = config
         .with_allowed_origins(origins)
         .enforce_origin_validation()
         .with_cancellation_token(shutdown.child_token());
     let handler_shutdown = shutdown.clone();
     let service = StreamableHttpService::new(
-        move || Ok(PytestMcp::new(store.clone(), handler_shutdown.clone())),
+        move || {
+            Ok(PytestMcp::new(
+                store.clone(),
+                gate.clone(),
+                Transport::Http,
+                handler_shutdown.clone(),
+            ))
+        },
         manager.clone(),
         config,
     );
@@ -136,26 +198,49 @@ pub fn router(store: Store, options: &HttpOptions, shutdown: CancellationToken) 
     axum::Router::new()
         .route_service(PATH, service)
         .layer(axum::middleware::from_fn_with_state(limits, cap_sessions))
+        // Outermost: nothing else is looked at before the credential.
+        .layer(axum::middleware::from_fn_with_state(
+            options.tokens.clone(),
+            authenticate,
+        ))
+}
+
+/// The listener MCP HTTP is served on.
+pub enum Listener {
+    /// Plain HTTP.
+    Plain(TcpListener),
+    /// HTTPS (`--tls-cert`); it sets TCP_NODELAY itself.
+    Tls(crate::tls::TlsListener),
 }
 
 /// Serves MCP over HTTP on `listener` until `shutdown` is cancelled.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     store: Store,
+    gate: Arc<Gate>,
     options: HttpOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(store, &options, shutdown.clone());
-    // A streamed response is several small writes; with Nagle's algorithm the
-    // second waits for the client's delayed ACK (about 40 ms on Linux).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "setting TCP_NODELAY on an MCP connection");
+    let app = router(store, gate, &options, shutdown.clone());
+    match listener {
+        Listener::Plain(listener) => {
+            // A streamed response is several small writes; with Nagle's algorithm the
+            // second waits for the client's delayed ACK (about 40 ms on Linux).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "setting TCP_NODELAY on an MCP connection");
+                }
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await?;
         }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+        Listener::Tls(listener) => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await?;
+        }
+    }
     Ok(())
 }
 

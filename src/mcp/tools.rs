@@ -3,7 +3,8 @@
 
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::model::CallToolResult;
-use rmcp::{ErrorData, tool, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, tool, tool_router};
 use uuid::Uuid;
 
 use super::args::{
@@ -60,14 +61,16 @@ impl PytestMcp {
     async fn record_session_start(
         &self,
         Parameters(a): Parameters<SessionStartArgs>,
+        context: RequestContext<RoleServer>,
     ) -> ToolResult {
         answer(
             async {
                 let id =
                     session_id(a.session_id.as_deref(), "session_id")?.unwrap_or_else(Uuid::new_v4);
+                let grant = Self::token_grant(&context);
                 let s = self
                     .store
-                    .start_session(id, Source::Mcp, a.environment.into(), None)
+                    .start_session_as(id, Source::Mcp, a.environment.into(), None, grant)
                     .await?;
                 let view = SessionStartedView {
                     session_id: s.id.to_string(),

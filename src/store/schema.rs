@@ -66,6 +66,22 @@ const MIGRATIONS: &[&str] = &[
     -- One test's history across sessions.
     CREATE INDEX outcomes_by_nodeid ON outcomes (nodeid);
     "#,
+    // 2: the audit trail of MCP tool calls, and the grant a session was
+    // recorded under. `grant` is an SQL keyword, hence `grant_name`.
+    r#"
+    CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY,
+        at          INTEGER NOT NULL,   -- microseconds since the Unix epoch
+        grant_name  TEXT NOT NULL,      -- token's grant, else mcp-session:ID or stdio
+        transport   TEXT NOT NULL,      -- stdio | http
+        tool        TEXT NOT NULL,
+        decision    TEXT NOT NULL,      -- allowed | denied | limited | unknown
+        result      TEXT,               -- ok | error, for allowed calls
+        reason      TEXT,               -- why a call was refused, or the tool's error
+        duration_us INTEGER NOT NULL
+    );
+    ALTER TABLE sessions ADD COLUMN grant_name TEXT;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::StoreEvent;
+use super::audit::{self, AuditEntry};
 use super::rows::{self, MAX_SEQ, nullable, outcome_rowid};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -89,6 +90,8 @@ pub enum WriteCmd {
         started_at: Timestamp,
         /// Whether `started_at` was given by the client (and so must match on a retry).
         started_at_given: bool,
+        /// The grant the client authenticated as, if tokens are in use.
+        grant: Option<String>,
         /// Where the result goes.
         reply: oneshot::Sender<Result<Session>>,
     },
@@ -126,6 +129,13 @@ pub enum WriteCmd {
         finished_at: Timestamp,
         /// Where the result goes.
         reply: oneshot::Sender<Result<Session>>,
+    },
+    /// Store one audit row.
+    Audit {
+        /// The row.
+        entry: Box<AuditEntry>,
+        /// Receives the row's id.
+        reply: oneshot::Sender<Result<u64>>,
     },
 }
 
@@ -283,8 +293,17 @@ fn apply(
             environment,
             started_at,
             started_at_given,
+            grant,
             reply,
-        } => match start(conn, id, source, &environment, started_at, started_at_given) {
+        } => match start(
+            conn,
+            id,
+            source,
+            &environment,
+            started_at,
+            started_at_given,
+            grant.as_deref(),
+        ) {
             Ok((session, created)) => {
                 if created {
                     changed.push(StoreEvent {
@@ -361,6 +380,10 @@ fn apply(
             }
             Err(e) => Err(Pending::Session(reply, Box::new(Err(e)))),
         },
+        WriteCmd::Audit { entry, reply } => match audit::insert(conn, &entry) {
+            Ok(id) => Ok(Pending::Seq(reply, Ok(id))),
+            Err(e) => Err(Pending::Seq(reply, Err(e))),
+        },
     }
 }
 
@@ -382,6 +405,7 @@ fn start(
     environment: &Environment,
     started_at: Timestamp,
     started_at_given: bool,
+    grant: Option<&str>,
 ) -> Result<(Session, bool)> {
     if let Some((_, existing)) = load_session(conn, id)? {
         let mut differs = Vec::new();
@@ -408,8 +432,9 @@ fn start(
     let env_json = serde_json::to_string(environment)
         .map_err(|e| Error::Internal(format!("encoding environment: {e}")))?;
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO sessions (id, source, status, started_at, project, git_commit, environment)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO sessions (id, source, status, started_at, project, git_commit, environment,
+             grant_name)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     stmt.execute(params![
         id.to_string(),
@@ -419,6 +444,7 @@ fn start(
         nullable(&environment.project),
         nullable(&environment.git_commit),
         env_json,
+        grant,
     ])?;
     let (_, session) = load_session(conn, id)?
         .ok_or_else(|| Error::Internal("session vanished after insert".into()))?;

@@ -23,6 +23,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,11 +51,14 @@ class Server:
     grpc_addr: str = ""
     mcp_url: str = ""
     stderr: list[str] = field(default_factory=list)
+    token: str = ""  # sent by grpc() when the server requires one
 
     def grpc(self, method: str, payload: dict) -> dict | list:
         """Calls a Recorder method with grpcurl (reflection, no proto file)."""
+        auth = ["-H", f"authorization: Bearer {self.token}"] if self.token else []
         out = subprocess.run(
-            [grpcurl(), "-plaintext", "-d", "@", self.grpc_addr, f"pytest_mcp.v1.Recorder/{method}"],
+            [grpcurl(), "-plaintext", *auth, "-d", "@", self.grpc_addr,
+             f"pytest_mcp.v1.Recorder/{method}"],
             input=json.dumps(payload),
             capture_output=True,
             text=True,
@@ -64,7 +68,7 @@ class Server:
         return json.loads(out.stdout) if out.stdout.strip() else {}
 
 
-def start_server(db: Path, *extra: str) -> Server:
+def start_server(db: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
     process = subprocess.Popen(
         [binary(), "serve", "--db", str(db), "--grpc-addr", "127.0.0.1:0",
          "--http-addr", "127.0.0.1:0", *extra],
@@ -72,7 +76,7 @@ def start_server(db: Path, *extra: str) -> Server:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "RUST_LOG": "warn"},
+        env={**os.environ, "RUST_LOG": "warn", **(env or {})},
     )
     server = Server(process=process, db=db)
     ready = threading.Event()
@@ -114,18 +118,22 @@ def server(tmp_path: Path):
 
 
 @asynccontextmanager
-async def connect(transport: str, server: Server, message_handler=None) -> AsyncIterator[ClientSession]:
-    """An initialized MCP client session over `transport` (stdio or http)."""
+async def connect(transport: str, server: Server, message_handler=None, *, token: str = "",
+                  stdio_args: tuple[str, ...] = ()) -> AsyncIterator[ClientSession]:
+    """An initialized MCP client session over `transport` (stdio or http);
+    `token` goes in the HTTP Authorization header, `stdio_args` to `stdio`."""
     if transport == "http":
-        async with streamable_http_client(server.mcp_url) as (read, write):
-            async with ClientSession(read, write, message_handler=message_handler) as session:
-                await session.initialize()
-                yield session
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with create_mcp_http_client(headers=headers) as http:
+            async with streamable_http_client(server.mcp_url, http_client=http) as (read, write):
+                async with ClientSession(read, write, message_handler=message_handler) as session:
+                    await session.initialize()
+                    yield session
     else:
         params = StdioServerParameters(
             command=binary(),
             # The HTTP fixture already records into this database over gRPC.
-            args=["stdio", "--db", str(server.db), "--no-grpc"],
+            args=["stdio", "--db", str(server.db), "--no-grpc", *stdio_args],
             env={"RUST_LOG": "warn"},
         )
         async with stdio_client(params) as (read, write):

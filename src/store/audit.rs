@@ -1,0 +1,144 @@
+//! The audit trail: one row per MCP tool call, written by the writer thread
+//! like every other write, read newest first.
+
+use rusqlite::{Connection, params};
+
+use crate::error::Result;
+use crate::model::Timestamp;
+
+/// One MCP tool call as the audit trail keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// The row's id (0 before it is stored); ids grow with time.
+    pub id: u64,
+    /// When the call arrived.
+    pub at: Timestamp,
+    /// The grant it was made under: a token's grant name, else `mcp-session:ID` or `stdio`.
+    pub grant: String,
+    /// `stdio` or `http`.
+    pub transport: String,
+    /// The tool called.
+    pub tool: String,
+    /// The gate's decision: `allowed`, `denied`, `limited`, or `unknown` (no such tool).
+    pub decision: String,
+    /// For an allowed call, `ok` or `error` (the tool's answer).
+    pub result: Option<String>,
+    /// Why a call was refused, or the error an allowed call answered.
+    pub reason: Option<String>,
+    /// Time from the call's arrival to its answer, in microseconds.
+    pub duration_us: u64,
+}
+
+/// Longest reason kept, in bytes; a tool error can quote a large argument.
+const MAX_REASON_BYTES: usize = 1000;
+
+fn bounded(text: &str) -> &str {
+    if text.len() <= MAX_REASON_BYTES {
+        return text;
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Inserts `entry` and returns its id.
+pub fn insert(conn: &Connection, entry: &AuditEntry) -> Result<u64> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO audit (at, grant_name, transport, tool, decision, result, reason, duration_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    stmt.execute(params![
+        entry.at.as_micros(),
+        entry.grant,
+        entry.transport,
+        entry.tool,
+        entry.decision,
+        entry.result,
+        entry.reason.as_deref().map(bounded),
+        i64::try_from(entry.duration_us).unwrap_or(i64::MAX),
+    ])?;
+    Ok(u64::try_from(conn.last_insert_rowid()).unwrap_or(0))
+}
+
+/// The newest `limit` rows, newest first.
+pub fn recent(conn: &Connection, limit: usize) -> Result<Vec<AuditEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, grant_name, transport, tool, decision, result, reason, duration_us
+         FROM audit ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt
+        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok(AuditEntry {
+                id: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                at: Timestamp(r.get(1)?),
+                grant: r.get(2)?,
+                transport: r.get(3)?,
+                tool: r.get(4)?,
+                decision: r.get(5)?,
+                result: r.get(6)?,
+                reason: r.get(7)?,
+                duration_us: u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Environment, Source};
+    use crate::store::{Store, StoreConfig};
+
+    #[tokio::test]
+    async fn audit_rows_come_back_newest_first_and_sessions_keep_their_grant() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(StoreConfig::new(dir.path().join("a.db")))?;
+        for (i, decision) in ["allowed", "limited", "denied"].into_iter().enumerate() {
+            store
+                .record_audit(AuditEntry {
+                    id: 0,
+                    at: Timestamp(1_000 + i as i64),
+                    grant: "alice".into(),
+                    transport: "http".into(),
+                    tool: "record_session_finish".into(),
+                    decision: decision.into(),
+                    result: (decision == "allowed").then(|| "ok".into()),
+                    reason: (decision != "allowed").then(|| "é".repeat(2000)),
+                    duration_us: 42,
+                })
+                .await?;
+        }
+        let rows = store.recent_audit(2).await?;
+        let decisions: Vec<&str> = rows.iter().map(|r| r.decision.as_str()).collect();
+        assert_eq!(decisions, ["denied", "limited"]);
+        assert_eq!(rows[0].at, Timestamp(1_002));
+        // Long reasons are cut on a character boundary.
+        assert!(rows[0].reason.as_ref().is_some_and(|r| r.len() <= 1000));
+
+        let tagged = uuid::Uuid::new_v4();
+        let untagged = uuid::Uuid::new_v4();
+        let env = Environment {
+            os: "Linux".into(),
+            python_version: "3.12".into(),
+            ..Default::default()
+        };
+        store
+            .start_session_as(tagged, Source::Plugin, env.clone(), None, Some("ci".into()))
+            .await?;
+        // A retry under another grant keeps the first tag.
+        store
+            .start_session_as(tagged, Source::Plugin, env.clone(), None, Some("x".into()))
+            .await?;
+        store
+            .start_session(untagged, Source::Plugin, env, None)
+            .await?;
+        assert_eq!(store.session_grant(tagged).await?, Some("ci".into()));
+        assert_eq!(store.session_grant(untagged).await?, None);
+        store.shutdown().await;
+        Ok(())
+    }
+}
