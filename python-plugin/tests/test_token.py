@@ -71,6 +71,7 @@ def test_a_wrong_or_missing_token_gives_one_clear_warning_and_the_run_is_unchang
     assert len(warnings) == 1, warnings
     expected = "invalid token" if token else "missing authorization metadata"
     assert "UNAUTHENTICATED" in warnings[0] and expected in warnings[0], warnings[0]
+    assert "did not accept this run's token" in warnings[0], warnings[0]
     assert TOKEN not in "\n".join(result.outlines + result.errlines)
     # What could not be delivered is kept for `pytest-mcp import`.
     assert spool_path_of(result) is not None

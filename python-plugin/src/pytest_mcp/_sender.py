@@ -499,6 +499,12 @@ class Sender:
         if "Connection refused" in details:
             details = "connection refused"  # grpc's own text is three lines' worth
         reason = f"{what} at {self.address} ({name}: {_first_line(details, 120)})"
+        if name == "UNAUTHENTICATED":
+            # Reachable, but it wants a (different) token: say so, not "cannot reach".
+            reason = (
+                f"the recorder at {self.address} did not accept this run's token "
+                f"({name}: {_first_line(details, 120)}; set --mcp-token or PYTEST_MCP_TOKEN)"
+            )
         if name in _PERMANENT:
             self._give_up(reason, refused=True)
             return
