@@ -41,6 +41,9 @@ class Settings:
     token: Optional[str]
     spool_dir: Optional[str]
     timeout: float
+    #: PEM bytes of the CA that signed the recorder's certificate; with it, or
+    #: with an ``https://`` address, the channel uses TLS.
+    tls_ca: Optional[bytes] = None
 
 
 def _one_line(text: str) -> str:
@@ -160,6 +163,7 @@ class Reporter:
         self._sender = Sender(
             address=self.settings.address,
             token=self.settings.token,
+            tls_ca=self.settings.tls_ca,
             spool_dir=self.settings.spool_dir,
             timeout=self.settings.timeout,
             session_id=self.session_id,

@@ -249,6 +249,7 @@ class Sender:
         address: str,
         token: Optional[str],
         spool_dir: Optional[str],
+        tls_ca: Optional[bytes] = None,
         timeout: float,
         session_id: str,
         started_at: float,
@@ -259,7 +260,10 @@ class Sender:
         self.warning: Optional[str] = None
         self.address = address
         self.session_id = session_id
-        self._target = address[len("http://") :] if address.startswith("http://") else address
+        # https:// (or a CA file) means TLS; http:// or no scheme, plaintext.
+        self._tls = address.startswith("https://") or tls_ca is not None
+        self._tls_ca = tls_ca
+        self._target = address.split("://", 1)[1] if "://" in address else address
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._spool_dir = Path(spool_dir) if spool_dir else default_dir()
         self._timeout = timeout
@@ -398,18 +402,20 @@ class Sender:
         self._pb = recorder_pb2
         self._Timestamp = Timestamp
         self._environment = _environment.complete(self._environment)
-        self._channel = grpc.aio.insecure_channel(
-            self._target,
-            options=[
-                # Find a restarted server quickly instead of after grpc's default minutes.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-                ("grpc.max_send_message_length", 16 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                ("grpc.enable_retries", 0),
-            ],
-        )
+        options = [
+            # Find a restarted server quickly instead of after grpc's default minutes.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.enable_retries", 0),
+        ]
+        if self._tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._tls_ca)
+            self._channel = grpc.aio.secure_channel(self._target, credentials, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(self._target, options=options)
         self._stub = recorder_pb2_grpc.RecorderStub(self._channel)
         env = dict(self._environment)
         extra = env.pop("extra", {})

@@ -10,6 +10,7 @@ wherever tests are collected, so markers travel with reports from workers.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -44,6 +45,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="token sent as 'authorization: Bearer TOKEN' (env PYTEST_MCP_TOKEN)",
     )
     group.addoption(
+        "--mcp-tls-ca",
+        metavar="FILE",
+        default=None,
+        help="PEM CA certificate of a recorder served over TLS (serve --tls-cert); implies TLS, "
+        "as does an https:// address, which trusts the system's CAs "
+        "(env PYTEST_MCP_TLS_CA, ini mcp_tls_ca)",
+    )
+    group.addoption(
         "--mcp-spool",
         metavar="DIR",
         default=None,
@@ -62,6 +71,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mcp", type="bool", default=False, help="record results with pytest-mcp")
     parser.addini("mcp_address", default="", help=f"pytest-mcp recorder address ({DEFAULT_ADDRESS})")
     parser.addini("mcp_spool", default="", help="pytest-mcp spool directory")
+    parser.addini("mcp_tls_ca", default="", help="pytest-mcp recorder's CA certificate (PEM)")
     parser.addini("mcp_timeout", default="", help="pytest-mcp end-of-run wait, in seconds")
     # No ini for the token on purpose: ini files get committed, tokens must not.
 
@@ -150,9 +160,19 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--mcp-timeout: not a number of seconds: {timeout_text!r}") from None
     if timeout < 0:
         raise pytest.UsageError(f"--mcp-timeout: must not be negative, got {timeout_text}")
+    tls_ca = None
+    tls_ca_path = _setting(config, "mcp_tls_ca", "PYTEST_MCP_TLS_CA", "mcp_tls_ca")
+    if tls_ca_path is not None:
+        try:
+            tls_ca = Path(tls_ca_path).expanduser().read_bytes()
+        except OSError as e:
+            raise pytest.UsageError(f"--mcp-tls-ca: cannot read {tls_ca_path}: {e.strerror or e}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in tls_ca:
+            raise pytest.UsageError(f"--mcp-tls-ca: {tls_ca_path} holds no PEM certificate")
     settings = Settings(
         address=_setting(config, "mcp_address", "PYTEST_MCP_ADDRESS", "mcp_address") or DEFAULT_ADDRESS,
         token=_setting(config, "mcp_token", "PYTEST_MCP_TOKEN", None),
+        tls_ca=tls_ca,
         spool_dir=_setting(config, "mcp_spool", "PYTEST_MCP_SPOOL", "mcp_spool"),
         timeout=timeout,
     )
