@@ -95,7 +95,8 @@ def test_plaintext_to_a_tls_recorder_costs_one_warning_and_spools(pytester, tls_
     )
     assert result.ret == 1
     result.assert_outcomes(passed=1, failed=1)
-    assert len(warning_lines(result)) == 1, warning_lines(result)
+    [warning] = warning_lines(result)
+    assert "if it serves TLS, pass --mcp-tls-ca" in warning, warning
     assert spool_path_of(result) is not None
 
 

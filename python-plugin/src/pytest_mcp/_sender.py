@@ -505,6 +505,9 @@ class Sender:
         if "Connection refused" in details:
             details = "connection refused"  # grpc's own text is three lines' worth
         reason = f"{what} at {self.address} ({name}: {_first_line(details, 120)})"
+        if not self._tls and name == "UNAVAILABLE" and "Socket closed" in details:
+            # What a plaintext client sees from a TLS listener.
+            reason += "; if it serves TLS, pass --mcp-tls-ca (or an https:// address)"
         if name == "UNAUTHENTICATED":
             # Reachable, but it wants a (different) token: say so, not "cannot reach".
             reason = (
