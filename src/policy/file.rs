@@ -346,20 +346,23 @@ impl RawPolicy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn tools() -> Vec<String> {
+    /// The tools the test policies may name (the gate's tests use them too).
+    pub(crate) fn tools() -> Vec<String> {
         [
             "get_session",
             "record_session_finish",
             "record_session_start",
+            "record_test_outcome",
         ]
         .map(String::from)
         .to_vec()
     }
 
-    const ISSUE_EXAMPLE: &str = r#"{
+    /// The policy file of the issue, which must load and behave as written.
+    pub(crate) const ISSUE_EXAMPLE: &str = r#"{
       "version": "1",
       "default": "deny",
       "tools": {

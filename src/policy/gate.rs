@@ -254,6 +254,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::file::tests::{ISSUE_EXAMPLE, tools};
     use std::sync::atomic::{AtomicI64, Ordering};
 
     /// A clock that moves only when told to.
@@ -277,32 +278,9 @@ mod tests {
 
     const T0: i64 = 1_790_000_000_000_000; // some time in 2026
 
-    fn tools() -> Vec<String> {
-        [
-            "get_session",
-            "record_session_finish",
-            "record_session_start",
-            "record_test_outcome",
-        ]
-        .map(String::from)
-        .to_vec()
-    }
-
     fn gate(policy: &str, clock: Arc<TestClock>) -> Gate {
         Gate::with_clock(Policy::parse(policy, &tools()).expect("policy"), clock)
     }
-
-    const ISSUE_EXAMPLE: &str = r#"{
-      "version": "1",
-      "default": "deny",
-      "tools": {
-        "record_session_finish": {
-          "limits": [
-            { "counter": "record_session_finish_rate", "window": "minute", "max": 30, "scope": "grant" }
-          ]
-        }
-      }
-    }"#;
 
     #[test]
     fn thirty_calls_a_minute_pass_the_thirty_first_is_refused_until_the_window_resets() {

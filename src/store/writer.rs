@@ -321,17 +321,8 @@ fn apply(
             outcomes,
             budget: _budget,
             reply,
-        } => match append(conn, id, &outcomes) {
-            Ok((stored, status, grew)) => {
-                if grew {
-                    changed.push(StoreEvent {
-                        session: id,
-                        status,
-                        outcomes_stored: stored,
-                    });
-                }
-                Ok(Pending::Seq(reply, Ok(stored)))
-            }
+        } => match append_noting(conn, id, &outcomes, changed) {
+            Ok(stored) => Ok(Pending::Seq(reply, Ok(stored))),
             Err(e) => Err(Pending::Seq(reply, Err(e))),
         },
         WriteCmd::AppendNext {
@@ -347,17 +338,8 @@ fn apply(
                 Err(e) => return Err(Pending::Seq(reply, Err(e))),
             };
             outcome.seq = next;
-            match append(conn, id, std::slice::from_ref(&*outcome)) {
-                Ok((stored, status, grew)) => {
-                    if grew {
-                        changed.push(StoreEvent {
-                            session: id,
-                            status,
-                            outcomes_stored: stored,
-                        });
-                    }
-                    Ok(Pending::Seq(reply, Ok(next)))
-                }
+            match append_noting(conn, id, std::slice::from_ref(&*outcome), changed) {
+                Ok(_) => Ok(Pending::Seq(reply, Ok(next))),
                 Err(e) => Err(Pending::Seq(reply, Err(e))),
             }
         }
@@ -449,6 +431,25 @@ fn start(
     let (_, session) = load_session(conn, id)?
         .ok_or_else(|| Error::Internal("session vanished after insert".into()))?;
     Ok((session, true))
+}
+
+/// [`append`], noting a change for subscribers when the session grew;
+/// returns the highest contiguous stored seq.
+fn append_noting(
+    conn: &Connection,
+    id: Uuid,
+    outcomes: &[Outcome],
+    changed: &mut Vec<StoreEvent>,
+) -> Result<u64> {
+    let (stored, status, grew) = append(conn, id, outcomes)?;
+    if grew {
+        changed.push(StoreEvent {
+            session: id,
+            status,
+            outcomes_stored: stored,
+        });
+    }
+    Ok(stored)
 }
 
 fn append(conn: &Connection, id: Uuid, outcomes: &[Outcome]) -> Result<(u64, SessionStatus, bool)> {

