@@ -2,9 +2,8 @@
 //! owns the one shutdown token every part watches.
 
 use anyhow::{Context, bail};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,15 +11,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Tokens;
-use crate::cli::{
-    AuditArgs, Cli, Command, ExportArgs, ExportFormat, HttpArgs, ImportArgs, SecurityArgs,
-    SessionsArgs, ShowArgs, StdioArgs, SyncMode,
-};
+use crate::cli::{Cli, Command, HttpArgs, OutputArgs, SecurityArgs, StdioArgs, SyncMode};
+use crate::commands::{self, open_store};
 use crate::mcp::PytestMcp;
 use crate::mcp::http::HttpOptions;
-use crate::model::{SessionRef, TestOutcome};
 use crate::policy::{Gate, Policy};
-use crate::store::{OutcomeFilter, SessionFilter, Store, StoreConfig, Sync};
+use crate::store::{StoreConfig, Sync, retention};
 use crate::tls::Tls;
 
 /// How long a graceful shutdown may take before the server stops anyway.
@@ -30,24 +26,33 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            let config = store_config(args.db.path(), args.sync, args.max_field_bytes);
+            let config = store_config(
+                args.db.path(),
+                args.sync,
+                args.max_field_bytes,
+                &args.output,
+            );
             let guard = Guard::from_args(&args.security)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             let http = http_options(&args.http, &guard);
-            serve_with_mcp(config, args.grpc_addr, http, guard, shutdown).await?;
+            let retain = args.retain.policy();
+            serve_with_mcp(config, retain, args.grpc_addr, http, guard, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stdio(args) => stdio(args).await,
-        Command::Sessions(args) => sessions(args).await,
-        Command::Show(args) => show(args).await,
-        Command::Export(args) => export(args).await,
-        Command::Import(args) => import(args).await,
+        Command::Sessions(args) => commands::sessions::run(args).await,
+        Command::Show(args) => commands::show::run(args).await,
+        Command::Export(args) => commands::export::run(args).await,
+        Command::Import(args) => commands::import::run(args).await,
         Command::Watch(args) => {
             crate::watch::watch(&args.grpc_addr, &args.session, args.token.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(args) => audit(args).await,
+        Command::Audit(args) => commands::audit::run(args).await,
+        Command::Prune(args) => commands::prune::run(args).await,
+        Command::Pin(args) => commands::pin::run(args, true).await,
+        Command::Unpin(args) => commands::pin::run(args, false).await,
     }
 }
 
@@ -131,7 +136,15 @@ pub async fn serve(
     grpc_addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve_with_mcp(config, grpc_addr, None, Guard::open(), shutdown).await
+    serve_with_mcp(
+        config,
+        retention::Policy::default(),
+        grpc_addr,
+        None,
+        Guard::open(),
+        shutdown,
+    )
+    .await
 }
 
 fn http_options(args: &HttpArgs, guard: &Guard) -> Option<(SocketAddr, HttpOptions)> {
@@ -153,6 +166,7 @@ fn http_options(args: &HttpArgs, guard: &Guard) -> Option<(SocketAddr, HttpOptio
 /// every tool call passing `guard`'s gate.
 pub async fn serve_with_mcp(
     config: StoreConfig,
+    retain: retention::Policy,
     grpc_addr: SocketAddr,
     http: Option<(SocketAddr, HttpOptions)>,
     guard: Guard,
@@ -187,6 +201,7 @@ pub async fn serve_with_mcp(
     );
     tracing::info!(%local, db = %db.display(), "serving");
     guard.watch_policy(&shutdown);
+    retention::spawn(store.clone(), retain, shutdown.clone());
     let server = tokio::spawn(crate::grpc::serve(
         listener,
         store.clone(),
@@ -238,10 +253,17 @@ pub async fn serve_with_mcp(
 async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
     let guard = Guard::from_args(&args.security)?;
     let db = args.db.path();
-    let store = open_store(store_config(db.clone(), args.sync, args.max_field_bytes)).await?;
+    let store = open_store(store_config(
+        db.clone(),
+        args.sync,
+        args.max_field_bytes,
+        &args.output,
+    ))
+    .await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     guard.watch_policy(&shutdown);
+    retention::spawn(store.clone(), args.retain.policy(), shutdown.clone());
     let grpc = if args.no_grpc {
         None
     } else {
@@ -295,7 +317,12 @@ async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The store settings of `serve` and `stdio`.
-fn store_config(path: PathBuf, sync: SyncMode, max_field_bytes: usize) -> StoreConfig {
+fn store_config(
+    path: PathBuf,
+    sync: SyncMode,
+    max_field_bytes: usize,
+    output: &OutputArgs,
+) -> StoreConfig {
     StoreConfig {
         path,
         sync: match sync {
@@ -303,15 +330,8 @@ fn store_config(path: PathBuf, sync: SyncMode, max_field_bytes: usize) -> StoreC
             SyncMode::Full => Sync::Full,
         },
         max_field_bytes,
+        keep_passing_output: output.keep_passing_output,
     }
-}
-
-/// Opens (creating if needed) the store off the async runtime.
-async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
-    let db = config.path.clone();
-    tokio::task::spawn_blocking(move || Store::open(config))
-        .await?
-        .with_context(|| format!("opening the database {}", db.display()))
 }
 
 async fn cancel_on_signal(token: CancellationToken) {
@@ -336,300 +356,6 @@ async fn cancel_on_signal(token: CancellationToken) {
         let _ = ctrl_c.await;
     }
     token.cancel();
-}
-
-/// Opens an existing database for a reading command.
-async fn open_existing(path: &Path) -> anyhow::Result<Store> {
-    if !path.exists() {
-        bail!(
-            "no database at {} (nothing recorded yet; start `pytest-mcp serve`, or pass --db)",
-            path.display()
-        );
-    }
-    open_store(StoreConfig::new(path)).await
-}
-
-fn short_time(t: crate::model::Timestamp) -> String {
-    let text = t.to_rfc3339();
-    // 2026-11-24T09:14:38.123456Z -> 2026-11-24 09:14:38
-    text.get(..19).map(|s| s.replace('T', " ")).unwrap_or(text)
-}
-
-fn duration_text(seconds: f64) -> String {
-    if seconds < 60.0 {
-        format!("{seconds:.2}s")
-    } else {
-        let s = seconds.round() as u64;
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
-}
-
-async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    let store = open_existing(&args.db.path()).await?;
-    let filter = SessionFilter {
-        statuses: args.status.into_iter().collect(),
-        project: args.project,
-    };
-    let page = store.list_sessions(filter, args.limit.max(1), None).await?;
-    let mut out = std::io::stdout().lock();
-    if page.items.is_empty() {
-        writeln!(out, "no sessions recorded in {}", store.path().display())?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    writeln!(
-        out,
-        "{:<36}  {:<19}  {:<11}  {:<6}  {:<16}  {:>7}  {:>7}  {:>6}  {:>6}  {:>7}  {:>9}",
-        "ID",
-        "STARTED (UTC)",
-        "STATUS",
-        "SOURCE",
-        "PROJECT",
-        "TESTS",
-        "PASSED",
-        "FAILED",
-        "ERRORS",
-        "SKIPPED",
-        "DURATION"
-    )?;
-    for s in &page.items {
-        let mut project = s.environment.project.clone();
-        if project.chars().count() > 16 {
-            project = project.chars().take(15).collect::<String>() + "…";
-        }
-        writeln!(
-            out,
-            "{:<36}  {:<19}  {:<11}  {:<6}  {:<16}  {:>7}  {:>7}  {:>6}  {:>6}  {:>7}  {:>9}",
-            s.id,
-            short_time(s.started_at),
-            s.status.as_str(),
-            s.source.as_str(),
-            project,
-            s.outcomes_stored,
-            s.counts.passed,
-            s.counts.failed,
-            s.counts.errors,
-            s.counts.skipped,
-            s.summary
-                .as_ref()
-                .map(|x| duration_text(x.duration))
-                .unwrap_or_else(|| "-".into()),
-        )?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = open_existing(&args.db.path()).await?;
-    let session_ref = SessionRef::parse(&args.session, "SESSION")?;
-    let s = store.get_session(session_ref).await?;
-    let mut out = std::io::stdout().lock();
-    let env = &s.environment;
-    writeln!(out, "session   {}", s.id)?;
-    writeln!(out, "status    {} (source {})", s.status, s.source)?;
-    writeln!(
-        out,
-        "started   {}{}",
-        short_time(s.started_at),
-        s.finished_at
-            .map(|f| format!("   finished {}", short_time(f)))
-            .unwrap_or_default()
-    )?;
-    if let Some(grant) = store.session_grant(s.id).await? {
-        writeln!(out, "grant     {grant}")?;
-    }
-    if !env.project.is_empty() || !env.rootdir.is_empty() {
-        writeln!(out, "project   {}  {}", env.project, env.rootdir)?;
-    }
-    if !env.python_version.is_empty() || !env.os.is_empty() {
-        writeln!(
-            out,
-            "python    {} {}  pytest {}  on {}",
-            env.python_implementation, env.python_version, env.pytest_version, env.os
-        )?;
-    }
-    if !env.git_commit.is_empty() {
-        writeln!(
-            out,
-            "git       {} {}{}",
-            env.git_branch,
-            env.git_commit,
-            if env.git_dirty == Some(true) {
-                " (dirty)"
-            } else {
-                ""
-            }
-        )?;
-    }
-    let c = s.counts;
-    writeln!(
-        out,
-        "stored    {} outcomes: {} passed, {} failed, {} errors, {} skipped, {} xfailed, {} xpassed",
-        s.outcomes_stored, c.passed, c.failed, c.errors, c.skipped, c.xfailed, c.xpassed
-    )?;
-    if let Some(sum) = &s.summary {
-        writeln!(
-            out,
-            "summary   {} tests: {} passed, {} failed, {} errors, {} skipped, {} xfailed, {} xpassed; exit status {}; {}",
-            sum.total_tests,
-            sum.passed,
-            sum.failed,
-            sum.errors,
-            sum.skipped,
-            sum.xfailed,
-            sum.xpassed,
-            sum.exitstatus,
-            duration_text(sum.duration)
-        )?;
-    }
-    if let Some(expected) = s.outcomes_expected
-        && expected > s.outcomes_stored
-    {
-        writeln!(
-            out,
-            "missing   {} of {} outcomes the client sent are not stored",
-            expected - s.outcomes_stored,
-            expected
-        )?;
-    }
-    let filter = OutcomeFilter {
-        outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
-        nodeid_contains: None,
-    };
-    let mut cursor = None;
-    let mut shown = 0usize;
-    loop {
-        let (_, page) = store
-            .list_outcomes(SessionRef::Id(s.id), filter.clone(), 500, cursor)
-            .await?;
-        for o in &page.items {
-            shown += 1;
-            writeln!(out)?;
-            writeln!(
-                out,
-                "{} {} [{}{}] {}",
-                o.outcome.as_str().to_uppercase(),
-                o.nodeid,
-                o.phase.map(|p| p.as_str()).unwrap_or("?"),
-                if o.attempt > 1 {
-                    format!(", attempt {}", o.attempt)
-                } else {
-                    String::new()
-                },
-                duration_text(o.duration)
-            )?;
-            if !o.message.is_empty() {
-                writeln!(out, "  {}", o.message)?;
-            }
-            for line in o.longrepr.lines() {
-                writeln!(out, "  | {line}")?;
-            }
-        }
-        match page.next {
-            Some(n) => cursor = Some(n),
-            None => break,
-        }
-    }
-    if shown == 0 {
-        writeln!(out, "\nno failures")?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = open_existing(&args.db.path()).await?;
-    let session_ref = SessionRef::parse(&args.session, "SESSION")?;
-    let session = store.get_session(session_ref).await?;
-    let mut sink: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("--output: creating {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
-    match args.format {
-        ExportFormat::Json => crate::export::write_json(&store, &session, &mut sink).await?,
-        ExportFormat::Junit => crate::export::write_junit(&store, &session, &mut sink).await?,
-    }
-    sink.flush()?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let store = open_existing(&args.db.path()).await?;
-    let rows = store.recent_audit(args.limit.max(1)).await?;
-    let mut out = std::io::stdout().lock();
-    if rows.is_empty() {
-        writeln!(
-            out,
-            "no MCP tool calls recorded in {}",
-            store.path().display()
-        )?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    writeln!(
-        out,
-        "{:<19}  {:<24}  {:<9}  {:<22}  {:<8}  {:<6}  {:>9}  REASON",
-        "TIME (UTC)", "GRANT", "TRANSPORT", "TOOL", "DECISION", "RESULT", "DURATION"
-    )?;
-    let cut = |text: &str, n: usize| -> String {
-        if text.chars().count() > n {
-            text.chars().take(n - 1).collect::<String>() + "…"
-        } else {
-            text.to_string()
-        }
-    };
-    for r in &rows {
-        let reason = r
-            .reason
-            .as_deref()
-            .and_then(|t| t.lines().next())
-            .unwrap_or("");
-        writeln!(
-            out,
-            "{:<19}  {:<24}  {:<9}  {:<22}  {:<8}  {:<6}  {:>9}  {}",
-            short_time(r.at),
-            cut(&r.grant, 24),
-            r.transport,
-            cut(&r.tool, 22),
-            r.decision,
-            r.result.as_deref().unwrap_or("-"),
-            format!("{:.1}ms", r.duration_us as f64 / 1000.0),
-            cut(reason, 160),
-        )?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let store = open_store(StoreConfig::new(args.db.path())).await?;
-    let mut failed = false;
-    let mut out = std::io::stdout().lock();
-    for file in &args.files {
-        let report = crate::spool::import_file(&store, file).await?;
-        for s in &report.sessions {
-            writeln!(
-                out,
-                "{}: session {} {}: {} outcomes read, {} new, {} stored; {}",
-                file.display(),
-                s.id,
-                if s.created { "created" } else { "existing" },
-                s.outcomes_read,
-                s.outcomes_new,
-                s.outcomes_stored,
-                s.status
-            )?;
-        }
-        for e in &report.errors {
-            eprintln!("pytest-mcp: import: {e}");
-        }
-        failed |= !report.errors.is_empty();
-    }
-    store.shutdown().await;
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 #[cfg(test)]

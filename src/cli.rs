@@ -1,9 +1,10 @@
 //! Command-line interface. Every flag can also be set through its
 //! `PYTEST_MCP_*` environment variable; a flag on the command line wins.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Records pytest runs streamed over gRPC and shows them to people and AI agents.
 #[derive(Debug, Parser)]
@@ -50,6 +51,81 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show the newest MCP tool calls: who called what, and what the policy decided.
     Audit(AuditArgs),
+    /// Delete old sessions to keep the database small; running and pinned sessions are always kept.
+    Prune(PruneArgs),
+    /// Keep a session out of every pruning.
+    Pin(PinArgs),
+    /// Let pruning delete a pinned session again.
+    Unpin(PinArgs),
+}
+
+/// `prune` options.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("rule").required(true).multiple(true).args(["keep_sessions", "older_than"])))]
+pub struct PruneArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Keep the newest N sessions of each project; delete the older ones.
+    #[arg(long, value_name = "N")]
+    pub keep_sessions: Option<usize>,
+    /// Delete sessions that started longer ago than this: 30d, 12h, 90m, 45s or 2w.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Only prune this project's sessions.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Print what would be deleted, and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `pin` and `unpin` options.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// A session id, or `latest`.
+    pub session: String,
+}
+
+/// How much history `serve` and `stdio` keep, pruning in the background.
+#[derive(Debug, Clone, Args)]
+pub struct RetainArgs {
+    /// Keep the newest N sessions of each project; older ones are pruned in the background.
+    #[arg(long, env = "PYTEST_MCP_RETAIN_SESSIONS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub retain_sessions: Option<u64>,
+    /// Prune sessions that started more than D days ago, in the background.
+    #[arg(long, env = "PYTEST_MCP_RETAIN_DAYS", value_name = "D", value_parser = clap::value_parser!(u64).range(1..))]
+    pub retain_days: Option<u64>,
+}
+
+impl RetainArgs {
+    /// The policy the background pruner follows (empty: keep everything).
+    pub fn policy(&self) -> crate::store::retention::Policy {
+        crate::store::retention::Policy {
+            keep_sessions: self
+                .retain_sessions
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            older_than: self
+                .retain_days
+                .map(|d| Duration::from_secs(d.saturating_mul(86_400))),
+            project: None,
+        }
+    }
+}
+
+/// What is kept of captured output; shared by the commands that store outcomes.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Keep the captured stdout, stderr and log of passing tests too; by default only tests that did not pass keep theirs, as pytest shows it.
+    #[arg(long, env = "PYTEST_MCP_KEEP_PASSING_OUTPUT")]
+    pub keep_passing_output: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::store::retention::parse_duration(text)
 }
 
 /// `audit` options.
@@ -72,6 +148,9 @@ pub struct ImportArgs {
     /// Spool files (JSON lines, see docs/spool.md).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// What is kept of captured output.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `watch` options.
@@ -117,6 +196,12 @@ pub struct ServeArgs {
     /// Bound for each traceback, crash message and captured output, in bytes; longer text is cut with a marker.
     #[arg(long, env = "PYTEST_MCP_MAX_FIELD_BYTES", default_value_t = crate::model::DEFAULT_MAX_FIELD_BYTES)]
     pub max_field_bytes: usize,
+    /// What is kept of captured output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// How much history is kept.
+    #[command(flatten)]
+    pub retain: RetainArgs,
     /// MCP over HTTP.
     #[command(flatten)]
     pub http: HttpArgs,
@@ -199,6 +284,12 @@ pub struct StdioArgs {
     /// Bound for each traceback, crash message and captured output, in bytes.
     #[arg(long, env = "PYTEST_MCP_MAX_FIELD_BYTES", default_value_t = crate::model::DEFAULT_MAX_FIELD_BYTES)]
     pub max_field_bytes: usize,
+    /// What is kept of captured output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// How much history is kept.
+    #[command(flatten)]
+    pub retain: RetainArgs,
     /// Policy and credentials (tokens guard the gRPC listener; stdio itself needs none).
     #[command(flatten)]
     pub security: SecurityArgs,

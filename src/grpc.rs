@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +76,7 @@ fn opt(text: String) -> Option<String> {
 
 /// What the ack task does next, in stream order.
 enum Next {
-    Ack(String, oneshot::Receiver<crate::error::Result<u64>>),
+    Ack(String, crate::store::backend::Fut<u64>),
     Fail(Status),
 }
 
@@ -115,6 +115,7 @@ impl pb::recorder_server::Recorder for RecorderService {
             .await?;
         Ok(Response::new(pb::StartSessionResponse {
             session: Some(convert::session_to_pb(&session)),
+            keep_passing_output: self.store.keeps_passing_output(),
         }))
     }
 
@@ -132,13 +133,12 @@ impl pb::recorder_server::Recorder for RecorderService {
         tokio::spawn(async move {
             while let Some(next) = next_rx.recv().await {
                 let item = match next {
-                    Next::Ack(session_id, rx) => match rx.await {
-                        Ok(Ok(acked_seq)) => Ok(pb::StreamOutcomesResponse {
+                    Next::Ack(session_id, committed) => match committed.await {
+                        Ok(acked_seq) => Ok(pb::StreamOutcomesResponse {
                             session_id,
                             acked_seq,
                         }),
-                        Ok(Err(e)) => Err(Status::from(e)),
-                        Err(_) => Err(Status::unavailable("the store shut down before committing")),
+                        Err(e) => Err(Status::from(e)),
                     },
                     Next::Fail(status) => Err(status),
                 };
@@ -173,7 +173,7 @@ impl pb::recorder_server::Recorder for RecorderService {
                     }
                 };
                 let step = async {
-                    let (id, outcomes) = convert_batch(request, store.max_field_bytes())?;
+                    let (id, outcomes) = convert_batch(request, &store)?;
                     let rx = store.enqueue_append(id, outcomes).await?;
                     Ok::<_, Error>(Next::Ack(id.to_string(), rx))
                 };
@@ -344,7 +344,7 @@ impl pb::recorder_server::Recorder for RecorderService {
 /// Turns one stream message into a session id and validated outcomes.
 fn convert_batch(
     request: pb::StreamOutcomesRequest,
-    max_field_bytes: usize,
+    store: &Store,
 ) -> Result<(Uuid, Vec<crate::model::Outcome>), Error> {
     let id = parse_session_id(&request.session_id, "session_id")?;
     if request.outcomes.is_empty() {
@@ -362,7 +362,7 @@ fn convert_batch(
             ));
         }
         let outcome = convert::outcome_from_pb(o)
-            .and_then(|mut o| o.validate_and_bound(max_field_bytes).map(|()| o))
+            .and_then(|mut o| store.prepare(&mut o).map(|()| o))
             .map_err(|e| e.within(format_args!("outcomes[{i}]")))?;
         if let Some(prev) = outcomes.last().map(|p: &crate::model::Outcome| p.seq)
             && outcome.seq <= prev

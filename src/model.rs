@@ -338,6 +338,8 @@ pub struct Session {
     pub outcomes_expected: Option<u64>,
     /// Stored outcomes by kind; filled by reads that ask for them.
     pub counts: OutcomeCounts,
+    /// Kept out of every pruning (`pytest-mcp pin`).
+    pub pinned: bool,
 }
 
 /// One test attempt's result.
@@ -375,7 +377,26 @@ pub struct Outcome {
     pub attempt: u32,
     /// Start time, when known.
     pub started_at: Option<Timestamp>,
+    /// The subtest this outcome is for (pytest's `subtests` fixture, unittest's
+    /// `subTest`), e.g. `[even] (i=1)`; empty for the test itself. The
+    /// `nodeid` is always the test's own, so a rerun command can name it.
+    pub subtest: String,
+    /// Properties the test recorded (`record_property`, `user_properties`),
+    /// as (name, value) pairs in order; bounded by [`Outcome::validate_and_bound`].
+    pub user_properties: Vec<(String, String)>,
 }
+
+/// Most user properties kept per outcome; more are replaced by one marker property.
+pub const MAX_PROPERTIES: usize = 64;
+
+/// Longest property name kept, in bytes; longer ones are cut with a marker.
+pub const MAX_PROPERTY_NAME_BYTES: usize = 256;
+
+/// Longest property value kept, in bytes; longer ones are cut with a marker.
+pub const MAX_PROPERTY_VALUE_BYTES: usize = 4096;
+
+/// The name of the property that stands for the properties dropped past [`MAX_PROPERTIES`].
+pub const PROPERTIES_TRUNCATED: &str = "[pytest-mcp: truncated]";
 
 impl Outcome {
     /// A minimal outcome with every optional part empty.
@@ -397,6 +418,8 @@ impl Outcome {
             worker: String::new(),
             attempt: 1,
             started_at: None,
+            subtest: String::new(),
+            user_properties: Vec::new(),
         }
     }
 
@@ -409,6 +432,16 @@ impl Outcome {
         }
         validate_nodeid(&self.nodeid, "nodeid")?;
         validate_duration(self.duration, "duration")?;
+        if self.subtest.len() > MAX_NODEID_BYTES {
+            // Cutting a label would merge two subtests into one.
+            return Err(Error::invalid(
+                "subtest",
+                format!(
+                    "{} bytes, the limit is {MAX_NODEID_BYTES}",
+                    self.subtest.len()
+                ),
+            ));
+        }
         if self.attempt == 0 {
             self.attempt = 1;
         }
@@ -443,7 +476,30 @@ impl Outcome {
                 ));
             }
         }
+        bound_properties(&mut self.user_properties);
         Ok(())
+    }
+
+    /// Whether this is the outcome of a subtest rather than of the test itself.
+    pub fn is_subtest(&self) -> bool {
+        !self.subtest.is_empty()
+    }
+}
+
+/// Cuts long property names and values with a marker, and replaces the
+/// properties past [`MAX_PROPERTIES`] with one that says how many were dropped.
+fn bound_properties(props: &mut Vec<(String, String)>) {
+    if props.len() > MAX_PROPERTIES {
+        let dropped = props.len() - (MAX_PROPERTIES - 1);
+        props.truncate(MAX_PROPERTIES - 1);
+        props.push((
+            PROPERTIES_TRUNCATED.to_string(),
+            format!("{dropped} more properties were not kept"),
+        ));
+    }
+    for (name, value) in props.iter_mut() {
+        truncate_marked(name, MAX_PROPERTY_NAME_BYTES);
+        truncate_marked(value, MAX_PROPERTY_VALUE_BYTES);
     }
 }
 

@@ -73,6 +73,10 @@ struct SpoolOutcome {
     attempt: u32,
     #[serde(default)]
     started_at: Option<Timestamp>,
+    #[serde(default)]
+    subtest: String,
+    #[serde(default)]
+    user_properties: Vec<(String, String)>,
 }
 
 impl SpoolOutcome {
@@ -94,6 +98,8 @@ impl SpoolOutcome {
             worker: self.worker,
             attempt: self.attempt.max(1),
             started_at: self.started_at,
+            subtest: self.subtest,
+            user_properties: self.user_properties,
         }
     }
 }
@@ -319,10 +325,7 @@ async fn flush(
     // Validate line by line first so an error names the line it came from.
     let mut valid = Vec::with_capacity(pending.len());
     for (lineno, mut o) in pending {
-        match o
-            .validate_and_bound(store.max_field_bytes())
-            .map_err(|e| e.within("outcome"))
-        {
+        match store.prepare(&mut o).map_err(|e| e.within("outcome")) {
             Ok(()) => valid.push(o),
             Err(e) => errors.push(format!("{name}:{lineno}: {e}")),
         }
@@ -346,5 +349,5 @@ async fn flush(
     if valid.is_empty() {
         return Ok(());
     }
-    store.append_validated(id, valid).await.map(|_| ())
+    store.append_prepared(id, valid).await.map(|_| ())
 }

@@ -236,6 +236,7 @@ pub fn session_to_pb(s: &Session) -> pb::Session {
         outcomes_stored: s.outcomes_stored,
         outcomes_expected: s.outcomes_expected,
         counts: Some(counts_to_pb(&s.counts)),
+        pinned: s.pinned,
     }
 }
 
@@ -259,6 +260,15 @@ pub fn outcome_to_pb(session_id: &str, o: &Outcome) -> pb::Outcome {
         worker: o.worker.clone(),
         attempt: o.attempt,
         started_at: o.started_at.map(timestamp_to_pb),
+        subtest: o.subtest.clone(),
+        user_properties: o
+            .user_properties
+            .iter()
+            .map(|(name, value)| pb::Property {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -287,5 +297,11 @@ pub fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome> {
             .as_ref()
             .map(|t| timestamp_from_pb(t, "started_at"))
             .transpose()?,
+        subtest: o.subtest,
+        user_properties: o
+            .user_properties
+            .into_iter()
+            .map(|p| (p.name, p.value))
+            .collect(),
     })
 }

@@ -8,12 +8,12 @@
 //! whether a test is reliable.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
-use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::rows::{self, OUTCOME_COLUMNS, SESSION_COLUMNS, outcome_rowid_range};
-use super::{Store, resolve};
+use super::Store;
+use super::backend::{OutcomeKey, TestKey};
 use crate::error::Result;
 use crate::model::{Outcome, Session, SessionRef, Source, TestOutcome};
 
@@ -90,14 +90,19 @@ pub fn flakiness_verdict(s: &Stability) -> Verdict {
 
 /// One pass/fail outcome of a test, as the stability rules see it.
 #[derive(Debug, Clone)]
-struct Run {
-    session_pk: i64,
-    commit: Option<String>,
-    failed: bool,
+pub struct Run {
+    /// The session it ran in (a backend's key; equal keys, same session).
+    pub session: i64,
+    /// The session's git commit, when known.
+    pub commit: Option<String>,
+    /// Failed or error (else passed).
+    pub failed: bool,
+    /// The outcome, to fetch its message.
+    pub outcome: OutcomeKey,
 }
 
 /// Computes statistics from runs in chronological order.
-fn stability_of(runs: &[Run]) -> Stability {
+pub fn stability_of(runs: &[Run]) -> Stability {
     let mut s = Stability::default();
     let mut by_commit: HashMap<&str, (bool, bool)> = HashMap::new();
     let mut by_session: HashMap<i64, (bool, bool)> = HashMap::new();
@@ -123,7 +128,7 @@ fn stability_of(runs: &[Run]) -> Stability {
         if let Some(c) = r.commit.as_deref().filter(|c| !c.is_empty()) {
             mark(by_commit.entry(c).or_default());
         }
-        mark(by_session.entry(r.session_pk).or_default());
+        mark(by_session.entry(r.session).or_default());
     }
     s.last_failed = prev;
     s.mixed_commits = by_commit.values().filter(|(p, f)| *p && *f).count() as u64;
@@ -149,6 +154,8 @@ pub struct FlakyTest {
 pub struct ComparedTest {
     /// The test.
     pub nodeid: String,
+    /// The subtest, when the entry is one ("" for the test itself).
+    pub subtest: String,
     /// Final outcome in the base session, if it ran there.
     pub base: Option<TestOutcome>,
     /// Final outcome in the head session, if it ran there.
@@ -162,6 +169,8 @@ pub struct ComparedTest {
 pub struct DurationChange {
     /// The test.
     pub nodeid: String,
+    /// The subtest ("" for the test itself).
+    pub subtest: String,
     /// Seconds in the base session.
     pub base: f64,
     /// Seconds in the head session.
@@ -181,52 +190,59 @@ pub struct Comparison {
     pub fixed: Vec<ComparedTest>,
     /// Failing in both.
     pub still_failing: Vec<ComparedTest>,
-    /// Run in head only.
+    /// Tests run in head only (their subtests are not listed apart).
     pub added: Vec<String>,
-    /// Run in base only.
+    /// Tests run in base only.
     pub removed: Vec<String>,
     /// Passed in both and took longer in head, slowest growth first.
     pub slower: Vec<DurationChange>,
 }
 
-/// The final outcome of one test in one session.
+/// The final outcome (last attempt) of one test in one session.
 #[derive(Debug, Clone)]
-struct Final {
-    outcome: TestOutcome,
-    duration: f64,
-    message: String,
+pub struct Final {
+    /// The outcome.
+    pub outcome: TestOutcome,
+    /// Its duration in seconds.
+    pub duration: f64,
+    /// Its crash message, for failures and errors (else empty).
+    pub message: String,
 }
 
 /// Compares final outcomes; `min_ratio` and `min_seconds` both bound what
-/// counts as slower (noise on fast tests is not a regression).
-fn compare_finals(
-    base: &HashMap<String, Final>,
-    head: &HashMap<String, Final>,
+/// counts as slower (noise on fast tests is not a regression). The lists
+/// hold keys in no particular order: the caller names and sorts them.
+fn compare_finals<K: Eq + Hash + Clone>(
+    base: &HashMap<K, Final>,
+    head: &HashMap<K, Final>,
     min_ratio: f64,
     min_seconds: f64,
-) -> Lists {
-    let mut new_failures = Vec::new();
-    let mut fixed = Vec::new();
-    let mut still = Vec::new();
-    let mut added = Vec::new();
-    let mut slower = Vec::new();
-    for (nodeid, h) in head {
-        let b = base.get(nodeid);
+) -> Lists<K> {
+    let mut lists = Lists {
+        new_failures: Vec::new(),
+        fixed: Vec::new(),
+        still_failing: Vec::new(),
+        added: Vec::new(),
+        removed: Vec::new(),
+        slower: Vec::new(),
+    };
+    for (key, h) in head {
+        let b = base.get(key);
         if b.is_none() {
-            added.push(nodeid.clone());
+            lists.added.push(key.clone());
         }
-        let entry = |message: &str| ComparedTest {
-            nodeid: nodeid.clone(),
+        let entry = |message: &str| Compared {
+            key: key.clone(),
             base: b.map(|b| b.outcome),
             head: Some(h.outcome),
             message: message.to_string(),
         };
         match (b.map(|b| b.outcome.is_failure()), h.outcome.is_failure()) {
-            (Some(true), true) => still.push(entry(&h.message)),
-            (_, true) => new_failures.push(entry(&h.message)),
-            (Some(true), false) if h.outcome == TestOutcome::Passed => {
-                fixed.push(entry(b.map(|b| b.message.as_str()).unwrap_or_default()))
-            }
+            (Some(true), true) => lists.still_failing.push(entry(&h.message)),
+            (_, true) => lists.new_failures.push(entry(&h.message)),
+            (Some(true), false) if h.outcome == TestOutcome::Passed => lists
+                .fixed
+                .push(entry(b.map(|b| b.message.as_str()).unwrap_or_default())),
             _ => {}
         }
         if let Some(b) = b
@@ -235,236 +251,104 @@ fn compare_finals(
             && h.duration - b.duration >= min_seconds
             && h.duration >= b.duration * min_ratio
         {
-            slower.push(DurationChange {
-                nodeid: nodeid.clone(),
-                base: b.duration,
-                head: h.duration,
-            });
+            lists.slower.push((key.clone(), b.duration, h.duration));
         }
     }
-    let mut removed: Vec<String> = base
+    lists.removed = base
         .keys()
         .filter(|k| !head.contains_key(*k))
         .cloned()
         .collect();
-    for list in [&mut new_failures, &mut fixed, &mut still] {
-        list.sort_by(|a, b| a.nodeid.cmp(&b.nodeid));
-    }
-    added.sort();
-    removed.sort();
-    slower.sort_by(|a, b| {
-        (b.head - b.base)
-            .total_cmp(&(a.head - a.base))
-            .then_with(|| a.nodeid.cmp(&b.nodeid))
-    });
-    Lists {
-        new_failures,
-        fixed,
-        still_failing: still,
-        added,
-        removed,
-        slower,
-    }
+    lists
 }
 
-/// The lists of a [`Comparison`], before the sessions are attached.
-struct Lists {
-    new_failures: Vec<ComparedTest>,
-    fixed: Vec<ComparedTest>,
-    still_failing: Vec<ComparedTest>,
-    added: Vec<String>,
-    removed: Vec<String>,
-    slower: Vec<DurationChange>,
+/// One entry of a comparison list, before it is named.
+struct Compared<K> {
+    key: K,
+    base: Option<TestOutcome>,
+    head: Option<TestOutcome>,
+    message: String,
 }
 
-fn finals_of(c: &Connection, session_pk: i64) -> Result<HashMap<String, Final>> {
-    let (lo, hi) = outcome_rowid_range(session_pk);
-    let mut stmt = c.prepare_cached(
-        "SELECT o.nodeid, o.outcome, o.duration,
-                CASE WHEN o.outcome IN ('failed', 'error') THEN o.message END
-         FROM outcomes o WHERE o.id BETWEEN ?1 AND ?2 ORDER BY o.id",
-    )?;
-    let mut out = HashMap::new();
-    let mut rows = stmt.query([lo, hi])?;
-    while let Some(r) = rows.next()? {
-        let outcome: String = r.get(1)?;
-        let outcome = outcome.parse().map_err(|e: String| {
-            rusqlite::Error::FromSqlConversionFailure(
-                1,
-                rusqlite::types::Type::Text,
-                Box::<dyn std::error::Error + Send + Sync>::from(e),
-            )
-        })?;
-        // A later attempt (rerun) replaces an earlier one: the last one is final.
-        out.insert(
-            r.get::<_, String>(0)?,
-            Final {
-                outcome,
-                duration: r.get(2)?,
-                message: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-            },
-        );
-    }
-    Ok(out)
+/// The lists of a [`Comparison`], by test key.
+struct Lists<K> {
+    new_failures: Vec<Compared<K>>,
+    fixed: Vec<Compared<K>>,
+    still_failing: Vec<Compared<K>>,
+    added: Vec<K>,
+    removed: Vec<K>,
+    slower: Vec<(K, f64, f64)>,
 }
 
 impl Store {
     /// The most recently started session from `source` that is still running.
     pub async fn latest_running(&self, source: Source) -> Result<Option<Session>> {
-        self.read(move |c| {
-            let sql = format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions s
-                 WHERE s.source = ?1 AND s.status = 'running'
-                 ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
-            );
-            Ok(c.prepare_cached(&sql)?
-                .query_row([source.as_str()], |r| rows::session_from_row(r, 0))
-                .optional()?
-                .map(|(_, s)| s))
-        })
-        .await
+        self.backend().latest_running(source).await
     }
 
     /// The session of the same project started just before `head`.
     pub async fn previous_session(&self, head: &Session) -> Result<Option<Session>> {
-        let id = head.id.to_string();
-        let started = head.started_at.as_micros();
-        let project = Some(head.environment.project.clone()).filter(|p| !p.is_empty());
-        self.read(move |c| {
-            let sql = format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions s
-                 WHERE s.project IS ?1
-                   AND (s.started_at < ?2
-                        OR (s.started_at = ?2 AND s.pk < (SELECT pk FROM sessions WHERE id = ?3)))
-                 ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
-            );
-            Ok(c.prepare_cached(&sql)?
-                .query_row(rusqlite::params![project, started, id], |r| {
-                    rows::session_from_row(r, 0)
-                })
-                .optional()?
-                .map(|(_, s)| s))
-        })
-        .await
+        self.backend().previous_session(head.clone()).await
     }
 
-    /// Statistics of one test over its newest `window` pass/fail outcomes.
+    /// Statistics of one test over its newest `window` pass/fail outcomes
+    /// (the test's own, not its subtests').
     pub async fn test_stability(&self, nodeid: String, window: usize) -> Result<Stability> {
         crate::model::validate_nodeid(&nodeid, "nodeid")?;
-        self.read(move |c| {
-            // The test's rows newest first, ordered using only the nodeid
-            // index (its rowid gives the session, see the schema); then each
-            // row's outcome is read until the window is full, so a long
-            // history costs `window` row reads, not one per run stored.
-            let mut ordered = c.prepare_cached(
-                "SELECT o.id, s.pk, s.git_commit
-                 FROM outcomes o INDEXED BY outcomes_by_nodeid
-                 JOIN sessions s ON s.pk = o.id >> 32
-                 WHERE o.nodeid = ?1
-                 ORDER BY s.started_at DESC, s.pk DESC, o.id DESC",
-            )?;
-            let mut kind = c.prepare_cached(
-                "SELECT outcome IN ('passed', 'failed', 'error'), outcome IN ('failed', 'error')
-                 FROM outcomes WHERE id = ?1",
-            )?;
-            let mut runs: Vec<Run> = Vec::new();
-            let mut rows = ordered.query([&nodeid])?;
-            while runs.len() < window
-                && let Some(r) = rows.next()?
-            {
-                let (counts, failed): (bool, bool) =
-                    kind.query_row([r.get::<_, i64>(0)?], |k| Ok((k.get(0)?, k.get(1)?)))?;
-                if counts {
-                    runs.push(Run {
-                        session_pk: r.get(1)?,
-                        commit: r.get(2)?,
-                        failed,
-                    });
-                }
-            }
-            runs.reverse();
-            Ok(stability_of(&runs))
-        })
-        .await
+        let runs = self.backend().test_runs(nodeid, window).await?;
+        Ok(stability_of(&runs))
     }
 
     /// Tests judged flaky over the newest `window` sessions (of `project`,
-    /// when given), most flips first, at most `limit`.
+    /// when given), most evidence first, at most `limit`; and how many were
+    /// found in all.
     pub async fn flaky_tests(
         &self,
         window: usize,
         project: Option<String>,
         limit: usize,
     ) -> Result<(usize, Vec<FlakyTest>)> {
-        self.read(move |c| {
-            // Only tests that failed at least once in the window can be
-            // flaky; the partial failures index finds them without a scan.
-            let mut stmt = c.prepare_cached(
-                "WITH recent AS (
-                     SELECT s.pk, s.started_at, s.git_commit FROM sessions s
-                     WHERE ?2 IS NULL OR s.project = ?2
-                     ORDER BY s.started_at DESC, s.pk DESC LIMIT ?1),
-                 failing AS (
-                     SELECT DISTINCT f.nodeid FROM recent r
-                     JOIN outcomes f INDEXED BY outcomes_failures ON f.session_pk = r.pk
-                     WHERE f.outcome IN ('failed', 'error'))
-                 SELECT o.nodeid, r.pk, r.git_commit, o.outcome IN ('failed', 'error'),
-                        CASE WHEN o.outcome IN ('failed', 'error') THEN o.message END
-                 FROM failing x
-                 JOIN outcomes o INDEXED BY outcomes_by_nodeid ON o.nodeid = x.nodeid
-                 JOIN recent r ON r.pk = o.session_pk
-                 WHERE o.outcome IN ('passed', 'failed', 'error')
-                 ORDER BY o.nodeid, r.started_at, r.pk, o.seq",
-            )?;
-            let window_i = i64::try_from(window).unwrap_or(i64::MAX);
-            let mut rows = stmt.query(rusqlite::params![window_i, project])?;
-            let mut found = Vec::new();
-            let mut current: Option<(String, Vec<Run>, String)> = None;
-            let mut flush = |entry: Option<(String, Vec<Run>, String)>| {
-                if let Some((nodeid, runs, last_message)) = entry {
-                    let stability = stability_of(&runs);
-                    let verdict = flakiness_verdict(&stability);
-                    if verdict == Verdict::Flaky {
-                        found.push(FlakyTest {
-                            nodeid,
-                            stability,
-                            verdict,
-                            last_message,
-                        });
-                    }
-                }
-            };
-            while let Some(r) = rows.next()? {
-                let nodeid: String = r.get(0)?;
-                let run = Run {
-                    session_pk: r.get(1)?,
-                    commit: r.get(2)?,
-                    failed: r.get(3)?,
-                };
-                let message: Option<String> = r.get(4)?;
-                if current.as_ref().is_none_or(|(n, _, _)| *n != nodeid) {
-                    flush(current.take());
-                    current = Some((nodeid, Vec::new(), String::new()));
-                }
-                if let Some((_, runs, last)) = current.as_mut() {
-                    if let Some(m) = message.filter(|m| !m.is_empty()) {
-                        *last = m;
-                    }
-                    runs.push(run);
-                }
-            }
-            flush(current.take());
-            found.sort_by(|a, b| {
-                (b.stability.mixed_commits + b.stability.mixed_sessions)
-                    .cmp(&(a.stability.mixed_commits + a.stability.mixed_sessions))
-                    .then(b.stability.flips.cmp(&a.stability.flips))
-                    .then_with(|| a.nodeid.cmp(&b.nodeid))
-            });
-            let total = found.len();
-            found.truncate(limit);
-            Ok((total, found))
-        })
-        .await
+        let input = self.backend().flaky_input(window, project).await?;
+        let mut judged: Vec<(TestKey, Stability, Option<OutcomeKey>)> = input
+            .tests
+            .into_iter()
+            .filter_map(|(key, runs)| {
+                let stability = stability_of(&runs);
+                (flakiness_verdict(&stability) == Verdict::Flaky).then(|| {
+                    let last_failure = runs.iter().rev().find(|r| r.failed).map(|r| r.outcome);
+                    (key, stability, last_failure)
+                })
+            })
+            .collect();
+        let total = judged.len();
+        let names = self
+            .backend()
+            .test_names(judged.iter().map(|(k, _, _)| *k).collect())
+            .await?;
+        let name = |k: &TestKey| names.get(k).map(|(n, _)| n.clone()).unwrap_or_default();
+        judged.sort_by(|a, b| {
+            (b.1.mixed_commits + b.1.mixed_sessions)
+                .cmp(&(a.1.mixed_commits + a.1.mixed_sessions))
+                .then(b.1.flips.cmp(&a.1.flips))
+                .then_with(|| name(&a.0).cmp(&name(&b.0)))
+        });
+        judged.truncate(limit);
+        let messages = self
+            .backend()
+            .outcome_messages(judged.iter().filter_map(|(_, _, m)| *m).collect())
+            .await?;
+        let found = judged
+            .into_iter()
+            .map(|(key, stability, last)| FlakyTest {
+                nodeid: name(&key),
+                stability,
+                verdict: Verdict::Flaky,
+                last_message: last
+                    .and_then(|m| messages.get(&m).cloned())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok((total, found))
     }
 
     /// Compares two sessions by each test's final outcome. A test counts as
@@ -477,31 +361,87 @@ impl Store {
         min_ratio: f64,
         min_seconds: f64,
     ) -> Result<Comparison> {
-        self.read(move |c| {
-            let (base_pk, base) = resolve(c, base).map_err(|e| rename_field(e, "base"))?;
-            let (head_pk, head) = resolve(c, head).map_err(|e| rename_field(e, "head"))?;
-            let b = finals_of(c, base_pk)?;
-            let h = finals_of(c, head_pk)?;
-            let Lists {
-                new_failures,
-                fixed,
-                still_failing,
-                added,
-                removed,
-                slower,
-            } = compare_finals(&b, &h, min_ratio, min_seconds);
-            Ok(Comparison {
-                base,
-                head,
-                new_failures,
-                fixed,
-                still_failing,
-                added,
-                removed,
-                slower,
+        let (base, b) = self
+            .backend()
+            .session_finals(base)
+            .await
+            .map_err(|e| rename_field(e, "base"))?;
+        let (head, h) = self
+            .backend()
+            .session_finals(head)
+            .await
+            .map_err(|e| rename_field(e, "head"))?;
+        let lists = compare_finals(&b, &h, min_ratio, min_seconds);
+        let mut keys: Vec<TestKey> = Vec::new();
+        for list in [&lists.new_failures, &lists.fixed, &lists.still_failing] {
+            keys.extend(list.iter().map(|c| c.key));
+        }
+        keys.extend(lists.added.iter().chain(&lists.removed));
+        keys.extend(lists.slower.iter().map(|(k, _, _)| *k));
+        keys.sort_unstable();
+        keys.dedup();
+        let names = self.backend().test_names(keys).await?;
+        let named = |k: &TestKey| names.get(k).cloned().unwrap_or_default();
+        let tests = |list: Vec<Compared<TestKey>>| {
+            let mut out: Vec<ComparedTest> = list
+                .into_iter()
+                .map(|c| {
+                    let (nodeid, subtest) = named(&c.key);
+                    ComparedTest {
+                        nodeid,
+                        subtest,
+                        base: c.base,
+                        head: c.head,
+                        message: c.message,
+                    }
+                })
+                .collect();
+            out.sort_by(|a, b| {
+                a.nodeid
+                    .cmp(&b.nodeid)
+                    .then_with(|| a.subtest.cmp(&b.subtest))
+            });
+            out
+        };
+        let keyed = |list: Vec<TestKey>| {
+            let mut out: Vec<String> = list
+                .iter()
+                .map(named)
+                .filter(|(_, subtest)| subtest.is_empty())
+                .map(|(nodeid, _)| nodeid)
+                .collect();
+            out.sort();
+            out
+        };
+        let mut slower: Vec<DurationChange> = lists
+            .slower
+            .iter()
+            .map(|(k, base, head)| {
+                let (nodeid, subtest) = named(k);
+                DurationChange {
+                    nodeid,
+                    subtest,
+                    base: *base,
+                    head: *head,
+                }
             })
+            .collect();
+        slower.sort_by(|a, b| {
+            (b.head - b.base)
+                .total_cmp(&(a.head - a.base))
+                .then_with(|| a.nodeid.cmp(&b.nodeid))
+                .then_with(|| a.subtest.cmp(&b.subtest))
+        });
+        Ok(Comparison {
+            base,
+            head,
+            new_failures: tests(lists.new_failures),
+            fixed: tests(lists.fixed),
+            still_failing: tests(lists.still_failing),
+            added: keyed(lists.added),
+            removed: keyed(lists.removed),
+            slower,
         })
-        .await
     }
 
     /// A session's `limit` slowest outcomes, slowest first.
@@ -510,23 +450,7 @@ impl Store {
         session: SessionRef,
         limit: usize,
     ) -> Result<(Session, Vec<Outcome>)> {
-        self.read(move |c| {
-            let (pk, s) = resolve(c, session)?;
-            let (lo, hi) = outcome_rowid_range(pk);
-            let sql = format!(
-                "SELECT {OUTCOME_COLUMNS} FROM outcomes o WHERE o.id BETWEEN ?1 AND ?2
-                 ORDER BY o.duration DESC, o.seq LIMIT ?3"
-            );
-            let items = c
-                .prepare_cached(&sql)?
-                .query_map(
-                    rusqlite::params![lo, hi, i64::try_from(limit).unwrap_or(i64::MAX)],
-                    |r| rows::outcome_from_row(r, 0),
-                )?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok((s, items))
-        })
-        .await
+        self.backend().slowest(session, limit).await
     }
 }
 
@@ -626,9 +550,10 @@ mod tests {
             .chars()
             .enumerate()
             .map(|(i, ch)| Run {
-                session_pk: i as i64,
+                session: i as i64,
                 commit: commit.map(|c| format!("{c}{i}")),
                 failed: ch == 'F',
+                outcome: i as i64,
             })
             .collect()
     }
@@ -663,7 +588,7 @@ mod tests {
     #[test]
     fn a_rerun_that_passes_in_the_same_session_is_flaky() {
         let mut r = runs("FP", None);
-        r[1].session_pk = r[0].session_pk;
+        r[1].session = r[0].session;
         let s = stability_of(&r);
         assert_eq!(s.mixed_sessions, 1);
         assert_eq!(flakiness_verdict(&s), Verdict::Flaky);
@@ -717,21 +642,18 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let Lists {
-            new_failures: new,
-            fixed,
-            still_failing: still,
-            added,
-            removed,
-            slower,
-        } = compare_finals(&base, &head, 1.5, 0.1);
-        let names = |v: &[ComparedTest]| v.iter().map(|t| t.nodeid.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&new), ["a", "new"]);
-        assert_eq!(names(&fixed), ["b"]);
-        assert_eq!(names(&still), ["c"]);
-        assert_eq!(added, ["new"]);
-        assert_eq!(removed, ["gone"]);
-        assert_eq!(slower.len(), 1);
-        assert_eq!(slower[0].nodeid, "slow");
+        let lists = compare_finals(&base, &head, 1.5, 0.1);
+        let names = |v: &[Compared<String>]| {
+            let mut n: Vec<String> = v.iter().map(|t| t.key.clone()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&lists.new_failures), ["a", "new"]);
+        assert_eq!(names(&lists.fixed), ["b"]);
+        assert_eq!(names(&lists.still_failing), ["c"]);
+        assert_eq!(lists.added, ["new"]);
+        assert_eq!(lists.removed, ["gone"]);
+        assert_eq!(lists.slower.len(), 1);
+        assert_eq!(lists.slower[0].0, "slow");
     }
 }

@@ -1,9 +1,6 @@
-//! The audit trail: one row per MCP tool call, written by the writer thread
-//! like every other write, read newest first.
+//! The audit trail: one row per MCP tool call, stored by the backend like
+//! every other write, read newest first.
 
-use rusqlite::{Connection, params};
-
-use crate::error::Result;
 use crate::model::Timestamp;
 
 /// One MCP tool call as the audit trail keeps it.
@@ -32,7 +29,9 @@ pub struct AuditEntry {
 /// Longest reason kept, in bytes; a tool error can quote a large argument.
 const MAX_REASON_BYTES: usize = 1000;
 
-fn bounded(text: &str) -> &str {
+/// The part of a reason that is kept: at most [`MAX_REASON_BYTES`], cut on a
+/// character boundary.
+pub fn bounded(text: &str) -> &str {
     if text.len() <= MAX_REASON_BYTES {
         return text;
     }
@@ -41,49 +40,6 @@ fn bounded(text: &str) -> &str {
         end -= 1;
     }
     &text[..end]
-}
-
-/// Inserts `entry` and returns its id.
-pub fn insert(conn: &Connection, entry: &AuditEntry) -> Result<u64> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO audit (at, grant_name, transport, tool, decision, result, reason, duration_us)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    stmt.execute(params![
-        entry.at.as_micros(),
-        entry.grant,
-        entry.transport,
-        entry.tool,
-        entry.decision,
-        entry.result,
-        entry.reason.as_deref().map(bounded),
-        i64::try_from(entry.duration_us).unwrap_or(i64::MAX),
-    ])?;
-    Ok(u64::try_from(conn.last_insert_rowid()).unwrap_or(0))
-}
-
-/// The newest `limit` rows, newest first.
-pub fn recent(conn: &Connection, limit: usize) -> Result<Vec<AuditEntry>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, at, grant_name, transport, tool, decision, result, reason, duration_us
-         FROM audit ORDER BY id DESC LIMIT ?1",
-    )?;
-    let rows = stmt
-        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-            Ok(AuditEntry {
-                id: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                at: Timestamp(r.get(1)?),
-                grant: r.get(2)?,
-                transport: r.get(3)?,
-                tool: r.get(4)?,
-                decision: r.get(5)?,
-                result: r.get(6)?,
-                reason: r.get(7)?,
-                duration_us: u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0),
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
 }
 
 #[cfg(test)]

@@ -4,33 +4,38 @@
 use rusqlite::Row;
 use uuid::Uuid;
 
+use super::schema::{file_from_column, kind_of, phase_of};
 use crate::model::{Environment, Outcome, OutcomeCounts, Session, Summary, Timestamp};
+use crate::store::detail;
 
 /// Columns of `sessions` that [`session_from_row`] reads, in order.
 pub const SESSION_COLUMNS: &str = "s.pk, s.id, s.source, s.status, s.started_at, s.finished_at, \
      s.environment, s.summary, s.outcomes_stored, s.outcomes_expected, \
-     s.n_passed, s.n_failed, s.n_skipped, s.n_errors, s.n_xfailed, s.n_xpassed";
+     s.n_passed, s.n_failed, s.n_skipped, s.n_errors, s.n_xfailed, s.n_xpassed, s.pinned";
 
-/// Number of columns in [`SESSION_COLUMNS`].
-pub const SESSION_COLUMN_COUNT: usize = 16;
+/// Columns that [`outcome_from_row`] reads, in order, from `outcomes o`
+/// joined with `tests t`, `marker_sets m` and `details d`.
+pub const OUTCOME_COLUMNS: &str = "o.id, o.kind, o.phase, o.duration, o.attempt, o.line, \
+     o.start_us, o.message, o.worker, o.file, t.nodeid, t.subtest, m.markers, d.data";
 
-/// Columns of `outcomes` that [`outcome_from_row`] reads, in order.
-pub const OUTCOME_COLUMNS: &str = "o.seq, o.nodeid, o.outcome, o.phase, o.duration, o.message, \
-     o.longrepr, o.stdout, o.stderr, o.log, o.file, o.line, o.markers, o.worker, o.attempt, \
-     o.started_at";
+/// The joins [`OUTCOME_COLUMNS`] need, after `FROM outcomes o`.
+pub const OUTCOME_JOINS: &str = "JOIN tests t ON t.id = o.test_id \
+     LEFT JOIN marker_sets m ON m.id = o.markers LEFT JOIN details d ON d.id = o.id";
 
 /// The rowid of outcome `seq` of session `pk`: see the schema.
 pub fn outcome_rowid(session_pk: i64, seq: u64) -> i64 {
     (session_pk << 32) | i64::try_from(seq).unwrap_or(0)
 }
 
+/// The seq of an outcome rowid.
+pub fn seq_of(rowid: i64) -> u64 {
+    u64::try_from(rowid & 0xFFFF_FFFF).unwrap_or(0)
+}
+
 /// The first and last possible rowid of a session's outcomes.
 pub fn outcome_rowid_range(session_pk: i64) -> (i64, i64) {
     (session_pk << 32, (session_pk << 32) | 0xFFFF_FFFF)
 }
-
-/// Highest seq a session may hold, so that it fits the rowid scheme.
-pub const MAX_SEQ: u64 = 0xFFFF_FFFF;
 
 fn conversion_error(col: usize, msg: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -83,39 +88,50 @@ pub fn session_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<(i64, 
             xfailed: u64_col(row, c(14))?,
             xpassed: u64_col(row, c(15))?,
         },
+        pinned: row.get::<_, i64>(c(16))? != 0,
     };
     Ok((row.get(c(0))?, session))
 }
 
-/// Reads an outcome from columns `offset..` laid out as [`OUTCOME_COLUMNS`].
-pub fn outcome_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<Outcome> {
+/// Reads an outcome from columns `offset..` laid out as [`OUTCOME_COLUMNS`];
+/// `session_started` is its session's start, which the row's start is relative to.
+pub fn outcome_from_row(
+    row: &Row<'_>,
+    offset: usize,
+    session_started: Timestamp,
+) -> rusqlite::Result<Outcome> {
     let c = |i: usize| offset + i;
     let text = |i: usize| -> rusqlite::Result<String> {
         Ok(row.get::<_, Option<String>>(c(i))?.unwrap_or_default())
     };
-    let phase: Option<String> = row.get(c(3))?;
-    Ok(Outcome {
-        seq: u64_col(row, c(0))?,
-        nodeid: row.get(c(1))?,
-        outcome: parse_col(row, c(2))?,
-        phase: phase
-            .map(|p| p.parse().map_err(|e| conversion_error(c(3), e)))
-            .transpose()?,
-        duration: row.get(c(4))?,
-        message: text(5)?,
-        longrepr: text(6)?,
-        stdout: text(7)?,
-        stderr: text(8)?,
-        log: text(9)?,
-        file: text(10)?,
-        line: row
-            .get::<_, Option<i64>>(c(11))?
-            .and_then(|l| u32::try_from(l).ok()),
-        markers: json_col::<Vec<String>>(row, c(12))?.unwrap_or_default(),
-        worker: text(13)?,
-        attempt: u32::try_from(row.get::<_, i64>(c(14))?).unwrap_or(1),
-        started_at: row.get::<_, Option<i64>>(c(15))?.map(Timestamp),
-    })
+    let kind: i64 = row.get(c(1))?;
+    let kind =
+        kind_of(kind).ok_or_else(|| conversion_error(c(1), format!("unknown kind {kind}")))?;
+    let phase = row
+        .get::<_, Option<i64>>(c(2))?
+        .map(|p| phase_of(p).ok_or_else(|| conversion_error(c(2), format!("unknown phase {p}"))))
+        .transpose()?;
+    let nodeid: String = row.get(c(10))?;
+    let file = file_from_column(&nodeid, row.get(c(9))?);
+    let mut o = Outcome::new(seq_of(row.get(c(0))?), nodeid, kind);
+    o.phase = phase;
+    o.duration = row.get(c(3))?;
+    o.attempt = u32::try_from(row.get::<_, i64>(c(4))?).unwrap_or(1);
+    o.line = row
+        .get::<_, Option<i64>>(c(5))?
+        .and_then(|l| u32::try_from(l).ok());
+    o.started_at = row
+        .get::<_, Option<i64>>(c(6))?
+        .map(|us| Timestamp(session_started.as_micros() + us));
+    o.message = text(7)?;
+    o.worker = text(8)?;
+    o.file = file;
+    o.subtest = row.get(c(11))?;
+    o.markers = json_col::<Vec<String>>(row, c(12))?.unwrap_or_default();
+    if let Some(blob) = row.get::<_, Option<Vec<u8>>>(c(13))? {
+        detail::decode_into(&blob, &mut o).map_err(|e| conversion_error(c(13), e.to_string()))?;
+    }
+    Ok(o)
 }
 
 /// `None` for an empty string, so absent text is NULL in SQL.

@@ -1,0 +1,56 @@
+//! The CLI commands that read or maintain the database, one file each; the
+//! long-running servers (`serve`, `stdio`) are wired in [`crate::app`].
+
+pub mod audit;
+pub mod export;
+pub mod import;
+pub mod pin;
+pub mod prune;
+pub mod sessions;
+pub mod show;
+
+use anyhow::{Context, bail};
+use std::path::Path;
+
+use crate::store::{Store, StoreConfig};
+
+/// Opens (creating if needed) the store off the async runtime.
+pub async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
+    let db = config.path.clone();
+    tokio::task::spawn_blocking(move || Store::open(config))
+        .await?
+        .with_context(|| format!("opening the database {}", db.display()))
+}
+
+/// Opens an existing database for a reading command.
+pub async fn open_existing(path: &Path) -> anyhow::Result<Store> {
+    if !path.exists() {
+        bail!(
+            "no database at {} (nothing recorded yet; start `pytest-mcp serve`, or pass --db)",
+            path.display()
+        );
+    }
+    open_store(StoreConfig::new(path)).await
+}
+
+/// `2026-11-24 09:14:38` (UTC).
+pub fn short_time(t: crate::model::Timestamp) -> String {
+    let text = t.to_rfc3339();
+    // 2026-11-24T09:14:38.123456Z -> 2026-11-24 09:14:38
+    text.get(..19).map(|s| s.replace('T', " ")).unwrap_or(text)
+}
+
+/// `1.25s`, or `3m07s` from a minute on.
+pub fn duration_text(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{seconds:.2}s")
+    } else {
+        let s = seconds.round() as u64;
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// `12.3 MiB`.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}

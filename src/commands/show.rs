@@ -1,0 +1,126 @@
+//! `pytest-mcp show`: a session's summary and every failure with its traceback.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::cli::ShowArgs;
+use crate::model::{SessionRef, TestOutcome};
+use crate::store::OutcomeFilter;
+
+/// Prints the session and its failures.
+pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let store = super::open_existing(&args.db.path()).await?;
+    let session_ref = SessionRef::parse(&args.session, "SESSION")?;
+    let s = store.get_session(session_ref).await?;
+    let mut out = std::io::stdout().lock();
+    let env = &s.environment;
+    writeln!(out, "session   {}", s.id)?;
+    writeln!(out, "status    {} (source {})", s.status, s.source)?;
+    writeln!(
+        out,
+        "started   {}{}",
+        super::short_time(s.started_at),
+        s.finished_at
+            .map(|f| format!("   finished {}", super::short_time(f)))
+            .unwrap_or_default()
+    )?;
+    if let Some(grant) = store.session_grant(s.id).await? {
+        writeln!(out, "grant     {grant}")?;
+    }
+    if !env.project.is_empty() || !env.rootdir.is_empty() {
+        writeln!(out, "project   {}  {}", env.project, env.rootdir)?;
+    }
+    if !env.python_version.is_empty() || !env.os.is_empty() {
+        writeln!(
+            out,
+            "python    {} {}  pytest {}  on {}",
+            env.python_implementation, env.python_version, env.pytest_version, env.os
+        )?;
+    }
+    if !env.git_commit.is_empty() {
+        writeln!(
+            out,
+            "git       {} {}{}",
+            env.git_branch,
+            env.git_commit,
+            if env.git_dirty == Some(true) {
+                " (dirty)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    let c = s.counts;
+    writeln!(
+        out,
+        "stored    {} outcomes: {} passed, {} failed, {} errors, {} skipped, {} xfailed, {} xpassed",
+        s.outcomes_stored, c.passed, c.failed, c.errors, c.skipped, c.xfailed, c.xpassed
+    )?;
+    if let Some(sum) = &s.summary {
+        writeln!(
+            out,
+            "summary   {} tests: {} passed, {} failed, {} errors, {} skipped, {} xfailed, {} xpassed; exit status {}; {}",
+            sum.total_tests,
+            sum.passed,
+            sum.failed,
+            sum.errors,
+            sum.skipped,
+            sum.xfailed,
+            sum.xpassed,
+            sum.exitstatus,
+            super::duration_text(sum.duration)
+        )?;
+    }
+    if let Some(expected) = s.outcomes_expected
+        && expected > s.outcomes_stored
+    {
+        writeln!(
+            out,
+            "missing   {} of {} outcomes the client sent are not stored",
+            expected - s.outcomes_stored,
+            expected
+        )?;
+    }
+    let filter = OutcomeFilter {
+        outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
+        nodeid_contains: None,
+    };
+    let mut cursor = None;
+    let mut shown = 0usize;
+    loop {
+        let (_, page) = store
+            .list_outcomes(SessionRef::Id(s.id), filter.clone(), 500, cursor)
+            .await?;
+        for o in &page.items {
+            shown += 1;
+            writeln!(out)?;
+            writeln!(
+                out,
+                "{} {} [{}{}] {}",
+                o.outcome.as_str().to_uppercase(),
+                o.nodeid,
+                o.phase.map(|p| p.as_str()).unwrap_or("?"),
+                if o.attempt > 1 {
+                    format!(", attempt {}", o.attempt)
+                } else {
+                    String::new()
+                },
+                super::duration_text(o.duration)
+            )?;
+            if !o.message.is_empty() {
+                writeln!(out, "  {}", o.message)?;
+            }
+            for line in o.longrepr.lines() {
+                writeln!(out, "  | {line}")?;
+            }
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    if shown == 0 {
+        writeln!(out, "\nno failures")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,208 @@
+//! The storage backend interface: what a database must do for the store.
+//!
+//! The interface is narrow on purpose: store and fetch. Every rule that is
+//! not SQL lives above it, once: seq / ack / gap, status transitions and
+//! counts in [`super::rules`] (a backend calls them inside its write
+//! transaction on the session as it read it), verdicts and comparisons in
+//! [`super::analysis`] (computed from the rows a backend fetches), and which
+//! sessions to prune in [`super::retention`]. A backend adds no rule of its
+//! own; the transports see only [`super::Store`].
+//!
+//! Every method takes owned arguments and returns a boxed future, so the
+//! store holds any backend as `Arc<dyn Backend>`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use uuid::Uuid;
+
+use super::analysis::{Final, Run};
+use super::audit::AuditEntry;
+use super::budget::QueuedBytes;
+use super::rules::NewSession;
+use super::{HistoryEntry, OutcomeFilter, Page, SessionFilter};
+use crate::error::Result;
+use crate::model::{Outcome, Session, SessionRef, SessionStatus, Source, Summary, Timestamp};
+
+/// What every backend method returns.
+pub type Fut<T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'static>>;
+
+/// A backend's handle on one stored test (a nodeid, or one of its subtests).
+pub type TestKey = i64;
+
+/// A backend's handle on one stored outcome.
+pub type OutcomeKey = i64;
+
+/// The candidates of a flaky-test search: tests that failed at least once in
+/// the window, each with its pass/fail runs there, oldest first.
+#[derive(Debug, Default)]
+pub struct FlakyInput {
+    /// Sessions in the window.
+    pub sessions: usize,
+    /// Each candidate test and its runs.
+    pub tests: Vec<(TestKey, Vec<Run>)>,
+}
+
+/// What retention needs to know of a session.
+#[derive(Debug, Clone)]
+pub struct SessionMeta {
+    /// The session.
+    pub id: Uuid,
+    /// Its project ("" when unknown): keep-N counts per project.
+    pub project: String,
+    /// Start time: "newest" and "older than" are by start.
+    pub started_at: Timestamp,
+    /// Running sessions are never pruned.
+    pub status: SessionStatus,
+    /// Pinned sessions are never pruned.
+    pub pinned: bool,
+    /// Outcomes stored, for the report.
+    pub outcomes: u64,
+}
+
+/// How much of the deleted data is still to be removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Rows removed by this step.
+    pub rows: u64,
+    /// Whether rows of deleted sessions remain.
+    pub more: bool,
+}
+
+/// The size of the stored data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Bytes the database takes on disk (main file; the WAL comes and goes).
+    pub bytes: u64,
+    /// Bytes of it that are free pages, reusable or returnable to the file system.
+    pub free_bytes: u64,
+    /// Whether free pages can be returned to the file system in steps.
+    pub can_shrink: bool,
+}
+
+/// A storage backend; see the module docs for what it may and may not decide.
+pub trait Backend: Send + Sync + 'static {
+    /// Where the data lives, for messages ("SQLite database /path/to/file").
+    fn describe(&self) -> String;
+
+    // ---- writes: each commits before its future resolves ----
+
+    /// Creates a session, or returns it when the same start is repeated
+    /// ([`super::rules::check_restart`]).
+    fn start_session(&self, new: NewSession) -> Fut<Session>;
+
+    /// Queues validated outcomes (seqs increasing) and resolves once queued;
+    /// the inner future resolves after commit with the highest contiguous
+    /// stored seq ([`super::rules::plan_append`]). `budget` is held until
+    /// the outcomes are dropped.
+    fn enqueue_append(
+        &self,
+        id: Uuid,
+        outcomes: Vec<Outcome>,
+        budget: QueuedBytes,
+    ) -> Fut<Fut<u64>>;
+
+    /// Stores one validated outcome as the session's next seq and returns it.
+    fn append_next(&self, id: Uuid, outcome: Outcome) -> Fut<u64>;
+
+    /// Finishes a session ([`super::rules::plan_finish`]).
+    fn finish_session(
+        &self,
+        id: Uuid,
+        summary: Summary,
+        outcomes_sent: u64,
+        finished_at: Timestamp,
+    ) -> Fut<Session>;
+
+    /// Stores one audit row and returns its id.
+    fn record_audit(&self, entry: AuditEntry) -> Fut<u64>;
+
+    /// Pins or unpins a session and returns it.
+    fn set_pinned(&self, session: SessionRef, pinned: bool) -> Fut<Session>;
+
+    /// Deletes a session at once for every reader, if
+    /// [`super::rules::prune_refusal`] allows it inside the transaction;
+    /// its rows are removed later by [`Backend::reclaim`]. Returns whether
+    /// it was deleted (false: refused, or gone already).
+    fn delete_session(&self, id: Uuid) -> Fut<bool>;
+
+    /// Removes up to `max_rows` rows of deleted sessions, then tests that
+    /// no outcome refers to any more.
+    fn reclaim(&self, max_rows: usize) -> Fut<Reclaimed>;
+
+    /// Returns up to `max_bytes` of free space to the file system; returns the bytes returned.
+    fn shrink(&self, max_bytes: u64) -> Fut<u64>;
+
+    /// Commits everything queued, then stops taking writes. Reads keep working.
+    fn shutdown(&self) -> Fut<()>;
+
+    // ---- reads ----
+
+    /// One session with its counts.
+    fn get_session(&self, session: SessionRef) -> Fut<Session>;
+
+    /// The grant a session was recorded under.
+    fn session_grant(&self, id: Uuid) -> Fut<Option<String>>;
+
+    /// Sessions, newest first; `cursor` is a `next` this backend returned.
+    fn list_sessions(
+        &self,
+        filter: SessionFilter,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Fut<Page<Session>>;
+
+    /// A session's outcomes in seq order.
+    fn list_outcomes(
+        &self,
+        session: SessionRef,
+        filter: OutcomeFilter,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Fut<(Session, Page<Outcome>)>;
+
+    /// One test's outcomes (its subtests' included) across sessions, newest
+    /// session first.
+    fn test_history(
+        &self,
+        nodeid: String,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Fut<Page<HistoryEntry>>;
+
+    /// The newest `window` pass/fail outcomes of a test itself (not its
+    /// subtests), oldest first.
+    fn test_runs(&self, nodeid: String, window: usize) -> Fut<Vec<Run>>;
+
+    /// The newest `window` sessions (of `project`), and every test that
+    /// failed in one of them with its pass/fail runs in them.
+    fn flaky_input(&self, window: usize, project: Option<String>) -> Fut<FlakyInput>;
+
+    /// A session and the final outcome (last attempt) of each of its tests.
+    fn session_finals(&self, session: SessionRef) -> Fut<(Session, HashMap<TestKey, Final>)>;
+
+    /// The nodeid and subtest label of each test.
+    fn test_names(&self, tests: Vec<TestKey>) -> Fut<HashMap<TestKey, (String, String)>>;
+
+    /// The crash message of each outcome.
+    fn outcome_messages(&self, outcomes: Vec<OutcomeKey>) -> Fut<HashMap<OutcomeKey, String>>;
+
+    /// A session's `limit` slowest outcomes, slowest first.
+    fn slowest(&self, session: SessionRef, limit: usize) -> Fut<(Session, Vec<Outcome>)>;
+
+    /// The newest session from `source` that is still running.
+    fn latest_running(&self, source: Source) -> Fut<Option<Session>>;
+
+    /// The session of the same project started just before `head`.
+    fn previous_session(&self, head: Session) -> Fut<Option<Session>>;
+
+    /// The newest `limit` audit rows, newest first.
+    fn recent_audit(&self, limit: usize) -> Fut<Vec<AuditEntry>>;
+
+    /// Every session, for retention to choose from.
+    fn session_metas(&self) -> Fut<Vec<SessionMeta>>;
+
+    /// How large the stored data is.
+    fn storage_stats(&self) -> Fut<StorageStats>;
+}

@@ -1,0 +1,370 @@
+//! The SQLite backend: one database file in WAL mode.
+//!
+//! Guarantees:
+//! - Writes go to one writer thread that commits them in groups
+//!   ([`writer`]); a write's future resolves after its group committed.
+//! - Reads run on a small pool of their own connections in `spawn_blocking`;
+//!   WAL lets them proceed while a write group is in progress, each read
+//!   sees one committed snapshot, and no blocking connection is ever held
+//!   across an `.await`.
+//! - Several processes may open one file: writers wait for each other (busy
+//!   timeout), and every rule is checked inside the write transaction.
+
+mod reads;
+mod rows;
+mod schema;
+mod writer;
+
+use rusqlite::{Connection, OpenFlags};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use uuid::Uuid;
+
+pub use schema::{SCHEMA_VERSION, Sync};
+
+use super::backend::{
+    Backend, FlakyInput, Fut, OutcomeKey, Reclaimed, SessionMeta, StorageStats, TestKey,
+};
+use super::{
+    AuditEntry, Final, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, StoreEvent,
+    budget::QueuedBytes, rules::NewSession,
+};
+use crate::error::{Error, Result};
+use crate::model::{Outcome, Session, SessionRef, Source, Summary, Timestamp};
+use writer::{Queued, WriteCmd};
+
+pub(crate) use reads::resolve;
+
+/// Most read connections kept open for reuse.
+const MAX_IDLE_READERS: usize = 8;
+
+/// The SQLite backend; cheap to clone.
+#[derive(Clone)]
+pub struct SqliteBackend {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    writes: mpsc::Sender<Queued>,
+    readers: Mutex<Vec<Connection>>,
+    sync: Sync,
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the file, migrates it, and starts the writer thread.
+    pub fn open(path: &Path, sync: Sync, events: broadcast::Sender<StoreEvent>) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::Internal(format!("creating {}: {e}", parent.display())))?;
+        }
+        let mut conn = Connection::open(path)?;
+        schema::configure(&conn, sync)?;
+        schema::migrate(&mut conn)?;
+
+        // Bounded: a client faster than the disk waits here (backpressure)
+        // instead of growing memory.
+        let (tx, rx) = mpsc::channel(64);
+        std::thread::Builder::new()
+            .name("pytest-mcp-writer".into())
+            .spawn(move || writer::run(conn, rx, events))
+            .map_err(|e| Error::Internal(format!("starting the writer thread: {e}")))?;
+        Ok(SqliteBackend {
+            shared: Arc::new(Shared {
+                path: path.to_path_buf(),
+                writes: tx,
+                readers: Mutex::new(Vec::new()),
+                sync,
+            }),
+        })
+    }
+
+    /// Queues a write and returns where its result arrives after commit.
+    async fn enqueue<T>(
+        writes: &mpsc::Sender<Queued>,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteCmd,
+    ) -> Result<oneshot::Receiver<Result<T>>> {
+        let (tx, rx) = oneshot::channel();
+        writes
+            .send(Queued::Write(make(tx)))
+            .await
+            .map_err(|_| Error::Unavailable("the store is shut down".into()))?;
+        Ok(rx)
+    }
+
+    async fn committed<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        rx.await
+            .map_err(|_| Error::Unavailable("the store shut down before committing".into()))?
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteCmd + Send + 'static,
+    ) -> Fut<T> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let rx = Self::enqueue(&shared.writes, make).await?;
+            Self::committed(rx).await
+        })
+    }
+
+    /// Runs `f` on a read connection off the async runtime.
+    fn read<T, F>(&self, f: F) -> Fut<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = match shared.readers.lock().ok().and_then(|mut r| r.pop()) {
+                    Some(c) => c,
+                    None => {
+                        let c = Connection::open_with_flags(
+                            &shared.path,
+                            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                        )?;
+                        schema::configure_reader(&c, shared.sync)?;
+                        c
+                    }
+                };
+                let result = f(&conn);
+                if let Ok(mut idle) = shared.readers.lock()
+                    && idle.len() < MAX_IDLE_READERS
+                {
+                    idle.push(conn);
+                }
+                result
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+        })
+    }
+
+    /// Removes tests no outcome refers to: a reader finds them on a snapshot
+    /// without holding up writers, and the writer removes those that are
+    /// still unreferenced, rechecking only sessions that could have gained
+    /// outcomes since the snapshot.
+    async fn remove_unreferenced_tests(&self) -> Result<u64> {
+        let scan = self.read(reads::unreferenced_tests).await?;
+        let mut removed = 0;
+        for chunk in scan.candidates.chunks(1000) {
+            let candidates = chunk.to_vec();
+            let open = scan.open_sessions.clone();
+            let newer = scan.max_session_pk;
+            removed += self
+                .write(move |reply| WriteCmd::RemoveTests {
+                    candidates,
+                    newer_than_pk: newer,
+                    open_sessions: open,
+                    reply,
+                })
+                .await?;
+        }
+        Ok(removed)
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn describe(&self) -> String {
+        format!("SQLite database {}", self.shared.path.display())
+    }
+
+    fn start_session(&self, new: NewSession) -> Fut<Session> {
+        self.write(move |reply| WriteCmd::Start {
+            new: Box::new(new),
+            reply,
+        })
+    }
+
+    fn enqueue_append(
+        &self,
+        id: Uuid,
+        outcomes: Vec<Outcome>,
+        budget: QueuedBytes,
+    ) -> Fut<Fut<u64>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let rx = Self::enqueue(&shared.writes, move |reply| WriteCmd::Append {
+                id,
+                outcomes,
+                budget,
+                reply,
+            })
+            .await?;
+            let done: Fut<u64> = Box::pin(Self::committed(rx));
+            Ok(done)
+        })
+    }
+
+    fn append_next(&self, id: Uuid, outcome: Outcome) -> Fut<u64> {
+        self.write(move |reply| WriteCmd::AppendNext {
+            id,
+            outcome: Box::new(outcome),
+            reply,
+        })
+    }
+
+    fn finish_session(
+        &self,
+        id: Uuid,
+        summary: Summary,
+        outcomes_sent: u64,
+        finished_at: Timestamp,
+    ) -> Fut<Session> {
+        self.write(move |reply| WriteCmd::Finish {
+            id,
+            summary: Box::new(summary),
+            outcomes_sent,
+            finished_at,
+            reply,
+        })
+    }
+
+    fn record_audit(&self, entry: AuditEntry) -> Fut<u64> {
+        self.write(move |reply| WriteCmd::Audit {
+            entry: Box::new(entry),
+            reply,
+        })
+    }
+
+    fn set_pinned(&self, session: SessionRef, pinned: bool) -> Fut<Session> {
+        self.write(move |reply| WriteCmd::Pin {
+            session,
+            pinned,
+            reply,
+        })
+    }
+
+    fn delete_session(&self, id: Uuid) -> Fut<bool> {
+        self.write(move |reply| WriteCmd::Delete { id, reply })
+    }
+
+    fn reclaim(&self, max_rows: usize) -> Fut<Reclaimed> {
+        let this = self.clone();
+        Box::pin(async move {
+            let step = this
+                .write(move |reply| WriteCmd::Reclaim { max_rows, reply })
+                .await?;
+            if step.more {
+                return Ok(step);
+            }
+            // Every deleted session's rows are gone: now tests may be unreferenced.
+            let tests = this.remove_unreferenced_tests().await?;
+            Ok(Reclaimed {
+                rows: step.rows + tests,
+                more: false,
+            })
+        })
+    }
+
+    fn shrink(&self, max_bytes: u64) -> Fut<u64> {
+        let this = self.clone();
+        Box::pin(async move {
+            let stats = this.storage_stats().await?;
+            if !stats.can_shrink || stats.free_bytes == 0 {
+                return Ok(0);
+            }
+            let page = this
+                .read(|c| Ok(c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))?))
+                .await?
+                .max(512) as u64;
+            let max_pages = (max_bytes / page).max(1);
+            this.write(move |reply| WriteCmd::Shrink { max_pages, reply })
+                .await
+        })
+    }
+
+    fn shutdown(&self) -> Fut<()> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if shared.writes.send(Queued::Shutdown(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+            Ok(())
+        })
+    }
+
+    fn get_session(&self, session: SessionRef) -> Fut<Session> {
+        self.read(move |c| resolve(c, session).map(|(_, s)| s))
+    }
+
+    fn session_grant(&self, id: Uuid) -> Fut<Option<String>> {
+        self.read(move |c| reads::session_grant(c, id))
+    }
+
+    fn list_sessions(
+        &self,
+        filter: SessionFilter,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Fut<Page<Session>> {
+        self.read(move |c| reads::list_sessions(c, &filter, limit, cursor.as_deref()))
+    }
+
+    fn list_outcomes(
+        &self,
+        session: SessionRef,
+        filter: OutcomeFilter,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Fut<(Session, Page<Outcome>)> {
+        self.read(move |c| reads::list_outcomes(c, session, &filter, limit, cursor.as_deref()))
+    }
+
+    fn test_history(
+        &self,
+        nodeid: String,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Fut<Page<HistoryEntry>> {
+        self.read(move |c| reads::test_history(c, &nodeid, limit, cursor.as_deref()))
+    }
+
+    fn test_runs(&self, nodeid: String, window: usize) -> Fut<Vec<Run>> {
+        self.read(move |c| reads::test_runs(c, &nodeid, window))
+    }
+
+    fn flaky_input(&self, window: usize, project: Option<String>) -> Fut<FlakyInput> {
+        self.read(move |c| reads::flaky_input(c, window, project.as_deref()))
+    }
+
+    fn session_finals(&self, session: SessionRef) -> Fut<(Session, HashMap<TestKey, Final>)> {
+        self.read(move |c| reads::session_finals(c, session))
+    }
+
+    fn test_names(&self, tests: Vec<TestKey>) -> Fut<HashMap<TestKey, (String, String)>> {
+        self.read(move |c| reads::test_names(c, &tests))
+    }
+
+    fn outcome_messages(&self, outcomes: Vec<OutcomeKey>) -> Fut<HashMap<OutcomeKey, String>> {
+        self.read(move |c| reads::outcome_messages(c, &outcomes))
+    }
+
+    fn slowest(&self, session: SessionRef, limit: usize) -> Fut<(Session, Vec<Outcome>)> {
+        self.read(move |c| reads::slowest(c, session, limit))
+    }
+
+    fn latest_running(&self, source: Source) -> Fut<Option<Session>> {
+        self.read(move |c| reads::latest_running(c, source))
+    }
+
+    fn previous_session(&self, head: Session) -> Fut<Option<Session>> {
+        self.read(move |c| reads::previous_session(c, &head))
+    }
+
+    fn recent_audit(&self, limit: usize) -> Fut<Vec<AuditEntry>> {
+        self.read(move |c| reads::recent_audit(c, limit))
+    }
+
+    fn session_metas(&self) -> Fut<Vec<SessionMeta>> {
+        self.read(reads::session_metas)
+    }
+
+    fn storage_stats(&self) -> Fut<StorageStats> {
+        self.read(reads::storage_stats)
+    }
+}

@@ -1,0 +1,673 @@
+//! The SQLite backend's reads. Each function runs on one read connection
+//! and so sees one committed snapshot.
+//!
+//! Reads by test go through the (session pk, test id, kind) index: a test's
+//! history is one index probe per session, newest session first, stopping
+//! as soon as the page is full and never looking at sessions older than the
+//! test itself (`tests.first_pk`).
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use uuid::Uuid;
+
+use super::rows::{self, OUTCOME_COLUMNS, OUTCOME_JOINS, SESSION_COLUMNS, outcome_rowid_range};
+use super::schema::{kind_code, kind_of};
+use crate::error::{Error, Result};
+use crate::model::{Outcome, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp};
+use crate::store::backend::{FlakyInput, OutcomeKey, SessionMeta, StorageStats, TestKey};
+use crate::store::{
+    AuditEntry, Final, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, bad_cursor, detail,
+};
+
+/// Finds a session by reference, with its pk.
+pub fn resolve(c: &Connection, session: SessionRef) -> Result<(i64, Session)> {
+    let found = match session {
+        SessionRef::Id(id) => {
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?1");
+            c.prepare_cached(&sql)?
+                .query_row([id.to_string()], |r| rows::session_from_row(r, 0))
+                .optional()?
+        }
+        SessionRef::Latest => {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions s ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
+            );
+            c.prepare_cached(&sql)?
+                .query_row([], |r| rows::session_from_row(r, 0))
+                .optional()?
+        }
+    };
+    found.ok_or_else(|| match session {
+        SessionRef::Id(id) => Error::not_found("session_id", format!("no session {id}")),
+        SessionRef::Latest => Error::not_found("session_id", "no sessions are recorded yet"),
+    })
+}
+
+fn session_by_pk(c: &Connection, pk: i64) -> Result<Option<Session>> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.pk = ?1");
+    Ok(c.prepare_cached(&sql)?
+        .query_row([pk], |r| rows::session_from_row(r, 0))
+        .optional()?
+        .map(|(_, s)| s))
+}
+
+fn decode_cursor2(text: &str, field: &str) -> Result<(i64, i64)> {
+    let (a, b) = text
+        .split_once('.')
+        .ok_or_else(|| bad_cursor(text, field))?;
+    Ok((
+        a.parse().map_err(|_| bad_cursor(text, field))?,
+        b.parse().map_err(|_| bad_cursor(text, field))?,
+    ))
+}
+
+fn decode_number(text: &str, field: &str) -> Result<u64> {
+    text.parse().map_err(|_| bad_cursor(text, field))
+}
+
+fn limit_value(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// A list of integers as one `rarray` parameter.
+fn id_array(ids: impl IntoIterator<Item = i64>) -> Rc<Vec<Value>> {
+    Rc::new(ids.into_iter().map(Value::from).collect())
+}
+
+/// The grant a session was recorded under.
+pub fn session_grant(c: &Connection, id: Uuid) -> Result<Option<String>> {
+    Ok(
+        c.prepare_cached("SELECT grant_name FROM sessions WHERE id = ?1")?
+            .query_row([id.to_string()], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten(),
+    )
+}
+
+/// Sessions, newest first.
+pub fn list_sessions(
+    c: &Connection,
+    filter: &SessionFilter,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<Page<Session>> {
+    let after = cursor
+        .map(|t| decode_cursor2(t, "page_token"))
+        .transpose()?;
+    let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE 1=1");
+    let mut args: Vec<Value> = Vec::new();
+    if !filter.statuses.is_empty() {
+        sql.push_str(" AND s.status IN (");
+        for (i, st) in filter.statuses.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            args.push(st.as_str().to_string().into());
+        }
+        sql.push(')');
+    }
+    if let Some(project) = &filter.project {
+        sql.push_str(" AND s.project = ?");
+        args.push(project.clone().into());
+    }
+    if let Some((started, pk)) = after {
+        sql.push_str(" AND (s.started_at < ? OR (s.started_at = ? AND s.pk < ?))");
+        args.extend([started.into(), started.into(), pk.into()]);
+    }
+    sql.push_str(" ORDER BY s.started_at DESC, s.pk DESC LIMIT ?");
+    args.push(limit_value(limit + 1).into());
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut rows: Vec<(i64, Session)> = stmt
+        .query_map(params_from_iter(args), |r| rows::session_from_row(r, 0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+            .map(|(pk, s)| format!("{}.{}", s.started_at.as_micros(), pk))
+    } else {
+        None
+    };
+    Ok(Page {
+        items: rows.into_iter().map(|(_, s)| s).collect(),
+        next,
+    })
+}
+
+/// A session's outcomes in seq order.
+pub fn list_outcomes(
+    c: &Connection,
+    session: SessionRef,
+    filter: &OutcomeFilter,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Session, Page<Outcome>)> {
+    let (pk, s) = resolve(c, session)?;
+    let after_seq = cursor
+        .map(|t| decode_number(t, "page_token"))
+        .transpose()?
+        .unwrap_or(0);
+    let (lo, hi) = outcome_rowid_range(pk);
+    let lo = lo + i64::try_from(after_seq).unwrap_or(0) + 1;
+    let failures_only =
+        !filter.outcomes.is_empty() && filter.outcomes.iter().all(|o| o.is_failure());
+    let mut sql = format!("SELECT {OUTCOME_COLUMNS} FROM outcomes o");
+    let mut args: Vec<Value> = Vec::new();
+    if failures_only {
+        // The partial failures index holds only the few rows that failed.
+        sql.push_str(" INDEXED BY outcomes_failures ");
+        sql.push_str(OUTCOME_JOINS);
+        sql.push_str(" WHERE o.session_pk = ? AND o.kind IN (2, 4) AND o.id BETWEEN ? AND ?");
+        args.extend([pk.into(), lo.into(), hi.into()]);
+    } else {
+        sql.push(' ');
+        sql.push_str(OUTCOME_JOINS);
+        sql.push_str(" WHERE o.id BETWEEN ? AND ?");
+        args.extend([lo.into(), hi.into()]);
+    }
+    if !filter.outcomes.is_empty() {
+        sql.push_str(" AND o.kind IN (");
+        for (i, o) in filter.outcomes.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            args.push(kind_code(*o).into());
+        }
+        sql.push(')');
+    }
+    if let Some(text) = filter.nodeid_contains.as_deref().filter(|t| !t.is_empty()) {
+        sql.push_str(" AND instr(t.nodeid, ?) > 0");
+        args.push(text.to_string().into());
+    }
+    sql.push_str(" ORDER BY o.id LIMIT ?");
+    args.push(limit_value(limit + 1).into());
+    let mut stmt = c.prepare_cached(&sql)?;
+    let started = s.started_at;
+    let mut items: Vec<Outcome> = stmt
+        .query_map(params_from_iter(args), |r| {
+            rows::outcome_from_row(r, 0, started)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|o| o.seq.to_string())
+    } else {
+        None
+    };
+    Ok((s, Page { items, next }))
+}
+
+/// One outcome row by id, with its session's start.
+fn outcome_by_id(c: &Connection, id: i64, started: Timestamp) -> Result<Outcome> {
+    let sql = format!("SELECT {OUTCOME_COLUMNS} FROM outcomes o {OUTCOME_JOINS} WHERE o.id = ?1");
+    Ok(c.prepare_cached(&sql)?
+        .query_row([id], |r| rows::outcome_from_row(r, 0, started))?)
+}
+
+/// The test ids stored under `nodeid` (the test itself and its subtests),
+/// the test's own id if it has one, and the oldest session that holds any.
+fn tests_of(c: &Connection, nodeid: &str) -> Result<(Vec<i64>, Option<i64>, i64)> {
+    let mut stmt = c.prepare_cached("SELECT id, subtest, first_pk FROM tests WHERE nodeid = ?1")?;
+    let mut rows = stmt.query([nodeid])?;
+    let (mut ids, mut own, mut first) = (Vec::new(), None, i64::MAX);
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        if r.get_ref(1)?.as_str().is_ok_and(str::is_empty) {
+            own = Some(id);
+        }
+        first = first.min(r.get(2)?);
+        ids.push(id);
+    }
+    Ok((ids, own, first))
+}
+
+/// Calls `each` with (pk, git commit) of every session from `first_pk` on,
+/// newest first, until it returns false.
+fn sessions_newest_first(
+    c: &Connection,
+    first_pk: i64,
+    mut each: impl FnMut(i64, Option<String>) -> Result<bool>,
+) -> Result<()> {
+    let mut stmt = c.prepare_cached(
+        "SELECT pk, git_commit FROM sessions INDEXED BY sessions_by_start
+         WHERE pk >= ?1 ORDER BY started_at DESC, pk DESC",
+    )?;
+    let mut rows = stmt.query([first_pk])?;
+    while let Some(r) = rows.next()? {
+        if !each(r.get(0)?, r.get(1)?)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One test's outcomes, its subtests' included, newest session first.
+pub fn test_history(
+    c: &Connection,
+    nodeid: &str,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<Page<HistoryEntry>> {
+    let offset = cursor
+        .map(|t| decode_number(t, "page_token"))
+        .transpose()?
+        .unwrap_or(0);
+    let (ids, _, first_pk) = tests_of(c, nodeid)?;
+    if ids.is_empty() {
+        return Ok(Page {
+            items: Vec::new(),
+            next: None,
+        });
+    }
+    let wanted = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .saturating_add(limit + 1);
+    let mut probe = c.prepare_cached(
+        "SELECT id FROM outcomes INDEXED BY outcomes_by_session_test
+         WHERE session_pk = ?1 AND test_id IN rarray(?2) ORDER BY id",
+    )?;
+    let ids = id_array(ids);
+    let mut found: Vec<(i64, i64)> = Vec::new();
+    sessions_newest_first(c, first_pk, |pk, _| {
+        let mut rows = probe.query(params![pk, ids.clone()])?;
+        while let Some(r) = rows.next()? {
+            found.push((pk, r.get(0)?));
+        }
+        Ok(found.len() < wanted)
+    })?;
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(found.len());
+    let page: Vec<(i64, i64)> = found.into_iter().skip(start).take(limit + 1).collect();
+    let mut sessions: HashMap<i64, Session> = HashMap::new();
+    let mut items = Vec::with_capacity(page.len().min(limit));
+    for (pk, id) in page.iter().take(limit) {
+        let session = match sessions.get(pk) {
+            Some(s) => s.clone(),
+            None => {
+                let s = session_by_pk(c, *pk)?
+                    .ok_or_else(|| Error::Internal("a session vanished while reading".into()))?;
+                sessions.insert(*pk, s.clone());
+                s
+            }
+        };
+        let outcome = outcome_by_id(c, *id, session.started_at)?;
+        items.push(HistoryEntry { session, outcome });
+    }
+    let next = (page.len() > limit).then(|| (offset + limit as u64).to_string());
+    Ok(Page { items, next })
+}
+
+fn counts_as_run(kind: i64) -> Option<bool> {
+    match kind_of(kind) {
+        Some(TestOutcome::Passed) => Some(false),
+        Some(TestOutcome::Failed | TestOutcome::Error) => Some(true),
+        _ => None,
+    }
+}
+
+/// The newest `window` pass/fail outcomes of the test itself, oldest first.
+pub fn test_runs(c: &Connection, nodeid: &str, window: usize) -> Result<Vec<Run>> {
+    let (_, own, first_pk) = tests_of(c, nodeid)?;
+    let Some(test) = own else {
+        return Ok(Vec::new());
+    };
+    let mut probe = c.prepare_cached(
+        "SELECT id, kind FROM outcomes INDEXED BY outcomes_by_session_test
+         WHERE session_pk = ?1 AND test_id = ?2 ORDER BY id DESC",
+    )?;
+    let mut runs: Vec<Run> = Vec::new();
+    sessions_newest_first(c, first_pk, |pk, commit| {
+        let mut rows = probe.query(params![pk, test])?;
+        while runs.len() < window
+            && let Some(r) = rows.next()?
+        {
+            if let Some(failed) = counts_as_run(r.get(1)?) {
+                runs.push(Run {
+                    session: pk,
+                    commit: commit.clone(),
+                    failed,
+                    outcome: r.get(0)?,
+                });
+            }
+        }
+        Ok(runs.len() < window)
+    })?;
+    runs.reverse();
+    Ok(runs)
+}
+
+/// The newest `window` sessions (of `project`) and the tests that failed in
+/// one of them, with their pass/fail runs there, oldest first.
+pub fn flaky_input(c: &Connection, window: usize, project: Option<&str>) -> Result<FlakyInput> {
+    let mut recent: Vec<(i64, Option<String>, u64)> = c
+        .prepare_cached(
+            "SELECT pk, git_commit, outcomes_stored FROM sessions
+             WHERE ?2 IS NULL OR project = ?2
+             ORDER BY started_at DESC, pk DESC LIMIT ?1",
+        )?
+        .query_map(params![limit_value(window), project], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    recent.reverse(); // oldest first: runs are chronological
+    // Only a test that failed in the window can be flaky; the partial index
+    // finds the few failures without reading the sessions.
+    let mut candidates: HashSet<i64> = HashSet::new();
+    {
+        let mut failing = c.prepare_cached(
+            "SELECT DISTINCT o.test_id FROM outcomes o INDEXED BY outcomes_failures
+             JOIN tests t ON t.id = o.test_id
+             WHERE o.session_pk = ?1 AND o.kind IN (2, 4) AND t.subtest = ''",
+        )?;
+        for (pk, _, _) in &recent {
+            let mut rows = failing.query([pk])?;
+            while let Some(r) = rows.next()? {
+                candidates.insert(r.get(0)?);
+            }
+        }
+    }
+    let mut runs: HashMap<i64, Vec<Run>> = HashMap::new();
+    if !candidates.is_empty() {
+        let ids = id_array(candidates.iter().copied());
+        let mut probe = c.prepare_cached(
+            "SELECT id, test_id, kind FROM outcomes INDEXED BY outcomes_by_session_test
+             WHERE session_pk = ?1 AND test_id IN rarray(?2) ORDER BY id",
+        )?;
+        // With many candidates, reading the session's index range in one
+        // pass beats probing it once per candidate.
+        let mut scan = c.prepare_cached(
+            "SELECT id, test_id, kind FROM outcomes INDEXED BY outcomes_by_session_test
+             WHERE session_pk = ?1 ORDER BY id",
+        )?;
+        for (pk, commit, stored) in &recent {
+            let whole = candidates.len() as u64 * 8 > *stored;
+            let mut rows = if whole {
+                scan.query([pk])?
+            } else {
+                probe.query(params![pk, ids.clone()])?
+            };
+            while let Some(r) = rows.next()? {
+                let test: i64 = r.get(1)?;
+                if whole && !candidates.contains(&test) {
+                    continue;
+                }
+                if let Some(failed) = counts_as_run(r.get(2)?) {
+                    runs.entry(test).or_default().push(Run {
+                        session: *pk,
+                        commit: commit.clone(),
+                        failed,
+                        outcome: r.get(0)?,
+                    });
+                }
+            }
+        }
+    }
+    Ok(FlakyInput {
+        sessions: recent.len(),
+        tests: runs.into_iter().collect(),
+    })
+}
+
+/// The message of a failing outcome: in the row, or in its detail blob when long.
+fn message_of(c: &Connection, id: i64) -> Result<String> {
+    let row: Option<(Option<String>, Option<Vec<u8>>)> = c
+        .prepare_cached(
+            "SELECT o.message, d.data FROM outcomes o LEFT JOIN details d ON d.id = o.id
+             WHERE o.id = ?1",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        Some((Some(m), _)) => m,
+        Some((None, Some(blob))) => detail::decode_message(&blob)?.unwrap_or_default(),
+        _ => String::new(),
+    })
+}
+
+/// A session and the final outcome (last attempt) of each of its tests.
+pub fn session_finals(
+    c: &Connection,
+    session: SessionRef,
+) -> Result<(Session, HashMap<TestKey, Final>)> {
+    let (pk, s) = resolve(c, session)?;
+    let (lo, hi) = outcome_rowid_range(pk);
+    let mut stmt = c.prepare_cached(
+        "SELECT test_id, kind, duration, message, id FROM outcomes
+         WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+    )?;
+    let mut finals: HashMap<TestKey, (Final, i64)> = HashMap::new();
+    let mut rows = stmt.query([lo, hi])?;
+    while let Some(r) = rows.next()? {
+        let kind: i64 = r.get(1)?;
+        let outcome = kind_of(kind)
+            .ok_or_else(|| Error::Internal(format!("unknown outcome kind {kind} stored")))?;
+        let message = if outcome.is_failure() {
+            r.get::<_, Option<String>>(3)?.unwrap_or_default()
+        } else {
+            String::new()
+        };
+        // A later attempt (rerun) replaces an earlier one: the last one is final.
+        finals.insert(
+            r.get(0)?,
+            (
+                Final {
+                    outcome,
+                    duration: r.get(2)?,
+                    message,
+                },
+                r.get(4)?,
+            ),
+        );
+    }
+    let mut out = HashMap::with_capacity(finals.len());
+    for (test, (mut f, id)) in finals {
+        if f.outcome.is_failure() && f.message.is_empty() {
+            f.message = message_of(c, id)?;
+        }
+        out.insert(test, f);
+    }
+    Ok((s, out))
+}
+
+/// The nodeid and subtest of each test.
+pub fn test_names(c: &Connection, tests: &[TestKey]) -> Result<HashMap<TestKey, (String, String)>> {
+    let mut stmt =
+        c.prepare_cached("SELECT id, nodeid, subtest FROM tests WHERE id IN rarray(?1)")?;
+    let rows = stmt.query_map([id_array(tests.iter().copied())], |r| {
+        Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The crash message of each outcome.
+pub fn outcome_messages(
+    c: &Connection,
+    outcomes: &[OutcomeKey],
+) -> Result<HashMap<OutcomeKey, String>> {
+    outcomes
+        .iter()
+        .map(|id| Ok((*id, message_of(c, *id)?)))
+        .collect()
+}
+
+/// A session's `limit` slowest outcomes, slowest first.
+pub fn slowest(
+    c: &Connection,
+    session: SessionRef,
+    limit: usize,
+) -> Result<(Session, Vec<Outcome>)> {
+    let (pk, s) = resolve(c, session)?;
+    let (lo, hi) = outcome_rowid_range(pk);
+    // Sort the narrow rows, then read the few wide ones.
+    let ids: Vec<i64> = c
+        .prepare_cached(
+            "SELECT id FROM outcomes WHERE id BETWEEN ?1 AND ?2
+             ORDER BY duration DESC, id LIMIT ?3",
+        )?
+        .query_map(params![lo, hi, limit_value(limit)], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let items = ids
+        .into_iter()
+        .map(|id| outcome_by_id(c, id, s.started_at))
+        .collect::<Result<_>>()?;
+    Ok((s, items))
+}
+
+/// The newest session from `source` that is still running.
+pub fn latest_running(c: &Connection, source: Source) -> Result<Option<Session>> {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions s
+         WHERE s.source = ?1 AND s.status = 'running'
+         ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row([source.as_str()], |r| rows::session_from_row(r, 0))
+        .optional()?
+        .map(|(_, s)| s))
+}
+
+/// The session of the same project started just before `head`.
+pub fn previous_session(c: &Connection, head: &Session) -> Result<Option<Session>> {
+    let project = Some(head.environment.project.clone()).filter(|p| !p.is_empty());
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions s
+         WHERE s.project IS ?1
+           AND (s.started_at < ?2
+                OR (s.started_at = ?2 AND s.pk < (SELECT pk FROM sessions WHERE id = ?3)))
+         ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row(
+            params![project, head.started_at.as_micros(), head.id.to_string()],
+            |r| rows::session_from_row(r, 0),
+        )
+        .optional()?
+        .map(|(_, s)| s))
+}
+
+/// The newest `limit` audit rows, newest first.
+pub fn recent_audit(c: &Connection, limit: usize) -> Result<Vec<AuditEntry>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, at, grant_name, transport, tool, decision, result, reason, duration_us
+         FROM audit ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt
+        .query_map([limit_value(limit)], |r| {
+            Ok(AuditEntry {
+                id: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                at: Timestamp(r.get(1)?),
+                grant: r.get(2)?,
+                transport: r.get(3)?,
+                tool: r.get(4)?,
+                decision: r.get(5)?,
+                result: r.get(6)?,
+                reason: r.get(7)?,
+                duration_us: u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Every session, newest first, as retention sees it.
+pub fn session_metas(c: &Connection) -> Result<Vec<SessionMeta>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, project, started_at, status, pinned, outcomes_stored FROM sessions
+         ORDER BY started_at DESC, pk DESC",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let id: String = r.get(0)?;
+        let status: String = r.get(3)?;
+        Ok((
+            id,
+            r.get::<_, Option<String>>(1)?,
+            r.get(2)?,
+            status,
+            r.get::<_, i64>(4)?,
+            r.get::<_, i64>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, project, started, status, pinned, outcomes) = row?;
+        out.push(SessionMeta {
+            id: Uuid::parse_str(&id)
+                .map_err(|e| Error::Internal(format!("stored session id: {e}")))?,
+            project: project.unwrap_or_default(),
+            started_at: Timestamp(started),
+            status: status.parse::<SessionStatus>().map_err(Error::Internal)?,
+            pinned: pinned != 0,
+            outcomes: u64::try_from(outcomes).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// How large the file is and how much of it is free.
+pub fn storage_stats(c: &Connection) -> Result<StorageStats> {
+    let pragma = |name: &str| -> Result<i64> {
+        Ok(c.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))?)
+    };
+    let page = u64::try_from(pragma("page_size")?).unwrap_or(0);
+    Ok(StorageStats {
+        bytes: u64::try_from(pragma("page_count")?).unwrap_or(0) * page,
+        free_bytes: u64::try_from(pragma("freelist_count")?).unwrap_or(0) * page,
+        can_shrink: pragma("auto_vacuum")? == 2,
+    })
+}
+
+/// Tests no outcome referred to on this snapshot, and what a writer must
+/// recheck before removing them.
+pub struct UnreferencedTests {
+    /// The tests.
+    pub candidates: Vec<i64>,
+    /// The newest session pk of the snapshot.
+    pub max_session_pk: i64,
+    /// Sessions that could still take outcomes (running, incomplete).
+    pub open_sessions: Vec<i64>,
+}
+
+/// Finds tests that no outcome refers to.
+pub fn unreferenced_tests(c: &Connection) -> Result<UnreferencedTests> {
+    let max_test: i64 = c.query_row("SELECT coalesce(max(id), 0) FROM tests", [], |r| r.get(0))?;
+    let max_session_pk: i64 =
+        c.query_row("SELECT coalesce(max(pk), 0) FROM sessions", [], |r| {
+            r.get(0)
+        })?;
+    let open_sessions: Vec<i64> = c
+        .prepare("SELECT pk FROM sessions WHERE status IN ('running', 'incomplete')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let size = usize::try_from(max_test).unwrap_or(0) + 1;
+    let mut used = vec![false; size];
+    let mut stmt = c.prepare("SELECT test_id FROM outcomes INDEXED BY outcomes_by_session_test")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        if let Some(slot) = usize::try_from(r.get::<_, i64>(0)?)
+            .ok()
+            .and_then(|i| used.get_mut(i))
+        {
+            *slot = true;
+        }
+    }
+    let mut candidates = Vec::new();
+    let mut all = c.prepare("SELECT id FROM tests")?;
+    let mut rows = all.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        if !usize::try_from(id)
+            .ok()
+            .and_then(|i| used.get(i).copied())
+            .unwrap_or(true)
+        {
+            candidates.push(id);
+        }
+    }
+    Ok(UnreferencedTests {
+        candidates,
+        max_session_pk,
+        open_sessions,
+    })
+}

@@ -1,0 +1,501 @@
+//! The SQLite schema, as an append-only list of migrations tracked by
+//! `PRAGMA user_version`, and the connection settings every connection uses.
+//!
+//! Never edit a migration that has shipped: append a new one. `migrate` is
+//! idempotent, so opening a file twice (or from two processes) is safe.
+//!
+//! The schema since version 3, and why it is shaped so:
+//! - `tests` interns each (nodeid, subtest) once; outcomes refer to it by a
+//!   small integer. Its `first_pk` is the oldest session that holds the test,
+//!   so a history read never looks at older sessions.
+//! - `outcomes` rows are narrow: small integers for the kind and phase, the
+//!   start as microseconds after the session's, the file only when it is not
+//!   the nodeid's own path, markers as an interned set. The rowid is
+//!   (session pk << 32 | seq): a session's outcomes are one contiguous range,
+//!   appended at the end of the table.
+//! - Its only full index is (session pk, test id, kind): a new run's entries
+//!   land together at the end of the index whatever the test order and
+//!   however much history there is, and it answers "how did test T do in
+//!   session S" for history, flakiness and comparisons without the table.
+//! - Large text (tracebacks, captured output, long messages, properties)
+//!   lives in `details`, one zstd blob per outcome that has any
+//!   ([`crate::store::detail`]).
+//! - `sessions.pk` is AUTOINCREMENT, so a pruned session's pk (and with it
+//!   its outcomes' rowid range) is never reused; `doomed` holds the pks of
+//!   deleted sessions whose rows are still being removed in steps.
+//! - `auto_vacuum = INCREMENTAL` lets pruning give the space back in steps.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::model::{Phase, TestOutcome};
+use crate::store::detail;
+
+/// One step of the schema's history.
+enum Migration {
+    /// Plain SQL.
+    Sql(&'static str),
+    /// A conversion that needs code (interning, compression).
+    Code(fn(&Transaction<'_>) -> Result<()>),
+}
+
+/// The migrations, in order; migration `i` moves `user_version` from `i` to `i + 1`.
+const MIGRATIONS: &[Migration] = &[
+    // 1: sessions and outcomes.
+    Migration::Sql(
+        r#"
+    CREATE TABLE sessions (
+        pk                INTEGER PRIMARY KEY,
+        id                TEXT NOT NULL UNIQUE,      -- client-chosen UUID
+        source            TEXT NOT NULL,             -- plugin | mcp | import
+        status            TEXT NOT NULL,             -- running | finished | interrupted | incomplete
+        started_at        INTEGER NOT NULL,          -- microseconds since the Unix epoch
+        finished_at       INTEGER,
+        project           TEXT,                      -- copied out of environment for filtering
+        git_commit        TEXT,                      -- copied out of environment for flakiness queries
+        environment       TEXT NOT NULL,             -- JSON
+        summary           TEXT,                      -- JSON, set by finish
+        exitstatus        INTEGER,
+        outcomes_expected INTEGER,
+        outcomes_stored   INTEGER NOT NULL DEFAULT 0, -- highest contiguous seq
+        n_passed          INTEGER NOT NULL DEFAULT 0,
+        n_failed          INTEGER NOT NULL DEFAULT 0,
+        n_skipped         INTEGER NOT NULL DEFAULT 0,
+        n_errors          INTEGER NOT NULL DEFAULT 0,
+        n_xfailed         INTEGER NOT NULL DEFAULT 0,
+        n_xpassed         INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX sessions_by_start ON sessions (started_at DESC, pk DESC);
+    CREATE INDEX sessions_by_project ON sessions (project, started_at DESC, pk DESC);
+
+    -- The rowid is (session pk << 32 | seq): the (session, seq) key costs no
+    -- extra index, a second copy of a seq cannot be stored, and a session's
+    -- outcomes are one contiguous rowid range.
+    CREATE TABLE outcomes (
+        id          INTEGER PRIMARY KEY,
+        session_pk  INTEGER NOT NULL REFERENCES sessions (pk),
+        seq         INTEGER NOT NULL,
+        nodeid      TEXT NOT NULL,
+        outcome     TEXT NOT NULL,   -- passed | failed | skipped | error | xfailed | xpassed
+        phase       TEXT,            -- collect | setup | call | teardown
+        duration    REAL NOT NULL,
+        message     TEXT,
+        longrepr    TEXT,
+        stdout      TEXT,
+        stderr      TEXT,
+        log         TEXT,
+        file        TEXT,
+        line        INTEGER,
+        markers     TEXT,            -- JSON array
+        worker      TEXT,
+        attempt     INTEGER NOT NULL,
+        started_at  INTEGER
+    );
+    -- A session's failures: a partial index holds only the few rows that failed.
+    CREATE INDEX outcomes_failures ON outcomes (session_pk, seq)
+        WHERE outcome IN ('failed', 'error');
+    -- One test's history across sessions.
+    CREATE INDEX outcomes_by_nodeid ON outcomes (nodeid);
+    "#,
+    ),
+    // 2: the audit trail of MCP tool calls, and the grant a session was
+    // recorded under. `grant` is an SQL keyword, hence `grant_name`.
+    Migration::Sql(
+        r#"
+    CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY,
+        at          INTEGER NOT NULL,   -- microseconds since the Unix epoch
+        grant_name  TEXT NOT NULL,      -- token's grant, else mcp-session:ID or stdio
+        transport   TEXT NOT NULL,      -- stdio | http
+        tool        TEXT NOT NULL,
+        decision    TEXT NOT NULL,      -- allowed | denied | limited | unknown
+        result      TEXT,               -- ok | error, for allowed calls
+        reason      TEXT,               -- why a call was refused, or the tool's error
+        duration_us INTEGER NOT NULL
+    );
+    ALTER TABLE sessions ADD COLUMN grant_name TEXT;
+    "#,
+    ),
+    // 3: interned tests, narrow outcome rows, compressed details, pinning and
+    // pruning (see the module docs).
+    Migration::Code(to_interned_outcomes),
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How SQLite makes a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sync {
+    /// `synchronous=NORMAL` in WAL mode: a commit survives a crash of the
+    /// process (SIGKILL); a power loss may lose the last commits, never
+    /// corrupting the file.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced and survives a power loss.
+    Full,
+}
+
+/// Applies the settings every connection of this process uses.
+pub fn configure(conn: &Connection, sync: Sync) -> Result<()> {
+    // Another process (a `serve` beside an agent's `stdio`) may hold the write
+    // lock for a moment; wait for it instead of failing.
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // Takes effect only on a new, empty file; an older file is switched over
+    // after its migration (see `migrate`).
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // After a checkpoint, a WAL that a large write grew is cut back to this.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    let sync = match sync {
+        Sync::Normal => "NORMAL",
+        Sync::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Applies the settings of a read connection: it waits for locks like every
+/// connection, and may not write.
+pub fn configure_reader(conn: &Connection, sync: Sync) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // `rarray(?)`: a list of ids as one parameter.
+    rusqlite::vtab::array::load_module(conn)?;
+    let sync = match sync {
+        Sync::Normal => "NORMAL",
+        Sync::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "query_only", "ON")?;
+    Ok(())
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`], one transaction per migration.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let mut upgraded_from = None;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::Internal(format!(
+                "the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}; upgrade pytest-mcp"
+            )));
+        }
+        let Some(migration) = usize::try_from(version)
+            .ok()
+            .and_then(|v| MIGRATIONS.get(v))
+        else {
+            break;
+        };
+        let has_data: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'outcomes')",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_data && upgraded_from.is_none() {
+            upgraded_from = Some(version);
+        }
+        match migration {
+            Migration::Sql(sql) => tx.execute_batch(sql)?,
+            Migration::Code(f) => f(&tx)?,
+        }
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+    }
+    // A file made before version 3 has no incremental vacuum; switching it on
+    // takes one VACUUM, which cannot run inside a transaction. If it fails
+    // (another process reading, too little disk for the copy), pruning still
+    // works and reuses the freed pages; only the file does not shrink.
+    let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if auto_vacuum != 2 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        if let Err(e) = conn.execute_batch("VACUUM") {
+            tracing::warn!(error = %e, "cannot turn on incremental vacuum; pruned space will be reused but not returned to the file system");
+        }
+    }
+    if let Some(from) = upgraded_from {
+        tracing::info!(from, to = SCHEMA_VERSION, "database schema upgraded");
+    }
+    Ok(())
+}
+
+/// The outcome kinds as stored: small integers in [`TestOutcome::ALL`] order, from 1.
+pub fn kind_code(kind: TestOutcome) -> i64 {
+    match kind {
+        TestOutcome::Passed => 1,
+        TestOutcome::Failed => 2,
+        TestOutcome::Skipped => 3,
+        TestOutcome::Error => 4,
+        TestOutcome::Xfailed => 5,
+        TestOutcome::Xpassed => 6,
+    }
+}
+
+/// The outcome kind of a stored code.
+pub fn kind_of(code: i64) -> Option<TestOutcome> {
+    Some(match code {
+        1 => TestOutcome::Passed,
+        2 => TestOutcome::Failed,
+        3 => TestOutcome::Skipped,
+        4 => TestOutcome::Error,
+        5 => TestOutcome::Xfailed,
+        6 => TestOutcome::Xpassed,
+        _ => return None,
+    })
+}
+
+/// The phases as stored.
+pub fn phase_code(phase: Phase) -> i64 {
+    match phase {
+        Phase::Collect => 1,
+        Phase::Setup => 2,
+        Phase::Call => 3,
+        Phase::Teardown => 4,
+    }
+}
+
+/// The phase of a stored code.
+pub fn phase_of(code: i64) -> Option<Phase> {
+    Some(match code {
+        1 => Phase::Collect,
+        2 => Phase::Setup,
+        3 => Phase::Call,
+        4 => Phase::Teardown,
+        _ => return None,
+    })
+}
+
+/// The file column: NULL when the file is the nodeid's own path (nearly
+/// always), else the file itself ("" for none).
+pub fn file_column<'a>(nodeid: &str, file: &'a str) -> Option<&'a str> {
+    (nodeid.split("::").next() != Some(file) || file.is_empty()).then_some(file)
+}
+
+/// The file of an outcome from its file column.
+pub fn file_from_column(nodeid: &str, column: Option<String>) -> String {
+    column.unwrap_or_else(|| nodeid.split("::").next().unwrap_or_default().to_string())
+}
+
+/// The version 3 tables; the sessions table under a temporary name.
+const V3_TABLES: &str = r#"
+    CREATE TABLE sessions_v3 (
+        pk                INTEGER PRIMARY KEY AUTOINCREMENT,
+        id                TEXT NOT NULL UNIQUE,      -- client-chosen UUID
+        source            TEXT NOT NULL,             -- plugin | mcp | import
+        status            TEXT NOT NULL,             -- running | finished | interrupted | incomplete
+        started_at        INTEGER NOT NULL,          -- microseconds since the Unix epoch
+        finished_at       INTEGER,
+        project           TEXT,                      -- copied out of environment for filtering
+        git_commit        TEXT,                      -- copied out of environment for flakiness
+        environment       TEXT NOT NULL,             -- JSON
+        summary           TEXT,                      -- JSON, set by finish
+        exitstatus        INTEGER,
+        outcomes_expected INTEGER,
+        outcomes_stored   INTEGER NOT NULL DEFAULT 0, -- highest contiguous seq
+        n_passed          INTEGER NOT NULL DEFAULT 0,
+        n_failed          INTEGER NOT NULL DEFAULT 0,
+        n_skipped         INTEGER NOT NULL DEFAULT 0,
+        n_errors          INTEGER NOT NULL DEFAULT 0,
+        n_xfailed         INTEGER NOT NULL DEFAULT 0,
+        n_xpassed         INTEGER NOT NULL DEFAULT 0,
+        grant_name        TEXT,                      -- the token's grant it was recorded under
+        pinned            INTEGER NOT NULL DEFAULT 0 -- kept out of every pruning
+    );
+
+    CREATE TABLE tests (
+        id       INTEGER PRIMARY KEY,
+        nodeid   TEXT NOT NULL,
+        subtest  TEXT NOT NULL DEFAULT '',  -- '' for the test itself
+        first_pk INTEGER NOT NULL,          -- no older session holds it
+        UNIQUE (nodeid, subtest)
+    );
+
+    CREATE TABLE marker_sets (
+        id      INTEGER PRIMARY KEY,
+        markers TEXT NOT NULL UNIQUE        -- JSON array of marker names
+    );
+
+    CREATE TABLE outcomes_v3 (
+        id         INTEGER PRIMARY KEY,     -- session pk << 32 | seq
+        session_pk INTEGER NOT NULL,
+        test_id    INTEGER NOT NULL,        -- tests.id
+        kind       INTEGER NOT NULL,        -- 1 passed 2 failed 3 skipped 4 error 5 xfailed 6 xpassed
+        phase      INTEGER,                 -- 1 collect 2 setup 3 call 4 teardown
+        duration   REAL NOT NULL,
+        attempt    INTEGER NOT NULL,
+        line       INTEGER,
+        start_us   INTEGER,                 -- microseconds after the session's started_at
+        markers    INTEGER,                 -- marker_sets.id
+        message    TEXT,                    -- up to 256 bytes; longer ones are in details
+        worker     TEXT,
+        file       TEXT                     -- NULL: the nodeid's own path
+    );
+
+    -- Large text of the outcome with the same id (crate::store::detail).
+    CREATE TABLE details (
+        id   INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
+    );
+
+    -- Sessions deleted by pruning whose rows are still being removed.
+    CREATE TABLE doomed (pk INTEGER PRIMARY KEY);
+
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    -- Bumped whenever tests rows are removed, so writers drop cached test ids.
+    INSERT INTO meta (key, value) VALUES ('tests_generation', 0);
+"#;
+
+const V3_INDEXES: &str = r#"
+    ALTER TABLE sessions_v3 RENAME TO sessions;
+    ALTER TABLE outcomes_v3 RENAME TO outcomes;
+    CREATE INDEX sessions_by_start ON sessions (started_at DESC, pk DESC);
+    CREATE INDEX sessions_by_project ON sessions (project, started_at DESC, pk DESC);
+    CREATE INDEX outcomes_by_session_test ON outcomes (session_pk, test_id, kind);
+    -- A session's failures: a partial index holds only the few rows that failed.
+    CREATE INDEX outcomes_failures ON outcomes (session_pk) WHERE kind IN (2, 4);
+"#;
+
+/// Migration 3: copies sessions and outcomes into the version 3 tables.
+fn to_interned_outcomes(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute_batch(V3_TABLES)?;
+    tx.execute_batch(
+        "INSERT INTO sessions_v3 (pk, id, source, status, started_at, finished_at, project,
+             git_commit, environment, summary, exitstatus, outcomes_expected, outcomes_stored,
+             n_passed, n_failed, n_skipped, n_errors, n_xfailed, n_xpassed, grant_name)
+         SELECT pk, id, source, status, started_at, finished_at, project, git_commit,
+             environment, summary, exitstatus, outcomes_expected, outcomes_stored,
+             n_passed, n_failed, n_skipped, n_errors, n_xfailed, n_xpassed, grant_name
+         FROM sessions",
+    )?;
+    {
+        let mut read = tx.prepare(
+            "SELECT o.id, o.session_pk, o.nodeid, o.outcome, o.phase, o.duration, o.message,
+                    o.longrepr, o.stdout, o.stderr, o.log, o.file, o.line, o.markers, o.worker,
+                    o.attempt, o.started_at, s.started_at
+             FROM outcomes o JOIN sessions s ON s.pk = o.session_pk ORDER BY o.id",
+        )?;
+        let mut insert = tx.prepare(
+            "INSERT INTO outcomes_v3 (id, session_pk, test_id, kind, phase, duration, attempt,
+                 line, start_us, markers, message, worker, file)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        let mut insert_test =
+            tx.prepare("INSERT INTO tests (nodeid, subtest, first_pk) VALUES (?1, '', ?2)")?;
+        let mut insert_markers = tx.prepare("INSERT INTO marker_sets (markers) VALUES (?1)")?;
+        let mut insert_detail = tx.prepare("INSERT INTO details (id, data) VALUES (?1, ?2)")?;
+        let mut tests: HashMap<String, i64> = HashMap::new();
+        let mut marker_sets: HashMap<String, i64> = HashMap::new();
+        let mut encoder = detail::Encoder::new();
+        let mut rows = read.query([])?;
+        let text = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<String> {
+            Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default())
+        };
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let session_pk: i64 = r.get(1)?;
+            let nodeid: String = r.get(2)?;
+            let kind: String = r.get(3)?;
+            let kind: TestOutcome = kind.parse().map_err(Error::Internal)?;
+            let phase: Option<String> = r.get(4)?;
+            let phase = phase
+                .map(|p| p.parse::<Phase>().map_err(Error::Internal))
+                .transpose()?;
+            let mut o = crate::model::Outcome::new(1, nodeid, kind);
+            o.message = text(r, 6)?;
+            o.longrepr = text(r, 7)?;
+            o.stdout = text(r, 8)?;
+            o.stderr = text(r, 9)?;
+            o.log = text(r, 10)?;
+            let file = text(r, 11)?;
+            let test_id = match tests.get(&o.nodeid) {
+                Some(id) => *id,
+                None => {
+                    insert_test.execute(params![o.nodeid, session_pk])?;
+                    let id = tx.last_insert_rowid();
+                    tests.insert(o.nodeid.clone(), id);
+                    id
+                }
+            };
+            let markers: Option<String> = r.get(13)?;
+            let marker_set = match markers {
+                None => None,
+                Some(m) => Some(match marker_sets.get(&m) {
+                    Some(id) => *id,
+                    None => {
+                        insert_markers.execute([&m])?;
+                        let id = tx.last_insert_rowid();
+                        marker_sets.insert(m, id);
+                        id
+                    }
+                }),
+            };
+            let started: Option<i64> = r.get(16)?;
+            let session_started: i64 = r.get(17)?;
+            insert.execute(params![
+                id,
+                session_pk,
+                test_id,
+                kind_code(kind),
+                phase.map(phase_code),
+                r.get::<_, f64>(5)?,
+                r.get::<_, i64>(15)?,
+                r.get::<_, Option<i64>>(12)?,
+                started.map(|s| s - session_started),
+                marker_set,
+                detail::inline_message(&o),
+                r.get::<_, Option<String>>(14)?,
+                file_column(&o.nodeid, &file),
+            ])?;
+            if let Some(blob) = encoder.encode(&o) {
+                insert_detail.execute(params![id, blob])?;
+            }
+        }
+    }
+    tx.execute_batch(
+        "DROP TABLE outcomes;
+         DROP TABLE sessions;",
+    )?;
+    tx.execute_batch(V3_INDEXES)?;
+    Ok(())
+}
+
+/// The generation of the tests table (see `meta`), read inside a transaction.
+pub fn tests_generation(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'tests_generation'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_leaves_the_schema_at_the_latest_version() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("t.db");
+        for _ in 0..2 {
+            let mut conn = Connection::open(&path)?;
+            configure(&conn, Sync::Normal)?;
+            migrate(&mut conn)?;
+            let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            assert_eq!(v, SCHEMA_VERSION);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_instead_of_misread() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut conn = Connection::open(dir.path().join("t.db"))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?;
+        let err = migrate(&mut conn).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+        Ok(())
+    }
+}

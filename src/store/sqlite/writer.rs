@@ -1,0 +1,813 @@
+//! The SQLite backend's single writer: one thread that owns the write
+//! connection and commits whatever commands are queued in one transaction
+//! (group commit).
+//!
+//! Invariants:
+//! - A command's reply is sent only after the transaction holding it has
+//!   committed, so an ack never runs ahead of what is on disk.
+//! - Each command runs in its own savepoint: a rejected command changes
+//!   nothing and does not affect the others in its group.
+//! - The rules ([`crate::store::rules`]) are applied to the session as read
+//!   inside the write transaction, so two processes writing one file cannot
+//!   store a seq twice.
+//! - Cached test and marker-set ids are only those of committed rows: what a
+//!   rolled-back savepoint added is forgotten, and the whole cache is dropped
+//!   when another writer removed tests (the `tests_generation` in `meta`).
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashMap;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::rows::{self, SESSION_COLUMNS, nullable, outcome_rowid, outcome_rowid_range};
+use super::schema::{self, file_column, kind_code, phase_code};
+use crate::error::{Error, Result};
+use crate::model::{Outcome, Session, SessionRef, SessionStatus, Summary, Timestamp};
+use crate::store::StoreEvent;
+use crate::store::audit::{self, AuditEntry};
+use crate::store::backend::Reclaimed;
+use crate::store::budget::QueuedBytes;
+use crate::store::detail;
+use crate::store::rules::{self, FinishPlan, NewSession};
+
+/// Upper bound on outcomes committed in one transaction, so one group never
+/// holds the write lock (or replies) for long.
+const MAX_GROUP_OUTCOMES: usize = 50_000;
+
+/// Most bytes of nodeids the test-id cache holds before it starts over.
+const MAX_CACHED_TEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// A write the writer thread performs.
+pub enum WriteCmd {
+    /// Create a session, or return it when it exists with the same content.
+    Start {
+        /// The session.
+        new: Box<NewSession>,
+        /// Where the result goes.
+        reply: oneshot::Sender<Result<Session>>,
+    },
+    /// Append validated outcomes, in seq order.
+    Append {
+        /// Session id.
+        id: Uuid,
+        /// Outcomes, already validated and bounded.
+        outcomes: Vec<Outcome>,
+        /// Their share of the queued-bytes budget, given back when the
+        /// command (and with it the outcomes) is dropped.
+        budget: QueuedBytes,
+        /// Receives the highest contiguous stored seq.
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Append one validated outcome as the session's next seq.
+    AppendNext {
+        /// Session id.
+        id: Uuid,
+        /// The outcome; its `seq` is replaced by the next free one.
+        outcome: Box<Outcome>,
+        /// Receives the seq it was stored as.
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Finish a session.
+    Finish {
+        /// Session id.
+        id: Uuid,
+        /// Summary.
+        summary: Box<Summary>,
+        /// Outcomes the client sent.
+        outcomes_sent: u64,
+        /// End time.
+        finished_at: Timestamp,
+        /// Where the result goes.
+        reply: oneshot::Sender<Result<Session>>,
+    },
+    /// Store one audit row.
+    Audit {
+        /// The row.
+        entry: Box<AuditEntry>,
+        /// Receives the row's id.
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Pin or unpin a session.
+    Pin {
+        /// The session.
+        session: SessionRef,
+        /// Pin (true) or unpin.
+        pinned: bool,
+        /// Receives the session.
+        reply: oneshot::Sender<Result<Session>>,
+    },
+    /// Delete a session for readers, leaving its rows to `Reclaim`.
+    Delete {
+        /// The session.
+        id: Uuid,
+        /// Whether it was deleted.
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    /// Remove some rows of deleted sessions.
+    Reclaim {
+        /// At most this many.
+        max_rows: usize,
+        /// What was done.
+        reply: oneshot::Sender<Result<Reclaimed>>,
+    },
+    /// Remove tests that no outcome refers to any more.
+    RemoveTests {
+        /// Tests no outcome referred to when a reader looked.
+        candidates: Vec<i64>,
+        /// Sessions that could have gained outcomes since: pk above this ...
+        newer_than_pk: i64,
+        /// ... or one of these (open when the reader looked).
+        open_sessions: Vec<i64>,
+        /// How many were removed.
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Return free pages to the file system.
+    Shrink {
+        /// At most this many pages.
+        max_pages: u64,
+        /// Bytes returned.
+        reply: oneshot::Sender<Result<u64>>,
+    },
+}
+
+/// What travels on the writer's queue.
+pub enum Queued {
+    /// A write.
+    Write(WriteCmd),
+    /// Stop after committing everything queued before this; told once stopped.
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl Queued {
+    fn weight(&self) -> usize {
+        match self {
+            Queued::Write(WriteCmd::Append { outcomes, .. }) => outcomes.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// Sends a command's result once its transaction has committed, or the
+/// transaction's failure if it did not.
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn reply_with<T: Send + 'static>(tx: oneshot::Sender<Result<T>>, result: Result<T>) -> Reply {
+    Box::new(move |failure: Option<&str>| {
+        let result = match (failure, result) {
+            // A command's own error says more than the group's.
+            (_, Err(e)) => Err(e),
+            (Some(msg), Ok(_)) => Err(Error::Internal(msg.to_string())),
+            (None, ok) => ok,
+        };
+        let _ = tx.send(result);
+    })
+}
+
+/// A cached test: (subtest label, test id, first session pk).
+type CachedTest = (Box<str>, i64, i64);
+
+/// Ids of tests and marker sets this writer has read or stored.
+#[derive(Default)]
+struct Interned {
+    /// nodeid -> its test and subtests.
+    tests: HashMap<Box<str>, Vec<CachedTest>>,
+    test_bytes: usize,
+    /// Marker list as JSON -> marker set id.
+    markers: HashMap<Box<str>, i64>,
+    /// What the current savepoint added, to forget if it is rolled back.
+    added_tests: Vec<Box<str>>,
+    added_markers: Vec<Box<str>>,
+    generation: i64,
+}
+
+impl Interned {
+    fn clear(&mut self) {
+        self.tests.clear();
+        self.markers.clear();
+        self.test_bytes = 0;
+        self.added_tests.clear();
+        self.added_markers.clear();
+    }
+
+    fn rollback(&mut self) {
+        for nodeid in self.added_tests.drain(..) {
+            self.tests.remove(&nodeid);
+        }
+        for m in self.added_markers.drain(..) {
+            self.markers.remove(&m);
+        }
+    }
+
+    fn keep(&mut self) {
+        self.added_tests.clear();
+        self.added_markers.clear();
+    }
+
+    /// The id of (nodeid, subtest), stored if new; moves its `first_pk`
+    /// back when an older session gains it (a late import).
+    fn test_id(
+        &mut self,
+        conn: &Connection,
+        nodeid: &str,
+        subtest: &str,
+        session_pk: i64,
+    ) -> Result<i64> {
+        if let Some(entries) = self.tests.get_mut(nodeid)
+            && let Some(entry) = entries.iter_mut().find(|e| &*e.0 == subtest)
+        {
+            if session_pk < entry.2 {
+                conn.prepare_cached("UPDATE tests SET first_pk = ?2 WHERE id = ?1")?
+                    .execute(params![entry.1, session_pk])?;
+                entry.2 = session_pk;
+            }
+            return Ok(entry.1);
+        }
+        let found: Option<(i64, i64)> = conn
+            .prepare_cached("SELECT id, first_pk FROM tests WHERE nodeid = ?1 AND subtest = ?2")?
+            .query_row(params![nodeid, subtest], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (id, first) = match found {
+            Some((id, first)) if first <= session_pk => (id, first),
+            Some((id, _)) => {
+                conn.prepare_cached("UPDATE tests SET first_pk = ?2 WHERE id = ?1")?
+                    .execute(params![id, session_pk])?;
+                (id, session_pk)
+            }
+            None => {
+                conn.prepare_cached(
+                    "INSERT INTO tests (nodeid, subtest, first_pk) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![nodeid, subtest, session_pk])?;
+                (conn.last_insert_rowid(), session_pk)
+            }
+        };
+        if self.test_bytes > MAX_CACHED_TEST_BYTES {
+            self.clear();
+        }
+        self.test_bytes += nodeid.len() + subtest.len() + 64;
+        let key: Box<str> = nodeid.into();
+        self.added_tests.push(key.clone());
+        self.tests
+            .entry(key)
+            .or_default()
+            .push((subtest.into(), id, first));
+        Ok(id)
+    }
+
+    fn marker_set(&mut self, conn: &Connection, markers: &[String]) -> Result<Option<i64>> {
+        if markers.is_empty() {
+            return Ok(None);
+        }
+        let json = serde_json::to_string(markers)
+            .map_err(|e| Error::Internal(format!("encoding markers: {e}")))?;
+        if let Some(id) = self.markers.get(json.as_str()) {
+            return Ok(Some(*id));
+        }
+        let found: Option<i64> = conn
+            .prepare_cached("SELECT id FROM marker_sets WHERE markers = ?1")?
+            .query_row([&json], |r| r.get(0))
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                conn.prepare_cached("INSERT INTO marker_sets (markers) VALUES (?1)")?
+                    .execute([&json])?;
+                conn.last_insert_rowid()
+            }
+        };
+        if self.markers.len() > 100_000 {
+            self.markers.clear();
+        }
+        let key: Box<str> = json.into();
+        self.added_markers.push(key.clone());
+        self.markers.insert(key, id);
+        Ok(Some(id))
+    }
+}
+
+/// The writer's state between groups.
+struct Writer {
+    conn: Connection,
+    interned: Interned,
+    encoder: detail::Encoder,
+    events: broadcast::Sender<StoreEvent>,
+}
+
+/// Runs the writer loop until a shutdown command arrives or every sender is gone.
+pub fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Queued>,
+    events: broadcast::Sender<StoreEvent>,
+) {
+    let mut writer = Writer {
+        conn,
+        interned: Interned::default(),
+        encoder: detail::Encoder::new(),
+        events,
+    };
+    let mut group: Vec<Queued> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut weight = first.weight();
+        group.push(first);
+        while weight < MAX_GROUP_OUTCOMES {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    weight += cmd.weight();
+                    group.push(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut shutdown = Vec::new();
+        let cmds: Vec<WriteCmd> = group
+            .drain(..)
+            .filter_map(|c| match c {
+                Queued::Shutdown(reply) => {
+                    shutdown.push(reply);
+                    None
+                }
+                Queued::Write(cmd) => Some(cmd),
+            })
+            .collect();
+        if !cmds.is_empty() {
+            writer.commit_group(cmds);
+        }
+        if !shutdown.is_empty() {
+            // Commands queued after the shutdown are dropped with the
+            // receiver; their callers see the store as unavailable.
+            rx.close();
+            while let Ok(cmd) = rx.try_recv() {
+                drop(cmd);
+            }
+            drop(writer);
+            for tx in shutdown {
+                let _ = tx.send(());
+            }
+            return;
+        }
+    }
+}
+
+impl Writer {
+    fn commit_group(&mut self, cmds: Vec<WriteCmd>) {
+        let mut replies: Vec<Reply> = Vec::with_capacity(cmds.len());
+        let mut changed: Vec<StoreEvent> = Vec::new();
+        let Writer {
+            conn,
+            interned,
+            encoder,
+            events,
+        } = self;
+        let outcome = (|| -> Result<()> {
+            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let generation = schema::tests_generation(&tx)?;
+            if generation != interned.generation {
+                interned.clear();
+                interned.generation = generation;
+            }
+            for cmd in cmds {
+                let mut sp = tx.savepoint()?;
+                let mut ctx = Ctx {
+                    conn: &sp,
+                    interned,
+                    encoder,
+                    changed: &mut changed,
+                };
+                let (reply, ok) = ctx.apply(cmd);
+                if ok {
+                    sp.commit()?;
+                    interned.keep();
+                } else {
+                    sp.rollback()?;
+                    drop(sp);
+                    interned.rollback();
+                }
+                replies.push(reply);
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => {
+                for r in replies {
+                    r(None);
+                }
+                for e in changed {
+                    let _ = events.send(e);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "write transaction failed; nothing in it was stored");
+                // Ids read or stored in it may not exist.
+                interned.clear();
+                let msg = failure_message(&e);
+                for r in replies {
+                    r(Some(&msg));
+                }
+            }
+        }
+    }
+}
+
+/// What callers are told when a group's transaction failed.
+fn failure_message(e: &Error) -> String {
+    if let Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) = e
+        && f.code == rusqlite::ErrorCode::DiskFull
+    {
+        return "the recorder's disk is full; nothing of this write was stored".into();
+    }
+    "the write transaction failed; nothing was stored, retry".into()
+}
+
+/// One command's view of the open transaction.
+struct Ctx<'a> {
+    conn: &'a Connection,
+    interned: &'a mut Interned,
+    encoder: &'a mut detail::Encoder,
+    changed: &'a mut Vec<StoreEvent>,
+}
+
+impl Ctx<'_> {
+    /// Applies one command; returns its reply and whether to keep its savepoint.
+    fn apply(&mut self, cmd: WriteCmd) -> (Reply, bool) {
+        fn done<T: Send + 'static>(tx: oneshot::Sender<Result<T>>, r: Result<T>) -> (Reply, bool) {
+            let ok = r.is_ok();
+            (reply_with(tx, r), ok)
+        }
+        match cmd {
+            WriteCmd::Start { new, reply } => {
+                let r = self.start(&new);
+                done(reply, r)
+            }
+            WriteCmd::Append {
+                id,
+                outcomes,
+                budget: _budget,
+                reply,
+            } => {
+                let r = self.append(id, &outcomes);
+                done(reply, r)
+            }
+            WriteCmd::AppendNext { id, outcome, reply } => {
+                let r = self.append_next(id, *outcome);
+                done(reply, r)
+            }
+            WriteCmd::Finish {
+                id,
+                summary,
+                outcomes_sent,
+                finished_at,
+                reply,
+            } => {
+                let r = self.finish(id, &summary, outcomes_sent, finished_at);
+                done(reply, r)
+            }
+            WriteCmd::Audit { entry, reply } => {
+                let r = insert_audit(self.conn, &entry);
+                done(reply, r)
+            }
+            WriteCmd::Pin {
+                session,
+                pinned,
+                reply,
+            } => {
+                let r = self.pin(session, pinned);
+                done(reply, r)
+            }
+            WriteCmd::Delete { id, reply } => {
+                let r = self.delete(id);
+                done(reply, r)
+            }
+            WriteCmd::Reclaim { max_rows, reply } => {
+                let r = self.reclaim(max_rows);
+                done(reply, r)
+            }
+            WriteCmd::RemoveTests {
+                candidates,
+                newer_than_pk,
+                open_sessions,
+                reply,
+            } => {
+                let r = self.remove_tests(&candidates, newer_than_pk, &open_sessions);
+                done(reply, r)
+            }
+            WriteCmd::Shrink { max_pages, reply } => {
+                let r = shrink(self.conn, max_pages);
+                done(reply, r)
+            }
+        }
+    }
+
+    fn start(&mut self, new: &NewSession) -> Result<Session> {
+        if let Some((_, existing)) = load_session(self.conn, new.id)? {
+            rules::check_restart(&existing, new)?;
+            return Ok(existing);
+        }
+        let env_json = serde_json::to_string(&new.environment)
+            .map_err(|e| Error::Internal(format!("encoding environment: {e}")))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sessions (id, source, status, started_at, project, git_commit,
+                     environment, grant_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                new.id.to_string(),
+                new.source.as_str(),
+                SessionStatus::Running.as_str(),
+                new.started_at.as_micros(),
+                nullable(&new.environment.project),
+                nullable(&new.environment.git_commit),
+                env_json,
+                new.grant,
+            ])?;
+        let (_, session) = load_session(self.conn, new.id)?
+            .ok_or_else(|| Error::Internal("session vanished after insert".into()))?;
+        self.changed.push(StoreEvent {
+            session: new.id,
+            status: session.status,
+            outcomes_stored: 0,
+        });
+        Ok(session)
+    }
+
+    fn append_next(&mut self, id: Uuid, mut outcome: Outcome) -> Result<u64> {
+        // Numbered inside the write transaction, so two writers cannot take
+        // the same seq.
+        let (_, session) =
+            load_session(self.conn, id)?.ok_or_else(|| rules::no_session_for_outcomes(id))?;
+        outcome.seq = rules::next_seq(&session);
+        let seq = outcome.seq;
+        self.append(id, std::slice::from_ref(&outcome))?;
+        Ok(seq)
+    }
+
+    fn append(&mut self, id: Uuid, outcomes: &[Outcome]) -> Result<u64> {
+        let (pk, session) =
+            load_session(self.conn, id)?.ok_or_else(|| rules::no_session_for_outcomes(id))?;
+        let Some(plan) = rules::plan_append(&session, outcomes)? else {
+            return Ok(session.outcomes_stored);
+        };
+        let started = session.started_at.as_micros();
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO outcomes (id, session_pk, test_id, kind, phase, duration, attempt,
+                 line, start_us, markers, message, worker, file)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        let mut insert_detail = self
+            .conn
+            .prepare_cached("INSERT INTO details (id, data) VALUES (?1, ?2)")?;
+        // Consecutive outcomes nearly always share their markers.
+        let mut last_markers: Option<(&[String], Option<i64>)> = None;
+        for o in &outcomes[plan.first..plan.first + plan.count] {
+            let rowid = outcome_rowid(pk, o.seq);
+            let test_id = self
+                .interned
+                .test_id(self.conn, &o.nodeid, &o.subtest, pk)?;
+            let markers = match last_markers {
+                Some((m, id)) if m == o.markers.as_slice() => id,
+                _ => {
+                    let id = self.interned.marker_set(self.conn, &o.markers)?;
+                    last_markers = Some((&o.markers, id));
+                    id
+                }
+            };
+            insert.execute(params![
+                rowid,
+                pk,
+                test_id,
+                kind_code(o.outcome),
+                o.phase.map(phase_code),
+                o.duration,
+                o.attempt,
+                o.line,
+                o.started_at.map(|t| t.as_micros() - started),
+                markers,
+                detail::inline_message(o),
+                nullable(&o.worker),
+                file_column(&o.nodeid, &o.file),
+            ])?;
+            if let Some(blob) = self.encoder.encode(o) {
+                insert_detail.execute(params![rowid, blob])?;
+            }
+        }
+        let c = plan.counts;
+        self.conn
+            .prepare_cached(
+                "UPDATE sessions SET outcomes_stored = ?2, status = ?3,
+                     n_passed = n_passed + ?4, n_failed = n_failed + ?5,
+                     n_skipped = n_skipped + ?6, n_errors = n_errors + ?7,
+                     n_xfailed = n_xfailed + ?8, n_xpassed = n_xpassed + ?9
+                 WHERE pk = ?1",
+            )?
+            .execute(params![
+                pk,
+                i64::try_from(plan.stored).unwrap_or(i64::MAX),
+                plan.status.as_str(),
+                c.passed,
+                c.failed,
+                c.skipped,
+                c.errors,
+                c.xfailed,
+                c.xpassed,
+            ])?;
+        self.changed.push(StoreEvent {
+            session: id,
+            status: plan.status,
+            outcomes_stored: plan.stored,
+        });
+        Ok(plan.stored)
+    }
+
+    fn finish(
+        &mut self,
+        id: Uuid,
+        summary: &Summary,
+        outcomes_sent: u64,
+        finished_at: Timestamp,
+    ) -> Result<Session> {
+        let (pk, session) = load_session(self.conn, id)?.ok_or_else(|| rules::no_session(id))?;
+        let status = match rules::plan_finish(&session, summary, outcomes_sent)? {
+            FinishPlan::Repeat => return Ok(session),
+            FinishPlan::Close(status) => status,
+        };
+        let summary_json = serde_json::to_string(summary)
+            .map_err(|e| Error::Internal(format!("encoding summary: {e}")))?;
+        self.conn
+            .prepare_cached(
+                "UPDATE sessions SET status = ?2, finished_at = ?3, summary = ?4, exitstatus = ?5,
+                     outcomes_expected = ?6
+                 WHERE pk = ?1",
+            )?
+            .execute(params![
+                pk,
+                status.as_str(),
+                finished_at.as_micros(),
+                summary_json,
+                summary.exitstatus,
+                i64::try_from(outcomes_sent).unwrap_or(i64::MAX),
+            ])?;
+        let (_, session) = load_session(self.conn, id)?
+            .ok_or_else(|| Error::Internal("session vanished after finish".into()))?;
+        self.changed.push(StoreEvent {
+            session: id,
+            status: session.status,
+            outcomes_stored: session.outcomes_stored,
+        });
+        Ok(session)
+    }
+
+    fn pin(&mut self, session: SessionRef, pinned: bool) -> Result<Session> {
+        let (pk, mut s) = super::resolve(self.conn, session)?;
+        self.conn
+            .prepare_cached("UPDATE sessions SET pinned = ?2 WHERE pk = ?1")?
+            .execute(params![pk, i64::from(pinned)])?;
+        s.pinned = pinned;
+        Ok(s)
+    }
+
+    fn delete(&mut self, id: Uuid) -> Result<bool> {
+        let Some((pk, session)) = load_session(self.conn, id)? else {
+            return Ok(false);
+        };
+        if rules::prune_refusal(session.status, session.pinned).is_some() {
+            return Ok(false);
+        }
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO doomed (pk) VALUES (?1)")?
+            .execute([pk])?;
+        self.conn
+            .prepare_cached("DELETE FROM sessions WHERE pk = ?1")?
+            .execute([pk])?;
+        Ok(true)
+    }
+
+    fn reclaim(&mut self, max_rows: usize) -> Result<Reclaimed> {
+        let mut removed = 0u64;
+        let budget = max_rows.max(1) as u64;
+        let doomed: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT pk FROM doomed ORDER BY pk")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for pk in doomed {
+            let (lo, hi) = outcome_rowid_range(pk);
+            // Seqs are contiguous, so rows [first, first + n) are at most n rows.
+            let first: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT min(id) FROM outcomes WHERE id BETWEEN ?1 AND ?2")?
+                .query_row([lo, hi], |r| r.get(0))?;
+            let Some(first) = first else {
+                self.conn
+                    .prepare_cached("DELETE FROM details WHERE id BETWEEN ?1 AND ?2")?
+                    .execute([lo, hi])?;
+                self.conn
+                    .prepare_cached("DELETE FROM doomed WHERE pk = ?1")?
+                    .execute([pk])?;
+                continue;
+            };
+            let n = i64::try_from(budget - removed).unwrap_or(i64::MAX);
+            let last = first.saturating_add(n - 1).min(hi);
+            let rows = self
+                .conn
+                .prepare_cached("DELETE FROM outcomes WHERE id BETWEEN ?1 AND ?2")?
+                .execute([first, last])?;
+            self.conn
+                .prepare_cached("DELETE FROM details WHERE id BETWEEN ?1 AND ?2")?
+                .execute([lo, last])?;
+            removed += rows as u64;
+            if removed >= budget {
+                return Ok(Reclaimed {
+                    rows: removed,
+                    more: true,
+                });
+            }
+        }
+        Ok(Reclaimed {
+            rows: removed,
+            more: false,
+        })
+    }
+
+    fn remove_tests(
+        &mut self,
+        candidates: &[i64],
+        newer_than_pk: i64,
+        open_sessions: &[i64],
+    ) -> Result<u64> {
+        // Sessions that may have gained outcomes since the reader looked.
+        let mut recheck: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT pk FROM sessions WHERE pk > ?1")?
+            .query_map([newer_than_pk], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        recheck.extend_from_slice(open_sessions);
+        let mut probe = self.conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM outcomes WHERE session_pk = ?1 AND test_id = ?2)",
+        )?;
+        let mut delete = self
+            .conn
+            .prepare_cached("DELETE FROM tests WHERE id = ?1")?;
+        let mut removed = 0u64;
+        'next: for &test in candidates {
+            for &pk in &recheck {
+                if probe.query_row([pk, test], |r| r.get::<_, bool>(0))? {
+                    continue 'next;
+                }
+            }
+            removed += delete.execute([test])? as u64;
+        }
+        if removed > 0 {
+            self.conn.execute(
+                "UPDATE meta SET value = value + 1 WHERE key = 'tests_generation'",
+                [],
+            )?;
+            // This writer's own cache may name them; the generation check at
+            // the next group clears other writers'.
+            self.interned.clear();
+            self.interned.generation += 1;
+        }
+        Ok(removed)
+    }
+}
+
+fn shrink(conn: &Connection, max_pages: u64) -> Result<u64> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let before: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    if before == 0 {
+        return Ok(0);
+    }
+    // incremental_vacuum returns a row per page; stepping through them runs it.
+    let mut stmt = conn.prepare(&format!("PRAGMA incremental_vacuum({max_pages})"))?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    let after: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    Ok(u64::try_from((before - after) * page_size).unwrap_or(0))
+}
+
+fn insert_audit(conn: &Connection, entry: &AuditEntry) -> Result<u64> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at, grant_name, transport, tool, decision, result, reason, duration_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        entry.at.as_micros(),
+        entry.grant,
+        entry.transport,
+        entry.tool,
+        entry.decision,
+        entry.result,
+        entry.reason.as_deref().map(audit::bounded),
+        i64::try_from(entry.duration_us).unwrap_or(i64::MAX),
+    ])?;
+    Ok(u64::try_from(conn.last_insert_rowid()).unwrap_or(0))
+}
+
+/// The session with its pk, as the open transaction sees it.
+pub fn load_session(conn: &Connection, id: Uuid) -> Result<Option<(i64, Session)>> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([id.to_string()], |r| rows::session_from_row(r, 0))
+        .optional()?)
+}
