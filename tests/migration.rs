@@ -1,0 +1,161 @@
+//! A database written by the release before schema 3 opens, migrates in
+//! place, and reads back what that release read back: every session through
+//! `export` (JSON and JUnit), `show`, gRPC (grpcurl) and the audit trail.
+//! See tests/fixtures/v2/make-expected.sh for how the file and the expected
+//! reads were made.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2")
+}
+
+/// Drops what schema 3 added to an export when it holds its default, so the
+/// rest can be compared with what the older release wrote.
+fn without_new_defaults(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, default) in [
+                ("subtest", serde_json::Value::Null),
+                ("user_properties", serde_json::json!([])),
+                ("pinned", serde_json::Value::Bool(false)),
+            ] {
+                if map.get(key) == Some(&default) {
+                    map.remove(key);
+                }
+            }
+            map.values_mut().for_each(without_new_defaults);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_new_defaults),
+        _ => {}
+    }
+}
+
+#[test]
+fn a_database_written_by_the_previous_release_migrates_and_reads_back_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("schema2.db");
+    std::fs::copy(fixture().join("schema2.db"), &db).unwrap();
+    let out = dir.path().join("out");
+    let run = Command::new("bash")
+        .arg(fixture().join("make-expected.sh"))
+        .arg(support::binary())
+        .arg(&db)
+        .arg(&out)
+        .env("GRPCURL", support::grpcurl())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "reading the migrated database failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let expected_dir = fixture().join("expected");
+    let mut compared = 0;
+    for entry in std::fs::read_dir(&expected_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let expected = std::fs::read_to_string(&path).unwrap();
+        let got = std::fs::read_to_string(out.join(&name))
+            .unwrap_or_else(|e| panic!("{name}: not written by the new binary: {e}"));
+        if name.starts_with("export-") {
+            let expected: serde_json::Value = serde_json::from_str(&expected).unwrap();
+            let mut got: serde_json::Value = serde_json::from_str(&got).unwrap();
+            without_new_defaults(&mut got);
+            assert_eq!(got, expected, "{name} differs after the migration");
+        } else {
+            assert_eq!(got, expected, "{name} differs after the migration");
+        }
+        compared += 1;
+    }
+    // Six sessions, each read four ways, and the session-independent reads.
+    assert!(compared >= 28, "only {compared} reads compared");
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, pytest_mcp::store::SCHEMA_VERSION);
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    // The upgraded file can give pruned space back to the file system.
+    let auto_vacuum: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(auto_vacuum, 2, "incremental vacuum is not on");
+    // Every test is stored once however many sessions ran it.
+    let (tests, distinct): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(DISTINCT nodeid || char(31) || subtest) FROM tests",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(tests, distinct);
+    assert!(tests > 20, "{tests} tests");
+}
+
+#[tokio::test]
+async fn a_migrated_database_takes_new_sessions_and_keeps_its_old_ones() {
+    use pytest_mcp::grpc::pb;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("schema2.db");
+    std::fs::copy(fixture().join("schema2.db"), &db).unwrap();
+    let server = support::Server::start(&db);
+    let mut client = server.client().await;
+    let before = client
+        .list_sessions(pb::ListSessionsRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .len();
+    let id = support::new_id();
+    support::start_session(&mut client, &id, "suite").await;
+    let acks = support::stream(
+        &mut client,
+        &id,
+        vec![vec![support::numbered(1), support::numbered(2)]],
+    )
+    .await
+    .unwrap();
+    assert_eq!(acks.last(), Some(&2));
+    // A test the old release stored gains a run in the new session.
+    let mut old_test = support::outcome(3, "test_shapes.py::test_fails", pb::TestOutcome::Passed);
+    old_test.line = 16;
+    support::stream(&mut client, &id, vec![vec![old_test]])
+        .await
+        .unwrap();
+    let history = client
+        .get_test_history(pb::GetTestHistoryRequest {
+            nodeid: "test_shapes.py::test_fails".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(history[0].session.as_ref().unwrap().id, id);
+    assert!(history.len() >= 3, "{} entries", history.len());
+    let after = client
+        .list_sessions(pb::ListSessionsRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .len();
+    assert_eq!(after, before + 1);
+}
