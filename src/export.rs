@@ -49,6 +49,7 @@ pub fn session_json(s: &Session) -> Value {
         "finished_at": s.finished_at.map(|t| t.to_rfc3339()),
         "environment": serde_json::to_value(&s.environment).unwrap_or(Value::Null),
         "summary": summary,
+        "pinned": s.pinned,
     })
 }
 
@@ -70,6 +71,12 @@ pub fn outcome_json(o: &Outcome) -> Value {
         "markers": o.markers,
         "worker": o.worker,
         "attempt": o.attempt,
+        "subtest": (!o.subtest.is_empty()).then_some(&o.subtest),
+        "user_properties": o
+            .user_properties
+            .iter()
+            .map(|(name, value)| [name, value])
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -221,7 +228,11 @@ pub async fn write_junit(store: &Store, session: &Session, out: &mut dyn Write) 
     w(out, "    </properties>\n")?;
 
     for_each_outcome(store, session, |o| {
-        let (classname, name) = junit_names(&o.nodeid);
+        let (classname, mut name) = junit_names(&o.nodeid);
+        if o.is_subtest() {
+            // Each subtest is a testcase of its own, named as pytest shows it.
+            name = format!("{name} {}", o.subtest);
+        }
         let mut tc = format!(
             "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
             xml_escape(&classname),
@@ -235,6 +246,18 @@ pub async fn write_junit(store: &Store, session: &Session, out: &mut dyn Write) 
             tc.push_str(&format!(" line=\"{line}\""));
         }
         tc.push('>');
+        if !o.user_properties.is_empty() {
+            // Where pytest's own junitxml puts record_property values.
+            tc.push_str("\n      <properties>");
+            for (name, value) in &o.user_properties {
+                tc.push_str(&format!(
+                    "\n        <property name=\"{}\" value=\"{}\"/>",
+                    xml_escape(name),
+                    xml_escape(value)
+                ));
+            }
+            tc.push_str("\n      </properties>");
+        }
         let message = xml_escape(&o.message);
         let body = xml_escape(&o.longrepr);
         match o.outcome {

@@ -134,7 +134,10 @@ pub async fn watch(addr: &str, session: &str, token: Option<&str>) -> anyhow::Re
             }
             Some(Event::Outcome(o)) => {
                 let kind = o.outcome();
-                tally.add(kind);
+                // As pytest counts: a subtest only when it failed.
+                if o.subtest.is_empty() || kind == pb::TestOutcome::Failed {
+                    tally.add(kind);
+                }
                 if matches!(kind, pb::TestOutcome::Failed | pb::TestOutcome::Error) {
                     clear(&mut out, &mut drawn)?;
                     let label = if kind == pb::TestOutcome::Failed {
@@ -142,7 +145,11 @@ pub async fn watch(addr: &str, session: &str, token: Option<&str>) -> anyhow::Re
                     } else {
                         "ERROR"
                     };
-                    writeln!(out, "{label} {}", o.nodeid)?;
+                    if o.subtest.is_empty() {
+                        writeln!(out, "{label} {}", o.nodeid)?;
+                    } else {
+                        writeln!(out, "{label} {} {}", o.nodeid, o.subtest)?;
+                    }
                     if !o.message.is_empty() {
                         writeln!(out, "  {}", o.message)?;
                     }

@@ -199,6 +199,14 @@ def server(tmp_path):
 
 
 @pytest.fixture
+def keeping_server(tmp_path):
+    """A server that keeps the captured output of passing tests too."""
+    srv = Server(tmp_path / "keeping.db", extra=["--keep-passing-output"]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
 def spool_dir(tmp_path) -> Path:
     return tmp_path / "spool"
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 import textwrap
 
 import pytest
 
-from conftest import counts_of, session_id_of, summary_counts, warning_lines
+from conftest import binary, counts_of, session_id_of, summary_counts, warning_lines
 from pytest_mcp._proto import recorder_pb2 as pb
 
 EVERY_KIND = textwrap.dedent(
@@ -22,6 +24,8 @@ EVERY_KIND = textwrap.dedent(
         logging.getLogger("inner").warning("a log record")
 
     def test_fails():
+        print("before failing")
+        logging.getLogger("inner").warning("a failing log record")
         assert 1 == 2
 
     @pytest.mark.slow
@@ -102,9 +106,10 @@ def test_every_outcome_kind_is_recorded_with_its_phase_message_and_details(
     assert (o.outcome, o.phase, o.message, o.longrepr) == (
         pb.TEST_OUTCOME_PASSED, pb.PHASE_CALL, "", ""
     )
-    assert o.stdout == "to stdout\n"
-    assert o.stderr == "to stderr\n"
-    assert "a log record" in o.log
+    # pytest shows captured output only for tests that did not pass: by
+    # default the recorder keeps none for a passing test, and the plugin
+    # does not send it.
+    assert (o.stdout, o.stderr, o.log) == ("", "", "")
     def_line = EVERY_KIND.strip().splitlines().index("def test_passes():") + 1
     assert (o.file, o.line, o.attempt, o.worker) == ("test_kinds.py", def_line, 1, "")
     assert o.started_at.seconds > 0 and o.duration > 0
@@ -112,6 +117,7 @@ def test_every_outcome_kind_is_recorded_with_its_phase_message_and_details(
     o = one("test_fails")
     assert (o.outcome, o.phase, o.message) == (pb.TEST_OUTCOME_FAILED, pb.PHASE_CALL, "assert 1 == 2")
     assert ">       assert 1 == 2" in o.longrepr and "AssertionError" in o.longrepr
+    assert o.stdout == "before failing\n" and "a failing log record" in o.log
 
     o = one("test_skips")
     assert (o.outcome, o.phase, o.message) == (pb.TEST_OUTCOME_SKIPPED, pb.PHASE_CALL, "not on this machine")
@@ -215,49 +221,134 @@ def test_a_run_that_continues_after_collection_errors_is_finished(pytester, run_
     assert counts_of(session.summary) == summary_counts(result) == counts_of(session.counts)
 
 
+SUBTESTS = textwrap.dedent(
+    """
+    import unittest
+
+    import pytest
+
+    def test_numbers(subtests):
+        for i in range(4):
+            with subtests.test("even", i=i):
+                print(f"checking {i}")
+                assert i % 2 == 0
+
+    def test_plain_subtests(subtests):
+        with subtests.test():
+            pass
+        with subtests.test(msg="skipped one"):
+            pytest.skip("not this one")
+
+    def test_no_subtests():
+        pass
+
+    class TestUnit(unittest.TestCase):
+        def test_words(self):
+            for word in ["a", "b"]:
+                with self.subTest(word=word):
+                    self.assertEqual(word, "a")
+    """
+)
+
+
+def subtests_of(outcomes):
+    return {(o.nodeid, o.subtest): o for o in outcomes if o.subtest}
+
+
 @pytest.mark.skipif(not hasattr(pytest, "Subtests"), reason="native subtests need pytest 9")
-def test_each_subtest_has_its_own_outcome(pytester, run_mcp, server):
+def test_subtests_are_outcomes_of_their_test_and_the_rerun_command_selects_the_failures(
+    pytester, run_mcp, server
+):
+    pytester.makepyfile(test_sub=SUBTESTS)
+    result = run_mcp()
+    assert result.ret == 1
+
+    session = server.session(session_id_of(result))
+    outcomes = server.outcomes(session.id)
+    # Every outcome carries a nodeid pytest knows; the subtest is a label apart.
+    assert {o.nodeid for o in outcomes} == {
+        "test_sub.py::test_numbers",
+        "test_sub.py::test_plain_subtests",
+        "test_sub.py::test_no_subtests",
+        "test_sub.py::TestUnit::test_words",
+    }
+    subs = subtests_of(outcomes)
+    assert set(subs) == {
+        *(("test_sub.py::test_numbers", f"[even] (i={i})") for i in range(4)),
+        ("test_sub.py::test_plain_subtests", "(<subtest>)"),
+        ("test_sub.py::test_plain_subtests", "[skipped one]"),
+        ("test_sub.py::TestUnit::test_words", "(word='a')"),
+        ("test_sub.py::TestUnit::test_words", "(word='b')"),
+    }
+    for i in range(4):
+        o = subs[("test_sub.py::test_numbers", f"[even] (i={i})")]
+        assert o.phase == pb.PHASE_CALL
+        if i % 2:
+            assert o.outcome == pb.TEST_OUTCOME_FAILED
+            assert o.message == f"assert ({i} % 2) == 0"
+            assert o.stdout == f"checking {i}\n"
+        else:
+            assert o.outcome == pb.TEST_OUTCOME_PASSED and o.stdout == ""
+    o = subs[("test_sub.py::test_plain_subtests", "[skipped one]")]
+    assert (o.outcome, o.message) == (pb.TEST_OUTCOME_SKIPPED, "not this one")
+    assert subs[("test_sub.py::TestUnit::test_words", "(word='b')")].outcome == pb.TEST_OUTCOME_FAILED
+    # The test that holds failed subtests fails too, as pytest reports it.
+    (parent,) = [o for o in outcomes if o.nodeid == "test_sub.py::test_numbers" and not o.subtest]
+    assert (parent.outcome, parent.message) == (pb.TEST_OUTCOME_FAILED, "contains 2 failed subtests")
+    # Stored counts are pytest's: failed subtests count, the others are listed apart.
+    assert counts_of(session.counts) == counts_of(session.summary) == summary_counts(result)
+
+    # The rerun command names each failing test once, and pytest selects exactly them.
+    shown = subprocess.run(
+        [binary(), "show", "--db", str(server.db), session.id],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    (rerun,) = [line for line in shown.stdout.splitlines() if line.startswith("rerun: ")]
+    args = shlex.split(rerun[len("rerun: "):])
+    assert args[0] == "pytest"
+    assert sorted(args[1:]) == ["test_sub.py::TestUnit::test_words", "test_sub.py::test_numbers"]
+    collected = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--co", "-q", *args[1:])
+    assert collected.ret == 0
+    assert [line for line in collected.outlines if "::" in line] == args[1:]
+
+    # Under xdist the same subtests carry the same labels.
+    parallel = run_mcp("-n", "2")
+    assert parallel.ret == 1
+    xdist_outcomes = server.outcomes(session_id_of(parallel))
+    assert set(subtests_of(xdist_outcomes)) == set(subs)
+    assert {o.worker for o in xdist_outcomes} <= {"gw0", "gw1"}
+
+
+def test_user_properties_are_stored_with_the_outcome(pytester, run_mcp, server):
     pytester.makepyfile(
-        test_sub=textwrap.dedent(
+        test_props=textwrap.dedent(
             """
-            import pytest
+            def test_tagged(record_property):
+                record_property("ticket", "JIRA-42")
+                record_property("attempts", 3)
+                assert False, "tagged failure"
 
-            def test_numbers(subtests):
-                for i in range(4):
-                    with subtests.test("even", i=i):
-                        print(f"checking {i}")
-                        assert i % 2 == 0
-
-            def test_plain_subtests(subtests):
-                with subtests.test():
-                    pass
-                with subtests.test(msg="skipped one"):
-                    pytest.skip("not this one")
+            def test_untagged():
+                pass
             """
         )
     )
     result = run_mcp()
     assert result.ret == 1
+    tagged, untagged = server.outcomes(session_id_of(result))
+    assert [(p.name, p.value) for p in tagged.user_properties] == [
+        ("ticket", "JIRA-42"), ("attempts", "3")
+    ]
+    assert list(untagged.user_properties) == []
 
-    session = server.session(session_id_of(result))
-    table = by_nodeid(server.outcomes(session.id))
-    for i in range(4):
-        (o,) = table[f"test_sub.py::test_numbers [even] (i={i})"]
-        assert o.phase == pb.PHASE_CALL and o.stdout == f"checking {i}\n"
-        if i % 2:
-            assert o.outcome == pb.TEST_OUTCOME_FAILED
-            assert o.message == f"assert ({i} % 2) == 0"
-        else:
-            assert o.outcome == pb.TEST_OUTCOME_PASSED
-    # The test that holds failed subtests fails too, as pytest reports it.
-    (parent,) = table["test_sub.py::test_numbers"]
-    assert (parent.outcome, parent.message) == (pb.TEST_OUTCOME_FAILED, "contains 2 failed subtests")
-    (o,) = table["test_sub.py::test_plain_subtests (<subtest>)"]
-    assert o.outcome == pb.TEST_OUTCOME_PASSED
-    (o,) = table["test_sub.py::test_plain_subtests [skipped one]"]
-    assert (o.outcome, o.message) == (pb.TEST_OUTCOME_SKIPPED, "not this one")
-    assert table["test_sub.py::test_plain_subtests"][0].outcome == pb.TEST_OUTCOME_PASSED
-    assert counts_of(session.summary) == summary_counts(result)
+
+def test_a_server_that_keeps_passing_output_gets_it(pytester, run_mcp, keeping_server):
+    pytester.makepyfile(test_out="def test_passes():\n    print('kept')\n")
+    result = run_mcp(address=keeping_server.addr)
+    assert result.ret == 0
+    (o,) = keeping_server.outcomes(session_id_of(result))
+    assert o.stdout == "kept\n"
 
 
 FLAKY = textwrap.dedent(

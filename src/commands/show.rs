@@ -27,6 +27,12 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     if let Some(grant) = store.session_grant(s.id).await? {
         writeln!(out, "grant     {grant}")?;
     }
+    if s.pinned {
+        writeln!(
+            out,
+            "pinned    kept out of pruning (pytest-mcp unpin releases it)"
+        )?;
+    }
     if !env.project.is_empty() || !env.rootdir.is_empty() {
         writeln!(out, "project   {}  {}", env.project, env.rootdir)?;
     }
@@ -87,18 +93,24 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     };
     let mut cursor = None;
     let mut shown = 0usize;
+    let mut rerun: Vec<String> = Vec::new();
     loop {
         let (_, page) = store
             .list_outcomes(SessionRef::Id(s.id), filter.clone(), 500, cursor)
             .await?;
         for o in &page.items {
             shown += 1;
+            rerun.push(o.nodeid.clone());
             writeln!(out)?;
             writeln!(
                 out,
                 "{} {} [{}{}] {}",
                 o.outcome.as_str().to_uppercase(),
-                o.nodeid,
+                if o.is_subtest() {
+                    format!("{} {}", o.nodeid, o.subtest)
+                } else {
+                    o.nodeid.clone()
+                },
                 o.phase.map(|p| p.as_str()).unwrap_or("?"),
                 if o.attempt > 1 {
                     format!(", attempt {}", o.attempt)
@@ -110,6 +122,9 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             if !o.message.is_empty() {
                 writeln!(out, "  {}", o.message)?;
             }
+            for (name, value) in &o.user_properties {
+                writeln!(out, "  property {name} = {value}")?;
+            }
             for line in o.longrepr.lines() {
                 writeln!(out, "  | {line}")?;
             }
@@ -118,6 +133,13 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             Some(n) => cursor = Some(n),
             None => break,
         }
+    }
+    if shown > 0 {
+        writeln!(
+            out,
+            "\nrerun: {}",
+            crate::mcp::views::rerun_command(rerun.iter().map(String::as_str))
+        )?;
     }
     if shown == 0 {
         writeln!(out, "\nno failures")?;

@@ -424,6 +424,7 @@ pub(super) async fn session_detail(
             .iter()
             .map(|o| FailureBrief {
                 nodeid: o.nodeid.clone(),
+                subtest: (!o.subtest.is_empty()).then(|| o.subtest.clone()),
                 outcome: o.outcome.to_string(),
                 message: o.message.chars().take(300).collect(),
             })

@@ -54,6 +54,8 @@ pub struct SessionView {
     pub exitstatus: Option<i32>,
     /// Duration of the run in seconds, once finished.
     pub duration: Option<f64>,
+    /// Kept out of every pruning (`pytest-mcp pin`).
+    pub pinned: bool,
 }
 
 /// Stored outcomes by kind.
@@ -75,6 +77,34 @@ pub struct CountsView {
 
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
+}
+
+/// A nodeid with its subtest label, as pytest prints it: `t.py::test_x [m] (i=1)`.
+fn display_name(nodeid: &str, subtest: &str) -> String {
+    if subtest.is_empty() {
+        nodeid.to_string()
+    } else {
+        format!("{nodeid} {subtest}")
+    }
+}
+
+/// One property a test recorded (`record_property`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PropertyView {
+    /// Its name.
+    pub name: String,
+    /// Its value, as text.
+    pub value: String,
+}
+
+fn properties(o: &Outcome) -> Vec<PropertyView> {
+    o.user_properties
+        .iter()
+        .map(|(name, value)| PropertyView {
+            name: name.clone(),
+            value: excerpt(value, 500),
+        })
+        .collect()
 }
 
 impl From<&Session> for SessionView {
@@ -101,6 +131,7 @@ impl From<&Session> for SessionView {
             },
             exitstatus: s.summary.as_ref().map(|x| x.exitstatus),
             duration: s.summary.as_ref().map(|x| x.duration),
+            pinned: s.pinned,
         }
     }
 }
@@ -177,6 +208,8 @@ impl From<&Environment> for EnvironmentView {
 pub struct FailureBrief {
     /// pytest node id.
     pub nodeid: String,
+    /// The subtest that failed, when it was one.
+    pub subtest: Option<String>,
     /// failed or error.
     pub outcome: String,
     /// One-line crash message.
@@ -207,7 +240,7 @@ impl SessionDetailView {
                 out,
                 "\n{} {}: {}",
                 f.outcome.to_uppercase(),
-                f.nodeid,
+                display_name(&f.nodeid, f.subtest.as_deref().unwrap_or_default()),
                 f.message
             );
         }
@@ -248,8 +281,10 @@ impl SessionListView {
 pub struct FailureView {
     /// Position in the session.
     pub seq: u64,
-    /// pytest node id.
+    /// pytest node id (of the test itself for a subtest, so pytest can select it).
     pub nodeid: String,
+    /// The subtest that failed, e.g. `[even] (i=1)`, when it was one.
+    pub subtest: Option<String>,
     /// failed or error.
     pub outcome: String,
     /// The phase that failed (setup, call, teardown), when known.
@@ -272,6 +307,8 @@ pub struct FailureView {
     pub duration: f64,
     /// Attempt number (reruns).
     pub attempt: u32,
+    /// Properties the test recorded (`record_property`).
+    pub user_properties: Vec<PropertyView>,
 }
 
 impl FailureView {
@@ -289,6 +326,7 @@ impl FailureView {
         FailureView {
             seq: o.seq,
             nodeid: o.nodeid.clone(),
+            subtest: non_empty(&o.subtest),
             outcome: o.outcome.to_string(),
             phase: o.phase.map(|p| p.to_string()),
             location,
@@ -300,6 +338,7 @@ impl FailureView {
             log: excerpt(&o.log, CAPTURE_EXCERPT_BYTES),
             duration: o.duration,
             attempt: o.attempt,
+            user_properties: properties(o),
         }
     }
 }
@@ -376,11 +415,14 @@ impl FailuresView {
                 out,
                 "\n\n{} {} ({}, {})\n  {}",
                 f.outcome.to_uppercase(),
-                f.nodeid,
+                display_name(&f.nodeid, f.subtest.as_deref().unwrap_or_default()),
                 f.location,
                 f.phase.as_deref().unwrap_or("?"),
                 f.message
             );
+            for p in &f.user_properties {
+                let _ = write!(out, "\n  property {} = {}", p.name, p.value);
+            }
             let lines: Vec<&str> = f.traceback.lines().collect();
             for l in &lines[lines.len().saturating_sub(12)..] {
                 let _ = write!(out, "\n  | {l}");
@@ -435,6 +477,8 @@ impl StabilityView {
 pub struct HistoryEntryView {
     /// The session.
     pub session_id: String,
+    /// The subtest this entry is for, when it is one (else the test itself).
+    pub subtest: Option<String>,
     /// Session start, RFC 3339.
     pub started_at: String,
     /// Git commit, when known.
@@ -455,6 +499,7 @@ impl From<&HistoryEntry> for HistoryEntryView {
     fn from(e: &HistoryEntry) -> Self {
         HistoryEntryView {
             session_id: e.session.id.to_string(),
+            subtest: non_empty(&e.outcome.subtest),
             started_at: e.session.started_at.to_rfc3339(),
             git_commit: non_empty(&e.session.environment.git_commit),
             git_branch: non_empty(&e.session.environment.git_branch),
@@ -499,9 +544,13 @@ impl HistoryView {
         for e in &self.entries {
             let _ = write!(
                 out,
-                "\n{} {} {} {:.3}s{}",
+                "\n{} {} {}{} {:.3}s{}",
                 e.started_at,
                 e.session_id,
+                e.subtest
+                    .as_deref()
+                    .map(|l| format!("subtest {l} "))
+                    .unwrap_or_default(),
                 e.outcome,
                 e.duration,
                 if e.message.is_empty() {
@@ -585,6 +634,8 @@ impl FlakyView {
 pub struct ComparedTestView {
     /// pytest node id.
     pub nodeid: String,
+    /// The subtest, when the entry is one.
+    pub subtest: Option<String>,
     /// Final outcome in the base session, if it ran.
     pub base: Option<String>,
     /// Final outcome in the head session, if it ran.
@@ -597,6 +648,7 @@ impl From<&ComparedTest> for ComparedTestView {
     fn from(t: &ComparedTest) -> Self {
         ComparedTestView {
             nodeid: t.nodeid.clone(),
+            subtest: non_empty(&t.subtest),
             base: t.base.map(|o| o.to_string()),
             head: t.head.map(|o| o.to_string()),
             message: excerpt(&t.message, 300),
@@ -609,6 +661,8 @@ impl From<&ComparedTest> for ComparedTestView {
 pub struct SlowerView {
     /// pytest node id.
     pub nodeid: String,
+    /// The subtest, when the entry is one.
+    pub subtest: Option<String>,
     /// Seconds in base.
     pub base: f64,
     /// Seconds in head.
@@ -696,6 +750,7 @@ impl ComparisonView {
                 .take(limit)
                 .map(|d| SlowerView {
                     nodeid: d.nodeid.clone(),
+                    subtest: non_empty(&d.subtest),
                     base: d.base,
                     head: d.head,
                 })
@@ -725,7 +780,12 @@ impl ComparisonView {
             ("STILL", &self.still_failing),
         ] {
             for t in list {
-                let _ = write!(out, "\n{label} {}: {}", t.nodeid, t.message);
+                let _ = write!(
+                    out,
+                    "\n{label} {}: {}",
+                    display_name(&t.nodeid, t.subtest.as_deref().unwrap_or_default()),
+                    t.message
+                );
             }
         }
         for d in &self.slower {
@@ -747,6 +807,8 @@ impl ComparisonView {
 pub struct SlowTestView {
     /// pytest node id.
     pub nodeid: String,
+    /// The subtest, when the entry is one.
+    pub subtest: Option<String>,
     /// The outcome.
     pub outcome: String,
     /// Duration in seconds.
@@ -773,6 +835,7 @@ impl SlowestView {
                 .iter()
                 .map(|o| SlowTestView {
                     nodeid: o.nodeid.clone(),
+                    subtest: non_empty(&o.subtest),
                     outcome: o.outcome.to_string(),
                     duration: o.duration,
                     seq: o.seq,

@@ -147,7 +147,9 @@ pub fn plan_append(session: &Session, outcomes: &[Outcome]) -> Result<Option<App
     let count = outcomes.len() - first;
     let mut counts = OutcomeCounts::default();
     for o in &outcomes[first..] {
-        counts.add(o.outcome, 1);
+        if counts_toward_summary(o) {
+            counts.add(o.outcome, 1);
+        }
     }
     let new_stored = next - 1;
     // Missing outcomes of an incomplete session may arrive later (a replayed
@@ -165,6 +167,14 @@ pub fn plan_append(session: &Session, outcomes: &[Outcome]) -> Result<Option<App
         status,
         counts,
     }))
+}
+
+/// Whether an outcome counts in the session's counts as pytest counts it in
+/// its terminal summary: every outcome of a test itself, and a subtest only
+/// when it failed (pytest lists the others apart, as "3 subtests passed",
+/// or not at all at the default verbosity).
+pub fn counts_toward_summary(o: &Outcome) -> bool {
+    !o.is_subtest() || o.outcome.is_failure()
 }
 
 /// The seq an outcome without one (an MCP `record_test_outcome`) is stored as.
@@ -278,6 +288,19 @@ mod tests {
         assert_eq!((plan.first, plan.count, plan.stored), (2, 2, 5));
         assert_eq!(plan.counts.passed, 2);
         assert_eq!(plan_append(&s, &batch(&[1, 2, 3])).unwrap(), None);
+    }
+
+    #[test]
+    fn only_failed_subtests_count_as_pytest_counts_them() {
+        let s = session(0, SessionStatus::Running);
+        let mut outcomes = batch(&[1, 2, 3, 4]);
+        outcomes[1].subtest = "(i=0)".into();
+        outcomes[2].subtest = "(i=1)".into();
+        outcomes[2].outcome = TestOutcome::Failed;
+        outcomes[3].outcome = TestOutcome::Failed;
+        let plan = plan_append(&s, &outcomes).unwrap().unwrap();
+        assert_eq!((plan.counts.passed, plan.counts.failed), (1, 2));
+        assert_eq!(plan.stored, 4);
     }
 
     #[test]

@@ -19,6 +19,12 @@ MARKERS = 11  # tuple or list of names
 WORKER = 12
 ATTEMPT = 13
 STARTED = 14  # seconds since the epoch, or None
+SUBTEST = 15  # the subtest's label, e.g. "[even] (i=1)"; "" for the test itself
+PROPERTIES = 16  # (name, value) text pairs from record_property; () for none
+
+# Captured output: kept only for outcomes that did not pass, unless the
+# recorder asks for passing tests' output too.
+OUTPUT_FIELDS = (STDOUT, STDERR, LOG)
 
 # (spool / JSON key, index) of the free-text fields.
 TEXT_FIELDS = (
@@ -29,4 +35,5 @@ TEXT_FIELDS = (
     ("log", LOG),
     ("file", FILE),
     ("worker", WORKER),
+    ("subtest", SUBTEST),
 )

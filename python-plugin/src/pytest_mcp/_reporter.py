@@ -10,12 +10,17 @@ match the terminal summary: the phase that decides the outcome gives one
 record per attempt (its duration is the sum of all phases, its captured output
 that of all phases); a teardown error after a decided outcome is a second
 record, as pytest counts it as a second result. Each subtest report is a
-record of its own; each pytest-rerunfailures attempt keeps its record, with
-the attempt number.
+record of its own under its test's nodeid, with the subtest's label apart
+(so a rerun command names a test pytest can select); each
+pytest-rerunfailures attempt keeps its record, with the attempt number.
+
+Captured output is collected for tests that did not pass; for passing ones
+only while the recorder may keep it (see ``Sender.keep_passing_output``).
 """
 
 from __future__ import annotations
 
+import ast
 import sys
 import time
 import uuid
@@ -122,10 +127,29 @@ def _location(report: Any):
     return location[0] or "", (line + 1 if line is not None else None)
 
 
-def _subtest_label(report: Any) -> str:
-    describe = getattr(report, "_sub_test_description", None)
-    if describe is not None:
-        return describe()
+def _user_properties(report: Any):
+    """(name, value) text pairs of record_property / user_properties."""
+    props = report.__dict__.get("user_properties")
+    if not props:
+        return ()
+    return tuple((str(name), str(value)) for name, value in props)
+
+
+def _unrepr(value: Any) -> Any:
+    """Undoes one repr() of a string: pytest applies saferepr() to a subtest's
+    keyword values again when xdist hands the report to the controller."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        try:
+            inner = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return value
+        if isinstance(inner, str):
+            return inner
+    return value
+
+
+def _subtest_label(report: Any, from_worker: bool) -> str:
+    """The subtest's label as pytest prints it without xdist: ``[msg] (k=v, ...)``."""
     context = report.context
     parts = []
     msg = getattr(context, "msg", None)
@@ -133,7 +157,8 @@ def _subtest_label(report: Any) -> str:
         parts.append(f"[{msg}]")
     kwargs = getattr(context, "kwargs", None)
     if kwargs:
-        parts.append("(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")")
+        values = ((k, _unrepr(v) if from_worker else v) for k, v in kwargs.items())
+        parts.append("(" + ", ".join(f"{k}={v}" for k, v in values) + ")")
     return " ".join(parts) or "(<subtest>)"
 
 
@@ -260,7 +285,7 @@ class Reporter:
         path = nodeid.split("::", 1)[0] if nodeid != "." else ""
         self._record(
             (nodeid, kind, "collect", 0.0, message, text, "", "", "", path, None, (),
-             report.__dict__.get("worker_id", ""), 1, None)
+             report.__dict__.get("worker_id", ""), 1, None, "", ())
         )
 
     @pytest.hookimpl(trylast=True)
@@ -312,7 +337,11 @@ class Reporter:
         worker = key[1]
         kind = _kind(decided)
         message, text = _detail(decided, kind)
-        out, err, log = _captured(last.sections)
+        if kind == "passed" and self._sender_drops_passing_output():
+            out, err, log = "", "", ""
+        else:
+            out, err, log = _captured(last.sections)
+        props = _user_properties(last)
         extras = state[3]
         duration = state[1]
         if extras:
@@ -321,7 +350,7 @@ class Reporter:
             duration -= sum(r.duration for r in extras)
         self._record(
             (key[0], kind, decided.when, duration, message, text, out, err, log, path, line,
-             markers, worker, attempt, state[0])
+             markers, worker, attempt, state[0], "", props)
         )
         if extras:
             for extra in extras:
@@ -329,7 +358,7 @@ class Reporter:
                 message, text = _detail(extra, extra_kind)
                 self._record(
                     (key[0], extra_kind, extra.when, extra.duration, message, text, "", "", "",
-                     path, line, markers, worker, attempt, state[0])
+                     path, line, markers, worker, attempt, state[0], "", props)
                 )
 
     def _subtest(self, report) -> None:
@@ -344,13 +373,21 @@ class Reporter:
         else:
             kind = "passed"
         message, text = _detail(report, kind)
-        out, err, log = _captured(report.sections)
+        if kind == "passed" and self._sender_drops_passing_output():
+            out, err, log = "", "", ""
+        else:
+            out, err, log = _captured(report.sections)
         path, line = _location(report)
         self._record(
-            (f"{parent} {_subtest_label(report)}", kind, "call", report.duration, message, text,
-             out, err, log, path, line, d.get("mcp_markers") or self._markers.get(parent), worker,
-             self._attempts.get((parent, worker), 0) + 1, d.get("start"))
+            (parent, kind, "call", report.duration, message, text, out, err, log, path, line,
+             d.get("mcp_markers") or self._markers.get(parent), worker,
+             self._attempts.get((parent, worker), 0) + 1, d.get("start"),
+             _subtest_label(report, bool(worker)), _user_properties(report))
         )
+
+    def _sender_drops_passing_output(self) -> bool:
+        sender = self._sender
+        return sender is not None and sender.keep_passing_output is False
 
     def _record(self, record: tuple) -> None:
         self._counts[record[R.OUTCOME]] += 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 from collections import deque
@@ -60,6 +61,8 @@ MAX_ID_BYTES = 4096  # the server's limit for nodeid, file and worker
 MAX_MARKERS = 256
 MAX_MARKER_BYTES = 1024
 RECORD_OVERHEAD = 200  # rough bytes of a record beyond its text fields
+MAX_PROPERTIES = 1000  # per outcome sent; the recorder keeps 64
+MAX_PROPERTY_CHARS = 8192  # per name or value sent; the recorder keeps 4 KiB
 
 OUTCOMES = {"passed": 1, "failed": 2, "skipped": 3, "error": 4, "xfailed": 5, "xpassed": 6}
 PHASES = {None: 0, "collect": 1, "setup": 2, "call": 3, "teardown": 4}
@@ -71,6 +74,15 @@ _OPTIONAL_TEXT = (
     ("stderr", R.STDERR),
     ("log", R.LOG),
 )
+# What a passing outcome sends when the recorder does not keep its output.
+_PASSING_TEXT = (("message", R.MESSAGE), ("longrepr", R.LONGREPR))
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _keep_output_from_env() -> bool:
+    """PYTEST_MCP_KEEP_PASSING_OUTPUT, for a run whose recorder never answered."""
+    return os.environ.get("PYTEST_MCP_KEEP_PASSING_OUTPUT", "").strip().lower() in _TRUE
 
 # Codes after which trying again cannot help: the rest goes to the spool file.
 _PERMANENT = {
@@ -147,6 +159,8 @@ def sanitize(r: Tuple) -> Tuple[Tuple, int]:
         and 0.0 <= duration < 1e12
         and len(r[R.MARKERS]) <= 16
         and len(r[R.WORKER]) <= 64
+        and len(r[R.SUBTEST]) <= MAX_ID_BYTES // 4
+        and not r[R.PROPERTIES]
     ):
         return r, RECORD_OVERHEAD + text  # nearly always: nothing can be over a limit
     fix = list(r)
@@ -155,8 +169,15 @@ def sanitize(r: Tuple) -> Tuple[Tuple, int]:
         if len(fix[index]) > MAX_TEXT:
             fix[index] = _clip(fix[index])
         size += len(fix[index])
-    for index in (R.NODEID, R.FILE, R.WORKER):
+    for index in (R.NODEID, R.FILE, R.WORKER, R.SUBTEST):
         fix[index] = _clip_id(fix[index])
+    # The recorder keeps 64 properties and cuts long ones with a marker; this
+    # only keeps one test's properties from outgrowing a message.
+    fix[R.PROPERTIES] = tuple(
+        (name[:MAX_PROPERTY_CHARS], value[:MAX_PROPERTY_CHARS])
+        for name, value in r[R.PROPERTIES][:MAX_PROPERTIES]
+    )
+    size += sum(len(n) + len(v) for n, v in fix[R.PROPERTIES])
     if not 0.0 <= duration < 1e12:  # negative, NaN or infinite
         fix[R.DURATION] = 0.0
     fix[R.MARKERS] = tuple(
@@ -179,6 +200,7 @@ def repair(r: Tuple) -> Tuple:
         out[index] = _valid_utf8(out[index])
     out[R.NODEID] = _valid_utf8(out[R.NODEID])
     out[R.MARKERS] = tuple(_valid_utf8(m) for m in out[R.MARKERS])
+    out[R.PROPERTIES] = tuple((_valid_utf8(n), _valid_utf8(v)) for n, v in out[R.PROPERTIES])
     line = out[R.LINE]
     out[R.LINE] = line if line is None or 0 <= line < 2**32 else None
     out[R.ATTEMPT] = min(max(int(out[R.ATTEMPT]), 1), 2**32 - 1)
@@ -258,6 +280,11 @@ class Sender:
         self.queue: deque = deque()
         #: One line for the main thread to print, set at most once per run.
         self.warning: Optional[str] = None
+        #: Whether the recorder keeps the captured output of passing tests:
+        #: None until it said so (StartSession). The test thread reads it to
+        #: skip collecting output nobody will keep; what is sent or spooled
+        #: follows it, and without an answer PYTEST_MCP_KEEP_PASSING_OUTPUT.
+        self.keep_passing_output: Optional[bool] = None
         self.address = address
         self.session_id = session_id
         # https:// (or a CA file) means TLS; http:// or no scheme, plaintext.
@@ -484,6 +511,7 @@ class Sender:
             self._failed("cannot reach the recorder", error)
             return
         self._session_started = True
+        self.keep_passing_output = bool(response.keep_passing_output)
         stored = response.session.outcomes_stored
         # The server may hold outcomes whose acks were lost with the old stream.
         if self._acked < stored < self._next_seq:
@@ -569,6 +597,7 @@ class Sender:
         new_request = self._pb.StreamOutcomesRequest
         outcome_code = OUTCOMES
         phase_code = PHASES
+        passing_text = _OPTIONAL_TEXT if self.keep_passing_output else _PASSING_TEXT
         stream = self._stream
         inflight = self._inflight
         while unsent:
@@ -593,13 +622,19 @@ class Sender:
                         line=r[R.LINE] or 0,
                         attempt=r[R.ATTEMPT],
                     )
-                    for name, index in _OPTIONAL_TEXT:
+                    for name, index in passing_text if r[R.OUTCOME] == "passed" else _OPTIONAL_TEXT:
                         if r[index]:
                             setattr(o, name, r[index])
                     if r[R.MARKERS]:
                         o.markers.extend(r[R.MARKERS])
                     if r[R.WORKER]:
                         o.worker = r[R.WORKER]
+                    if r[R.SUBTEST]:
+                        o.subtest = r[R.SUBTEST]
+                    if r[R.PROPERTIES]:
+                        prop = o.user_properties.add
+                        for name, value in r[R.PROPERTIES]:
+                            prop(name=name, value=value)
                     started = r[R.STARTED]
                     if started:
                         whole = int(started)
@@ -704,6 +739,10 @@ class Sender:
 
     # ---- spool -------------------------------------------------------------
 
+    def _keep_output(self) -> bool:
+        keep = self.keep_passing_output
+        return keep if keep is not None else _keep_output_from_env()
+
     def _start_line(self) -> Dict[str, Any]:
         return {
             "type": "start",
@@ -719,7 +758,7 @@ class Sender:
             try:
                 if self._spool is None:
                     self._spool = SpoolFile(self._spool_dir, self.session_id, self._start_line())
-                self._spool.outcomes(items)
+                self._spool.outcomes(items, self._keep_output())
             except OSError as error:
                 self._note(f"cannot write the spool file: {error}")
 
@@ -750,7 +789,7 @@ class Sender:
                 self._result.outcomes = seq - 1
                 if self._spool is None:
                     self._spool = SpoolFile(self._spool_dir, self.session_id, self._start_line())
-                self._spool.outcomes(items)
+                self._spool.outcomes(items, self._keep_output())
                 if self._summary is not None:
                     self._spool.finish(
                         {

@@ -38,8 +38,9 @@ def rfc3339(seconds: Optional[float]) -> Optional[str]:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
 
 
-def outcome_line(session_id: str, seq: int, r: Tuple) -> Dict[str, Any]:
-    """One spool ``outcome`` object; empty text fields are left out, as the format allows."""
+def outcome_line(session_id: str, seq: int, r: Tuple, keep_passing_output: bool = False) -> Dict[str, Any]:
+    """One spool ``outcome`` object; empty text fields are left out, as the format allows,
+    and so is the captured output of a passing test unless it is to be kept."""
     line: Dict[str, Any] = {
         "type": "outcome",
         "session_id": session_id,
@@ -52,11 +53,14 @@ def outcome_line(session_id: str, seq: int, r: Tuple) -> Dict[str, Any]:
         "attempt": r[R.ATTEMPT],
         "started_at": rfc3339(r[R.STARTED]),
     }
+    drop_output = r[R.OUTCOME] == "passed" and not keep_passing_output
     for key, index in R.TEXT_FIELDS:
-        if r[index]:
+        if r[index] and not (drop_output and index in R.OUTPUT_FIELDS):
             line[key] = r[index]
     if r[R.MARKERS]:
         line["markers"] = list(r[R.MARKERS])
+    if r[R.PROPERTIES]:
+        line["user_properties"] = [list(p) for p in r[R.PROPERTIES]]
     return line
 
 
@@ -77,11 +81,11 @@ class SpoolFile:
         self._file.write(json.dumps(obj, ensure_ascii=False, allow_nan=False))
         self._file.write("\n")
 
-    def outcomes(self, items: Iterable[Tuple[int, Tuple]]) -> int:
+    def outcomes(self, items: Iterable[Tuple[int, Tuple]], keep_passing_output: bool = False) -> int:
         """Appends (seq, record) pairs; returns how many."""
         n = 0
         for seq, record in items:
-            self._write(outcome_line(self.session_id, seq, record))
+            self._write(outcome_line(self.session_id, seq, record, keep_passing_output))
             n += 1
         return n
 
