@@ -386,6 +386,12 @@ pub struct Outcome {
     pub user_properties: Vec<(String, String)>,
 }
 
+impl AsRef<Outcome> for Outcome {
+    fn as_ref(&self) -> &Outcome {
+        self
+    }
+}
+
 /// Most user properties kept per outcome; more are replaced by one marker property.
 pub const MAX_PROPERTIES: usize = 64;
 
@@ -554,7 +560,12 @@ pub fn truncate_marked(text: &mut String, max: usize) {
     }
     let omitted_estimate = text.len() - max;
     let marker = format!("\n... {TRUNCATION_MARKER} {omitted_estimate} bytes] ...\n");
-    let budget = max.saturating_sub(marker.len());
+    if marker.len() > max {
+        // No room for the marker: the head is all that fits.
+        text.truncate(floor_char_boundary(text, max));
+        return;
+    }
+    let budget = max - marker.len();
     let head_len = floor_char_boundary(text, budget / 2);
     let tail_start = ceil_char_boundary(text, text.len() - (budget - head_len));
     let mut out = String::with_capacity(max);

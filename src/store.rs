@@ -16,6 +16,7 @@ mod audit;
 pub mod backend;
 mod budget;
 pub mod detail;
+pub mod digest;
 pub mod retention;
 pub mod rules;
 pub mod sqlite;
@@ -266,6 +267,9 @@ impl Store {
         outcomes: Vec<Outcome>,
     ) -> Result<backend::Fut<u64>> {
         let budget = self.inner.budget.take(&outcomes).await;
+        // Encoded here, on the thread that received them, not on the
+        // backend's writer: compressing tracebacks runs beside the writes.
+        let outcomes = outcomes.into_iter().map(detail::split).collect();
         self.backend().enqueue_append(id, outcomes, budget).await
     }
 
@@ -276,7 +280,7 @@ impl Store {
         outcome.seq = 1;
         self.prepare(&mut outcome)
             .map_err(|e| e.within("outcome"))?;
-        self.backend().append_next(id, outcome).await
+        self.backend().append_next(id, detail::split(outcome)).await
     }
 
     /// Finishes a session with pytest's summary and the number of outcomes sent.

@@ -8,12 +8,12 @@
 //! whether a test is reliable.
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::Store;
-use super::backend::{OutcomeKey, TestKey};
+use super::backend::{SessionKey, TestKey};
 use crate::error::Result;
 use crate::model::{Outcome, Session, SessionRef, Source, TestOutcome};
 
@@ -91,14 +91,12 @@ pub fn flakiness_verdict(s: &Stability) -> Verdict {
 /// One pass/fail outcome of a test, as the stability rules see it.
 #[derive(Debug, Clone)]
 pub struct Run {
-    /// The session it ran in (a backend's key; equal keys, same session).
-    pub session: i64,
-    /// The session's git commit, when known.
-    pub commit: Option<String>,
+    /// The session it ran in.
+    pub session: SessionKey,
+    /// The session's git commit, when known (shared by the session's runs).
+    pub commit: Option<Arc<str>>,
     /// Failed or error (else passed).
     pub failed: bool,
-    /// The outcome, to fetch its message.
-    pub outcome: OutcomeKey,
 }
 
 /// Computes statistics from runs in chronological order.
@@ -199,22 +197,20 @@ pub struct Comparison {
 }
 
 /// The final outcome (last attempt) of one test in one session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Final {
     /// The outcome.
     pub outcome: TestOutcome,
     /// Its duration in seconds.
     pub duration: f64,
-    /// Its crash message, for failures and errors (else empty).
-    pub message: String,
 }
 
 /// Compares final outcomes; `min_ratio` and `min_seconds` both bound what
 /// counts as slower (noise on fast tests is not a regression). The lists
 /// hold keys in no particular order: the caller names and sorts them.
-fn compare_finals<K: Eq + Hash + Clone>(
-    base: &HashMap<K, Final>,
-    head: &HashMap<K, Final>,
+fn compare_finals<K: Ord + Clone>(
+    base: &[(K, Final)],
+    head: &[(K, Final)],
     min_ratio: f64,
     min_seconds: f64,
 ) -> Lists<K> {
@@ -226,23 +222,37 @@ fn compare_finals<K: Eq + Hash + Clone>(
         removed: Vec::new(),
         slower: Vec::new(),
     };
-    for (key, h) in head {
-        let b = base.get(key);
-        if b.is_none() {
-            lists.added.push(key.clone());
+    // Both sides are sorted by key: walk them together.
+    let (mut i, mut j) = (0, 0);
+    while i < base.len() || j < head.len() {
+        let order = match (base.get(i), head.get(j)) {
+            (Some((bk, _)), Some((hk, _))) => bk.cmp(hk),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        if order == std::cmp::Ordering::Less {
+            lists.removed.push(base[i].0.clone());
+            i += 1;
+            continue;
         }
-        let entry = |message: &str| Compared {
+        let (key, h) = &head[j];
+        j += 1;
+        let b = if order == std::cmp::Ordering::Equal {
+            i += 1;
+            Some(&base[i - 1].1)
+        } else {
+            lists.added.push(key.clone());
+            None
+        };
+        let entry = || Compared {
             key: key.clone(),
             base: b.map(|b| b.outcome),
             head: Some(h.outcome),
-            message: message.to_string(),
         };
         match (b.map(|b| b.outcome.is_failure()), h.outcome.is_failure()) {
-            (Some(true), true) => lists.still_failing.push(entry(&h.message)),
-            (_, true) => lists.new_failures.push(entry(&h.message)),
-            (Some(true), false) if h.outcome == TestOutcome::Passed => lists
-                .fixed
-                .push(entry(b.map(|b| b.message.as_str()).unwrap_or_default())),
+            (Some(true), true) => lists.still_failing.push(entry()),
+            (_, true) => lists.new_failures.push(entry()),
+            (Some(true), false) if h.outcome == TestOutcome::Passed => lists.fixed.push(entry()),
             _ => {}
         }
         if let Some(b) = b
@@ -254,11 +264,6 @@ fn compare_finals<K: Eq + Hash + Clone>(
             lists.slower.push((key.clone(), b.duration, h.duration));
         }
     }
-    lists.removed = base
-        .keys()
-        .filter(|k| !head.contains_key(*k))
-        .cloned()
-        .collect();
     lists
 }
 
@@ -267,7 +272,6 @@ struct Compared<K> {
     key: K,
     base: Option<TestOutcome>,
     head: Option<TestOutcome>,
-    message: String,
 }
 
 /// The lists of a [`Comparison`], by test key.
@@ -309,13 +313,13 @@ impl Store {
         limit: usize,
     ) -> Result<(usize, Vec<FlakyTest>)> {
         let input = self.backend().flaky_input(window, project).await?;
-        let mut judged: Vec<(TestKey, Stability, Option<OutcomeKey>)> = input
+        let mut judged: Vec<(TestKey, Stability, Option<SessionKey>)> = input
             .tests
             .into_iter()
             .filter_map(|(key, runs)| {
                 let stability = stability_of(&runs);
                 (flakiness_verdict(&stability) == Verdict::Flaky).then(|| {
-                    let last_failure = runs.iter().rev().find(|r| r.failed).map(|r| r.outcome);
+                    let last_failure = runs.iter().rev().find(|r| r.failed).map(|r| r.session);
                     (key, stability, last_failure)
                 })
             })
@@ -335,7 +339,12 @@ impl Store {
         judged.truncate(limit);
         let messages = self
             .backend()
-            .outcome_messages(judged.iter().filter_map(|(_, _, m)| *m).collect())
+            .failure_messages(
+                judged
+                    .iter()
+                    .filter_map(|(k, _, s)| s.map(|s| (s, *k)))
+                    .collect(),
+            )
             .await?;
         let found = judged
             .into_iter()
@@ -344,7 +353,7 @@ impl Store {
                 stability,
                 verdict: Verdict::Flaky,
                 last_message: last
-                    .and_then(|m| messages.get(&m).cloned())
+                    .and_then(|s| messages.get(&(s, key)).cloned())
                     .unwrap_or_default(),
             })
             .collect();
@@ -361,17 +370,25 @@ impl Store {
         min_ratio: f64,
         min_seconds: f64,
     ) -> Result<Comparison> {
-        let (base, b) = self
+        let base = self
             .backend()
             .session_finals(base)
             .await
             .map_err(|e| rename_field(e, "base"))?;
-        let (head, h) = self
+        let head = self
             .backend()
             .session_finals(head)
             .await
             .map_err(|e| rename_field(e, "head"))?;
-        let lists = compare_finals(&b, &h, min_ratio, min_seconds);
+        let (base_key, head_key) = (base.key, head.key);
+        let lists = compare_finals(&base.finals, &head.finals, min_ratio, min_seconds);
+        // The message of a failing test is the head's; of a fixed one, the base's.
+        let mut wanted: Vec<(SessionKey, TestKey)> = Vec::new();
+        for c in lists.new_failures.iter().chain(&lists.still_failing) {
+            wanted.push((head_key, c.key));
+        }
+        wanted.extend(lists.fixed.iter().map(|c| (base_key, c.key)));
+        let messages = self.backend().failure_messages(wanted).await?;
         let mut keys: Vec<TestKey> = Vec::new();
         for list in [&lists.new_failures, &lists.fixed, &lists.still_failing] {
             keys.extend(list.iter().map(|c| c.key));
@@ -382,7 +399,7 @@ impl Store {
         keys.dedup();
         let names = self.backend().test_names(keys).await?;
         let named = |k: &TestKey| names.get(k).cloned().unwrap_or_default();
-        let tests = |list: Vec<Compared<TestKey>>| {
+        let tests = |list: Vec<Compared<TestKey>>, from: SessionKey| {
             let mut out: Vec<ComparedTest> = list
                 .into_iter()
                 .map(|c| {
@@ -392,7 +409,7 @@ impl Store {
                         subtest,
                         base: c.base,
                         head: c.head,
-                        message: c.message,
+                        message: messages.get(&(from, c.key)).cloned().unwrap_or_default(),
                     }
                 })
                 .collect();
@@ -433,11 +450,11 @@ impl Store {
                 .then_with(|| a.subtest.cmp(&b.subtest))
         });
         Ok(Comparison {
-            base,
-            head,
-            new_failures: tests(lists.new_failures),
-            fixed: tests(lists.fixed),
-            still_failing: tests(lists.still_failing),
+            base: base.session,
+            head: head.session,
+            new_failures: tests(lists.new_failures, head_key),
+            fixed: tests(lists.fixed, base_key),
+            still_failing: tests(lists.still_failing, head_key),
             added: keyed(lists.added),
             removed: keyed(lists.removed),
             slower,
@@ -551,9 +568,8 @@ mod tests {
             .enumerate()
             .map(|(i, ch)| Run {
                 session: i as i64,
-                commit: commit.map(|c| format!("{c}{i}")),
+                commit: commit.map(|c| Arc::from(format!("{c}{i}"))),
                 failed: ch == 'F',
-                outcome: i as i64,
             })
             .collect()
     }
@@ -578,7 +594,7 @@ mod tests {
     fn passing_and_failing_on_one_commit_is_flaky() {
         let mut r = runs("PF", None);
         for x in &mut r {
-            x.commit = Some("abc".into());
+            x.commit = Some(Arc::from("abc"));
         }
         let s = stability_of(&r);
         assert_eq!(s.mixed_commits, 1);
@@ -607,20 +623,12 @@ mod tests {
     }
 
     fn fin(outcome: TestOutcome, duration: f64) -> Final {
-        Final {
-            outcome,
-            duration,
-            message: if outcome.is_failure() {
-                "boom".into()
-            } else {
-                String::new()
-            },
-        }
+        Final { outcome, duration }
     }
 
     #[test]
     fn comparison_sorts_tests_into_new_fixed_still_added_removed_and_slower() {
-        let base: HashMap<String, Final> = [
+        let mut base: Vec<(String, Final)> = [
             ("a", fin(TestOutcome::Passed, 1.0)),
             ("b", fin(TestOutcome::Failed, 1.0)),
             ("c", fin(TestOutcome::Failed, 1.0)),
@@ -631,7 +639,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let head: HashMap<String, Final> = [
+        let mut head: Vec<(String, Final)> = [
             ("a", fin(TestOutcome::Failed, 1.0)),
             ("b", fin(TestOutcome::Passed, 1.0)),
             ("c", fin(TestOutcome::Error, 1.0)),
@@ -642,6 +650,8 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        base.sort_by(|a, b| a.0.cmp(&b.0));
+        head.sort_by(|a, b| a.0.cmp(&b.0));
         let lists = compare_finals(&base, &head, 1.5, 0.1);
         let names = |v: &[Compared<String>]| {
             let mut n: Vec<String> = v.iter().map(|t| t.key.clone()).collect();

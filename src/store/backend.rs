@@ -20,6 +20,7 @@ use uuid::Uuid;
 use super::analysis::{Final, Run};
 use super::audit::AuditEntry;
 use super::budget::QueuedBytes;
+use super::detail::NewOutcome;
 use super::rules::NewSession;
 use super::{HistoryEntry, OutcomeFilter, Page, SessionFilter};
 use crate::error::Result;
@@ -31,8 +32,8 @@ pub type Fut<T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'static>>;
 /// A backend's handle on one stored test (a nodeid, or one of its subtests).
 pub type TestKey = i64;
 
-/// A backend's handle on one stored outcome.
-pub type OutcomeKey = i64;
+/// A backend's handle on one stored session.
+pub type SessionKey = i64;
 
 /// The candidates of a flaky-test search: tests that failed at least once in
 /// the window, each with its pass/fail runs there, oldest first.
@@ -42,6 +43,17 @@ pub struct FlakyInput {
     pub sessions: usize,
     /// Each candidate test and its runs.
     pub tests: Vec<(TestKey, Vec<Run>)>,
+}
+
+/// A session and the final outcome (last attempt) of each of its tests.
+#[derive(Debug, Clone)]
+pub struct SessionFinals {
+    /// The session.
+    pub session: Session,
+    /// The backend's key of it.
+    pub key: SessionKey,
+    /// Each test's final outcome, sorted by test key.
+    pub finals: Vec<(TestKey, Final)>,
 }
 
 /// What retention needs to know of a session.
@@ -99,12 +111,12 @@ pub trait Backend: Send + Sync + 'static {
     fn enqueue_append(
         &self,
         id: Uuid,
-        outcomes: Vec<Outcome>,
+        outcomes: Vec<NewOutcome>,
         budget: QueuedBytes,
     ) -> Fut<Fut<u64>>;
 
     /// Stores one validated outcome as the session's next seq and returns it.
-    fn append_next(&self, id: Uuid, outcome: Outcome) -> Fut<u64>;
+    fn append_next(&self, id: Uuid, outcome: NewOutcome) -> Fut<u64>;
 
     /// Finishes a session ([`super::rules::plan_finish`]).
     fn finish_session(
@@ -179,14 +191,19 @@ pub trait Backend: Send + Sync + 'static {
     /// failed in one of them with its pass/fail runs in them.
     fn flaky_input(&self, window: usize, project: Option<String>) -> Fut<FlakyInput>;
 
+    /// A session, its key, and the final outcome (last attempt) of each of
+    /// its tests, sorted by test key.
     /// A session and the final outcome (last attempt) of each of its tests.
-    fn session_finals(&self, session: SessionRef) -> Fut<(Session, HashMap<TestKey, Final>)>;
+    fn session_finals(&self, session: SessionRef) -> Fut<SessionFinals>;
 
     /// The nodeid and subtest label of each test.
     fn test_names(&self, tests: Vec<TestKey>) -> Fut<HashMap<TestKey, (String, String)>>;
 
-    /// The crash message of each outcome.
-    fn outcome_messages(&self, outcomes: Vec<OutcomeKey>) -> Fut<HashMap<OutcomeKey, String>>;
+    /// The crash message of each test's last failed attempt in a session.
+    fn failure_messages(
+        &self,
+        of: Vec<(SessionKey, TestKey)>,
+    ) -> Fut<HashMap<(SessionKey, TestKey), String>>;
 
     /// A session's `limit` slowest outcomes, slowest first.
     fn slowest(&self, session: SessionRef, limit: usize) -> Fut<(Session, Vec<Outcome>)>;

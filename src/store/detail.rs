@@ -7,6 +7,8 @@
 //! as (tag, varint length, bytes). Decoding checks every length, so a damaged
 //! blob is an error, never a panic or a wrong answer.
 
+use std::cell::RefCell;
+
 use crate::error::{Error, Result};
 use crate::model::Outcome;
 
@@ -16,9 +18,9 @@ pub const INLINE_MESSAGE_BYTES: usize = 256;
 /// Blobs shorter than this are stored uncompressed: zstd's frame would cost more than it saves.
 const COMPRESS_FROM: usize = 64;
 
-/// zstd level: tracebacks are written once and read rarely, so it pays to
-/// spend a little more time than the default level on each.
-const LEVEL: i32 = 6;
+/// zstd level: the default; higher levels saved little on tracebacks of a
+/// few KB and cost the thread that receives them several times more.
+const LEVEL: i32 = 3;
 
 /// Most bytes a blob may decode to; a larger claim is a damaged blob.
 const MAX_DECODED: usize = 256 * 1024 * 1024;
@@ -129,6 +131,45 @@ impl Encoder {
         out.extend_from_slice(raw);
         Some(out)
     }
+}
+
+thread_local! {
+    /// One encoder (and zstd context) per thread that prepares outcomes.
+    static ENCODER: RefCell<Encoder> = RefCell::new(Encoder::new());
+}
+
+/// An outcome ready for a backend to store: its large text is in `detail`
+/// (encoded off the backend's writer, on the thread that received it) and
+/// cleared from `outcome`, whose `message` is left only when it is short
+/// enough to stay in the row.
+#[derive(Debug, Clone)]
+pub struct NewOutcome {
+    /// The outcome without its large text.
+    pub outcome: Outcome,
+    /// The encoded large text, if it has any.
+    pub detail: Option<Vec<u8>>,
+}
+
+impl AsRef<Outcome> for NewOutcome {
+    fn as_ref(&self) -> &Outcome {
+        &self.outcome
+    }
+}
+
+/// Moves the outcome's large text into its blob.
+pub fn split(mut outcome: Outcome) -> NewOutcome {
+    let detail = ENCODER.with(|e| e.borrow_mut().encode(&outcome));
+    if detail.is_some() {
+        if outcome.message.len() > INLINE_MESSAGE_BYTES {
+            outcome.message.clear();
+        }
+        outcome.longrepr = String::new();
+        outcome.stdout = String::new();
+        outcome.stderr = String::new();
+        outcome.log = String::new();
+        outcome.user_properties = Vec::new();
+    }
+    NewOutcome { outcome, detail }
 }
 
 fn damaged(why: &str) -> Error {
@@ -269,6 +310,22 @@ mod tests {
         back.message = o.message.clone();
         decode_into(&blob, &mut back).unwrap();
         assert_eq!(back, o);
+    }
+
+    #[test]
+    fn a_split_outcome_keeps_only_its_short_fields_and_the_blob_restores_the_rest() {
+        let o = full();
+        let new = split(o.clone());
+        assert!(new.outcome.longrepr.is_empty() && new.outcome.message.is_empty());
+        assert!(new.outcome.user_properties.is_empty());
+        let mut back = new.outcome.clone();
+        decode_into(new.detail.as_deref().unwrap(), &mut back).unwrap();
+        assert_eq!(back, o);
+        let mut short = Outcome::new(1, "t.py::t", TestOutcome::Passed);
+        short.message = "fine".into();
+        let new = split(short.clone());
+        assert!(new.detail.is_none());
+        assert_eq!(new.outcome, short);
     }
 
     #[test]

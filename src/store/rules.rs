@@ -95,12 +95,15 @@ pub struct AppendPlan {
 /// Decides which outcomes of a batch (seqs increasing) are new for
 /// `session`: `Ok(None)` when all are stored already, an error naming the
 /// outcome on a gap, a decreasing seq or a closed session.
-pub fn plan_append(session: &Session, outcomes: &[Outcome]) -> Result<Option<AppendPlan>> {
+pub fn plan_append<O: AsRef<Outcome>>(
+    session: &Session,
+    outcomes: &[O],
+) -> Result<Option<AppendPlan>> {
     let stored = session.outcomes_stored;
     let mut first = None;
     let mut next = stored + 1;
     let mut prev = 0u64;
-    for (i, o) in outcomes.iter().enumerate() {
+    for (i, o) in outcomes.iter().map(AsRef::as_ref).enumerate() {
         if i > 0 && o.seq <= prev {
             return Err(Error::invalid(
                 format!("outcomes[{i}].seq"),
@@ -140,13 +143,15 @@ pub fn plan_append(session: &Session, outcomes: &[Outcome]) -> Result<Option<App
             "session_id",
             format!(
                 "session {} is {}; it takes no new outcomes (seq {} and later were not stored)",
-                session.id, session.status, outcomes[first].seq
+                session.id,
+                session.status,
+                outcomes[first].as_ref().seq
             ),
         ));
     }
     let count = outcomes.len() - first;
     let mut counts = OutcomeCounts::default();
-    for o in &outcomes[first..] {
+    for o in outcomes[first..].iter().map(AsRef::as_ref) {
         if counts_toward_summary(o) {
             counts.add(o.outcome, 1);
         }

@@ -25,11 +25,12 @@ use uuid::Uuid;
 pub use schema::{SCHEMA_VERSION, Sync};
 
 use super::backend::{
-    Backend, FlakyInput, Fut, OutcomeKey, Reclaimed, SessionMeta, StorageStats, TestKey,
+    Backend, FlakyInput, Fut, Reclaimed, SessionFinals, SessionKey, SessionMeta, StorageStats,
+    TestKey,
 };
 use super::{
-    AuditEntry, Final, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, StoreEvent,
-    budget::QueuedBytes, rules::NewSession,
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, StoreEvent,
+    budget::QueuedBytes, detail::NewOutcome, rules::NewSession,
 };
 use crate::error::{Error, Result};
 use crate::model::{Outcome, Session, SessionRef, Source, Summary, Timestamp};
@@ -182,7 +183,7 @@ impl Backend for SqliteBackend {
     fn enqueue_append(
         &self,
         id: Uuid,
-        outcomes: Vec<Outcome>,
+        outcomes: Vec<NewOutcome>,
         budget: QueuedBytes,
     ) -> Fut<Fut<u64>> {
         let shared = self.shared.clone();
@@ -190,7 +191,7 @@ impl Backend for SqliteBackend {
             let rx = Self::enqueue(&shared.writes, move |reply| WriteCmd::Append {
                 id,
                 outcomes,
-                budget,
+                _budget: budget,
                 reply,
             })
             .await?;
@@ -199,7 +200,7 @@ impl Backend for SqliteBackend {
         })
     }
 
-    fn append_next(&self, id: Uuid, outcome: Outcome) -> Fut<u64> {
+    fn append_next(&self, id: Uuid, outcome: NewOutcome) -> Fut<u64> {
         self.write(move |reply| WriteCmd::AppendNext {
             id,
             outcome: Box::new(outcome),
@@ -332,7 +333,7 @@ impl Backend for SqliteBackend {
         self.read(move |c| reads::flaky_input(c, window, project.as_deref()))
     }
 
-    fn session_finals(&self, session: SessionRef) -> Fut<(Session, HashMap<TestKey, Final>)> {
+    fn session_finals(&self, session: SessionRef) -> Fut<SessionFinals> {
         self.read(move |c| reads::session_finals(c, session))
     }
 
@@ -340,8 +341,11 @@ impl Backend for SqliteBackend {
         self.read(move |c| reads::test_names(c, &tests))
     }
 
-    fn outcome_messages(&self, outcomes: Vec<OutcomeKey>) -> Fut<HashMap<OutcomeKey, String>> {
-        self.read(move |c| reads::outcome_messages(c, &outcomes))
+    fn failure_messages(
+        &self,
+        of: Vec<(SessionKey, TestKey)>,
+    ) -> Fut<HashMap<(SessionKey, TestKey), String>> {
+        self.read(move |c| reads::failure_messages(c, &of))
     }
 
     fn slowest(&self, session: SessionRef, limit: usize) -> Fut<(Session, Vec<Outcome>)> {

@@ -8,15 +8,19 @@
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use uuid::Uuid;
 
 use super::rows::{self, OUTCOME_COLUMNS, OUTCOME_JOINS, SESSION_COLUMNS, outcome_rowid_range};
 use super::schema::{kind_code, kind_of};
 use crate::error::{Error, Result};
 use crate::model::{Outcome, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp};
-use crate::store::backend::{FlakyInput, OutcomeKey, SessionMeta, StorageStats, TestKey};
+use crate::store::backend::{
+    FlakyInput, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
+};
+use crate::store::digest::{self, Digest};
 use crate::store::{
     AuditEntry, Final, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, bad_cursor, detail,
 };
@@ -223,7 +227,7 @@ fn tests_of(c: &Connection, nodeid: &str) -> Result<(Vec<i64>, Option<i64>, i64)
 fn sessions_newest_first(
     c: &Connection,
     first_pk: i64,
-    mut each: impl FnMut(i64, Option<String>) -> Result<bool>,
+    mut each: impl FnMut(i64, Option<Arc<str>>) -> Result<bool>,
 ) -> Result<()> {
     let mut stmt = c.prepare_cached(
         "SELECT pk, git_commit FROM sessions INDEXED BY sessions_by_start
@@ -231,7 +235,7 @@ fn sessions_newest_first(
     )?;
     let mut rows = stmt.query([first_pk])?;
     while let Some(r) = rows.next()? {
-        if !each(r.get(0)?, r.get(1)?)? {
+        if !each(r.get(0)?, r.get::<_, Option<String>>(1)?.map(Arc::from))? {
             break;
         }
     }
@@ -324,7 +328,6 @@ pub fn test_runs(c: &Connection, nodeid: &str, window: usize) -> Result<Vec<Run>
                     session: pk,
                     commit: commit.clone(),
                     failed,
-                    outcome: r.get(0)?,
                 });
             }
         }
@@ -334,141 +337,121 @@ pub fn test_runs(c: &Connection, nodeid: &str, window: usize) -> Result<Vec<Run>
     Ok(runs)
 }
 
-/// The newest `window` sessions (of `project`) and the tests that failed in
-/// one of them, with their pass/fail runs there, oldest first.
+/// A session's digest (with its durations when asked): the stored one, or
+/// one built from its rows when it has none (still running) or it cannot be read.
+pub fn digest_of(c: &Connection, pk: i64, with_durations: bool) -> Result<Digest> {
+    let stored = if with_durations {
+        c.prepare_cached("SELECT tests, durations FROM digests WHERE session_pk = ?1")?
+            .query_row([pk], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, Some(r.get::<_, Vec<u8>>(1)?)))
+            })
+            .optional()?
+    } else {
+        c.prepare_cached("SELECT tests FROM digests WHERE session_pk = ?1")?
+            .query_row([pk], |r| Ok((r.get::<_, Vec<u8>>(0)?, None)))
+            .optional()?
+    };
+    if let Some((tests, durations)) = stored {
+        match digest::decode(&tests, durations.as_deref()) {
+            Ok(d) => return Ok(d),
+            Err(e) => {
+                tracing::warn!(session_pk = pk, error = %e, "reading the session's rows instead")
+            }
+        }
+    }
+    digest_from_rows(c, pk)
+}
+
+/// Builds a session's digest from its rows.
+pub fn digest_from_rows(c: &Connection, pk: i64) -> Result<Digest> {
+    let (lo, hi) = outcome_rowid_range(pk);
+    let mut stmt = c.prepare_cached(
+        "SELECT o.test_id, t.subtest != '', o.kind, o.duration
+         FROM outcomes o JOIN tests t ON t.id = o.test_id
+         WHERE o.id BETWEEN ?1 AND ?2 ORDER BY o.id",
+    )?;
+    let mut rows = stmt.query([lo, hi])?;
+    let mut outcomes = Vec::new();
+    while let Some(r) = rows.next()? {
+        let kind: i64 = r.get(2)?;
+        let kind = kind_of(kind)
+            .ok_or_else(|| Error::Internal(format!("unknown outcome kind {kind} stored")))?;
+        outcomes.push((r.get(0)?, r.get(1)?, kind, r.get(3)?));
+    }
+    Ok(digest::build(outcomes))
+}
+
+/// The newest `window` sessions (of `project`) and the tests (not subtests)
+/// that failed in one of them, with their pass/fail runs there, oldest first.
 pub fn flaky_input(c: &Connection, window: usize, project: Option<&str>) -> Result<FlakyInput> {
-    let mut recent: Vec<(i64, Option<String>, u64)> = c
+    let mut recent: Vec<(i64, Option<Arc<str>>)> = c
         .prepare_cached(
-            "SELECT pk, git_commit, outcomes_stored FROM sessions
+            "SELECT pk, git_commit FROM sessions
              WHERE ?2 IS NULL OR project = ?2
              ORDER BY started_at DESC, pk DESC LIMIT ?1",
         )?
         .query_map(params![limit_value(window), project], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-            ))
+            Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.map(Arc::from)))
         })?
         .collect::<rusqlite::Result<_>>()?;
     recent.reverse(); // oldest first: runs are chronological
-    // Only a test that failed in the window can be flaky; the partial index
-    // finds the few failures without reading the sessions.
-    let mut candidates: HashSet<i64> = HashSet::new();
-    {
-        let mut failing = c.prepare_cached(
-            "SELECT DISTINCT o.test_id FROM outcomes o INDEXED BY outcomes_failures
-             JOIN tests t ON t.id = o.test_id
-             WHERE o.session_pk = ?1 AND o.kind IN (2, 4) AND t.subtest = ''",
-        )?;
-        for (pk, _, _) in &recent {
-            let mut rows = failing.query([pk])?;
-            while let Some(r) = rows.next()? {
-                candidates.insert(r.get(0)?);
-            }
-        }
+    let digests: Vec<Digest> = recent
+        .iter()
+        .map(|(pk, _)| digest_of(c, *pk, false))
+        .collect::<Result<_>>()?;
+    // Only a test that failed in the window can be flaky.
+    let mut candidates: Vec<i64> = Vec::new();
+    for d in &digests {
+        candidates.extend(d.failing().filter(|&i| !d.is_subtest(i)).map(|i| d.test(i)));
     }
-    let mut runs: HashMap<i64, Vec<Run>> = HashMap::new();
-    if !candidates.is_empty() {
-        let ids = id_array(candidates.iter().copied());
-        let mut probe = c.prepare_cached(
-            "SELECT id, test_id, kind FROM outcomes INDEXED BY outcomes_by_session_test
-             WHERE session_pk = ?1 AND test_id IN rarray(?2) ORDER BY id",
-        )?;
-        // With many candidates, reading the session's index range in one
-        // pass beats probing it once per candidate.
-        let mut scan = c.prepare_cached(
-            "SELECT id, test_id, kind FROM outcomes INDEXED BY outcomes_by_session_test
-             WHERE session_pk = ?1 ORDER BY id",
-        )?;
-        for (pk, commit, stored) in &recent {
-            let whole = candidates.len() as u64 * 8 > *stored;
-            let mut rows = if whole {
-                scan.query([pk])?
-            } else {
-                probe.query(params![pk, ids.clone()])?
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut runs: Vec<(i64, Vec<Run>)> = candidates.iter().map(|t| (*t, Vec::new())).collect();
+    for ((pk, commit), d) in recent.iter().zip(&digests) {
+        for (test, test_runs) in runs.iter_mut() {
+            let Some(i) = d.find(*test) else {
+                continue;
             };
-            while let Some(r) = rows.next()? {
-                let test: i64 = r.get(1)?;
-                if whole && !candidates.contains(&test) {
-                    continue;
-                }
-                if let Some(failed) = counts_as_run(r.get(2)?) {
-                    runs.entry(test).or_default().push(Run {
-                        session: *pk,
-                        commit: commit.clone(),
-                        failed,
-                        outcome: r.get(0)?,
-                    });
-                }
+            for kind in d.attempts(i) {
+                let failed = match kind {
+                    TestOutcome::Passed => false,
+                    TestOutcome::Failed | TestOutcome::Error => true,
+                    _ => continue,
+                };
+                test_runs.push(Run {
+                    session: *pk,
+                    commit: commit.clone(),
+                    failed,
+                });
             }
         }
     }
     Ok(FlakyInput {
         sessions: recent.len(),
-        tests: runs.into_iter().collect(),
+        tests: runs,
     })
 }
 
-/// The message of a failing outcome: in the row, or in its detail blob when long.
-fn message_of(c: &Connection, id: i64) -> Result<String> {
-    let row: Option<(Option<String>, Option<Vec<u8>>)> = c
-        .prepare_cached(
-            "SELECT o.message, d.data FROM outcomes o LEFT JOIN details d ON d.id = o.id
-             WHERE o.id = ?1",
-        )?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    Ok(match row {
-        Some((Some(m), _)) => m,
-        Some((None, Some(blob))) => detail::decode_message(&blob)?.unwrap_or_default(),
-        _ => String::new(),
-    })
-}
-
-/// A session and the final outcome (last attempt) of each of its tests.
-pub fn session_finals(
-    c: &Connection,
-    session: SessionRef,
-) -> Result<(Session, HashMap<TestKey, Final>)> {
+/// A session, its pk, and the final outcome (last attempt) of each of its tests.
+pub fn session_finals(c: &Connection, session: SessionRef) -> Result<SessionFinals> {
     let (pk, s) = resolve(c, session)?;
-    let (lo, hi) = outcome_rowid_range(pk);
-    let mut stmt = c.prepare_cached(
-        "SELECT test_id, kind, duration, message, id FROM outcomes
-         WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
-    )?;
-    let mut finals: HashMap<TestKey, (Final, i64)> = HashMap::new();
-    let mut rows = stmt.query([lo, hi])?;
-    while let Some(r) = rows.next()? {
-        let kind: i64 = r.get(1)?;
-        let outcome = kind_of(kind)
-            .ok_or_else(|| Error::Internal(format!("unknown outcome kind {kind} stored")))?;
-        let message = if outcome.is_failure() {
-            r.get::<_, Option<String>>(3)?.unwrap_or_default()
-        } else {
-            String::new()
-        };
-        // A later attempt (rerun) replaces an earlier one: the last one is final.
-        finals.insert(
-            r.get(0)?,
+    let d = digest_of(c, pk, true)?;
+    let finals = (0..d.len())
+        .map(|i| {
             (
+                d.test(i),
                 Final {
-                    outcome,
-                    duration: r.get(2)?,
-                    message,
+                    outcome: d.last(i),
+                    duration: d.duration(i).unwrap_or_default(),
                 },
-                r.get(4)?,
-            ),
-        );
-    }
-    let mut out = HashMap::with_capacity(finals.len());
-    for (test, (mut f, id)) in finals {
-        if f.outcome.is_failure() && f.message.is_empty() {
-            f.message = message_of(c, id)?;
-        }
-        out.insert(test, f);
-    }
-    Ok((s, out))
+            )
+        })
+        .collect();
+    Ok(SessionFinals {
+        session: s,
+        key: pk,
+        finals,
+    })
 }
 
 /// The nodeid and subtest of each test.
@@ -481,15 +464,39 @@ pub fn test_names(c: &Connection, tests: &[TestKey]) -> Result<HashMap<TestKey, 
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// The crash message of each outcome.
-pub fn outcome_messages(
+/// The message of each test's last failed attempt in a session.
+pub fn failure_messages(
     c: &Connection,
-    outcomes: &[OutcomeKey],
-) -> Result<HashMap<OutcomeKey, String>> {
-    outcomes
-        .iter()
-        .map(|id| Ok((*id, message_of(c, *id)?)))
-        .collect()
+    of: &[(SessionKey, TestKey)],
+) -> Result<HashMap<(SessionKey, TestKey), String>> {
+    let mut by_session: HashMap<SessionKey, Vec<TestKey>> = HashMap::new();
+    for &(pk, test) in of {
+        by_session.entry(pk).or_default().push(test);
+    }
+    let mut stmt = c.prepare_cached(
+        "SELECT o.test_id, o.message, d.data
+         FROM outcomes o INDEXED BY outcomes_by_session_test
+         LEFT JOIN details d ON d.id = o.id
+         WHERE o.session_pk = ?1 AND o.test_id IN rarray(?2) AND o.kind IN (2, 4)
+         ORDER BY o.id",
+    )?;
+    let mut out = HashMap::with_capacity(of.len());
+    for (pk, tests) in by_session {
+        let mut rows = stmt.query(params![pk, id_array(tests)])?;
+        // In seq order: a later failed attempt's message replaces an earlier one's.
+        while let Some(r) = rows.next()? {
+            let message = match (
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+            ) {
+                (Some(m), _) => m,
+                (None, Some(blob)) => detail::decode_message(&blob)?.unwrap_or_default(),
+                _ => String::new(),
+            };
+            out.insert((pk, r.get(0)?), message);
+        }
+    }
+    Ok(out)
 }
 
 /// A session's `limit` slowest outcomes, slowest first.

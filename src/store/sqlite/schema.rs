@@ -144,8 +144,11 @@ pub fn configure(conn: &Connection, sync: Sync) -> Result<()> {
     // lock for a moment; wait for it instead of failing.
     conn.busy_timeout(Duration::from_secs(10))?;
     // Takes effect only on a new, empty file; an older file is switched over
-    // after its migration (see `migrate`).
-    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    // after its migration (see `migrate`). Setting it writes page 1 even when
+    // it is already on, so only set it when it is not: opening must not write.
+    if conn.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0))? != 2 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // After a checkpoint, a WAL that a large write grew is cut back to this.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
@@ -340,6 +343,15 @@ const V3_TABLES: &str = r#"
         data BLOB NOT NULL
     );
 
+    -- A closed session's tests in one blob (crate::store::digest), for
+    -- comparisons and flaky-test searches over many sessions.
+    -- `tests` first: a read of it alone stops before the durations' pages.
+    CREATE TABLE digests (
+        session_pk INTEGER PRIMARY KEY,
+        tests      BLOB NOT NULL,
+        durations  BLOB NOT NULL
+    );
+
     -- Sessions deleted by pruning whose rows are still being removed.
     CREATE TABLE doomed (pk INTEGER PRIMARY KEY);
 
@@ -459,6 +471,24 @@ fn to_interned_outcomes(tx: &Transaction<'_>) -> Result<()> {
          DROP TABLE sessions;",
     )?;
     tx.execute_batch(V3_INDEXES)?;
+    let closed: Vec<i64> = tx
+        .prepare("SELECT pk FROM sessions WHERE status != 'running'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for pk in closed {
+        write_digest(tx, pk)?;
+    }
+    Ok(())
+}
+
+/// Stores the digest of a closed session, built from its rows.
+pub fn write_digest(conn: &Connection, pk: i64) -> Result<()> {
+    let d = super::reads::digest_from_rows(conn, pk)?;
+    let (tests, durations) = crate::store::digest::encode(&d);
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO digests (session_pk, tests, durations) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![pk, tests, durations])?;
     Ok(())
 }
 

@@ -5,8 +5,11 @@
 //! Invariants:
 //! - A command's reply is sent only after the transaction holding it has
 //!   committed, so an ack never runs ahead of what is on disk.
-//! - Each command runs in its own savepoint: a rejected command changes
-//!   nothing and does not affect the others in its group.
+//! - A rejected command changes nothing and does not affect the others in
+//!   its group. Commands check every rule before their first write, so a
+//!   group runs without savepoints (they cost a copy of every page touched);
+//!   if a storage error strikes in the middle of a command, the group is
+//!   rolled back and run again with one savepoint per command.
 //! - The rules ([`crate::store::rules`]) are applied to the session as read
 //!   inside the write transaction, so two processes writing one file cannot
 //!   store a seq twice.
@@ -22,12 +25,12 @@ use uuid::Uuid;
 use super::rows::{self, SESSION_COLUMNS, nullable, outcome_rowid, outcome_rowid_range};
 use super::schema::{self, file_column, kind_code, phase_code};
 use crate::error::{Error, Result};
-use crate::model::{Outcome, Session, SessionRef, SessionStatus, Summary, Timestamp};
+use crate::model::{Session, SessionRef, SessionStatus, Summary, Timestamp};
 use crate::store::StoreEvent;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::backend::Reclaimed;
 use crate::store::budget::QueuedBytes;
-use crate::store::detail;
+use crate::store::detail::NewOutcome;
 use crate::store::rules::{self, FinishPlan, NewSession};
 
 /// Upper bound on outcomes committed in one transaction, so one group never
@@ -50,11 +53,11 @@ pub enum WriteCmd {
     Append {
         /// Session id.
         id: Uuid,
-        /// Outcomes, already validated and bounded.
-        outcomes: Vec<Outcome>,
+        /// Outcomes, already validated, bounded and encoded.
+        outcomes: Vec<NewOutcome>,
         /// Their share of the queued-bytes budget, given back when the
         /// command (and with it the outcomes) is dropped.
-        budget: QueuedBytes,
+        _budget: QueuedBytes,
         /// Receives the highest contiguous stored seq.
         reply: oneshot::Sender<Result<u64>>,
     },
@@ -63,7 +66,7 @@ pub enum WriteCmd {
         /// Session id.
         id: Uuid,
         /// The outcome; its `seq` is replaced by the next free one.
-        outcome: Box<Outcome>,
+        outcome: Box<NewOutcome>,
         /// Receives the seq it was stored as.
         reply: oneshot::Sender<Result<u64>>,
     },
@@ -147,20 +150,76 @@ impl Queued {
     }
 }
 
-/// Sends a command's result once its transaction has committed, or the
-/// transaction's failure if it did not.
-type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+/// What a command answers.
+enum Answer {
+    Session(Box<Session>),
+    Number(u64),
+    Flag(bool),
+    Reclaimed(Reclaimed),
+}
 
-fn reply_with<T: Send + 'static>(tx: oneshot::Sender<Result<T>>, result: Result<T>) -> Reply {
-    Box::new(move |failure: Option<&str>| {
-        let result = match (failure, result) {
-            // A command's own error says more than the group's.
-            (_, Err(e)) => Err(e),
-            (Some(msg), Ok(_)) => Err(Error::Internal(msg.to_string())),
-            (None, ok) => ok,
-        };
-        let _ = tx.send(result);
-    })
+fn unexpected<T>() -> Result<T> {
+    Err(Error::Internal(
+        "the writer answered a command with the wrong kind of result".into(),
+    ))
+}
+
+impl WriteCmd {
+    /// Sends the command's result to whoever queued it.
+    fn send(self, result: Result<Answer>) {
+        fn session(r: Result<Answer>) -> Result<Session> {
+            match r? {
+                Answer::Session(s) => Ok(*s),
+                _ => unexpected(),
+            }
+        }
+        fn number(r: Result<Answer>) -> Result<u64> {
+            match r? {
+                Answer::Number(n) => Ok(n),
+                _ => unexpected(),
+            }
+        }
+        match self {
+            WriteCmd::Start { reply, .. }
+            | WriteCmd::Finish { reply, .. }
+            | WriteCmd::Pin { reply, .. } => {
+                let _ = reply.send(session(result));
+            }
+            WriteCmd::Append { reply, .. }
+            | WriteCmd::AppendNext { reply, .. }
+            | WriteCmd::Audit { reply, .. }
+            | WriteCmd::RemoveTests { reply, .. }
+            | WriteCmd::Shrink { reply, .. } => {
+                let _ = reply.send(number(result));
+            }
+            WriteCmd::Delete { reply, .. } => {
+                let _ = reply.send(match result {
+                    Ok(Answer::Flag(f)) => Ok(f),
+                    Ok(_) => unexpected(),
+                    Err(e) => Err(e),
+                });
+            }
+            WriteCmd::Reclaim { reply, .. } => {
+                let _ = reply.send(match result {
+                    Ok(Answer::Reclaimed(r)) => Ok(r),
+                    Ok(_) => unexpected(),
+                    Err(e) => Err(e),
+                });
+            }
+        }
+    }
+}
+
+/// Whether an error is a rule refusing the command, which by construction
+/// happens before the command's first write.
+fn is_refusal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::InvalidArgument { .. }
+            | Error::NotFound { .. }
+            | Error::FailedPrecondition { .. }
+            | Error::AlreadyExists { .. }
+    )
 }
 
 /// A cached test: (subtest label, test id, first session pk).
@@ -289,7 +348,6 @@ impl Interned {
 struct Writer {
     conn: Connection,
     interned: Interned,
-    encoder: detail::Encoder,
     events: broadcast::Sender<StoreEvent>,
 }
 
@@ -302,7 +360,6 @@ pub fn run(
     let mut writer = Writer {
         conn,
         interned: Interned::default(),
-        encoder: detail::Encoder::new(),
         events,
     };
     let mut group: Vec<Queued> = Vec::new();
@@ -349,63 +406,96 @@ pub fn run(
 }
 
 impl Writer {
-    fn commit_group(&mut self, cmds: Vec<WriteCmd>) {
-        let mut replies: Vec<Reply> = Vec::with_capacity(cmds.len());
+    fn commit_group(&mut self, mut cmds: Vec<WriteCmd>) {
         let mut changed: Vec<StoreEvent> = Vec::new();
-        let Writer {
-            conn,
-            interned,
-            encoder,
-            events,
-        } = self;
-        let outcome = (|| -> Result<()> {
-            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let generation = schema::tests_generation(&tx)?;
-            if generation != interned.generation {
-                interned.clear();
-                interned.generation = generation;
+        let outcome = match self.run_group(&mut cmds, false, &mut changed) {
+            // A storage error in the middle of a command: nothing of the group
+            // is stored; run it again with each command in a savepoint, so the
+            // failing one cannot take the others with it.
+            Err(e) if !is_refusal(&e) => {
+                tracing::debug!(error = %e, "a write group failed; retrying it command by command");
+                self.interned.clear();
+                changed.clear();
+                self.run_group(&mut cmds, true, &mut changed)
             }
-            for cmd in cmds {
+            other => other,
+        };
+        match outcome {
+            Ok(answers) => {
+                for (cmd, answer) in cmds.into_iter().zip(answers) {
+                    cmd.send(answer);
+                }
+                for e in changed {
+                    let _ = self.events.send(e);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "write transaction failed; nothing in it was stored");
+                // Ids read or stored in it may not exist.
+                self.interned.clear();
+                let msg = failure_message(&e);
+                for cmd in cmds {
+                    cmd.send(Err(Error::Internal(msg.clone())));
+                }
+            }
+        }
+    }
+
+    /// Runs every command in one transaction and commits it; returns each
+    /// command's answer. Without savepoints, a command's storage error fails
+    /// the whole group (`Err`); with them, only that command.
+    fn run_group(
+        &mut self,
+        cmds: &mut [WriteCmd],
+        savepoints: bool,
+        changed: &mut Vec<StoreEvent>,
+    ) -> Result<Vec<Result<Answer>>> {
+        let Writer { conn, interned, .. } = self;
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let generation = schema::tests_generation(&tx)?;
+        if generation != interned.generation {
+            interned.clear();
+            interned.generation = generation;
+        }
+        let mut answers = Vec::with_capacity(cmds.len());
+        for cmd in cmds.iter_mut() {
+            if savepoints {
                 let mut sp = tx.savepoint()?;
                 let mut ctx = Ctx {
                     conn: &sp,
                     interned,
-                    encoder,
-                    changed: &mut changed,
+                    changed,
                 };
-                let (reply, ok) = ctx.apply(cmd);
-                if ok {
+                let noted = ctx.changed.len();
+                let answer = ctx.apply(cmd);
+                if answer.is_ok() {
                     sp.commit()?;
                     interned.keep();
                 } else {
                     sp.rollback()?;
                     drop(sp);
                     interned.rollback();
+                    changed.truncate(noted);
                 }
-                replies.push(reply);
-            }
-            tx.commit()?;
-            Ok(())
-        })();
-        match outcome {
-            Ok(()) => {
-                for r in replies {
-                    r(None);
-                }
-                for e in changed {
-                    let _ = events.send(e);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "write transaction failed; nothing in it was stored");
-                // Ids read or stored in it may not exist.
-                interned.clear();
-                let msg = failure_message(&e);
-                for r in replies {
-                    r(Some(&msg));
+                answers.push(answer);
+            } else {
+                let mut ctx = Ctx {
+                    conn: &tx,
+                    interned,
+                    changed,
+                };
+                let answer = ctx.apply(cmd);
+                match answer {
+                    Err(e) if !is_refusal(&e) => return Err(e),
+                    answer => {
+                        interned.keep();
+                        answers.push(answer);
+                    }
                 }
             }
         }
+        tx.commit()?;
+        Ok(answers)
     }
 }
 
@@ -423,79 +513,44 @@ fn failure_message(e: &Error) -> String {
 struct Ctx<'a> {
     conn: &'a Connection,
     interned: &'a mut Interned,
-    encoder: &'a mut detail::Encoder,
     changed: &'a mut Vec<StoreEvent>,
 }
 
 impl Ctx<'_> {
-    /// Applies one command; returns its reply and whether to keep its savepoint.
-    fn apply(&mut self, cmd: WriteCmd) -> (Reply, bool) {
-        fn done<T: Send + 'static>(tx: oneshot::Sender<Result<T>>, r: Result<T>) -> (Reply, bool) {
-            let ok = r.is_ok();
-            (reply_with(tx, r), ok)
-        }
-        match cmd {
-            WriteCmd::Start { new, reply } => {
-                let r = self.start(&new);
-                done(reply, r)
-            }
-            WriteCmd::Append {
-                id,
-                outcomes,
-                budget: _budget,
-                reply,
-            } => {
-                let r = self.append(id, &outcomes);
-                done(reply, r)
-            }
-            WriteCmd::AppendNext { id, outcome, reply } => {
-                let r = self.append_next(id, *outcome);
-                done(reply, r)
+    /// Applies one command. A refusal (a rule) comes before any write.
+    fn apply(&mut self, cmd: &WriteCmd) -> Result<Answer> {
+        Ok(match cmd {
+            WriteCmd::Start { new, .. } => Answer::Session(Box::new(self.start(new)?)),
+            WriteCmd::Append { id, outcomes, .. } => Answer::Number(self.append(*id, outcomes)?),
+            WriteCmd::AppendNext { id, outcome, .. } => {
+                Answer::Number(self.append_next(*id, outcome)?)
             }
             WriteCmd::Finish {
                 id,
                 summary,
                 outcomes_sent,
                 finished_at,
-                reply,
-            } => {
-                let r = self.finish(id, &summary, outcomes_sent, finished_at);
-                done(reply, r)
-            }
-            WriteCmd::Audit { entry, reply } => {
-                let r = insert_audit(self.conn, &entry);
-                done(reply, r)
-            }
+                ..
+            } => Answer::Session(Box::new(self.finish(
+                *id,
+                summary,
+                *outcomes_sent,
+                *finished_at,
+            )?)),
+            WriteCmd::Audit { entry, .. } => Answer::Number(insert_audit(self.conn, entry)?),
             WriteCmd::Pin {
-                session,
-                pinned,
-                reply,
-            } => {
-                let r = self.pin(session, pinned);
-                done(reply, r)
-            }
-            WriteCmd::Delete { id, reply } => {
-                let r = self.delete(id);
-                done(reply, r)
-            }
-            WriteCmd::Reclaim { max_rows, reply } => {
-                let r = self.reclaim(max_rows);
-                done(reply, r)
-            }
+                session, pinned, ..
+            } => Answer::Session(Box::new(self.pin(*session, *pinned)?)),
+            WriteCmd::Delete { id, .. } => Answer::Flag(self.delete(*id)?),
+            WriteCmd::Reclaim { max_rows, .. } => Answer::Reclaimed(self.reclaim(*max_rows)?),
             WriteCmd::RemoveTests {
                 candidates,
                 newer_than_pk,
                 open_sessions,
-                reply,
-            } => {
-                let r = self.remove_tests(&candidates, newer_than_pk, &open_sessions);
-                done(reply, r)
-            }
-            WriteCmd::Shrink { max_pages, reply } => {
-                let r = shrink(self.conn, max_pages);
-                done(reply, r)
-            }
-        }
+                ..
+            } => Answer::Number(self.remove_tests(candidates, *newer_than_pk, open_sessions)?),
+            WriteCmd::Shrink { max_pages, .. } => Answer::Number(shrink(self.conn, *max_pages)?),
+        })
     }
 
     fn start(&mut self, new: &NewSession) -> Result<Session> {
@@ -531,18 +586,19 @@ impl Ctx<'_> {
         Ok(session)
     }
 
-    fn append_next(&mut self, id: Uuid, mut outcome: Outcome) -> Result<u64> {
+    fn append_next(&mut self, id: Uuid, outcome: &NewOutcome) -> Result<u64> {
         // Numbered inside the write transaction, so two writers cannot take
         // the same seq.
         let (_, session) =
             load_session(self.conn, id)?.ok_or_else(|| rules::no_session_for_outcomes(id))?;
-        outcome.seq = rules::next_seq(&session);
-        let seq = outcome.seq;
-        self.append(id, std::slice::from_ref(&outcome))?;
+        let mut numbered = outcome.clone();
+        numbered.outcome.seq = rules::next_seq(&session);
+        let seq = numbered.outcome.seq;
+        self.append(id, std::slice::from_ref(&numbered))?;
         Ok(seq)
     }
 
-    fn append(&mut self, id: Uuid, outcomes: &[Outcome]) -> Result<u64> {
+    fn append(&mut self, id: Uuid, outcomes: &[NewOutcome]) -> Result<u64> {
         let (pk, session) =
             load_session(self.conn, id)?.ok_or_else(|| rules::no_session_for_outcomes(id))?;
         let Some(plan) = rules::plan_append(&session, outcomes)? else {
@@ -559,7 +615,8 @@ impl Ctx<'_> {
             .prepare_cached("INSERT INTO details (id, data) VALUES (?1, ?2)")?;
         // Consecutive outcomes nearly always share their markers.
         let mut last_markers: Option<(&[String], Option<i64>)> = None;
-        for o in &outcomes[plan.first..plan.first + plan.count] {
+        for new in &outcomes[plan.first..plan.first + plan.count] {
+            let o = &new.outcome;
             let rowid = outcome_rowid(pk, o.seq);
             let test_id = self
                 .interned
@@ -583,11 +640,11 @@ impl Ctx<'_> {
                 o.line,
                 o.started_at.map(|t| t.as_micros() - started),
                 markers,
-                detail::inline_message(o),
+                nullable(&o.message),
                 nullable(&o.worker),
                 file_column(&o.nodeid, &o.file),
             ])?;
-            if let Some(blob) = self.encoder.encode(o) {
+            if let Some(blob) = &new.detail {
                 insert_detail.execute(params![rowid, blob])?;
             }
         }
@@ -611,6 +668,10 @@ impl Ctx<'_> {
                 c.xfailed,
                 c.xpassed,
             ])?;
+        if session.status != SessionStatus::Running {
+            // Missing outcomes of a closed session arrived: its digest is stale.
+            schema::write_digest(self.conn, pk)?;
+        }
         self.changed.push(StoreEvent {
             session: id,
             status: plan.status,
@@ -647,6 +708,7 @@ impl Ctx<'_> {
                 summary.exitstatus,
                 i64::try_from(outcomes_sent).unwrap_or(i64::MAX),
             ])?;
+        schema::write_digest(self.conn, pk)?;
         let (_, session) = load_session(self.conn, id)?
             .ok_or_else(|| Error::Internal("session vanished after finish".into()))?;
         self.changed.push(StoreEvent {
@@ -678,6 +740,9 @@ impl Ctx<'_> {
             .execute([pk])?;
         self.conn
             .prepare_cached("DELETE FROM sessions WHERE pk = ?1")?
+            .execute([pk])?;
+        self.conn
+            .prepare_cached("DELETE FROM digests WHERE session_pk = ?1")?
             .execute([pk])?;
         Ok(true)
     }

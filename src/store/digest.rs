@@ -1,0 +1,417 @@
+//! A closed session's digest: for each test, the kinds of its attempts in
+//! order and its final duration, written when the session closes as two
+//! blobs: the tests and their attempts (compressed to a few KB for ten
+//! thousand tests), and the durations (which do not compress), so that a
+//! flaky-test search over many sessions reads only the first.
+//!
+//! Comparisons and flaky-test searches read many tests of many sessions; a
+//! digest answers them with one blob per session instead of one row per
+//! outcome, whatever the session's size. It holds nothing a row does not: a
+//! session without one (still running, or its digest unreadable) is read
+//! from its rows instead, with the same result. The encoding is the same for
+//! every backend.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::model::TestOutcome;
+
+const VERSION: u8 = 1;
+
+/// Most bytes a digest may decode to; a larger claim is a damaged digest.
+const MAX_DECODED: usize = 512 * 1024 * 1024;
+
+/// A session's tests, sorted by key, column by column: what each test's
+/// attempts were, whether it is a subtest, and its final duration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Digest {
+    tests: Vec<i64>,
+    subtests: Vec<bool>,
+    /// Where each test's attempts start in `kinds`; empty when every test
+    /// had exactly one attempt (nearly always), so test `i`'s is `kinds[i]`.
+    firsts: Vec<u32>,
+    kinds: Vec<TestOutcome>,
+    /// The final attempt's duration of each test, when they were read.
+    durations: Vec<f64>,
+}
+
+impl Digest {
+    /// How many tests the session ran.
+    pub fn len(&self) -> usize {
+        self.tests.len()
+    }
+
+    /// Whether the session ran no test.
+    pub fn is_empty(&self) -> bool {
+        self.tests.is_empty()
+    }
+
+    /// The key of test `i`.
+    pub fn test(&self, i: usize) -> i64 {
+        self.tests[i]
+    }
+
+    /// Whether test `i` is a subtest.
+    pub fn is_subtest(&self, i: usize) -> bool {
+        self.subtests[i]
+    }
+
+    /// The position of a test, if the session ran it.
+    pub fn find(&self, test: i64) -> Option<usize> {
+        self.tests.binary_search(&test).ok()
+    }
+
+    /// The kinds of test `i`'s attempts, in order.
+    pub fn attempts(&self, i: usize) -> &[TestOutcome] {
+        if self.firsts.is_empty() {
+            return self.kinds.get(i..=i).unwrap_or_default();
+        }
+        let start = self.firsts[i] as usize;
+        let end = self
+            .firsts
+            .get(i + 1)
+            .map_or(self.kinds.len(), |f| *f as usize);
+        self.kinds.get(start..end).unwrap_or_default()
+    }
+
+    /// The positions of the tests with a failed or errored attempt.
+    pub fn failing(&self) -> impl Iterator<Item = usize> + '_ {
+        let single = self.firsts.is_empty();
+        (0..self.len()).filter(move |&i| {
+            if single {
+                self.kinds[i].is_failure()
+            } else {
+                self.attempts(i).iter().any(|k| k.is_failure())
+            }
+        })
+    }
+
+    /// Test `i`'s final outcome.
+    pub fn last(&self, i: usize) -> TestOutcome {
+        self.attempts(i)
+            .last()
+            .copied()
+            .unwrap_or(TestOutcome::Passed)
+    }
+
+    /// Test `i`'s final duration in seconds, when the durations were read.
+    pub fn duration(&self, i: usize) -> Option<f64> {
+        self.durations.get(i).copied()
+    }
+}
+
+/// Builds a digest from a session's outcomes given in seq order as (test,
+/// is a subtest, kind, duration).
+pub fn build(outcomes: impl IntoIterator<Item = (i64, bool, TestOutcome, f64)>) -> Digest {
+    let mut at: HashMap<i64, usize> = HashMap::new();
+    let mut grouped: Vec<(i64, bool, Vec<TestOutcome>, f64)> = Vec::new();
+    for (test, subtest, kind, duration) in outcomes {
+        match at.get(&test) {
+            Some(&i) => {
+                let e = &mut grouped[i];
+                e.2.push(kind);
+                e.3 = duration;
+            }
+            None => {
+                at.insert(test, grouped.len());
+                grouped.push((test, subtest, vec![kind], duration));
+            }
+        }
+    }
+    grouped.sort_by_key(|e| e.0);
+    let reruns = grouped.iter().any(|e| e.2.len() > 1);
+    let mut d = Digest::default();
+    for (test, subtest, kinds, duration) in grouped {
+        d.tests.push(test);
+        d.subtests.push(subtest);
+        if reruns {
+            d.firsts.push(d.kinds.len() as u32);
+        }
+        d.kinds.extend(kinds);
+        d.durations.push(duration);
+    }
+    d
+}
+
+fn code(kind: TestOutcome) -> u8 {
+    match kind {
+        TestOutcome::Passed => 1,
+        TestOutcome::Failed => 2,
+        TestOutcome::Skipped => 3,
+        TestOutcome::Error => 4,
+        TestOutcome::Xfailed => 5,
+        TestOutcome::Xpassed => 6,
+    }
+}
+
+fn kind(code: u8) -> Option<TestOutcome> {
+    Some(match code {
+        1 => TestOutcome::Passed,
+        2 => TestOutcome::Failed,
+        3 => TestOutcome::Skipped,
+        4 => TestOutcome::Error,
+        5 => TestOutcome::Xfailed,
+        6 => TestOutcome::Xpassed,
+        _ => return None,
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+// The encoding, column by column so that each decodes in a tight loop.
+// The tests blob: version (1 byte), test count (varint), length of the
+// packed part (varint), width of a test key (1 byte: 4 or 8), then zstd of
+// [test keys, little-endian, sorted][one flags byte per test (bit 0:
+// subtest)][attempt counts as varints][one kind byte per attempt]. Keys of a
+// suite are consecutive, so their column compresses to almost nothing and
+// decodes without arithmetic. The durations blob: each test's final
+// duration as an f64, little-endian, in the same order.
+
+/// Encodes a digest as (tests, durations).
+pub fn encode(digest: &Digest) -> (Vec<u8>, Vec<u8>) {
+    let n = digest.len();
+    let narrow = digest.tests.iter().all(|t| u32::try_from(*t).is_ok());
+    let width: u8 = if narrow { 4 } else { 8 };
+    let mut packed = Vec::with_capacity(n * (usize::from(width) + 2) + digest.kinds.len());
+    let mut prev = 0i64;
+    for &test in &digest.tests {
+        // Sorted, so the deltas are small: mostly 1, which zstd packs to nothing.
+        let delta = test.wrapping_sub(prev);
+        prev = test;
+        if narrow {
+            packed.extend_from_slice(&(delta as u32).to_le_bytes());
+        } else {
+            packed.extend_from_slice(&delta.to_le_bytes());
+        }
+    }
+    packed.extend(digest.subtests.iter().map(|s| u8::from(*s)));
+    for i in 0..n {
+        put_varint(&mut packed, digest.attempts(i).len() as u64);
+    }
+    packed.extend(digest.kinds.iter().map(|k| code(*k)));
+    // Compressing a buffer in memory does not fail; if it ever did, the
+    // digest is unreadable and readers fall back to the session's rows.
+    let zipped = zstd::bulk::compress(&packed, 3).unwrap_or_default();
+    let mut tests = Vec::with_capacity(zipped.len() + 16);
+    tests.push(VERSION);
+    put_varint(&mut tests, n as u64);
+    put_varint(&mut tests, packed.len() as u64);
+    tests.push(width);
+    tests.extend_from_slice(&zipped);
+    let mut durations = Vec::with_capacity(n * 8);
+    for d in &digest.durations {
+        durations.extend_from_slice(&d.to_le_bytes());
+    }
+    (tests, durations)
+}
+
+thread_local! {
+    /// A zstd context per reading thread: making one costs more than
+    /// decompressing a digest.
+    static UNZIP: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+}
+
+fn unzip(data: &[u8], len: usize) -> Result<Vec<u8>> {
+    UNZIP
+        .with(|z| match z.borrow_mut().as_mut() {
+            Some(z) => z.decompress(data, len),
+            None => zstd::bulk::decompress(data, len),
+        })
+        .map_err(|e| damaged(&format!("cannot decompress ({e})")))
+}
+
+fn damaged(why: &str) -> Error {
+    Error::Internal(format!("a session digest is damaged: {why}"))
+}
+
+/// Reads a varint at `*at`, moving past it.
+#[inline]
+fn varint(data: &[u8], at: &mut usize) -> Result<u64> {
+    // Nearly every number here is below 128: one byte.
+    if let Some(&b) = data.get(*at)
+        && b < 0x80
+    {
+        *at += 1;
+        return Ok(u64::from(b));
+    }
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *data.get(*at).ok_or_else(|| damaged("cut short"))?;
+        *at += 1;
+        v |= u64::from(b & 0x7F) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(damaged("a number is too long"))
+}
+
+fn size(v: u64, what: &str) -> Result<usize> {
+    usize::try_from(v)
+        .ok()
+        .filter(|n| *n <= MAX_DECODED)
+        .ok_or_else(|| damaged(what))
+}
+
+/// Decodes a digest's tests, and their durations when given; a damaged
+/// digest is an error, never a panic.
+pub fn decode(tests: &[u8], durations: Option<&[u8]>) -> Result<Digest> {
+    let mut at = 0;
+    if tests.first() != Some(&VERSION) {
+        return Err(damaged("unknown version"));
+    }
+    at += 1;
+    let n = size(varint(tests, &mut at)?, "too many tests")?;
+    let packed_len = size(varint(tests, &mut at)?, "too large")?;
+    let width = usize::from(*tests.get(at).ok_or_else(|| damaged("cut short"))?);
+    at += 1;
+    if width != 4 && width != 8 {
+        return Err(damaged("unknown key width"));
+    }
+    // Each test takes at least its key, a flags byte and a count; a claim of
+    // far more than its tests could need is damage, not data.
+    if packed_len < n.saturating_mul(width + 2) || packed_len > n.saturating_mul(64) + (64 << 20) {
+        return Err(damaged("wrong packed length"));
+    }
+    let packed = unzip(&tests[at..], packed_len)?;
+    if packed.len() != packed_len {
+        return Err(damaged("wrong length"));
+    }
+    let mut d = Digest {
+        tests: Vec::with_capacity(n),
+        ..Digest::default()
+    };
+    let keys = &packed[..n * width];
+    let mut prev = 0i64;
+    let mut ordered = true;
+    let mut push = |delta: i64| {
+        ordered &= delta > 0 || d.tests.is_empty();
+        prev = prev.wrapping_add(delta);
+        d.tests.push(prev);
+    };
+    if width == 4 {
+        for c in keys.chunks_exact(4) {
+            push(i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        }
+    } else {
+        for c in keys.chunks_exact(8) {
+            push(i64::from_le_bytes(c.try_into().unwrap_or_default()));
+        }
+    }
+    if !ordered {
+        return Err(damaged("keys out of order"));
+    }
+    let mut p = n * width;
+    let flags = packed.get(p..p + n).ok_or_else(|| damaged("cut short"))?;
+    p += n;
+    d.subtests = flags.iter().map(|f| f & 1 != 0).collect();
+    let counts_start = p;
+    let mut total = 0u32;
+    let mut reruns = false;
+    // Nearly always one attempt each: n bytes of 1.
+    if packed
+        .get(p..p + n)
+        .is_some_and(|c| c.iter().all(|b| *b == 1))
+    {
+        p += n;
+        total = n as u32;
+    } else {
+        for _ in 0..n {
+            let count = u32::try_from(varint(&packed, &mut p)?)
+                .map_err(|_| damaged("too many attempts"))?;
+            if count == 0 {
+                return Err(damaged("a test with no attempts"));
+            }
+            reruns |= count > 1;
+            total = total
+                .checked_add(count)
+                .ok_or_else(|| damaged("too many attempts"))?;
+        }
+    }
+    if reruns {
+        let mut q = counts_start;
+        let mut first = 0u32;
+        d.firsts.reserve(n);
+        for _ in 0..n {
+            d.firsts.push(first);
+            first += varint(&packed, &mut q)? as u32;
+        }
+    }
+    let kinds = packed
+        .get(p..)
+        .filter(|k| k.len() == total as usize)
+        .ok_or_else(|| damaged("wrong number of attempts"))?;
+    if !kinds.iter().all(|k| (1..=6).contains(k)) {
+        return Err(damaged("unknown outcome kind"));
+    }
+    d.kinds = kinds
+        .iter()
+        .map(|&k| kind(k).unwrap_or(TestOutcome::Passed))
+        .collect();
+    if let Some(raw) = durations {
+        if raw.len() != n.saturating_mul(8) {
+            return Err(damaged("wrong number of durations"));
+        }
+        d.durations = raw
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TestOutcome::{Failed, Passed, Skipped};
+
+    #[test]
+    fn a_digest_groups_reruns_under_their_test_and_round_trips() {
+        let d = build([
+            (7, false, Failed, 0.5),
+            (3, true, Passed, 0.25),
+            (7, false, Passed, 0.125),
+            (1_000_000, false, Skipped, 1e-9),
+        ]);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.test(1), 7);
+        assert_eq!(d.find(7), Some(1));
+        assert_eq!(d.find(8), None);
+        assert_eq!(d.attempts(1), [Failed, Passed]);
+        assert_eq!(d.attempts(2), [Skipped]);
+        assert_eq!(d.last(1), Passed);
+        assert_eq!(d.duration(1), Some(0.125));
+        assert!(d.is_subtest(0) && !d.is_subtest(1));
+        let (tests, durations) = encode(&d);
+        assert_eq!(decode(&tests, Some(&durations)).unwrap(), d);
+        let without = decode(&tests, None).unwrap();
+        assert_eq!(without.attempts(1), [Failed, Passed]);
+        assert_eq!(without.duration(1), None);
+        // Without reruns every test's attempt is found by its position.
+        let single = build([(1, false, Failed, 0.1), (2, false, Passed, 0.2)]);
+        let (tests, _) = encode(&single);
+        let back = decode(&tests, None).unwrap();
+        assert_eq!(back.attempts(0), [Failed]);
+        assert_eq!(back.attempts(1), [Passed]);
+    }
+
+    #[test]
+    fn a_damaged_digest_is_an_error_not_a_panic() {
+        let (tests, durations) = encode(&build((0..100).map(|i| (i, false, Passed, i as f64))));
+        for cut in [0, 1, 2, tests.len() / 2, tests.len() - 1] {
+            assert!(decode(&tests[..cut], None).is_err(), "cut at {cut}");
+        }
+        assert!(decode(&tests, Some(&durations[1..])).is_err());
+        let mut wrong = tests.clone();
+        wrong[0] = 9;
+        assert!(decode(&wrong, None).is_err());
+        assert!(decode(&[], None).is_err());
+    }
+}
