@@ -153,14 +153,30 @@ pub async fn import_file(store: &Store, path: &Path) -> Result<ImportReport, Err
     let mut sessions: BTreeMap<Uuid, SessionState> = BTreeMap::new();
     let name = path.display().to_string();
 
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let lineno = index + 1;
-        let line =
-            line.map_err(|e| Error::invalid("FILE", format!("{name}:{lineno}: cannot read: {e}")))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut bytes = Vec::new();
+    let mut lineno = 0usize;
+    loop {
+        bytes.clear();
+        let n = reader.read_until(b'\n', &mut bytes).map_err(|e| {
+            Error::invalid("FILE", format!("{name}:{}: cannot read: {e}", lineno + 1))
+        })?;
+        if n == 0 {
+            break;
+        }
+        lineno += 1;
+        // A line that is not UTF-8 (a spool cut off mid-character by a
+        // crash) is reported, and the rest of the file is still imported.
+        let Ok(line) = std::str::from_utf8(&bytes) else {
+            report
+                .errors
+                .push(format!("{name}:{lineno}: the line is not valid UTF-8"));
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let record: Record = match serde_json::from_str(&line) {
+        let record: Record = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => {
                 report.errors.push(format!("{name}:{lineno}: {e}"));

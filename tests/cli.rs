@@ -260,10 +260,27 @@ async fn json_export_has_the_documented_shape() {
     assert_eq!(
         keys,
         [
-            "attempt", "duration", "file", "line", "log", "longrepr", "markers", "message",
-            "nodeid", "outcome", "phase", "seq", "stderr", "stdout", "worker"
+            "attempt",
+            "duration",
+            "file",
+            "line",
+            "log",
+            "longrepr",
+            "markers",
+            "message",
+            "nodeid",
+            "outcome",
+            "phase",
+            "seq",
+            "stderr",
+            "stdout",
+            "subtest",
+            "user_properties",
+            "worker"
         ]
     );
+    assert_eq!(outcomes[1]["subtest"], serde_json::Value::Null);
+    assert_eq!(outcomes[1]["user_properties"], serde_json::json!([]));
     assert_eq!(outcomes[1]["outcome"], "failed");
     assert_eq!(outcomes[1]["phase"], "call");
     assert_eq!(outcomes[4]["phase"], "setup");
@@ -446,6 +463,34 @@ fn importing_a_spool_file_twice_stores_nothing_twice() {
     assert_eq!(doc["session"]["source"], "import");
     assert_eq!(doc["session"]["started_at"], "2026-11-24T09:00:00Z");
     assert_eq!(doc["outcomes"][3]["message"], "AssertionError: boom");
+}
+
+#[test]
+fn a_spool_file_cut_off_in_the_middle_of_a_character_still_imports_what_is_before_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cut.db");
+    let id = new_id();
+    let file = dir.path().join("cut.jsonl");
+    let mut bytes = spool(&id, 1..=5, None).into_bytes();
+    // What a crash while writing can leave: half of a two-byte character.
+    bytes.extend_from_slice(
+        format!(r#"{{"type":"outcome","session_id":"{id}","seq":6,"nodeid":"t.py::caf"#).as_bytes(),
+    );
+    bytes.push(0xC3);
+    std::fs::write(&file, bytes).unwrap();
+
+    let o = run(&["import", file.to_str().unwrap()], &db);
+    assert!(!o.status.success(), "a bad line makes the import fail");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cut.jsonl:7: the line is not valid UTF-8"),
+        "{err}"
+    );
+    assert!(
+        stdout(&o).contains("5 outcomes read, 5 new, 5 stored; running"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[tokio::test]

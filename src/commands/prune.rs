@@ -52,6 +52,13 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let spared = report.planned.len() - going.len();
+    let sessions = |n: usize| {
+        if n == 1 {
+            "1 session".to_string()
+        } else {
+            format!("{n} sessions")
+        }
+    };
     let kept = if spared > 0 {
         format!("; {spared} kept (running or pinned)")
     } else {
@@ -60,14 +67,14 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         writeln!(
             out,
-            "dry run: would delete {} sessions ({outcomes} outcomes){kept}; nothing was changed",
-            going.len()
+            "dry run: would delete {} ({outcomes} outcomes){kept}; nothing was changed",
+            sessions(going.len())
         )?;
     } else {
         writeln!(
             out,
-            "deleted {} sessions ({} outcomes){kept} in {:.1}s; database {} -> {}{}",
-            report.deleted,
+            "deleted {} ({} outcomes){kept} in {:.1}s; database {} -> {}{}",
+            sessions(report.deleted),
             report.outcomes,
             report.elapsed.as_secs_f64(),
             super::mib(report.bytes_before),
