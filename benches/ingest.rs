@@ -1,22 +1,34 @@
-//! Ingest benchmark: how many outcomes per second reach the recorder, and
-//! what that costs the server in memory.
+//! Ingest benchmark: how many outcomes per second reach the recorder once
+//! its database holds history, what that costs the server in memory, and how
+//! many bytes each stored outcome takes on disk.
 //!
-//! Two modes stream the same deterministic outcomes from a tonic client:
-//! - `raw`: an in-process tonic server whose `StreamOutcomes` acks each batch
-//!   at once and stores nothing — the ceiling set by gRPC alone;
-//! - `store`: the real `pytest-mcp serve` binary over a fresh SQLite file in
-//!   the temporary directory;
-//!   the clock stops at the ack of the last seq, which the server sends only
-//!   after the commit, and the session is read back to prove it is stored.
+//! A suite of `BENCH_SUITE` tests (default 10,000; realistic nodeids, 2 %
+//! failing with tracebacks and captured output, skips with reasons, xfails,
+//! setup errors, markers, captured output on some passing tests) is run again
+//! and again, each run a session of its own:
+//! - `BENCH_HISTORY` runs (default 0) go into the database first, untimed, so
+//!   it holds the history users live with;
+//! - then `BENCH_OUTCOMES` outcomes (default 1,000,000, i.e. 100 runs of the
+//!   default suite) are streamed on one connection, every session started
+//!   first, and the clock stops at the ack of the last batch, which the
+//!   server sends only after that batch is committed.
 //!
-//! Run with `cargo bench --bench ingest`. Environment variables change what
-//! runs: `BENCH_OUTCOMES` (default 1000000), `BENCH_BATCH` (outcomes per
-//! message, default 500), `BENCH_MODE` (`both`, `raw` or `store`),
-//! `BENCH_ORDER` (`collection`, pytest's default order, or `random`, as with
-//! pytest-randomly: the worst case for the nodeid index) and
-//! `BENCH_SERVER_BIN` (another `pytest-mcp` binary to measure, for comparing
-//! builds). It prints a table and never fails on a slow result: timing
-//! verdicts are for people. It does fail when the server loses outcomes.
+//! `BENCH_ORDER=random` shuffles every run on its own, as pytest-randomly or
+//! xdist do; `collection` (the default) keeps pytest's order.
+//!
+//! Modes (`BENCH_MODE`, default `both`):
+//! - `raw`: the same streams into an in-process tonic server that acks each
+//!   batch at once and stores nothing — the ceiling set by gRPC alone;
+//! - `store`: the real `pytest-mcp serve` binary on a SQLite file in the
+//!   temporary directory (or `BENCH_SERVER_BIN`, another binary to compare).
+//!   When the configured run has history or a random order, the store is
+//!   also measured in collection order into an empty database, the baseline
+//!   the target compares with (`BENCH_BASELINE=0` skips it).
+//!
+//! Run with `cargo bench --bench ingest`; the figures in the README come from
+//! `BENCH_HISTORY=200 BENCH_ORDER=random cargo bench --bench ingest`. It
+//! prints a table and never fails on a slow result: timing verdicts are for
+//! people. It does fail when the server loses or miscounts outcomes.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -37,9 +49,11 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The issue's targets, printed next to the measurements.
-const TARGET_STORE_RATE: f64 = 200_000.0;
-const TARGET_RATIO: f64 = 2.0;
+const TARGET_STORE_RATE: f64 = 250_000.0;
+const TARGET_BASELINE_RATIO: f64 = 1.3;
 const TARGET_PEAK_MIB: f64 = 50.0;
+const TARGET_PLAIN_BYTES: f64 = 80.0;
+const TARGET_MIB_PER_MILLION: f64 = 100.0;
 
 /// Largest message either side accepts; the server binary uses the same bound.
 const MAX_MESSAGE_BYTES: usize = pytest_mcp::grpc::MAX_MESSAGE_BYTES;
@@ -61,21 +75,12 @@ enum Mode {
     Store,
 }
 
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Raw => "raw",
-            Mode::Store => "store",
-        }
-    }
-}
-
-/// The order tests run in, which decides how local the nodeid index inserts are.
+/// The order tests run in within one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Order {
     /// pytest's default: module by module, each module's tests in file order.
     Collection,
-    /// Shuffled across the whole suite, as with pytest-randomly.
+    /// Shuffled across the whole suite, a new order every run, as with pytest-randomly.
     Random,
 }
 
@@ -88,18 +93,44 @@ impl Order {
     }
 }
 
+/// What the suite's tests look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// The realistic suite described in the module docs.
+    Realistic,
+    /// Every test passes and prints nothing: the floor of bytes per outcome.
+    Plain,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Realistic => "realistic",
+            Shape::Plain => "plain",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 struct Config {
     outcomes: u64,
+    suite: u64,
+    history: u64,
     batch: usize,
     modes: Vec<Mode>,
     order: Order,
+    shape: Shape,
+    baseline: bool,
 }
 
 impl Config {
     fn from_env() -> anyhow::Result<Config> {
         let outcomes = env_number("BENCH_OUTCOMES", 1_000_000)?;
+        let suite = env_number("BENCH_SUITE", 10_000)?;
+        let history = env_number("BENCH_HISTORY", 0)?;
         let batch = env_number("BENCH_BATCH", 500)?;
         ensure!(outcomes > 0, "BENCH_OUTCOMES must be at least 1");
+        ensure!(suite > 0, "BENCH_SUITE must be at least 1");
         ensure!(batch > 0, "BENCH_BATCH must be at least 1");
         let modes = match std::env::var("BENCH_MODE").as_deref() {
             Err(_) | Ok("") | Ok("both") => vec![Mode::Raw, Mode::Store],
@@ -112,16 +143,33 @@ impl Config {
             Ok("random") => Order::Random,
             Ok(other) => bail!("BENCH_ORDER={other:?}: expected collection or random"),
         };
+        let shape = match std::env::var("BENCH_SHAPE").as_deref() {
+            Err(_) | Ok("") | Ok("realistic") => Shape::Realistic,
+            Ok("plain") => Shape::Plain,
+            Ok(other) => bail!("BENCH_SHAPE={other:?}: expected realistic or plain"),
+        };
+        let baseline = match std::env::var("BENCH_BASELINE").as_deref() {
+            Ok("0") => false,
+            _ => history > 0 || order == Order::Random,
+        };
         Ok(Config {
             outcomes,
+            suite,
+            history,
             batch: usize::try_from(batch)?,
             modes,
             order,
+            shape,
+            baseline,
         })
+    }
+
+    /// Runs of the suite the measured part streams.
+    fn runs(&self) -> u64 {
+        self.outcomes.div_ceil(self.suite)
     }
 }
 
-/// Reads a positive integer such as `1000000` or `1_000_000` from `name`.
 fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
     match std::env::var(name) {
         Ok(text) if !text.trim().is_empty() => text
@@ -131,76 +179,6 @@ fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
             .with_context(|| format!("{name}={text:?} is not a whole number")),
         _ => Ok(default),
     }
-}
-
-/// One measured run.
-struct Measured {
-    mode: Mode,
-    outcomes: u64,
-    wire_bytes: u64,
-    elapsed: Duration,
-    bench_cpu: Option<f64>,
-    server_cpu: Option<f64>,
-    /// CPU time other processes took meanwhile: a busy machine skews the numbers.
-    other_cpu: Option<f64>,
-    server: Option<ServerMemory>,
-}
-
-impl Measured {
-    fn rate(&self) -> f64 {
-        self.outcomes as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// What the server process's memory looked like.
-struct ServerMemory {
-    /// The peak resident set: VmHWM (startup included) or the highest sample.
-    peak_mib: f64,
-    /// The highest VmRSS seen by sampling during the stream.
-    sampled_max_mib: f64,
-    /// VmRSS after the last ack.
-    after_mib: f64,
-    /// Database file plus WAL after the server stopped.
-    db_mib: f64,
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    println!(
-        "ingest benchmark: {} outcomes in batches of {}, {} order, {} CPU(s)",
-        config.outcomes,
-        config.batch,
-        config.order.name(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    let mut results = Vec::new();
-    for mode in &config.modes {
-        let started = Instant::now();
-        let (batches, counts) = generate(config.outcomes, config.batch, config.order);
-        let wire_bytes: u64 = batches.iter().map(|b| b.encoded_len() as u64).sum();
-        let lengths = batches
-            .iter()
-            .flat_map(|b| &b.outcomes)
-            .map(|o| o.nodeid.len());
-        let (shortest, longest, total) = lengths.fold((usize::MAX, 0, 0), |(lo, hi, sum), n| {
-            (lo.min(n), hi.max(n), sum + n)
-        });
-        println!(
-            "{}: generated {} batches ({:.1} MiB encoded, nodeids {shortest}..{longest} bytes, \
-             mean {:.0}) in {:.2} s; streaming...",
-            mode.name(),
-            batches.len(),
-            mib(wire_bytes),
-            total as f64 / config.outcomes as f64,
-            started.elapsed().as_secs_f64()
-        );
-        let measured = match mode {
-            Mode::Raw => run_raw(batches, config.outcomes, wire_bytes).await?,
-            Mode::Store => run_store(batches, &counts, config.outcomes, wire_bytes).await?,
-        };
-        results.push(measured);
-    }
-    print_table(&results, &config);
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -260,9 +238,39 @@ const SKIP_REASONS: &[&str] = &[
     "Skipped: network access disabled",
 ];
 
+// ---------------------------------------------------------------------------
+// The suite and its runs
+
 /// Tests in one generated module, and modules in one package directory.
 const TESTS_PER_MODULE: u64 = 250;
 const MODULES_PER_PACKAGE: u64 = 100;
+
+/// What a test of the suite does run after run.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Passes; prints a line now and then (5 % of its runs).
+    Passer,
+    /// Fails in 70 % of its runs (a traceback and captured output), else passes.
+    Failer,
+    /// Skipped in setup, always with the same reason.
+    Skipper(&'static str),
+    /// An expected failure, always.
+    Xfailer(u64),
+    /// Its fixture setup raises, always.
+    Errorer,
+}
+
+/// One test of the suite.
+#[derive(Debug, Clone)]
+struct TestDef {
+    nodeid: String,
+    file: String,
+    class: &'static str,
+    name: &'static str,
+    param: &'static str,
+    line: u32,
+    kind: Kind,
+}
 
 /// Stored outcomes counted by kind, to check what the server says it stored.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -274,112 +282,170 @@ struct Counts {
     xfailed: u64,
 }
 
-/// Builds `n` outcomes of realistic shape, `batch` to a request.
-fn generate(n: u64, batch: usize, order: Order) -> (Vec<pb::StreamOutcomesRequest>, Counts) {
-    // The session id is filled in per run; the same length keeps sizes equal.
-    let session_id = uuid::Uuid::nil().to_string();
+/// Builds the suite: the same tests every time for the same size and shape.
+fn build_suite(n: u64, shape: Shape) -> Vec<TestDef> {
     let mut rng = Rng(0x5EED_0F7E_5700);
+    (0..n)
+        .map(|i| {
+            let (module, position) = (i / TESTS_PER_MODULE, i % TESTS_PER_MODULE);
+            let file = format!(
+                "tests/pkg_{:02}/test_mod_{:03}.py",
+                module / MODULES_PER_PACKAGE,
+                module % MODULES_PER_PACKAGE
+            );
+            // Classes hold 32 tests; each test function is parametrized 4 ways.
+            let class = CLASSES[(position / 32) as usize % CLASSES.len()];
+            let name = NAMES[(position / 4) as usize % NAMES.len()];
+            let param = PARAMS[(position % 4) as usize];
+            let nodeid = format!("{file}::{class}::{name}[{param}-{position}]");
+            let line = 10 + (position / 4) as u32 * 12;
+            let roll = rng.below(1000);
+            let kind = match shape {
+                Shape::Plain => Kind::Passer,
+                Shape::Realistic if roll < 930 => Kind::Passer,
+                Shape::Realistic if roll < 950 => Kind::Failer,
+                Shape::Realistic if roll < 980 => Kind::Skipper(rng.pick(SKIP_REASONS)),
+                Shape::Realistic if roll < 990 => Kind::Xfailer(rng.below(5000)),
+                Shape::Realistic => Kind::Errorer,
+            };
+            TestDef {
+                nodeid,
+                file,
+                class,
+                name,
+                param,
+                line,
+                kind,
+            }
+        })
+        .collect()
+}
+
+/// Base of every session's start: 2026-01-01T00:00:00Z.
+const BASE_MICROS: i64 = 1_767_225_600_000_000;
+
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+/// One run of the suite as a session: its start, and its outcomes in `batch`-sized messages.
+struct RunData {
+    id: String,
+    started_micros: i64,
+    batches: Vec<pb::StreamOutcomesRequest>,
+    counts: Counts,
+    outcomes: u64,
+}
+
+/// Run number `run` of `suite`: each test's outcome depends on the run, not
+/// on the order; the order is collection order or this run's own shuffle.
+fn make_run(suite: &[TestDef], run: u64, order: Order, shape: Shape, batch: usize) -> RunData {
+    let mut rng = Rng(0xC0FF_EE00 ^ run.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut positions: Vec<usize> = (0..suite.len()).collect();
+    if order == Order::Random {
+        for i in (1..positions.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            positions.swap(i, j);
+        }
+    }
+    let started_micros = BASE_MICROS + run as i64 * 600_000_000;
+    let id = uuid::Uuid::new_v4().to_string();
     let mut counts = Counts::default();
-    let base_micros: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
-    let mut batches = Vec::with_capacity((n as usize).div_ceil(batch));
+    let mut batches = Vec::with_capacity(suite.len().div_ceil(batch));
     let mut current = Vec::with_capacity(batch);
-    let modules = n.div_ceil(TESTS_PER_MODULE);
-    for seq in 1..=n {
-        // Where the test sits in the suite: module, then position in it.
-        let (module, position) = match order {
-            Order::Collection => ((seq - 1) / TESTS_PER_MODULE, (seq - 1) % TESTS_PER_MODULE),
-            Order::Random => (rng.below(modules), rng.below(TESTS_PER_MODULE)),
-        };
+    for (k, &p) in positions.iter().enumerate() {
+        let seq = k as u64 + 1;
+        let micros = started_micros + seq as i64 * 2_500;
         current.push(outcome(
             &mut rng,
+            &suite[p],
             seq,
-            module,
-            position,
-            base_micros,
+            micros,
+            shape,
             &mut counts,
         ));
-        if current.len() == batch || seq == n {
+        if current.len() == batch || k + 1 == positions.len() {
             batches.push(pb::StreamOutcomesRequest {
-                session_id: session_id.clone(),
+                session_id: id.clone(),
                 outcomes: std::mem::replace(&mut current, Vec::with_capacity(batch)),
             });
         }
     }
-    (batches, counts)
+    RunData {
+        id,
+        started_micros,
+        batches,
+        counts,
+        outcomes: suite.len() as u64,
+    }
 }
 
 fn outcome(
     rng: &mut Rng,
+    t: &TestDef,
     seq: u64,
-    module: u64,
-    position: u64,
-    base_micros: i64,
+    micros: i64,
+    shape: Shape,
     counts: &mut Counts,
 ) -> pb::Outcome {
-    let file = format!(
-        "tests/pkg_{:02}/test_mod_{:03}.py",
-        module / MODULES_PER_PACKAGE,
-        module % MODULES_PER_PACKAGE
-    );
-    // Classes hold 32 tests; each test function is parametrized 4 ways.
-    let class = CLASSES[(position / 32) as usize % CLASSES.len()];
-    let name = NAMES[(position / 4) as usize % NAMES.len()];
-    let param = rng.pick(PARAMS);
-    let nodeid = format!("{file}::{class}::{name}[{param}-{}]", rng.below(10_000));
-    let line = 10 + (position / 4) as u32 * 12;
     // Most tests take a millisecond or two; a few take much longer.
     let duration = 0.0002 + rng.unit().powi(4) * 0.5;
-    let micros = base_micros + (seq as i64) * 2_500;
     let mut o = pb::Outcome {
         seq,
-        nodeid,
+        nodeid: t.nodeid.clone(),
         outcome: pb::TestOutcome::Passed as i32,
         phase: pb::Phase::Call as i32,
         duration,
-        line,
+        line: t.line,
         markers: vec!["parametrize".to_string()],
         attempt: 1,
-        started_at: Some(prost_types::Timestamp {
-            seconds: micros / 1_000_000,
-            nanos: ((micros % 1_000_000) * 1000) as i32,
-        }),
+        started_at: Some(timestamp(micros)),
+        file: t.file.clone(),
         ..Default::default()
     };
-    let roll = rng.below(1000);
-    if roll < 930 {
-        counts.passed += 1;
-        if rng.below(20) == 0 {
-            o.stdout = format!("connecting to fixture db {}\nok\n", rng.below(100));
+    let fails = matches!(t.kind, Kind::Failer) && rng.below(10) < 7;
+    match t.kind {
+        Kind::Passer | Kind::Failer if !fails => {
+            counts.passed += 1;
+            if shape == Shape::Realistic && rng.below(20) == 0 {
+                o.stdout = format!("connecting to fixture db {}\nok\n", rng.below(100));
+            }
         }
-    } else if roll < 950 {
-        counts.failed += 1;
-        let (got, want) = (rng.below(1000), rng.below(1000));
-        o.outcome = pb::TestOutcome::Failed as i32;
-        o.message = format!("AssertionError: assert {got} == {want}");
-        o.longrepr = traceback(&file, class, name, param, line, got, want);
-        o.stdout = format!(
-            "request id {}\nresponse status {got}\nretrying once\nresponse status {got}\n",
-            rng.next()
-        );
-    } else if roll < 980 {
-        counts.skipped += 1;
-        o.outcome = pb::TestOutcome::Skipped as i32;
-        o.phase = pb::Phase::Setup as i32;
-        o.message = rng.pick(SKIP_REASONS).to_string();
-        o.markers.push("skipif".to_string());
-    } else if roll < 990 {
-        counts.xfailed += 1;
-        o.outcome = pb::TestOutcome::Xfailed as i32;
-        o.message = format!("reason: known bug #{}", rng.below(5000));
-        o.markers.push("xfail".to_string());
-    } else {
-        counts.errors += 1;
-        o.outcome = pb::TestOutcome::Error as i32;
-        o.phase = pb::Phase::Setup as i32;
-        o.message = "ConnectionRefusedError: [Errno 111] Connection refused".to_string();
-        o.longrepr = traceback(&file, class, name, param, line, 111, 0);
+        Kind::Passer | Kind::Failer => {
+            counts.failed += 1;
+            let (got, want) = (rng.below(1000), rng.below(1000));
+            o.outcome = pb::TestOutcome::Failed as i32;
+            o.message = format!("AssertionError: assert {got} == {want}");
+            o.longrepr = traceback(&t.file, t.class, t.name, t.param, t.line, got, want);
+            o.stdout = format!(
+                "request id {}\nresponse status {got}\nretrying once\nresponse status {got}\n",
+                rng.next()
+            );
+        }
+        Kind::Skipper(reason) => {
+            counts.skipped += 1;
+            o.outcome = pb::TestOutcome::Skipped as i32;
+            o.phase = pb::Phase::Setup as i32;
+            o.message = reason.to_string();
+            o.markers.push("skipif".to_string());
+        }
+        Kind::Xfailer(bug) => {
+            counts.xfailed += 1;
+            o.outcome = pb::TestOutcome::Xfailed as i32;
+            o.message = format!("reason: known bug #{bug}");
+            o.markers.push("xfail".to_string());
+        }
+        Kind::Errorer => {
+            counts.errors += 1;
+            o.outcome = pb::TestOutcome::Error as i32;
+            o.phase = pb::Phase::Setup as i32;
+            o.message = "ConnectionRefusedError: [Errno 111] Connection refused".to_string();
+            o.longrepr = traceback(&t.file, t.class, t.name, t.param, t.line, 111, 0);
+        }
     }
-    o.file = file;
     o
 }
 
@@ -436,36 +502,365 @@ fn traceback(
 // ---------------------------------------------------------------------------
 // Streaming
 
-/// Streams `batches` and returns the time until the ack of seq `n`; the
-/// client encodes each batch as the stream pulls it, inside the timing.
-async fn stream_all(
-    client: &mut RecorderClient<Channel>,
-    batches: Vec<pb::StreamOutcomesRequest>,
-    n: u64,
-) -> anyhow::Result<Duration> {
+/// Streams `batches` on one stream and returns the time until the ack of the
+/// last one; the client encodes each batch as the stream pulls it, inside the timing.
+async fn stream_all<I>(client: &mut RecorderClient<Channel>, batches: I) -> anyhow::Result<Duration>
+where
+    I: Iterator<Item = pb::StreamOutcomesRequest> + Send + 'static,
+{
+    let (count_tx, count_rx) = std::sync::mpsc::channel();
+    let counted = batches.inspect(move |_| {
+        let _ = count_tx.send(());
+    });
     let started = Instant::now();
     let mut acks = client
-        .stream_outcomes(tokio_stream::iter(batches))
+        .stream_outcomes(tokio_stream::iter(counted))
         .await
         .context("StreamOutcomes")?
         .into_inner();
-    let mut elapsed = None;
-    while let Some(ack) = acks.message().await.context("reading acks")? {
-        if ack.acked_seq >= n && elapsed.is_none() {
-            elapsed = Some(started.elapsed());
-        }
+    let mut received = 0usize;
+    let mut elapsed = started.elapsed();
+    while let Some(_ack) = acks.message().await.context("reading acks")? {
+        received += 1;
+        elapsed = started.elapsed();
     }
-    elapsed.with_context(|| format!("the ack stream ended before seq {n} was acknowledged"))
+    let sent = count_rx.try_iter().count();
+    ensure!(
+        received == sent,
+        "{received} acks for {sent} batches: the stream ended early"
+    );
+    Ok(elapsed)
 }
 
-fn with_session(
-    mut batches: Vec<pb::StreamOutcomesRequest>,
-    id: &str,
-) -> Vec<pb::StreamOutcomesRequest> {
-    for b in &mut batches {
-        b.session_id = id.to_string();
+async fn start_sessions(
+    client: &mut RecorderClient<Channel>,
+    runs: impl Iterator<Item = (String, i64)>,
+) -> anyhow::Result<()> {
+    for (id, started) in runs {
+        client
+            .start_session(pb::StartSessionRequest {
+                session_id: id,
+                source: pb::Source::Plugin as i32,
+                environment: Some(pb::Environment {
+                    os: "Linux-6.1.0-x86_64".into(),
+                    python_version: "3.12.3".into(),
+                    python_implementation: "CPython".into(),
+                    pytest_version: "8.3.4".into(),
+                    project: "ingest-bench".into(),
+                    git_commit: format!("{:040x}", started),
+                    git_branch: "main".into(),
+                    ..Default::default()
+                }),
+                started_at: Some(timestamp(started)),
+            })
+            .await
+            .context("StartSession")?;
     }
-    batches
+    Ok(())
+}
+
+async fn connect(addr: &str) -> anyhow::Result<RecorderClient<Channel>> {
+    let client = RecorderClient::connect(format!("http://{addr}"))
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(client
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// One measured run.
+struct Measured {
+    label: String,
+    mode: Mode,
+    outcomes: u64,
+    wire_bytes: u64,
+    elapsed: Duration,
+    /// Time to finish the measured sessions afterwards (store only).
+    finish: Option<Duration>,
+    bench_cpu: Option<f64>,
+    server_cpu: Option<f64>,
+    /// CPU time other processes took meanwhile: a busy machine skews the numbers.
+    other_cpu: Option<f64>,
+    server: Option<ServerFigures>,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.outcomes as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// What the server process's memory and database looked like.
+struct ServerFigures {
+    /// The highest VmRSS sampled while the measured outcomes streamed.
+    peak_mib: f64,
+    /// VmHWM at the end: the peak over the whole life, history loading included.
+    hwm_mib: f64,
+    /// Database file plus WAL after the server stopped.
+    db_bytes: u64,
+    /// Outcomes the database holds: history and measured.
+    stored: u64,
+}
+
+impl ServerFigures {
+    fn bytes_per_outcome(&self) -> f64 {
+        self.db_bytes as f64 / self.stored.max(1) as f64
+    }
+}
+
+/// The measured runs, generated up front so generation is not timed.
+fn measured_runs(config: &Config, suite: &[TestDef], order: Order) -> Vec<RunData> {
+    (0..config.runs())
+        .map(|r| make_run(suite, config.history + r, order, config.shape, config.batch))
+        .collect()
+}
+
+async fn run_raw(config: &Config, suite: &[TestDef]) -> anyhow::Result<Measured> {
+    let runs = measured_runs(config, suite, config.order);
+    let outcomes: u64 = runs.iter().map(|r| r.outcomes).sum();
+    let batches: Vec<pb::StreamOutcomesRequest> =
+        runs.into_iter().flat_map(|r| r.batches).collect();
+    let wire_bytes: u64 = batches.iter().map(|b| b.encoded_len() as u64).sum();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // TCP_NODELAY on the accepted socket: `Server::tcp_nodelay` does not
+    // reach sockets from `serve_with_incoming*`, and without it Nagle holds
+    // back small WINDOW_UPDATE frames until the peer's delayed ACK (~40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RecorderServer::new(Sink).max_decoding_message_size(MAX_MESSAGE_BYTES))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            }),
+    );
+    let mut client = connect(&addr).await?;
+    let cpu_before = cpu_seconds("self");
+    let machine_before = machine_busy_seconds();
+    let elapsed = stream_all(&mut client, batches.into_iter()).await?;
+    let cpu_after = cpu_seconds("self");
+    let machine_after = machine_busy_seconds();
+    let bench_cpu = cpu_after.zip(cpu_before).map(|(a, b)| a - b);
+    drop(client);
+    let _ = stop_tx.send(());
+    server.await??;
+    Ok(Measured {
+        label: format!("raw {}", config.order.name()),
+        mode: Mode::Raw,
+        outcomes,
+        wire_bytes,
+        elapsed,
+        finish: None,
+        bench_cpu,
+        server_cpu: None,
+        other_cpu: others(machine_before, machine_after, &[bench_cpu]),
+        server: None,
+    })
+}
+
+async fn run_store(
+    config: &Config,
+    suite: &Arc<Vec<TestDef>>,
+    history: u64,
+    order: Order,
+) -> anyhow::Result<Measured> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("bench.db");
+    let label = format!("store h={history} {}", order.name());
+    println!(
+        "{label}: database {} (set TMPDIR to measure another disk)",
+        db.display()
+    );
+    let mut server = ServerProcess::start(&db)?;
+    let pid = server.pid();
+    let mut client = connect(&server.addr).await?;
+
+    if history > 0 {
+        let started = Instant::now();
+        // Generated run by run while streaming, so history costs no memory.
+        let ids: Vec<(String, i64)> = (0..history)
+            .map(|r| {
+                (
+                    uuid::Uuid::new_v4().to_string(),
+                    BASE_MICROS + r as i64 * 600_000_000,
+                )
+            })
+            .collect();
+        start_sessions(&mut client, ids.iter().cloned()).await?;
+        let (suite2, shape, batch) = (suite.clone(), config.shape, config.batch);
+        let lazy = ids
+            .clone()
+            .into_iter()
+            .enumerate()
+            .flat_map(move |(r, (id, _))| {
+                let mut run = make_run(&suite2, r as u64, order, shape, batch);
+                for b in &mut run.batches {
+                    b.session_id = id.clone();
+                }
+                run.batches
+            });
+        stream_all(&mut client, lazy).await?;
+        for (id, _) in &ids {
+            finish(&mut client, id, suite.len() as u64).await?;
+        }
+        println!(
+            "{label}: loaded {history} earlier runs ({} outcomes) in {:.1} s; streaming the measured runs...",
+            history * suite.len() as u64,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    let runs = measured_runs(config, suite, order);
+    let outcomes: u64 = runs.iter().map(|r| r.outcomes).sum();
+    start_sessions(
+        &mut client,
+        runs.iter().map(|r| (r.id.clone(), r.started_micros)),
+    )
+    .await?;
+    let checks: Vec<(String, Counts, u64)> = runs
+        .iter()
+        .map(|r| (r.id.clone(), r.counts.clone(), r.outcomes))
+        .collect();
+    let batches: Vec<pb::StreamOutcomesRequest> =
+        runs.into_iter().flat_map(|r| r.batches).collect();
+    let wire_bytes: u64 = batches.iter().map(|b| b.encoded_len() as u64).sum();
+
+    let sampler = RssSampler::start(pid);
+    let (bench_before, server_before) = (cpu_seconds("self"), cpu_seconds(&pid.to_string()));
+    let machine_before = machine_busy_seconds();
+    let elapsed = stream_all(&mut client, batches.into_iter()).await?;
+    let (bench_after, server_after) = (cpu_seconds("self"), cpu_seconds(&pid.to_string()));
+    let machine_after = machine_busy_seconds();
+    let bench_cpu = bench_after.zip(bench_before).map(|(a, b)| a - b);
+    let server_cpu = server_after.zip(server_before).map(|(a, b)| a - b);
+    let sampled_max_kib = sampler.stop();
+    let status = proc_status(pid)?;
+    let hwm_kib = status_kib(&status, "VmHWM:")?;
+
+    // Finishing is part of a run's cost: a session's index by test and its
+    // digest are written when it closes. Timed apart, as the target is
+    // about acknowledged outcomes.
+    let finishing = Instant::now();
+    for (id, _, n) in &checks {
+        finish(&mut client, id, *n).await?;
+    }
+    let finish_time = finishing.elapsed();
+    // Every outcome is in the database, counted by the store itself.
+    for (id, counts, n) in &checks {
+        let stored = client
+            .get_session(pb::GetSessionRequest {
+                session_id: id.clone(),
+            })
+            .await
+            .context("GetSession")?
+            .into_inner()
+            .session
+            .context("GetSession returned no session")?;
+        ensure!(
+            stored.outcomes_stored == *n,
+            "session {id}: the server stored {} outcomes, not {n}",
+            stored.outcomes_stored
+        );
+        let c = stored.counts.unwrap_or_default();
+        let got = Counts {
+            passed: c.passed,
+            failed: c.failed,
+            skipped: c.skipped,
+            errors: c.errors,
+            xfailed: c.xfailed,
+        };
+        ensure!(
+            &got == counts,
+            "session {id}: stored counts {got:?} differ from sent {counts:?}"
+        );
+    }
+    drop(client);
+
+    let exit = server.terminate()?;
+    ensure!(
+        exit.success(),
+        "the server exited with {exit} after SIGTERM; its stderr: {:?}",
+        server.stderr_tail()
+    );
+    let db_bytes: u64 = ["bench.db", "bench.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(Measured {
+        label,
+        mode: Mode::Store,
+        outcomes,
+        wire_bytes,
+        elapsed,
+        finish: Some(finish_time),
+        bench_cpu,
+        server_cpu,
+        other_cpu: others(machine_before, machine_after, &[bench_cpu, server_cpu]),
+        server: Some(ServerFigures {
+            peak_mib: sampled_max_kib as f64 / 1024.0,
+            hwm_mib: hwm_kib as f64 / 1024.0,
+            db_bytes,
+            stored: outcomes + history * suite.len() as u64,
+        }),
+    })
+}
+
+async fn finish(client: &mut RecorderClient<Channel>, id: &str, n: u64) -> anyhow::Result<()> {
+    let finished = client
+        .finish_session(pb::FinishSessionRequest {
+            session_id: id.to_string(),
+            summary: Some(pb::Summary {
+                total_tests: n,
+                exitstatus: 1,
+                duration: 12.5,
+                ..Default::default()
+            }),
+            outcomes_sent: n,
+            finished_at: None,
+        })
+        .await
+        .context("FinishSession")?
+        .into_inner()
+        .session
+        .context("FinishSession returned no session")?;
+    ensure!(
+        finished.status() == pb::SessionStatus::Finished,
+        "session {id} is {:?} after finishing, not finished",
+        finished.status()
+    );
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    println!(
+        "ingest benchmark: a {} suite of {} tests, {} earlier runs in the database, then {} runs \
+         ({} outcomes) measured, batches of {}, {} order, {} CPU(s)",
+        config.shape.name(),
+        config.suite,
+        config.history,
+        config.runs(),
+        config.runs() * config.suite,
+        config.batch,
+        config.order.name(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let suite = Arc::new(build_suite(config.suite, config.shape));
+    let mut results = Vec::new();
+    for mode in &config.modes {
+        match mode {
+            Mode::Raw => results.push(run_raw(&config, &suite).await?),
+            Mode::Store => {
+                results.push(run_store(&config, &suite, config.history, config.order).await?);
+                if config.baseline {
+                    results.push(run_store(&config, &suite, 0, Order::Collection).await?);
+                }
+            }
+        }
+    }
+    print_table(&results, &config);
+    Ok(())
 }
 
 /// A Recorder that acks each batch at once and stores nothing.
@@ -544,190 +939,6 @@ impl Recorder for Sink {
     ) -> Result<Response<Self::WatchSessionStream>, Status> {
         Err(Status::unimplemented("the sink only streams"))
     }
-}
-
-async fn connect(addr: &str) -> anyhow::Result<RecorderClient<Channel>> {
-    let client = RecorderClient::connect(format!("http://{addr}"))
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    Ok(client
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES))
-}
-
-async fn run_raw(
-    batches: Vec<pb::StreamOutcomesRequest>,
-    n: u64,
-    wire_bytes: u64,
-) -> anyhow::Result<Measured> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // TCP_NODELAY on the accepted socket: `Server::tcp_nodelay` does not
-    // reach sockets from `serve_with_incoming*`, and without it Nagle holds
-    // back small WINDOW_UPDATE frames until the peer's delayed ACK (~40 ms).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RecorderServer::new(Sink).max_decoding_message_size(MAX_MESSAGE_BYTES))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop_rx.await;
-            }),
-    );
-    let mut client = connect(&addr).await?;
-    let batches = with_session(batches, &uuid::Uuid::new_v4().to_string());
-    let cpu_before = cpu_seconds("self");
-    let machine_before = machine_busy_seconds();
-    let elapsed = stream_all(&mut client, batches, n).await?;
-    let cpu_after = cpu_seconds("self");
-    let machine_after = machine_busy_seconds();
-    let bench_cpu = cpu_after.zip(cpu_before).map(|(a, b)| a - b);
-    drop(client);
-    let _ = stop_tx.send(());
-    server.await??;
-    Ok(Measured {
-        mode: Mode::Raw,
-        outcomes: n,
-        wire_bytes,
-        elapsed,
-        bench_cpu,
-        server_cpu: None,
-        other_cpu: others(machine_before, machine_after, &[bench_cpu]),
-        server: None,
-    })
-}
-
-async fn run_store(
-    batches: Vec<pb::StreamOutcomesRequest>,
-    counts: &Counts,
-    n: u64,
-    wire_bytes: u64,
-) -> anyhow::Result<Measured> {
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("bench.db");
-    println!(
-        "store: database {} (set TMPDIR to measure another disk)",
-        db.display()
-    );
-    let mut server = ServerProcess::start(&db)?;
-    let pid = server.pid();
-    let mut client = connect(&server.addr).await?;
-
-    let id = uuid::Uuid::new_v4().to_string();
-    client
-        .start_session(pb::StartSessionRequest {
-            session_id: id.clone(),
-            source: pb::Source::Plugin as i32,
-            environment: Some(pb::Environment {
-                os: "Linux-6.1.0-x86_64".into(),
-                python_version: "3.12.3".into(),
-                python_implementation: "CPython".into(),
-                pytest_version: "8.3.4".into(),
-                project: "ingest-bench".into(),
-                ..Default::default()
-            }),
-            started_at: None,
-        })
-        .await
-        .context("StartSession")?;
-
-    let batches = with_session(batches, &id);
-    let sampler = RssSampler::start(pid);
-    let (bench_before, server_before) = (cpu_seconds("self"), cpu_seconds(&pid.to_string()));
-    let machine_before = machine_busy_seconds();
-    let elapsed = stream_all(&mut client, batches, n).await?;
-    let (bench_after, server_after) = (cpu_seconds("self"), cpu_seconds(&pid.to_string()));
-    let machine_after = machine_busy_seconds();
-    let bench_cpu = bench_after.zip(bench_before).map(|(a, b)| a - b);
-    let server_cpu = server_after.zip(server_before).map(|(a, b)| a - b);
-    let sampled_max_kib = sampler.stop();
-    let status = proc_status(pid)?;
-    let peak_kib = status_kib(&status, "VmHWM:")?;
-    let after_kib = status_kib(&status, "VmRSS:")?;
-
-    // Durability check: the session is finished and every outcome is in the
-    // database, counted by the store itself.
-    let finished = client
-        .finish_session(pb::FinishSessionRequest {
-            session_id: id.clone(),
-            summary: Some(pb::Summary {
-                total_tests: n,
-                passed: counts.passed,
-                failed: counts.failed,
-                skipped: counts.skipped,
-                errors: counts.errors,
-                exitstatus: 1,
-                duration: elapsed.as_secs_f64(),
-                ..Default::default()
-            }),
-            outcomes_sent: n,
-            finished_at: None,
-        })
-        .await
-        .context("FinishSession")?
-        .into_inner()
-        .session
-        .context("FinishSession returned no session")?;
-    ensure!(
-        finished.status() == pb::SessionStatus::Finished,
-        "the session is {:?} after finishing, not finished",
-        finished.status()
-    );
-    let stored = client
-        .get_session(pb::GetSessionRequest {
-            session_id: id.clone(),
-        })
-        .await
-        .context("GetSession")?
-        .into_inner()
-        .session
-        .context("GetSession returned no session")?;
-    ensure!(
-        stored.outcomes_stored == n,
-        "the server stored {} outcomes, not {n}",
-        stored.outcomes_stored
-    );
-    let c = stored.counts.unwrap_or_default();
-    let got = Counts {
-        passed: c.passed,
-        failed: c.failed,
-        skipped: c.skipped,
-        errors: c.errors,
-        xfailed: c.xfailed,
-    };
-    ensure!(
-        &got == counts,
-        "stored counts {got:?} differ from sent {counts:?}"
-    );
-    drop(client);
-
-    let exit = server.terminate()?;
-    ensure!(
-        exit.success(),
-        "the server exited with {exit} after SIGTERM; its stderr: {:?}",
-        server.stderr_tail()
-    );
-    let db_bytes: u64 = ["bench.db", "bench.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
-        .map(|m| m.len())
-        .sum();
-    Ok(Measured {
-        mode: Mode::Store,
-        outcomes: n,
-        wire_bytes,
-        elapsed,
-        bench_cpu,
-        server_cpu,
-        other_cpu: others(machine_before, machine_after, &[bench_cpu, server_cpu]),
-        server: Some(ServerMemory {
-            // VmHWM is updated lazily and can trail a sampled VmRSS slightly.
-            peak_mib: peak_kib.max(sampled_max_kib) as f64 / 1024.0,
-            sampled_max_mib: sampled_max_kib as f64 / 1024.0,
-            after_mib: after_kib as f64 / 1024.0,
-            db_mib: mib(db_bytes),
-        }),
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -941,82 +1152,126 @@ fn opt(value: Option<f64>, precision: usize) -> String {
 fn print_table(results: &[Measured], config: &Config) {
     println!();
     println!(
-        "{:<6} {:>9} {:>8} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "mode",
+        "{:<24} {:>9} {:>8} {:>11} {:>8} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "run",
         "outcomes",
         "seconds",
         "outcomes/s",
+        "finish s",
         "wire MiB/s",
         "bench CPU",
         "server CPU",
         "other CPU",
         "peak MiB",
-        "max RSS",
-        "end RSS",
-        "db MiB"
+        "VmHWM MiB",
+        "db MiB",
+        "B/outcome"
     );
     for r in results {
-        let mem = r.server.as_ref();
+        let s = r.server.as_ref();
         println!(
-            "{:<6} {:>9} {:>8.3} {:>11.0} {:>10.1} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-            r.mode.name(),
+            "{:<24} {:>9} {:>8.3} {:>11.0} {:>8} {:>10.1} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            r.label,
             r.outcomes,
             r.elapsed.as_secs_f64(),
             r.rate(),
+            opt(r.finish.map(|f| f.as_secs_f64()), 3),
             mib(r.wire_bytes) / r.elapsed.as_secs_f64(),
             opt(r.bench_cpu, 2),
             opt(r.server_cpu, 2),
             opt(r.other_cpu, 2),
-            opt(mem.map(|m| m.peak_mib), 1),
-            opt(mem.map(|m| m.sampled_max_mib), 1),
-            opt(mem.map(|m| m.after_mib), 1),
-            opt(mem.map(|m| m.db_mib), 1),
+            opt(s.map(|m| m.peak_mib), 1),
+            opt(s.map(|m| m.hwm_mib), 1),
+            opt(s.map(|m| mib(m.db_bytes)), 1),
+            opt(s.map(ServerFigures::bytes_per_outcome), 1),
         );
     }
     println!();
-    println!("bench/server/other CPU: user+system seconds during the stream, of the bench process");
-    println!("  (client, and in raw mode the sink too), the server, and everything else on the");
-    println!("  machine (near 0 on a quiet machine; more means the numbers are skewed).");
     println!(
-        "peak MiB: the server's VmHWM (or max RSS when higher); max RSS: highest VmRSS sampled \
-         every {} ms;",
+        "bench/server/other CPU: user+system seconds during the measured stream, of the bench"
+    );
+    println!(
+        "  process (client, and in raw mode the sink too), the server, and everything else on"
+    );
+    println!("  the machine (near 0 on a quiet machine; more means the numbers are skewed).");
+    println!(
+        "peak MiB: highest server VmRSS sampled every {} ms during the measured stream; VmHWM:",
         RSS_SAMPLE_EVERY.as_millis()
     );
-    println!(
-        "  end RSS: VmRSS after the last ack; db MiB: database and WAL after the server stopped."
-    );
+    println!("  the server's peak over its whole life, history loading included.");
+    println!("db MiB: database and WAL after the server stopped; B/outcome: that over every");
+    println!("  outcome it holds (earlier runs and measured runs).");
 
     let raw = results.iter().find(|r| r.mode == Mode::Raw);
-    let store = results.iter().find(|r| r.mode == Mode::Store);
+    let mut stores = results.iter().filter(|r| r.mode == Mode::Store);
+    let store = stores.next();
+    let baseline = stores.next();
     println!();
-    if let (Some(raw), Some(store)) = (raw, store) {
-        let ratio = raw.rate() / store.rate();
-        println!(
-            "raw/store: {ratio:.2}x  (target <= {TARGET_RATIO:.0}x: {})",
-            verdict(ratio <= TARGET_RATIO)
-        );
-    }
     if let Some(store) = store {
         println!(
-            "store rate: {:.0} outcomes/s  (target >= {TARGET_STORE_RATE:.0}: {})",
+            "{}: {:.0} acknowledged outcomes/s  (target >= {TARGET_STORE_RATE:.0}: {})",
+            store.label,
             store.rate(),
             verdict(store.rate() >= TARGET_STORE_RATE)
         );
-        if let Some(mem) = &store.server {
+        if let Some(f) = store.finish {
+            let total = store.elapsed + f;
             println!(
-                "server peak memory: {:.1} MiB  (target < {TARGET_PEAK_MIB:.0} MiB: {})",
-                mem.peak_mib,
-                verdict(mem.peak_mib < TARGET_PEAK_MIB)
+                "{}: {:.0} outcomes/s counting the time to finish every session too",
+                store.label,
+                store.outcomes as f64 / total.as_secs_f64()
+            );
+        }
+        if let Some(base) = baseline {
+            let ratio = base.rate() / store.rate();
+            println!(
+                "{} vs {}: {ratio:.2}x slower  (target <= {TARGET_BASELINE_RATIO}x: {})",
+                store.label,
+                base.label,
+                verdict(ratio <= TARGET_BASELINE_RATIO)
+            );
+        }
+        if let Some(s) = &store.server {
+            println!(
+                "server peak memory while streaming: {:.1} MiB  (target < {TARGET_PEAK_MIB:.0} MiB: {})",
+                s.peak_mib,
+                verdict(s.peak_mib < TARGET_PEAK_MIB)
+            );
+            let per = s.bytes_per_outcome();
+            match config.shape {
+                Shape::Plain => println!(
+                    "database: {per:.1} bytes per outcome of plain passing tests  (target <= \
+                     {TARGET_PLAIN_BYTES:.0}: {})",
+                    verdict(per <= TARGET_PLAIN_BYTES)
+                ),
+                Shape::Realistic => {
+                    let per_million = per * 1e6 / (1024.0 * 1024.0);
+                    println!(
+                        "database: {per:.1} bytes per outcome, {per_million:.1} MiB per million \
+                         outcomes  (target <= {TARGET_MIB_PER_MILLION:.0} MiB: {})",
+                        verdict(per_million <= TARGET_MIB_PER_MILLION)
+                    );
+                }
+            }
+        }
+        if let Some(raw) = raw {
+            println!(
+                "raw/store: {:.2}x  (gRPC alone against gRPC plus the store; see the README for \
+                 what bounds it)",
+                raw.rate() / store.rate()
             );
         }
     }
     println!();
     println!(
-        "rerun: cargo bench --bench ingest   (env: BENCH_OUTCOMES={} BENCH_BATCH={} \
-         BENCH_ORDER={} BENCH_MODE=both|raw|store BENCH_SERVER_BIN=path/to/pytest-mcp)",
+        "rerun: BENCH_HISTORY={} BENCH_ORDER={} BENCH_SUITE={} BENCH_OUTCOMES={} BENCH_SHAPE={} \
+         cargo bench --bench ingest   (also BENCH_BATCH, BENCH_MODE=both|raw|store, \
+         BENCH_BASELINE=0, BENCH_SERVER_BIN=path/to/pytest-mcp)",
+        config.history,
+        config.order.name(),
+        config.suite,
         config.outcomes,
-        config.batch,
-        config.order.name()
+        config.shape.name()
     );
 }
 

@@ -512,7 +512,15 @@ mod tests {
                 tracked.attempt = i as u32 + 1;
                 batch.push(tracked);
             }
+            let n = batch.len() as u64;
             store.append_outcomes(id, batch).await?;
+            // Half of them closed: a closed session is read by test through
+            // its index, a running one from its rows; history spans both.
+            if ids.len() % 2 == 0 {
+                store
+                    .finish_session(id, crate::model::Summary::default(), n, None)
+                    .await?;
+            }
             ids.push(id);
         }
         Ok((store, ids))

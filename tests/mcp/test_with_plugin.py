@@ -7,17 +7,19 @@ server over gRPC, exactly as a user's run would.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from xml.etree import ElementTree
 
 import anyio
 import pytest
 from mcp import types
 
-from conftest import Server, connect
+from conftest import Server, binary, connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -140,3 +142,72 @@ async def test_a_subscribed_agent_hears_of_a_failure_while_the_plugin_run_is_sti
         assert got["session"]["counts"]["failed"] == 1
         assert got["session"]["counts"]["passed"] == 2
         assert got["session"]["exitstatus"] == 1
+
+
+SUBTESTS_SUITE = '''
+def test_numbers(subtests, record_property):
+    record_property("ticket", "JIRA-7")
+    for i in range(3):
+        with subtests.test("odd", i=i):
+            assert i % 2 == 0
+
+def test_plain():
+    pass
+'''
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_failing_subtests_and_recorded_properties_reach_get_failures_and_the_exports(
+    server: Server, tmp_path: Path, transport: str
+):
+    suite = tmp_path / "subsuite"
+    suite.mkdir()
+    (suite / "test_sub.py").write_text(textwrap.dedent(SUBTESTS_SUITE))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--mcp",
+         "--mcp-address", server.grpc_addr, "test_sub.py"],
+        cwd=suite, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+
+    async with connect(transport, server) as session:
+        got = structured(await session.call_tool("get_failures", {"session": "latest"}))
+        history = structured(await session.call_tool(
+            "get_test_history", {"nodeid": "test_sub.py::test_numbers"}))
+    failures = {(f["nodeid"], f["subtest"]): f for f in got["failures"]}
+    # The failing subtest and the test that holds it, both under pytest's own nodeid.
+    assert set(failures) == {
+        ("test_sub.py::test_numbers", "[odd] (i=1)"),
+        ("test_sub.py::test_numbers", None),
+    }
+    sub = failures[("test_sub.py::test_numbers", "[odd] (i=1)")]
+    assert sub["user_properties"] == [{"name": "ticket", "value": "JIRA-7"}]
+    # A rerun command names a test pytest can select, once.
+    assert got["rerun_command"] == "pytest test_sub.py::test_numbers"
+    # The test's history holds its subtests, labelled.
+    labels = sorted(e["subtest"] or "" for e in history["entries"])
+    assert labels == ["", "[odd] (i=0)", "[odd] (i=1)", "[odd] (i=2)"]
+
+    exported = subprocess.run(
+        [binary(), "export", "--db", str(server.db), "latest", "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    doc = json.loads(exported)
+    subs = [o for o in doc["outcomes"] if o["subtest"]]
+    assert sorted(o["subtest"] for o in subs) == ["[odd] (i=0)", "[odd] (i=1)", "[odd] (i=2)"]
+    assert {o["nodeid"] for o in subs} == {"test_sub.py::test_numbers"}
+    tagged = [o for o in doc["outcomes"] if o["user_properties"]]
+    assert tagged and all(o["user_properties"] == [["ticket", "JIRA-7"]] for o in tagged)
+
+    junit = subprocess.run(
+        [binary(), "export", "--db", str(server.db), "latest", "--format", "junit"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    cases = ElementTree.fromstring(junit).iter("testcase")
+    by_name = {c.get("name"): c for c in cases}
+    assert "test_numbers [odd] (i=1)" in by_name
+    failing_sub = by_name["test_numbers [odd] (i=1)"]
+    assert failing_sub.find("failure") is not None
+    props = [(p.get("name"), p.get("value")) for p in failing_sub.iter("property")]
+    assert props == [("ticket", "JIRA-7")]

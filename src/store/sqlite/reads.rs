@@ -13,7 +13,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use super::rows::{self, OUTCOME_COLUMNS, OUTCOME_JOINS, SESSION_COLUMNS, outcome_rowid_range};
+use super::rows::{
+    self, OUTCOME_COLUMNS, OUTCOME_JOINS, SESSION_COLUMNS, outcome_rowid, outcome_rowid_range,
+    seq_of,
+};
 use super::schema::{kind_code, kind_of};
 use crate::error::{Error, Result};
 use crate::model::{Outcome, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp};
@@ -222,24 +225,66 @@ fn tests_of(c: &Connection, nodeid: &str) -> Result<(Vec<i64>, Option<i64>, i64)
     Ok((ids, own, first))
 }
 
-/// Calls `each` with (pk, git commit) of every session from `first_pk` on,
-/// newest first, until it returns false.
+/// Calls `each` with (pk, git commit, whether it is running) of every
+/// session from `first_pk` on, newest first, until it returns false.
 fn sessions_newest_first(
     c: &Connection,
     first_pk: i64,
-    mut each: impl FnMut(i64, Option<Arc<str>>) -> Result<bool>,
+    mut each: impl FnMut(i64, Option<Arc<str>>, bool) -> Result<bool>,
 ) -> Result<()> {
     let mut stmt = c.prepare_cached(
-        "SELECT pk, git_commit FROM sessions INDEXED BY sessions_by_start
+        "SELECT pk, git_commit, status = 'running' FROM sessions INDEXED BY sessions_by_start
          WHERE pk >= ?1 ORDER BY started_at DESC, pk DESC",
     )?;
     let mut rows = stmt.query([first_pk])?;
     while let Some(r) = rows.next()? {
-        if !each(r.get(0)?, r.get::<_, Option<String>>(1)?.map(Arc::from))? {
+        if !each(
+            r.get(0)?,
+            r.get::<_, Option<String>>(1)?.map(Arc::from),
+            r.get(2)?,
+        )? {
             break;
         }
     }
     Ok(())
+}
+
+/// The (seq, test, kind) of every outcome of `tests` in one session, in seq
+/// order: from `session_tests` for a closed session, from its rows while it
+/// is running (it has no `session_tests` yet).
+fn outcomes_of_tests(
+    c: &Connection,
+    pk: i64,
+    running: bool,
+    tests: &Rc<Vec<Value>>,
+) -> Result<Vec<(u64, i64, i64)>> {
+    let mut out: Vec<(u64, i64, i64)> = Vec::new();
+    if running {
+        let (lo, hi) = outcome_rowid_range(pk);
+        let mut stmt = c.prepare_cached(
+            "SELECT id, test_id, kind FROM outcomes
+             WHERE id BETWEEN ?1 AND ?2 AND test_id IN rarray(?3) ORDER BY id",
+        )?;
+        let mut rows = stmt.query(params![lo, hi, tests.clone()])?;
+        while let Some(r) = rows.next()? {
+            out.push((seq_of(r.get(0)?), r.get(1)?, r.get(2)?));
+        }
+    } else {
+        let mut stmt = c.prepare_cached(
+            "SELECT seq, test_id, kind FROM session_tests
+             WHERE session_pk = ?1 AND test_id IN rarray(?2)",
+        )?;
+        let mut rows = stmt.query(params![pk, tests.clone()])?;
+        while let Some(r) = rows.next()? {
+            out.push((
+                u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                r.get(1)?,
+                r.get(2)?,
+            ));
+        }
+        out.sort_unstable_by_key(|o| o.0);
+    }
+    Ok(out)
 }
 
 /// One test's outcomes, its subtests' included, newest session first.
@@ -263,16 +308,11 @@ pub fn test_history(
     let wanted = usize::try_from(offset)
         .unwrap_or(usize::MAX)
         .saturating_add(limit + 1);
-    let mut probe = c.prepare_cached(
-        "SELECT id FROM outcomes INDEXED BY outcomes_by_session_test
-         WHERE session_pk = ?1 AND test_id IN rarray(?2) ORDER BY id",
-    )?;
     let ids = id_array(ids);
     let mut found: Vec<(i64, i64)> = Vec::new();
-    sessions_newest_first(c, first_pk, |pk, _| {
-        let mut rows = probe.query(params![pk, ids.clone()])?;
-        while let Some(r) = rows.next()? {
-            found.push((pk, r.get(0)?));
+    sessions_newest_first(c, first_pk, |pk, _, running| {
+        for (seq, _, _) in outcomes_of_tests(c, pk, running, &ids)? {
+            found.push((pk, outcome_rowid(pk, seq)));
         }
         Ok(found.len() < wanted)
     })?;
@@ -313,17 +353,15 @@ pub fn test_runs(c: &Connection, nodeid: &str, window: usize) -> Result<Vec<Run>
     let Some(test) = own else {
         return Ok(Vec::new());
     };
-    let mut probe = c.prepare_cached(
-        "SELECT id, kind FROM outcomes INDEXED BY outcomes_by_session_test
-         WHERE session_pk = ?1 AND test_id = ?2 ORDER BY id DESC",
-    )?;
     let mut runs: Vec<Run> = Vec::new();
-    sessions_newest_first(c, first_pk, |pk, commit| {
-        let mut rows = probe.query(params![pk, test])?;
-        while runs.len() < window
-            && let Some(r) = rows.next()?
-        {
-            if let Some(failed) = counts_as_run(r.get(1)?) {
+    let only = id_array([test]);
+    sessions_newest_first(c, first_pk, |pk, commit, running| {
+        // Newest first: this session's attempts from its last one back.
+        for (_, _, kind) in outcomes_of_tests(c, pk, running, &only)?.into_iter().rev() {
+            if runs.len() == window {
+                break;
+            }
+            if let Some(failed) = counts_as_run(kind) {
                 runs.push(Run {
                     session: pk,
                     commit: commit.clone(),
@@ -473,27 +511,33 @@ pub fn failure_messages(
     for &(pk, test) in of {
         by_session.entry(pk).or_default().push(test);
     }
-    let mut stmt = c.prepare_cached(
-        "SELECT o.test_id, o.message, d.data
-         FROM outcomes o INDEXED BY outcomes_by_session_test
-         LEFT JOIN details d ON d.id = o.id
-         WHERE o.session_pk = ?1 AND o.test_id IN rarray(?2) AND o.kind IN (2, 4)
-         ORDER BY o.id",
+    let mut message = c.prepare_cached(
+        "SELECT o.message, d.data FROM outcomes o LEFT JOIN details d ON d.id = o.id
+         WHERE o.id = ?1",
     )?;
+    let mut running = c.prepare_cached("SELECT status = 'running' FROM sessions WHERE pk = ?1")?;
     let mut out = HashMap::with_capacity(of.len());
     for (pk, tests) in by_session {
-        let mut rows = stmt.query(params![pk, id_array(tests)])?;
-        // In seq order: a later failed attempt's message replaces an earlier one's.
-        while let Some(r) = rows.next()? {
-            let message = match (
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, Option<Vec<u8>>>(2)?,
-            ) {
+        let is_running: bool = running
+            .query_row([pk], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false);
+        // In seq order: a later failed attempt replaces an earlier one.
+        let mut last: HashMap<TestKey, u64> = HashMap::new();
+        for (seq, test, kind) in outcomes_of_tests(c, pk, is_running, &id_array(tests))? {
+            if counts_as_run(kind) == Some(true) {
+                last.insert(test, seq);
+            }
+        }
+        for (test, seq) in last {
+            let (text, blob): (Option<String>, Option<Vec<u8>>) =
+                message.query_row([outcome_rowid(pk, seq)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let text = match (text, blob) {
                 (Some(m), _) => m,
                 (None, Some(blob)) => detail::decode_message(&blob)?.unwrap_or_default(),
                 _ => String::new(),
             };
-            out.insert((pk, r.get(0)?), message);
+            out.insert((pk, test), text);
         }
     }
     Ok(out)
@@ -649,14 +693,27 @@ pub fn unreferenced_tests(c: &Connection) -> Result<UnreferencedTests> {
         .collect::<rusqlite::Result<_>>()?;
     let size = usize::try_from(max_test).unwrap_or(0) + 1;
     let mut used = vec![false; size];
-    let mut stmt = c.prepare("SELECT test_id FROM outcomes INDEXED BY outcomes_by_session_test")?;
+    let mut mark = |id: i64| {
+        if let Some(slot) = usize::try_from(id).ok().and_then(|i| used.get_mut(i)) {
+            *slot = true;
+        }
+    };
+    // Closed sessions' tests are in session_tests; running ones' in their rows.
+    let mut stmt = c.prepare("SELECT test_id FROM session_tests")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        if let Some(slot) = usize::try_from(r.get::<_, i64>(0)?)
-            .ok()
-            .and_then(|i| used.get_mut(i))
-        {
-            *slot = true;
+        mark(r.get(0)?);
+    }
+    let running: Vec<i64> = c
+        .prepare("SELECT pk FROM sessions WHERE status = 'running'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut session_rows = c.prepare("SELECT test_id FROM outcomes WHERE id BETWEEN ?1 AND ?2")?;
+    for pk in running {
+        let (lo, hi) = outcome_rowid_range(pk);
+        let mut rows = session_rows.query([lo, hi])?;
+        while let Some(r) = rows.next()? {
+            mark(r.get(0)?);
         }
     }
     let mut candidates = Vec::new();

@@ -13,10 +13,14 @@
 //!   the nodeid's own path, markers as an interned set. The rowid is
 //!   (session pk << 32 | seq): a session's outcomes are one contiguous range,
 //!   appended at the end of the table.
-//! - Its only full index is (session pk, test id, kind): a new run's entries
-//!   land together at the end of the index whatever the test order and
-//!   however much history there is, and it answers "how did test T do in
-//!   session S" for history, flakiness and comparisons without the table.
+//! - While a session runs, its outcomes are only ever appended: no index is
+//!   updated at random whatever the test order (the only index on
+//!   `outcomes` is a partial one of failures, keyed by session). When it
+//!   closes, `session_tests` (session, test, seq, kind) is written for it in
+//!   test order, answering "how did test T do in session S" for history and
+//!   stability, and `digests` hold the whole session in one blob for
+//!   comparisons and flaky-test searches ([`crate::store::digest`]). A
+//!   running session is read from its rows.
 //! - Large text (tracebacks, captured output, long messages, properties)
 //!   lives in `details`, one zstd blob per outcome that has any
 //!   ([`crate::store::detail`]).
@@ -352,6 +356,18 @@ const V3_TABLES: &str = r#"
         durations  BLOB NOT NULL
     );
 
+    -- Which outcomes of a closed session are which test's, for reads by test
+    -- (history, stability, messages). Written in test order when the session
+    -- closes, so a running session's outcomes are only ever appended; a
+    -- running session is read from its rows.
+    CREATE TABLE session_tests (
+        session_pk INTEGER NOT NULL,
+        test_id    INTEGER NOT NULL,
+        seq        INTEGER NOT NULL,
+        kind       INTEGER NOT NULL,
+        PRIMARY KEY (session_pk, test_id, seq)
+    ) WITHOUT ROWID;
+
     -- Sessions deleted by pruning whose rows are still being removed.
     CREATE TABLE doomed (pk INTEGER PRIMARY KEY);
 
@@ -365,7 +381,6 @@ const V3_INDEXES: &str = r#"
     ALTER TABLE outcomes_v3 RENAME TO outcomes;
     CREATE INDEX sessions_by_start ON sessions (started_at DESC, pk DESC);
     CREATE INDEX sessions_by_project ON sessions (project, started_at DESC, pk DESC);
-    CREATE INDEX outcomes_by_session_test ON outcomes (session_pk, test_id, kind);
     -- A session's failures: a partial index holds only the few rows that failed.
     CREATE INDEX outcomes_failures ON outcomes (session_pk) WHERE kind IN (2, 4);
 "#;
@@ -476,13 +491,23 @@ fn to_interned_outcomes(tx: &Transaction<'_>) -> Result<()> {
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for pk in closed {
-        write_digest(tx, pk)?;
+        index_closed_session(tx, pk)?;
     }
     Ok(())
 }
 
-/// Stores the digest of a closed session, built from its rows.
-pub fn write_digest(conn: &Connection, pk: i64) -> Result<()> {
+/// Writes what a closed session is read by: its digest and its
+/// `session_tests`, both built from its rows (again, when it changed).
+pub fn index_closed_session(conn: &Connection, pk: i64) -> Result<()> {
+    let (lo, hi) = super::rows::outcome_rowid_range(pk);
+    conn.prepare_cached("DELETE FROM session_tests WHERE session_pk = ?1")?
+        .execute([pk])?;
+    conn.prepare_cached(
+        "INSERT INTO session_tests (session_pk, test_id, seq, kind)
+         SELECT session_pk, test_id, id & 4294967295, kind FROM outcomes
+         WHERE id BETWEEN ?1 AND ?2 ORDER BY test_id, id",
+    )?
+    .execute([lo, hi])?;
     let d = super::reads::digest_from_rows(conn, pk)?;
     let (tests, durations) = crate::store::digest::encode(&d);
     conn.prepare_cached(

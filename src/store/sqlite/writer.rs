@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::rows::{self, SESSION_COLUMNS, nullable, outcome_rowid, outcome_rowid_range};
 use super::schema::{self, file_column, kind_code, phase_code};
 use crate::error::{Error, Result};
-use crate::model::{Session, SessionRef, SessionStatus, Summary, Timestamp};
+use crate::model::{Outcome, Session, SessionRef, SessionStatus, Summary, Timestamp};
 use crate::store::StoreEvent;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::backend::Reclaimed;
@@ -499,6 +499,69 @@ impl Writer {
     }
 }
 
+/// Rows per multi-row INSERT.
+const ROWS_PER_INSERT: usize = 32;
+
+/// Columns of an outcome row, in [`insert_sql`]'s order.
+const COLUMNS: usize = 13;
+
+/// `INSERT INTO outcomes ... VALUES (...), (...)` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO outcomes (id, session_pk, test_id, kind, phase, duration, attempt, \
+         line, start_us, markers, message, worker, file) VALUES ",
+    );
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..COLUMNS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("?{}", r * COLUMNS + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// One outcome row, ready to bind.
+struct Row<'o> {
+    id: i64,
+    session_pk: i64,
+    test_id: i64,
+    kind: i64,
+    phase: Option<i64>,
+    duration: f64,
+    attempt: u32,
+    line: Option<u32>,
+    start_us: Option<i64>,
+    markers: Option<i64>,
+    message: Option<&'o str>,
+    worker: Option<&'o str>,
+    file: Option<&'o str>,
+}
+
+impl Row<'_> {
+    /// Binds the row's values from parameter `offset + 1` on.
+    fn bind(&self, stmt: &mut rusqlite::CachedStatement<'_>, offset: usize) -> Result<()> {
+        let at = |c: usize| offset + c + 1;
+        stmt.raw_bind_parameter(at(0), self.id)?;
+        stmt.raw_bind_parameter(at(1), self.session_pk)?;
+        stmt.raw_bind_parameter(at(2), self.test_id)?;
+        stmt.raw_bind_parameter(at(3), self.kind)?;
+        stmt.raw_bind_parameter(at(4), self.phase)?;
+        stmt.raw_bind_parameter(at(5), self.duration)?;
+        stmt.raw_bind_parameter(at(6), self.attempt)?;
+        stmt.raw_bind_parameter(at(7), self.line)?;
+        stmt.raw_bind_parameter(at(8), self.start_us)?;
+        stmt.raw_bind_parameter(at(9), self.markers)?;
+        stmt.raw_bind_parameter(at(10), self.message)?;
+        stmt.raw_bind_parameter(at(11), self.worker)?;
+        stmt.raw_bind_parameter(at(12), self.file)?;
+        Ok(())
+    }
+}
+
 /// What callers are told when a group's transaction failed.
 fn failure_message(e: &Error) -> String {
     if let Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) = e
@@ -605,47 +668,35 @@ impl Ctx<'_> {
             return Ok(session.outcomes_stored);
         };
         let started = session.started_at.as_micros();
-        let mut insert = self.conn.prepare_cached(
-            "INSERT INTO outcomes (id, session_pk, test_id, kind, phase, duration, attempt,
-                 line, start_us, markers, message, worker, file)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?;
         let mut insert_detail = self
             .conn
             .prepare_cached("INSERT INTO details (id, data) VALUES (?1, ?2)")?;
+        let new_outcomes = &outcomes[plan.first..plan.first + plan.count];
+        // Rows go in statements of ROWS_PER_INSERT rows: per statement,
+        // SQLite's setup and teardown cost about as much as a narrow row.
+        let mut chunks = new_outcomes.chunks_exact(ROWS_PER_INSERT);
+        let mut many = self.conn.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
         // Consecutive outcomes nearly always share their markers.
         let mut last_markers: Option<(&[String], Option<i64>)> = None;
-        for new in &outcomes[plan.first..plan.first + plan.count] {
-            let o = &new.outcome;
-            let rowid = outcome_rowid(pk, o.seq);
-            let test_id = self
-                .interned
-                .test_id(self.conn, &o.nodeid, &o.subtest, pk)?;
-            let markers = match last_markers {
-                Some((m, id)) if m == o.markers.as_slice() => id,
-                _ => {
-                    let id = self.interned.marker_set(self.conn, &o.markers)?;
-                    last_markers = Some((&o.markers, id));
-                    id
+        for chunk in chunks.by_ref() {
+            for (i, new) in chunk.iter().enumerate() {
+                let row = self.row(pk, started, &new.outcome, &mut last_markers)?;
+                row.bind(&mut many, i * COLUMNS)?;
+            }
+            many.raw_execute()?;
+            for new in chunk {
+                if let Some(blob) = &new.detail {
+                    insert_detail.execute(params![outcome_rowid(pk, new.outcome.seq), blob])?;
                 }
-            };
-            insert.execute(params![
-                rowid,
-                pk,
-                test_id,
-                kind_code(o.outcome),
-                o.phase.map(phase_code),
-                o.duration,
-                o.attempt,
-                o.line,
-                o.started_at.map(|t| t.as_micros() - started),
-                markers,
-                nullable(&o.message),
-                nullable(&o.worker),
-                file_column(&o.nodeid, &o.file),
-            ])?;
+            }
+        }
+        let mut one = self.conn.prepare_cached(&insert_sql(1))?;
+        for new in chunks.remainder() {
+            let row = self.row(pk, started, &new.outcome, &mut last_markers)?;
+            row.bind(&mut one, 0)?;
+            one.raw_execute()?;
             if let Some(blob) = &new.detail {
-                insert_detail.execute(params![rowid, blob])?;
+                insert_detail.execute(params![outcome_rowid(pk, new.outcome.seq), blob])?;
             }
         }
         let c = plan.counts;
@@ -670,7 +721,7 @@ impl Ctx<'_> {
             ])?;
         if session.status != SessionStatus::Running {
             // Missing outcomes of a closed session arrived: its digest is stale.
-            schema::write_digest(self.conn, pk)?;
+            schema::index_closed_session(self.conn, pk)?;
         }
         self.changed.push(StoreEvent {
             session: id,
@@ -678,6 +729,42 @@ impl Ctx<'_> {
             outcomes_stored: plan.stored,
         });
         Ok(plan.stored)
+    }
+
+    /// An outcome's row, interning its test and markers.
+    fn row<'o>(
+        &mut self,
+        pk: i64,
+        session_started: i64,
+        o: &'o Outcome,
+        last_markers: &mut Option<(&'o [String], Option<i64>)>,
+    ) -> Result<Row<'o>> {
+        let test_id = self
+            .interned
+            .test_id(self.conn, &o.nodeid, &o.subtest, pk)?;
+        let markers = match *last_markers {
+            Some((m, id)) if m == o.markers.as_slice() => id,
+            _ => {
+                let id = self.interned.marker_set(self.conn, &o.markers)?;
+                *last_markers = Some((&o.markers, id));
+                id
+            }
+        };
+        Ok(Row {
+            id: outcome_rowid(pk, o.seq),
+            session_pk: pk,
+            test_id,
+            kind: kind_code(o.outcome),
+            phase: o.phase.map(phase_code),
+            duration: o.duration,
+            attempt: o.attempt,
+            line: o.line,
+            start_us: o.started_at.map(|t| t.as_micros() - session_started),
+            markers,
+            message: nullable(&o.message),
+            worker: nullable(&o.worker),
+            file: file_column(&o.nodeid, &o.file),
+        })
     }
 
     fn finish(
@@ -708,7 +795,7 @@ impl Ctx<'_> {
                 summary.exitstatus,
                 i64::try_from(outcomes_sent).unwrap_or(i64::MAX),
             ])?;
-        schema::write_digest(self.conn, pk)?;
+        schema::index_closed_session(self.conn, pk)?;
         let (_, session) = load_session(self.conn, id)?
             .ok_or_else(|| Error::Internal("session vanished after finish".into()))?;
         self.changed.push(StoreEvent {
@@ -766,6 +853,37 @@ impl Ctx<'_> {
                 self.conn
                     .prepare_cached("DELETE FROM details WHERE id BETWEEN ?1 AND ?2")?
                     .execute([lo, hi])?;
+                // The index by test goes in steps too: a big session has many entries.
+                let cut: Option<i64> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT test_id FROM session_tests WHERE session_pk = ?1
+                         ORDER BY test_id LIMIT 1 OFFSET ?2",
+                    )?
+                    .query_row(
+                        params![pk, i64::try_from(budget).unwrap_or(i64::MAX)],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let gone = match cut {
+                    Some(cut) => self
+                        .conn
+                        .prepare_cached(
+                            "DELETE FROM session_tests WHERE session_pk = ?1 AND test_id < ?2",
+                        )?
+                        .execute([pk, cut])?,
+                    None => self
+                        .conn
+                        .prepare_cached("DELETE FROM session_tests WHERE session_pk = ?1")?
+                        .execute([pk])?,
+                };
+                removed += gone as u64;
+                if cut.is_some() {
+                    return Ok(Reclaimed {
+                        rows: removed,
+                        more: true,
+                    });
+                }
                 self.conn
                     .prepare_cached("DELETE FROM doomed WHERE pk = ?1")?
                     .execute([pk])?;
