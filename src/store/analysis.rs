@@ -570,6 +570,68 @@ mod tests {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn an_incomplete_session_reads_the_same_before_and_after_its_missing_outcomes_arrive()
+    -> anyhow::Result<()> {
+        use TestOutcome::{Failed, Passed};
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(StoreConfig::new(dir.path().join("i.db")))?;
+        let base = Uuid::new_v4();
+        let head = Uuid::new_v4();
+        for (i, id) in [base, head].into_iter().enumerate() {
+            store
+                .start_session(
+                    id,
+                    Source::Import,
+                    Environment::default(),
+                    Some(Timestamp(i as i64)),
+                )
+                .await?;
+        }
+        let outcome = |seq, name: &str, kind| Outcome::new(seq, format!("t.py::{name}"), kind);
+        store
+            .append_outcomes(base, vec![outcome(1, "a", Passed), outcome(2, "b", Passed)])
+            .await?;
+        store
+            .finish_session(base, crate::model::Summary::default(), 2, None)
+            .await?;
+        // The head's finish says three outcomes; one is still missing.
+        store
+            .append_outcomes(head, vec![outcome(1, "a", Failed), outcome(2, "b", Passed)])
+            .await?;
+        let s = store
+            .finish_session(head, crate::model::Summary::default(), 3, None)
+            .await?;
+        assert_eq!(s.status, crate::model::SessionStatus::Incomplete);
+        let compare =
+            || store.compare_sessions(SessionRef::Id(base), SessionRef::Id(head), 1.5, 0.1);
+        let before = compare().await?;
+        assert_eq!(before.new_failures.len(), 1);
+        assert!(before.added.is_empty());
+        let history = store.test_history("t.py::a".into(), 10, None).await?;
+        assert_eq!(history.items.len(), 2);
+
+        store
+            .append_outcomes(head, vec![outcome(3, "c", Failed)])
+            .await?;
+        let after = compare().await?;
+        assert_eq!(
+            store.get_session(SessionRef::Id(head)).await?.status,
+            crate::model::SessionStatus::Finished
+        );
+        let names: Vec<&str> = after
+            .new_failures
+            .iter()
+            .map(|t| t.nodeid.as_str())
+            .collect();
+        assert_eq!(names, ["t.py::a", "t.py::c"]);
+        assert_eq!(after.added, ["t.py::c"]);
+        let history = store.test_history("t.py::c".into(), 10, None).await?;
+        assert_eq!(history.items.len(), 1);
+        assert_eq!(store.test_stability("t.py::c".into(), 10).await?.failed, 1);
+        Ok(())
+    }
+
     fn runs(pattern: &str, commit: Option<&str>) -> Vec<Run> {
         pattern
             .chars()

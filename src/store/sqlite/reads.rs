@@ -225,15 +225,18 @@ fn tests_of(c: &Connection, nodeid: &str) -> Result<(Vec<i64>, Option<i64>, i64)
     Ok((ids, own, first))
 }
 
-/// Calls `each` with (pk, git commit, whether it is running) of every
-/// session from `first_pk` on, newest first, until it returns false.
+/// Calls `each` with (pk, git commit, whether it is still open) of every
+/// session from `first_pk` on, newest first, until it returns false. An open
+/// session (running, or incomplete and so still taking outcomes) has no
+/// `session_tests` or digest yet.
 fn sessions_newest_first(
     c: &Connection,
     first_pk: i64,
     mut each: impl FnMut(i64, Option<Arc<str>>, bool) -> Result<bool>,
 ) -> Result<()> {
     let mut stmt = c.prepare_cached(
-        "SELECT pk, git_commit, status = 'running' FROM sessions INDEXED BY sessions_by_start
+        "SELECT pk, git_commit, status NOT IN ('finished', 'interrupted')
+         FROM sessions INDEXED BY sessions_by_start
          WHERE pk >= ?1 ORDER BY started_at DESC, pk DESC",
     )?;
     let mut rows = stmt.query([first_pk])?;
@@ -251,15 +254,15 @@ fn sessions_newest_first(
 
 /// The (seq, test, kind) of every outcome of `tests` in one session, in seq
 /// order: from `session_tests` for a closed session, from its rows while it
-/// is running (it has no `session_tests` yet).
+/// is open (it has no `session_tests` yet).
 fn outcomes_of_tests(
     c: &Connection,
     pk: i64,
-    running: bool,
+    open: bool,
     tests: &Rc<Vec<Value>>,
 ) -> Result<Vec<(u64, i64, i64)>> {
     let mut out: Vec<(u64, i64, i64)> = Vec::new();
-    if running {
+    if open {
         let (lo, hi) = outcome_rowid_range(pk);
         let mut stmt = c.prepare_cached(
             "SELECT id, test_id, kind FROM outcomes
@@ -515,16 +518,18 @@ pub fn failure_messages(
         "SELECT o.message, d.data FROM outcomes o LEFT JOIN details d ON d.id = o.id
          WHERE o.id = ?1",
     )?;
-    let mut running = c.prepare_cached("SELECT status = 'running' FROM sessions WHERE pk = ?1")?;
+    let mut open = c.prepare_cached(
+        "SELECT status NOT IN ('finished', 'interrupted') FROM sessions WHERE pk = ?1",
+    )?;
     let mut out = HashMap::with_capacity(of.len());
     for (pk, tests) in by_session {
-        let is_running: bool = running
+        let is_open: bool = open
             .query_row([pk], |r| r.get(0))
             .optional()?
             .unwrap_or(false);
         // In seq order: a later failed attempt replaces an earlier one.
         let mut last: HashMap<TestKey, u64> = HashMap::new();
-        for (seq, test, kind) in outcomes_of_tests(c, pk, is_running, &id_array(tests))? {
+        for (seq, test, kind) in outcomes_of_tests(c, pk, is_open, &id_array(tests))? {
             if counts_as_run(kind) == Some(true) {
                 last.insert(test, seq);
             }
@@ -698,14 +703,14 @@ pub fn unreferenced_tests(c: &Connection) -> Result<UnreferencedTests> {
             *slot = true;
         }
     };
-    // Closed sessions' tests are in session_tests; running ones' in their rows.
+    // Closed sessions' tests are in session_tests; open ones' in their rows.
     let mut stmt = c.prepare("SELECT test_id FROM session_tests")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         mark(r.get(0)?);
     }
     let running: Vec<i64> = c
-        .prepare("SELECT pk FROM sessions WHERE status = 'running'")?
+        .prepare("SELECT pk FROM sessions WHERE status NOT IN ('finished', 'interrupted')")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut session_rows = c.prepare("SELECT test_id FROM outcomes WHERE id BETWEEN ?1 AND ?2")?;

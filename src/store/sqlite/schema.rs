@@ -20,7 +20,8 @@
 //!   test order, answering "how did test T do in session S" for history and
 //!   stability, and `digests` hold the whole session in one blob for
 //!   comparisons and flaky-test searches ([`crate::store::digest`]). A
-//!   running session is read from its rows.
+//!   session still taking outcomes (running, or incomplete) is read from
+//!   its rows.
 //! - Large text (tracebacks, captured output, long messages, properties)
 //!   lives in `details`, one zstd blob per outcome that has any
 //!   ([`crate::store::detail`]).
@@ -358,8 +359,8 @@ const V3_TABLES: &str = r#"
 
     -- Which outcomes of a closed session are which test's, for reads by test
     -- (history, stability, messages). Written in test order when the session
-    -- closes, so a running session's outcomes are only ever appended; a
-    -- running session is read from its rows.
+    -- closes, so a running session's outcomes are only ever appended; an
+    -- open session (running, incomplete) is read from its rows.
     CREATE TABLE session_tests (
         session_pk INTEGER NOT NULL,
         test_id    INTEGER NOT NULL,
@@ -487,7 +488,7 @@ fn to_interned_outcomes(tx: &Transaction<'_>) -> Result<()> {
     )?;
     tx.execute_batch(V3_INDEXES)?;
     let closed: Vec<i64> = tx
-        .prepare("SELECT pk FROM sessions WHERE status != 'running'")?
+        .prepare("SELECT pk FROM sessions WHERE status IN ('finished', 'interrupted')")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for pk in closed {
@@ -496,8 +497,10 @@ fn to_interned_outcomes(tx: &Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Writes what a closed session is read by: its digest and its
-/// `session_tests`, both built from its rows (again, when it changed).
+/// Writes what a closed session (finished or interrupted: it takes no more
+/// outcomes) is read by: its digest and its `session_tests`, built from its
+/// rows. An incomplete session may still gain outcomes, so it is read from
+/// its rows until the missing ones arrive and close it.
 pub fn index_closed_session(conn: &Connection, pk: i64) -> Result<()> {
     let (lo, hi) = super::rows::outcome_rowid_range(pk);
     conn.prepare_cached("DELETE FROM session_tests WHERE session_pk = ?1")?

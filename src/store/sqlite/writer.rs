@@ -719,8 +719,8 @@ impl Ctx<'_> {
                 c.xfailed,
                 c.xpassed,
             ])?;
-        if session.status != SessionStatus::Running {
-            // Missing outcomes of a closed session arrived: its digest is stale.
+        if plan.status.is_closed() {
+            // The missing outcomes of an incomplete session arrived: it is closed now.
             schema::index_closed_session(self.conn, pk)?;
         }
         self.changed.push(StoreEvent {
@@ -795,7 +795,9 @@ impl Ctx<'_> {
                 summary.exitstatus,
                 i64::try_from(outcomes_sent).unwrap_or(i64::MAX),
             ])?;
-        schema::index_closed_session(self.conn, pk)?;
+        if status.is_closed() {
+            schema::index_closed_session(self.conn, pk)?;
+        }
         let (_, session) = load_session(self.conn, id)?
             .ok_or_else(|| Error::Internal("session vanished after finish".into()))?;
         self.changed.push(StoreEvent {
