@@ -15,6 +15,7 @@ mod analysis;
 mod audit;
 pub mod backend;
 mod budget;
+pub mod codes;
 pub mod detail;
 pub mod digest;
 pub mod retention;

@@ -134,26 +134,11 @@ pub fn build(outcomes: impl IntoIterator<Item = (i64, bool, TestOutcome, f64)>) 
 }
 
 fn code(kind: TestOutcome) -> u8 {
-    match kind {
-        TestOutcome::Passed => 1,
-        TestOutcome::Failed => 2,
-        TestOutcome::Skipped => 3,
-        TestOutcome::Error => 4,
-        TestOutcome::Xfailed => 5,
-        TestOutcome::Xpassed => 6,
-    }
+    super::codes::kind_code(kind) as u8
 }
 
 fn kind(code: u8) -> Option<TestOutcome> {
-    Some(match code {
-        1 => TestOutcome::Passed,
-        2 => TestOutcome::Failed,
-        3 => TestOutcome::Skipped,
-        4 => TestOutcome::Error,
-        5 => TestOutcome::Xfailed,
-        6 => TestOutcome::Xpassed,
-        _ => return None,
-    })
+    super::codes::kind_of(i64::from(code))
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
