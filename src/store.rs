@@ -14,6 +14,7 @@
 mod analysis;
 mod audit;
 pub mod backend;
+mod blob;
 mod budget;
 pub mod codes;
 pub mod detail;
@@ -164,11 +165,6 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
-    }
-
-    /// Where the data lives, for messages.
-    pub fn describe(&self) -> String {
-        self.backend().describe()
     }
 
     /// The bound for large text fields, in bytes.

@@ -114,6 +114,21 @@ fn a_database_written_by_the_previous_release_migrates_and_reads_back_identicall
     assert!(tests > 20, "{tests} tests");
 }
 
+async fn session_count(
+    client: &mut pytest_mcp::grpc::pb::recorder_client::RecorderClient<tonic::transport::Channel>,
+) -> usize {
+    client
+        .list_sessions(pytest_mcp::grpc::pb::ListSessionsRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .len()
+}
+
 #[tokio::test]
 async fn a_migrated_database_takes_new_sessions_and_keeps_its_old_ones() {
     use pytest_mcp::grpc::pb;
@@ -122,16 +137,7 @@ async fn a_migrated_database_takes_new_sessions_and_keeps_its_old_ones() {
     std::fs::copy(fixture().join("schema2.db"), &db).unwrap();
     let server = support::Server::start(&db);
     let mut client = server.client().await;
-    let before = client
-        .list_sessions(pb::ListSessionsRequest {
-            page_size: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions
-        .len();
+    let before = session_count(&mut client).await;
     let id = support::new_id();
     support::start_session(&mut client, &id, "suite").await;
     let acks = support::stream(
@@ -159,15 +165,6 @@ async fn a_migrated_database_takes_new_sessions_and_keeps_its_old_ones() {
         .entries;
     assert_eq!(history[0].session.as_ref().unwrap().id, id);
     assert!(history.len() >= 3, "{} entries", history.len());
-    let after = client
-        .list_sessions(pb::ListSessionsRequest {
-            page_size: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions
-        .len();
+    let after = session_count(&mut client).await;
     assert_eq!(after, before + 1);
 }

@@ -95,9 +95,6 @@ pub struct StorageStats {
 
 /// A storage backend; see the module docs for what it may and may not decide.
 pub trait Backend: Send + Sync + 'static {
-    /// Where the data lives, for messages ("SQLite database /path/to/file").
-    fn describe(&self) -> String;
-
     // ---- writes: each commits before its future resolves ----
 
     /// Creates a session, or returns it when the same start is repeated
@@ -139,9 +136,11 @@ pub trait Backend: Send + Sync + 'static {
     /// it was deleted (false: refused, or gone already).
     fn delete_session(&self, id: Uuid) -> Fut<bool>;
 
-    /// Removes up to `max_rows` rows of deleted sessions, then tests that
-    /// no outcome refers to any more.
+    /// Removes up to `max_rows` rows of deleted sessions.
     fn reclaim(&self, max_rows: usize) -> Fut<Reclaimed>;
+
+    /// Removes the tests no outcome refers to any more; returns how many.
+    fn remove_unused_tests(&self) -> Fut<u64>;
 
     /// Returns up to `max_bytes` of free space to the file system; returns the bytes returned.
     fn shrink(&self, max_bytes: u64) -> Fut<u64>;

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 
+use super::blob::{VarintError, put_varint, read_varint, unzip};
 use crate::error::{Error, Result};
 use crate::model::Outcome;
 
@@ -48,14 +49,6 @@ pub fn has_detail(o: &Outcome) -> bool {
 /// The message to keep in the row: the whole message when short, else none.
 pub fn inline_message(o: &Outcome) -> Option<&str> {
     (!o.message.is_empty() && o.message.len() <= INLINE_MESSAGE_BYTES).then_some(&o.message)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 fn put_field(out: &mut Vec<u8>, tag: u8, text: &str) {
@@ -183,16 +176,10 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *self.data.get(self.at).ok_or_else(|| damaged("cut short"))?;
-            self.at += 1;
-            v |= u64::from(b & 0x7F) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(damaged("a length is too long"))
+        read_varint(self.data, &mut self.at).map_err(|e| match e {
+            VarintError::CutShort => damaged("cut short"),
+            VarintError::TooLong => damaged("a length is too long"),
+        })
     }
 
     fn bytes(&mut self, n: u64) -> Result<&'a [u8]> {
@@ -224,7 +211,7 @@ pub fn decode_into(blob: &[u8], o: &mut Outcome) -> Result<()> {
             if len > MAX_DECODED {
                 return Err(damaged("too large"));
             }
-            unpacked = zstd::bulk::decompress(&rest[r.at..], len)
+            unpacked = unzip(&rest[r.at..], len)
                 .map_err(|e| damaged(&format!("cannot decompress ({e})")))?;
             if unpacked.len() != len {
                 return Err(damaged("wrong length"));

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 
+use super::blob::{VarintError, put_varint, read_varint, unzip};
 use crate::error::{Error, Result};
 use crate::model::TestOutcome;
 
@@ -141,14 +142,6 @@ fn kind(code: u8) -> Option<TestOutcome> {
     super::codes::kind_of(i64::from(code))
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 // The encoding, column by column so that each decodes in a tight loop.
 // The tests blob: version (1 byte), test count (varint), length of the
 // packed part (varint), width of a test key (1 byte: 4 or 8), then zstd of
@@ -196,46 +189,15 @@ pub fn encode(digest: &Digest) -> (Vec<u8>, Vec<u8>) {
     (tests, durations)
 }
 
-thread_local! {
-    /// A zstd context per reading thread: making one costs more than
-    /// decompressing a digest.
-    static UNZIP: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
-}
-
-fn unzip(data: &[u8], len: usize) -> Result<Vec<u8>> {
-    UNZIP
-        .with(|z| match z.borrow_mut().as_mut() {
-            Some(z) => z.decompress(data, len),
-            None => zstd::bulk::decompress(data, len),
-        })
-        .map_err(|e| damaged(&format!("cannot decompress ({e})")))
-}
-
 fn damaged(why: &str) -> Error {
     Error::Internal(format!("a session digest is damaged: {why}"))
 }
 
-/// Reads a varint at `*at`, moving past it.
-#[inline]
 fn varint(data: &[u8], at: &mut usize) -> Result<u64> {
-    // Nearly every number here is below 128: one byte.
-    if let Some(&b) = data.get(*at)
-        && b < 0x80
-    {
-        *at += 1;
-        return Ok(u64::from(b));
-    }
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *data.get(*at).ok_or_else(|| damaged("cut short"))?;
-        *at += 1;
-        v |= u64::from(b & 0x7F) << shift;
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(damaged("a number is too long"))
+    read_varint(data, at).map_err(|e| match e {
+        VarintError::CutShort => damaged("cut short"),
+        VarintError::TooLong => damaged("a number is too long"),
+    })
 }
 
 fn size(v: u64, what: &str) -> Result<usize> {
@@ -265,7 +227,8 @@ pub fn decode(tests: &[u8], durations: Option<&[u8]>) -> Result<Digest> {
     if packed_len < n.saturating_mul(width + 2) || packed_len > n.saturating_mul(64) + (64 << 20) {
         return Err(damaged("wrong packed length"));
     }
-    let packed = unzip(&tests[at..], packed_len)?;
+    let packed = unzip(&tests[at..], packed_len)
+        .map_err(|e| damaged(&format!("cannot decompress ({e})")))?;
     if packed.len() != packed_len {
         return Err(damaged("wrong length"));
     }

@@ -195,12 +195,20 @@ impl Store {
             pause_for(pause).await;
         }
         // A crash may have left rows of earlier deletions: always reclaim.
+        let mut reclaimed = 0;
         loop {
             let step = self.backend().reclaim(RECLAIM_STEP_ROWS).await?;
+            reclaimed += step.rows;
             pause_for(pause).await;
             if !step.more {
                 break;
             }
+        }
+        // Only a deletion can leave a test that no outcome refers to; finding
+        // them reads every session's tests, so not on a round that deleted nothing.
+        if report.deleted > 0 || reclaimed > 0 {
+            self.backend().remove_unused_tests().await?;
+            pause_for(pause).await;
         }
         while self.backend().shrink(SHRINK_STEP_BYTES).await? > 0 {
             pause_for(pause).await;

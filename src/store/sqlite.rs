@@ -169,10 +169,6 @@ impl SqliteBackend {
 }
 
 impl Backend for SqliteBackend {
-    fn describe(&self) -> String {
-        format!("SQLite database {}", self.shared.path.display())
-    }
-
     fn start_session(&self, new: NewSession) -> Fut<Session> {
         self.write(move |reply| WriteCmd::Start {
             new: Box::new(new),
@@ -244,38 +240,16 @@ impl Backend for SqliteBackend {
     }
 
     fn reclaim(&self, max_rows: usize) -> Fut<Reclaimed> {
+        self.write(move |reply| WriteCmd::Reclaim { max_rows, reply })
+    }
+
+    fn remove_unused_tests(&self) -> Fut<u64> {
         let this = self.clone();
-        Box::pin(async move {
-            let step = this
-                .write(move |reply| WriteCmd::Reclaim { max_rows, reply })
-                .await?;
-            if step.more {
-                return Ok(step);
-            }
-            // Every deleted session's rows are gone: now tests may be unreferenced.
-            let tests = this.remove_unreferenced_tests().await?;
-            Ok(Reclaimed {
-                rows: step.rows + tests,
-                more: false,
-            })
-        })
+        Box::pin(async move { this.remove_unreferenced_tests().await })
     }
 
     fn shrink(&self, max_bytes: u64) -> Fut<u64> {
-        let this = self.clone();
-        Box::pin(async move {
-            let stats = this.storage_stats().await?;
-            if !stats.can_shrink || stats.free_bytes == 0 {
-                return Ok(0);
-            }
-            let page = this
-                .read(|c| Ok(c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))?))
-                .await?
-                .max(512) as u64;
-            let max_pages = (max_bytes / page).max(1);
-            this.write(move |reply| WriteCmd::Shrink { max_pages, reply })
-                .await
-        })
+        self.write(move |reply| WriteCmd::Shrink { max_bytes, reply })
     }
 
     fn shutdown(&self) -> Fut<()> {

@@ -126,8 +126,8 @@ pub enum WriteCmd {
     },
     /// Return free pages to the file system.
     Shrink {
-        /// At most this many pages.
-        max_pages: u64,
+        /// At most this many bytes.
+        max_bytes: u64,
         /// Bytes returned.
         reply: oneshot::Sender<Result<u64>>,
     },
@@ -612,7 +612,7 @@ impl Ctx<'_> {
                 open_sessions,
                 ..
             } => Answer::Number(self.remove_tests(candidates, *newer_than_pk, open_sessions)?),
-            WriteCmd::Shrink { max_pages, .. } => Answer::Number(shrink(self.conn, *max_pages)?),
+            WriteCmd::Shrink { max_bytes, .. } => Answer::Number(shrink(self.conn, *max_bytes)?),
         })
     }
 
@@ -956,12 +956,15 @@ impl Ctx<'_> {
     }
 }
 
-fn shrink(conn: &Connection, max_pages: u64) -> Result<u64> {
+/// Returns up to `max_bytes` of free pages to the file system (nothing when
+/// the file has no incremental vacuum); returns the bytes returned.
+fn shrink(conn: &Connection, max_bytes: u64) -> Result<u64> {
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let before: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
     if before == 0 {
         return Ok(0);
     }
+    let max_pages = (max_bytes / u64::try_from(page_size.max(512)).unwrap_or(4096)).max(1);
     // incremental_vacuum returns a row per page; stepping through them runs it.
     let mut stmt = conn.prepare(&format!("PRAGMA incremental_vacuum({max_pages})"))?;
     let mut rows = stmt.query([])?;
