@@ -329,6 +329,52 @@ mod tests {
         assert_eq!(doomed[0].reason, "older than 30d");
     }
 
+    #[tokio::test]
+    async fn pruning_removes_the_tests_only_the_pruned_sessions_ran() -> anyhow::Result<()> {
+        use crate::model::{Environment, Outcome, Source, Summary, TestOutcome};
+        use crate::store::StoreConfig;
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("r.db");
+        let store = Store::open(StoreConfig::new(&db))?;
+        for (i, names) in [["gone", "kept"], ["kept", "new"]].iter().enumerate() {
+            let id = uuid::Uuid::new_v4();
+            let start = Timestamp(1_000_000 * (i as i64 + 1));
+            store
+                .start_session(id, Source::Import, Environment::default(), Some(start))
+                .await?;
+            let outcomes = names
+                .iter()
+                .enumerate()
+                .map(|(k, n)| Outcome::new(k as u64 + 1, format!("t.py::{n}"), TestOutcome::Passed))
+                .collect();
+            store.append_outcomes(id, outcomes).await?;
+            store
+                .finish_session(id, Summary::default(), 2, None)
+                .await?;
+        }
+        let tests = || -> anyhow::Result<Vec<String>> {
+            let c = rusqlite::Connection::open(&db)?;
+            let mut stmt = c.prepare("SELECT nodeid FROM tests ORDER BY nodeid")?;
+            let names = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(names)
+        };
+        assert_eq!(tests()?, ["t.py::gone", "t.py::kept", "t.py::new"]);
+        let policy = Policy {
+            keep_sessions: Some(1),
+            ..Policy::default()
+        };
+        let report = store.prune(&policy, false).await?;
+        assert_eq!(report.deleted, 1);
+        assert_eq!(tests()?, ["t.py::kept", "t.py::new"]);
+        // A round that deletes nothing leaves the tests alone.
+        assert_eq!(store.prune(&policy, false).await?.deleted, 0);
+        assert_eq!(tests()?, ["t.py::kept", "t.py::new"]);
+        store.shutdown().await;
+        Ok(())
+    }
+
     #[test]
     fn durations_need_a_number_and_a_unit() {
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));

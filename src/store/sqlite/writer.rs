@@ -837,8 +837,9 @@ impl Ctx<'_> {
     }
 
     fn reclaim(&mut self, max_rows: usize) -> Result<Reclaimed> {
-        let mut removed = 0u64;
         let budget = max_rows.max(1) as u64;
+        let mut removed = 0u64;
+        let more = |rows| Ok(Reclaimed { rows, more: true });
         let doomed: Vec<i64> = self
             .conn
             .prepare_cached("SELECT pk FROM doomed ORDER BY pk")?
@@ -851,61 +852,59 @@ impl Ctx<'_> {
                 .conn
                 .prepare_cached("SELECT min(id) FROM outcomes WHERE id BETWEEN ?1 AND ?2")?
                 .query_row([lo, hi], |r| r.get(0))?;
-            let Some(first) = first else {
-                self.conn
-                    .prepare_cached("DELETE FROM details WHERE id BETWEEN ?1 AND ?2")?
-                    .execute([lo, hi])?;
-                // The index by test goes in steps too: a big session has many entries.
-                let cut: Option<i64> = self
+            if let Some(first) = first {
+                let n = i64::try_from(budget - removed).unwrap_or(i64::MAX);
+                let last = first.saturating_add(n - 1).min(hi);
+                removed += self
                     .conn
-                    .prepare_cached(
-                        "SELECT test_id FROM session_tests WHERE session_pk = ?1
-                         ORDER BY test_id LIMIT 1 OFFSET ?2",
-                    )?
-                    .query_row(
-                        params![pk, i64::try_from(budget).unwrap_or(i64::MAX)],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let gone = match cut {
-                    Some(cut) => self
+                    .prepare_cached("DELETE FROM outcomes WHERE id BETWEEN ?1 AND ?2")?
+                    .execute([first, last])? as u64;
+                if last < hi
+                    && self
                         .conn
                         .prepare_cached(
-                            "DELETE FROM session_tests WHERE session_pk = ?1 AND test_id < ?2",
+                            "SELECT EXISTS (SELECT 1 FROM outcomes WHERE id BETWEEN ?1 AND ?2)",
                         )?
-                        .execute([pk, cut])?,
-                    None => self
-                        .conn
-                        .prepare_cached("DELETE FROM session_tests WHERE session_pk = ?1")?
-                        .execute([pk])?,
-                };
-                removed += gone as u64;
-                if cut.is_some() {
-                    return Ok(Reclaimed {
-                        rows: removed,
-                        more: true,
-                    });
+                        .query_row([last + 1, hi], |r| r.get::<_, bool>(0))?
+                {
+                    self.conn
+                        .prepare_cached("DELETE FROM details WHERE id BETWEEN ?1 AND ?2")?
+                        .execute([lo, last])?;
+                    return more(removed);
                 }
-                self.conn
-                    .prepare_cached("DELETE FROM doomed WHERE pk = ?1")?
-                    .execute([pk])?;
-                continue;
-            };
-            let n = i64::try_from(budget - removed).unwrap_or(i64::MAX);
-            let last = first.saturating_add(n - 1).min(hi);
-            let rows = self
-                .conn
-                .prepare_cached("DELETE FROM outcomes WHERE id BETWEEN ?1 AND ?2")?
-                .execute([first, last])?;
+            }
+            // Its rows are gone: then its details, and its index by test,
+            // which goes in steps too (a big session has many entries).
             self.conn
                 .prepare_cached("DELETE FROM details WHERE id BETWEEN ?1 AND ?2")?
-                .execute([lo, last])?;
-            removed += rows as u64;
+                .execute([lo, hi])?;
+            let left = i64::try_from(budget.saturating_sub(removed)).unwrap_or(i64::MAX);
+            let cut: Option<i64> = self
+                .conn
+                .prepare_cached(
+                    "SELECT test_id FROM session_tests WHERE session_pk = ?1
+                     ORDER BY test_id LIMIT 1 OFFSET ?2",
+                )?
+                .query_row(params![pk, left], |r| r.get(0))
+                .optional()?;
+            if let Some(cut) = cut {
+                removed += self
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM session_tests WHERE session_pk = ?1 AND test_id < ?2",
+                    )?
+                    .execute([pk, cut])? as u64;
+                return more(removed);
+            }
+            removed += self
+                .conn
+                .prepare_cached("DELETE FROM session_tests WHERE session_pk = ?1")?
+                .execute([pk])? as u64;
+            self.conn
+                .prepare_cached("DELETE FROM doomed WHERE pk = ?1")?
+                .execute([pk])?;
             if removed >= budget {
-                return Ok(Reclaimed {
-                    rows: removed,
-                    more: true,
-                });
+                return more(removed);
             }
         }
         Ok(Reclaimed {
