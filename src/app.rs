@@ -27,7 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let config = store_config(
-                args.db.path(),
+                args.db.location()?,
                 args.sync,
                 args.max_field_bytes,
                 &args.output,
@@ -176,7 +176,7 @@ pub async fn serve_with_mcp(
     if let Some((addr, _)) = &http {
         check_loopback(*addr, "--http-addr", guard.tokens.is_some())?;
     }
-    let db = config.path.clone();
+    let db = config.location.clone();
     let store = open_store(config).await?;
     // Bind every listener before announcing any, so a taken port fails the
     // start cleanly instead of leaving a half-started server behind.
@@ -195,11 +195,10 @@ pub async fn serve_with_mcp(
     };
     // Stable lines on stderr: people read them, and tests parse the ports.
     eprintln!(
-        "pytest-mcp: gRPC listening on {local}, database {}{}",
-        db.display(),
+        "pytest-mcp: gRPC listening on {local}, database {db}{}",
         if guard.tls.is_some() { ", TLS" } else { "" }
     );
-    tracing::info!(%local, db = %db.display(), "serving");
+    tracing::info!(%local, db = %db, "serving");
     guard.watch_policy(&shutdown);
     retention::spawn(store.clone(), retain, shutdown.clone());
     let server = tokio::spawn(crate::grpc::serve(
@@ -252,7 +251,7 @@ pub async fn serve_with_mcp(
 /// server already records into the shared database then).
 async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
     let guard = Guard::from_args(&args.security)?;
-    let db = args.db.path();
+    let db = args.db.location()?;
     let store = open_store(store_config(
         db.clone(),
         args.sync,
@@ -271,9 +270,8 @@ async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
         match TcpListener::bind(args.grpc_addr).await {
             Ok(listener) => {
                 eprintln!(
-                    "pytest-mcp: gRPC listening on {}, database {}{}",
+                    "pytest-mcp: gRPC listening on {}, database {db}{}",
                     listener.local_addr()?,
-                    db.display(),
                     if guard.tls.is_some() { ", TLS" } else { "" }
                 );
                 Some(tokio::spawn(crate::grpc::serve(
@@ -287,9 +285,8 @@ async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 eprintln!(
                     "pytest-mcp: gRPC address {} is not available ({e}); serving MCP from the \
-                     shared database {} without a gRPC listener",
+                     shared database {db} without a gRPC listener",
                     args.grpc_addr,
-                    db.display()
                 );
                 None
             }
@@ -318,13 +315,13 @@ async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
 
 /// The store settings of `serve` and `stdio`.
 fn store_config(
-    path: PathBuf,
+    location: crate::store::Location,
     sync: SyncMode,
     max_field_bytes: usize,
     output: &OutputArgs,
 ) -> StoreConfig {
     StoreConfig {
-        path,
+        location,
         sync: match sync {
             SyncMode::Normal => Sync::Normal,
             SyncMode::Full => Sync::Full,

@@ -18,17 +18,23 @@ pub struct Cli {
 /// Where the database is; shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// SQLite database file [default: pytest-mcp/pytest-mcp.db in the per-user data directory].
-    #[arg(long, env = "PYTEST_MCP_DB", value_name = "PATH")]
+    /// The database: a SQLite file, or postgres://USER@HOST:PORT/DB (also postgresql://;
+    /// the password in the URL or PGPASSWORD; ?sslmode=require&sslrootcert=CA.pem for TLS)
+    /// [default: pytest-mcp/pytest-mcp.db in the per-user data directory].
+    #[arg(long, env = "PYTEST_MCP_DB", value_name = "PATH|URL")]
     pub db: Option<PathBuf>,
 }
 
 impl DbArgs {
-    /// The database path, explicit or default.
-    pub fn path(&self) -> PathBuf {
-        self.db
-            .clone()
-            .unwrap_or_else(crate::store::default_db_path)
+    /// The database, explicit or the default file; a bad URL is an error
+    /// naming `--db` (without the password).
+    pub fn location(&self) -> anyhow::Result<crate::store::Location> {
+        match &self.db {
+            Some(value) => Ok(crate::store::Location::parse(value.as_os_str())?),
+            None => Ok(crate::store::Location::Sqlite(
+                crate::store::default_db_path(),
+            )),
+        }
     }
 }
 

@@ -9,28 +9,26 @@ pub mod prune;
 pub mod sessions;
 pub mod show;
 
+use crate::store::{Location, Store, StoreConfig};
 use anyhow::{Context, bail};
-use std::path::Path;
 
-use crate::store::{Store, StoreConfig};
-
-/// Opens (creating if needed) the store off the async runtime.
+/// Opens (creating if needed) the store; the error names the database
+/// (a URL without its password).
 pub async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
-    let db = config.path.clone();
-    tokio::task::spawn_blocking(move || Store::open(config))
-        .await?
-        .with_context(|| format!("opening the database {}", db.display()))
+    let db = config.location.clone();
+    Store::open(config)
+        .await
+        .with_context(|| format!("opening the database {db}"))
 }
 
 /// Opens an existing database for a reading command.
-pub async fn open_existing(path: &Path) -> anyhow::Result<Store> {
-    if !path.exists() {
+pub async fn open_existing(location: Location) -> anyhow::Result<Store> {
+    if !location.exists() {
         bail!(
-            "no database at {} (nothing recorded yet; start `pytest-mcp serve`, or pass --db)",
-            path.display()
+            "no database at {location} (nothing recorded yet; start `pytest-mcp serve`, or pass --db)"
         );
     }
-    open_store(StoreConfig::new(path)).await
+    open_store(StoreConfig::new(location)).await
 }
 
 /// `2026-11-24 09:14:38` (UTC).

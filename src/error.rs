@@ -46,9 +46,57 @@ pub enum Error {
     /// A SQLite failure.
     #[error("storage error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A PostgreSQL failure that is not the database being away.
+    #[error("storage error: {0}")]
+    Postgres(String),
+    /// A transaction lost a race with another (deadlock, serialization);
+    /// running it again succeeds.
+    #[error("storage conflict, retry: {0}")]
+    Conflict(String),
     /// Anything else that is the server's fault.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        let Some(code) = e.code() else {
+            // No SQLSTATE: the connection broke, or never was.
+            return Error::Unavailable(format!("the database is unreachable: {e}"));
+        };
+        let state = code.code();
+        if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        {
+            return Error::Conflict(e.to_string());
+        }
+        // Connection exceptions, the server shutting down or starting, and
+        // too many connections: the database is away for now.
+        if state.starts_with("08")
+            || state.starts_with("57P")
+            || *code == SqlState::TOO_MANY_CONNECTIONS
+            || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        {
+            return Error::Unavailable(format!("the database is unavailable: {e}"));
+        }
+        let detail = e
+            .as_db_error()
+            .map(|d| format!("{} ({state})", d.message()))
+            .unwrap_or_else(|| e.to_string());
+        if *code == SqlState::DISK_FULL {
+            return Error::Postgres(format!("the database's disk is full: {detail}"));
+        }
+        Error::Postgres(detail)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => Error::Unavailable(format!("no database connection: {other}")),
+        }
+    }
 }
 
 impl Error {
@@ -111,7 +159,8 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition { .. } => tonic::Status::failed_precondition(e.to_string()),
             Error::AlreadyExists { .. } => tonic::Status::already_exists(e.to_string()),
             Error::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
-            Error::Sqlite(_) | Error::Internal(_) => {
+            Error::Conflict(_) => tonic::Status::aborted(e.to_string()),
+            Error::Sqlite(_) | Error::Postgres(_) | Error::Internal(_) => {
                 tracing::error!(error = %e, "internal error");
                 tonic::Status::internal("internal error; see the server log")
             }

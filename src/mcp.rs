@@ -176,10 +176,11 @@ fn tool_failure(e: Error) -> Result<CallToolResult, ErrorData> {
         | Error::NotFound { .. }
         | Error::FailedPrecondition { .. }
         | Error::AlreadyExists { .. }
-        | Error::Unavailable(_) => Ok(CallToolResult::error(vec![ContentBlock::text(
+        | Error::Unavailable(_)
+        | Error::Conflict(_) => Ok(CallToolResult::error(vec![ContentBlock::text(
             e.to_string(),
         )])),
-        Error::Sqlite(_) | Error::Internal(_) => Err(protocol_error(e)),
+        Error::Sqlite(_) | Error::Postgres(_) | Error::Internal(_) => Err(protocol_error(e)),
     }
 }
 
@@ -190,8 +191,10 @@ fn protocol_error(e: Error) -> ErrorData {
         Error::InvalidArgument { .. }
         | Error::FailedPrecondition { .. }
         | Error::AlreadyExists { .. } => ErrorData::invalid_params(e.to_string(), None),
-        Error::Unavailable(_) => ErrorData::internal_error(e.to_string(), None),
-        Error::Sqlite(_) | Error::Internal(_) => {
+        Error::Unavailable(_) | Error::Conflict(_) => {
+            ErrorData::internal_error(e.to_string(), None)
+        }
+        Error::Sqlite(_) | Error::Postgres(_) | Error::Internal(_) => {
             tracing::error!(error = %e, "internal error");
             ErrorData::internal_error("internal error; see the server log", None)
         }
@@ -272,7 +275,7 @@ impl ServerHandler for PytestMcp {
         }
         // Decided and counted before the tool runs: a call the gate lets
         // through counts whatever the tool then answers.
-        let decision = self.gate.check(&request.name, &grant);
+        let decision = self.gate.check_in(&self.store, &request.name, &grant).await;
         entry.decision = decision.kind().into();
         if let Some(text) = decision.refusal(&request.name) {
             if let Decision::Limited { .. } = decision {

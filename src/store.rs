@@ -6,7 +6,9 @@
 //! storage backend ([`backend::Backend`]). The rules that are not SQL live
 //! here once, above the backend: seq / ack / gap, status transitions and
 //! counts in [`rules`], verdicts and comparisons in [`analysis`], pruning in
-//! [`retention`]. SQLite ([`sqlite`]) is the backend today.
+//! [`retention`]. The backend is SQLite ([`sqlite`], the default: one file)
+//! or PostgreSQL ([`postgres`]: any number of replicas on one database),
+//! chosen by the form of the [`Location`].
 //!
 //! Every write resolves only after it has committed; [`StoreEvent`]s are sent
 //! after commit too.
@@ -19,11 +21,13 @@ mod budget;
 pub mod codes;
 pub mod detail;
 pub mod digest;
+pub mod location;
+pub mod postgres;
 pub mod retention;
 pub mod rules;
 pub mod sqlite;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -34,6 +38,7 @@ pub use analysis::{
 };
 pub use audit::AuditEntry;
 pub use backend::{Backend, SessionMeta, StorageStats};
+pub use location::{Location, PgUrl};
 pub use sqlite::{SCHEMA_VERSION, Sync};
 
 use crate::error::{Error, Result};
@@ -47,9 +52,10 @@ use rules::NewSession;
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// The SQLite file; created with its parent directories on first use.
-    pub path: PathBuf,
-    /// Durability of commits.
+    /// The database: a SQLite file (created with its parent directories on
+    /// first use) or a PostgreSQL URL.
+    pub location: Location,
+    /// Durability of SQLite's commits (PostgreSQL's are the server's).
     pub sync: Sync,
     /// Bound for each traceback, message and captured output, in bytes.
     pub max_field_bytes: usize,
@@ -59,10 +65,10 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// A config with default settings for `path`.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
+    /// A config with default settings for `location` (a path is SQLite).
+    pub fn new(location: impl Into<Location>) -> Self {
         Self {
-            path: path.into(),
+            location: location.into(),
             sync: Sync::Normal,
             max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
             keep_passing_output: false,
@@ -133,7 +139,7 @@ pub struct Store {
 
 struct Inner {
     backend: Box<dyn Backend>,
-    path: PathBuf,
+    location: Location,
     events: broadcast::Sender<StoreEvent>,
     /// Bounds the bytes of outcomes waiting for the writer.
     budget: ByteBudget,
@@ -142,14 +148,30 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database, bringing its schema up to date.
-    pub fn open(config: StoreConfig) -> Result<Store> {
+    /// Opens (creating if needed) the database, bringing its schema up to
+    /// date. A PostgreSQL database that cannot be reached is
+    /// [`Error::Unavailable`], naming the URL without its password.
+    pub async fn open(config: StoreConfig) -> Result<Store> {
         let (events, _) = broadcast::channel(4096);
-        let backend = sqlite::SqliteBackend::open(&config.path, config.sync, events.clone())?;
+        let backend: Box<dyn Backend> = match &config.location {
+            Location::Sqlite(path) => {
+                let (path, sync, events) = (path.clone(), config.sync, events.clone());
+                Box::new(
+                    tokio::task::spawn_blocking(move || {
+                        sqlite::SqliteBackend::open(&path, sync, events)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("opening the database: {e}")))??,
+                )
+            }
+            Location::Postgres(url) => {
+                Box::new(postgres::PgBackend::open((**url).clone(), events.clone()).await?)
+            }
+        };
         Ok(Store {
             inner: Arc::new(Inner {
-                backend: Box::new(backend),
-                path: config.path,
+                backend,
+                location: config.location,
                 events,
                 budget: ByteBudget::new(),
                 max_field_bytes: config.max_field_bytes,
@@ -162,9 +184,25 @@ impl Store {
         self.inner.backend.as_ref()
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// Where the database is.
+    pub fn location(&self) -> &Location {
+        &self.inner.location
+    }
+
+    /// Whether the database answers; health turns NOT_SERVING when not.
+    pub async fn ping(&self) -> Result<()> {
+        self.backend().ping().await
+    }
+
+    /// Decides a policy-gated call against counters shared through the
+    /// database (see [`Backend::count_calls`]); `None` when each process
+    /// counts its own.
+    pub fn count_calls(
+        &self,
+        keys: Vec<crate::policy::gate::Key>,
+        decide: crate::policy::gate::Decide,
+    ) -> Option<backend::Fut<crate::policy::Decision>> {
+        self.backend().count_calls(keys, decide)
     }
 
     /// The bound for large text fields, in bytes.

@@ -177,8 +177,9 @@ fn names_file_and_line(error: &str, file: &str, lines: usize) -> bool {
 /// The store reopens, lists its sessions, and each session's outcomes are
 /// seqs 1..=outcomes_stored.
 async fn still_reads(db: &std::path::Path) -> Result<(), TestCaseError> {
-    let store =
-        Store::open(StoreConfig::new(db)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let store = Store::open(StoreConfig::new(db))
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let sessions = store
         .list_sessions(SessionFilter::default(), 100, None)
         .await
@@ -196,7 +197,7 @@ async fn still_reads(db: &std::path::Path) -> Result<(), TestCaseError> {
 }
 
 async fn import(db: &std::path::Path, file: &std::path::Path) -> Result<ImportReport, Error> {
-    let store = Store::open(StoreConfig::new(db)).unwrap();
+    let store = Store::open(StoreConfig::new(db)).await.unwrap();
     let report = import_file(&store, file).await;
     store.shutdown().await;
     report

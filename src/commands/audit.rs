@@ -7,15 +7,11 @@ use crate::cli::AuditArgs;
 
 /// Prints the newest audit rows.
 pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.db.path()).await?;
+    let store = super::open_existing(args.db.location()?).await?;
     let rows = store.recent_audit(args.limit.max(1)).await?;
     let mut out = std::io::stdout().lock();
     if rows.is_empty() {
-        writeln!(
-            out,
-            "no MCP tool calls recorded in {}",
-            store.path().display()
-        )?;
+        writeln!(out, "no MCP tool calls recorded in {}", store.location())?;
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(

@@ -9,7 +9,7 @@ use crate::model::SessionRef;
 
 /// Writes the session in the chosen format.
 pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.db.path()).await?;
+    let store = super::open_existing(args.db.location()?).await?;
     let session_ref = SessionRef::parse(&args.session, "SESSION")?;
     let session = store.get_session(session_ref).await?;
     let mut sink: Box<dyn Write> = match &args.output {

@@ -10,7 +10,7 @@ use crate::store::StoreConfig;
 pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_store(StoreConfig {
         keep_passing_output: args.output.keep_passing_output,
-        ..StoreConfig::new(args.db.path())
+        ..StoreConfig::new(args.db.location()?)
     })
     .await?;
     let mut failed = false;

@@ -8,7 +8,7 @@ use crate::model::SessionRef;
 
 /// Pins (`pinned`) or unpins the session.
 pub async fn run(args: PinArgs, pinned: bool) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.db.path()).await?;
+    let store = super::open_existing(args.db.location()?).await?;
     let session = SessionRef::parse(&args.session, "SESSION")?;
     let s = store.set_pinned(session, pinned).await?;
     store.shutdown().await;

@@ -9,7 +9,7 @@ use crate::store::retention::Policy;
 
 /// Prunes what the flags pick and prints what went (or would go).
 pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.db.path()).await?;
+    let store = super::open_existing(args.db.location()?).await?;
     let policy = Policy {
         keep_sessions: args.keep_sessions,
         older_than: args.older_than,

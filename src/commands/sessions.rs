@@ -8,7 +8,7 @@ use crate::store::SessionFilter;
 
 /// Prints the newest sessions.
 pub async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.db.path()).await?;
+    let store = super::open_existing(args.db.location()?).await?;
     let filter = SessionFilter {
         statuses: args.status.into_iter().collect(),
         project: args.project,
@@ -16,7 +16,7 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     let page = store.list_sessions(filter, args.limit.max(1), None).await?;
     let mut out = std::io::stdout().lock();
     if page.items.is_empty() {
-        writeln!(out, "no sessions recorded in {}", store.path().display())?;
+        writeln!(out, "no sessions recorded in {}", store.location())?;
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(

@@ -9,7 +9,7 @@ use crate::store::OutcomeFilter;
 
 /// Prints the session and its failures.
 pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.db.path()).await?;
+    let store = super::open_existing(args.db.location()?).await?;
     let session_ref = SessionRef::parse(&args.session, "SESSION")?;
     let s = store.get_session(session_ref).await?;
     let mut out = std::io::stdout().lock();

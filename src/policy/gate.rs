@@ -7,8 +7,9 @@
 //! until one minute later, and the next call after that opens a new window.
 //! So the reset time is known exactly and reported to a refused caller; like
 //! every fixed window, up to 2 × `max` calls can pass around the moment one
-//! window ends and the next begins. Counters live in memory: a restart, or a
-//! second server process, starts its own.
+//! window ends and the next begins. Counters live in memory, a process's own,
+//! unless the store shares them ([`Gate::check_in`]): on PostgreSQL every
+//! replica counts in the database, so a limit holds across all of them.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -105,18 +106,24 @@ impl fmt::Display for Decision {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    counter: String,
+/// A counter: its name, and the grant it counts for (`None`: every grant).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// The counter's name in the policy.
+    pub counter: String,
     /// `None` for a global counter.
-    grant: Option<String>,
+    pub grant: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Count {
-    start: i64,
-    length: i64,
-    calls: u64,
+/// A counter's current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    /// When the window opened, in microseconds since the Unix epoch.
+    pub start: i64,
+    /// Its length in microseconds.
+    pub length: i64,
+    /// Calls counted in it.
+    pub calls: u64,
 }
 
 impl Count {
@@ -124,6 +131,11 @@ impl Count {
         self.start.saturating_add(self.length)
     }
 }
+
+/// Decides a call given the counters it falls under (absent ones are new)
+/// and updates them; what a shared counter store runs inside its
+/// transaction.
+pub type Decide = Arc<dyn Fn(&mut HashMap<Key, Count>) -> Decision + Send + Sync>;
 
 struct State {
     policy: Arc<Policy>,
@@ -189,66 +201,135 @@ impl Gate {
     }
 
     /// Decides a call of `tool` by `grant` and, when it is allowed, counts it
-    /// against every limit it falls under, atomically.
+    /// against every limit it falls under, atomically, in this process.
     pub fn check(&self, tool: &str, grant: &str) -> Decision {
         let now = self.clock.now().as_micros();
         let mut state = self.lock();
         let state = &mut *state;
-        if let Err(reason) = state.policy.verdict(tool) {
+        decide(&state.policy, tool, grant, now, &mut state.counts)
+    }
+
+    /// Like [`Gate::check`], counting in the store's database when its
+    /// backend shares counters between processes (PostgreSQL replicas), so
+    /// a limit holds across all of them together. When the counters cannot
+    /// be reached the call is refused: a limit is never silently lifted.
+    pub async fn check_in(&self, store: &crate::store::Store, tool: &str, grant: &str) -> Decision {
+        let policy = self.policy();
+        if let Err(reason) = policy.verdict(tool) {
             return Decision::Denied { reason };
         }
-        // Each distinct counter is counted once per call, however many
-        // limits name it; the strictest refusal (latest reset) is reported.
-        let mut keys: Vec<(Key, &Limit)> = Vec::new();
-        let mut refused: Option<(&Limit, Count)> = None;
-        for limit in state.policy.limits_for(tool) {
-            let key = Key {
-                counter: limit.counter.clone(),
-                grant: match limit.scope {
-                    Scope::Grant => Some(grant.to_string()),
-                    Scope::Global => None,
-                },
-            };
-            let length = limit.window.micros();
-            let count = state.counts.entry(key.clone()).or_insert(Count {
+        let keys = keys_of(&policy, tool, grant);
+        if keys.is_empty() {
+            return Decision::Allowed;
+        }
+        let clock = self.clock.clone();
+        let (tool_name, grant_name) = (tool.to_string(), grant.to_string());
+        let decider: Decide = Arc::new(move |counts: &mut HashMap<Key, Count>| {
+            decide(
+                &policy,
+                &tool_name,
+                &grant_name,
+                clock.now().as_micros(),
+                counts,
+            )
+        });
+        match store.count_calls(keys, decider) {
+            None => self.check(tool, grant),
+            Some(counted) => match counted.await {
+                Ok(decision) => decision,
+                Err(e) => {
+                    tracing::warn!(error = %e, tool, "the shared policy counters are unavailable");
+                    Decision::Denied {
+                        reason: format!(
+                            "the policy's shared call counters cannot be read ({e}); retry shortly"
+                        ),
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The counters a call of `tool` by `grant` falls under, each once, sorted
+/// (a shared store locks them in this order).
+fn keys_of(policy: &Policy, tool: &str, grant: &str) -> Vec<Key> {
+    let mut keys: Vec<Key> = policy
+        .limits_for(tool)
+        .map(|limit| key_of(limit, grant))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn key_of(limit: &Limit, grant: &str) -> Key {
+    Key {
+        counter: limit.counter.clone(),
+        grant: match limit.scope {
+            Scope::Grant => Some(grant.to_string()),
+            Scope::Global => None,
+        },
+    }
+}
+
+/// The gate's rule, on whatever holds the counters: refuses the call when
+/// a limit it falls under is used up (reporting the latest reset), else
+/// counts it against each of its counters once.
+fn decide(
+    policy: &Policy,
+    tool: &str,
+    grant: &str,
+    now: i64,
+    counts: &mut HashMap<Key, Count>,
+) -> Decision {
+    if let Err(reason) = policy.verdict(tool) {
+        return Decision::Denied { reason };
+    }
+    // Each distinct counter is counted once per call, however many
+    // limits name it; the strictest refusal (latest reset) is reported.
+    let mut keys: Vec<Key> = Vec::new();
+    let mut refused: Option<(&Limit, Count)> = None;
+    for limit in policy.limits_for(tool) {
+        let key = key_of(limit, grant);
+        let length = limit.window.micros();
+        let count = counts.entry(key.clone()).or_insert(Count {
+            start: now,
+            length,
+            calls: 0,
+        });
+        if count.length != length || now >= count.ends() {
+            *count = Count {
                 start: now,
                 length,
                 calls: 0,
-            });
-            if count.length != length || now >= count.ends() {
-                *count = Count {
-                    start: now,
-                    length,
-                    calls: 0,
-                };
-            }
-            if count.calls >= limit.max {
-                if refused.is_none_or(|(_, r)| count.ends() > r.ends()) {
-                    refused = Some((limit, *count));
-                }
-            } else if !keys.iter().any(|(k, _)| *k == key) {
-                keys.push((key, limit));
-            }
-        }
-        if let Some((limit, count)) = refused {
-            let resets_at = count.ends();
-            let wait = resets_at.saturating_sub(now).max(0);
-            return Decision::Limited {
-                counter: limit.counter.clone(),
-                max: limit.max,
-                window: limit.window,
-                scope: limit.scope,
-                resets_at: Timestamp(resets_at),
-                retry_after_secs: u64::try_from(wait).unwrap_or(0).div_ceil(1_000_000),
             };
         }
-        for (key, _) in keys {
-            if let Some(count) = state.counts.get_mut(&key) {
-                count.calls += 1;
+        if count.calls >= limit.max {
+            if refused.is_none_or(|(_, r)| count.ends() > r.ends()) {
+                refused = Some((limit, *count));
             }
+        } else if !keys.contains(&key) {
+            keys.push(key);
         }
-        Decision::Allowed
     }
+    if let Some((limit, count)) = refused {
+        let resets_at = count.ends();
+        let wait = resets_at.saturating_sub(now).max(0);
+        return Decision::Limited {
+            counter: limit.counter.clone(),
+            max: limit.max,
+            window: limit.window,
+            scope: limit.scope,
+            resets_at: Timestamp(resets_at),
+            retry_after_secs: u64::try_from(wait).unwrap_or(0).div_ceil(1_000_000),
+        };
+    }
+    for key in keys {
+        if let Some(count) = counts.get_mut(&key) {
+            count.calls += 1;
+        }
+    }
+    Decision::Allowed
 }
 
 #[cfg(test)]

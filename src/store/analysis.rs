@@ -495,7 +495,7 @@ mod tests {
         dir: &std::path::Path,
         sessions: &[(i64, &str, &[TestOutcome])],
     ) -> anyhow::Result<(Store, Vec<Uuid>)> {
-        let store = Store::open(StoreConfig::new(dir.join("h.db")))?;
+        let store = Store::open(StoreConfig::new(dir.join("h.db"))).await?;
         let mut ids = Vec::new();
         for (start, commit, outcomes) in sessions {
             let id = Uuid::new_v4();
@@ -575,7 +575,7 @@ mod tests {
     -> anyhow::Result<()> {
         use TestOutcome::{Failed, Passed};
         let dir = tempfile::tempdir()?;
-        let store = Store::open(StoreConfig::new(dir.path().join("i.db")))?;
+        let store = Store::open(StoreConfig::new(dir.path().join("i.db"))).await?;
         let base = Uuid::new_v4();
         let head = Uuid::new_v4();
         for (i, id) in [base, head].into_iter().enumerate() {

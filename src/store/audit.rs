@@ -52,7 +52,7 @@ mod tests {
     async fn audit_rows_come_back_newest_first_and_sessions_keep_their_grant() -> anyhow::Result<()>
     {
         let dir = tempfile::tempdir()?;
-        let store = Store::open(StoreConfig::new(dir.path().join("a.db")))?;
+        let store = Store::open(StoreConfig::new(dir.path().join("a.db"))).await?;
         for (i, decision) in ["allowed", "limited", "denied"].into_iter().enumerate() {
             store
                 .record_audit(AuditEntry {

@@ -25,6 +25,8 @@ use super::rules::NewSession;
 use super::{HistoryEntry, OutcomeFilter, Page, SessionFilter};
 use crate::error::Result;
 use crate::model::{Outcome, Session, SessionRef, SessionStatus, Source, Summary, Timestamp};
+use crate::policy::Decision;
+use crate::policy::gate::{Decide, Key as CounterKey};
 
 /// What every backend method returns.
 pub type Fut<T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'static>>;
@@ -221,4 +223,23 @@ pub trait Backend: Send + Sync + 'static {
 
     /// How large the stored data is.
     fn storage_stats(&self) -> Fut<StorageStats>;
+
+    // ---- shared state ----
+
+    /// Whether the database answers (health checks).
+    fn ping(&self) -> Fut<()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Decides a policy-gated call against counters kept in the database,
+    /// shared by every process on it, `decide` running inside the
+    /// transaction that holds the counters' locks. `None`: this backend
+    /// does not share counters, and each process counts its own.
+    fn count_calls(&self, keys: Vec<CounterKey>, decide: Decide) -> Option<Fut<Decision>> {
+        let _ = (keys, decide);
+        None
+    }
+
+    /// Where the data is, for messages (never with a password).
+    fn describe(&self) -> String;
 }

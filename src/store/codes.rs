@@ -48,3 +48,14 @@ pub fn phase_of(code: i64) -> Option<Phase> {
         _ => return None,
     })
 }
+
+/// The file column: NULL when the file is the nodeid's own path (nearly
+/// always), else the file itself ("" for none).
+pub fn file_column<'a>(nodeid: &str, file: &'a str) -> Option<&'a str> {
+    (nodeid.split("::").next() != Some(file) || file.is_empty()).then_some(file)
+}
+
+/// The file of an outcome from its file column.
+pub fn file_from_column(nodeid: &str, column: Option<String>) -> String {
+    column.unwrap_or_else(|| nodeid.split("::").next().unwrap_or_default().to_string())
+}

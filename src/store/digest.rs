@@ -12,7 +12,10 @@
 //! every backend.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use super::analysis::{Final, Run};
+use super::backend::{FlakyInput, SessionKey, TestKey};
 use super::blob::{VarintError, put_varint, read_varint, unzip};
 use crate::error::{Error, Result};
 use crate::model::TestOutcome;
@@ -98,6 +101,58 @@ impl Digest {
     /// Test `i`'s final duration in seconds, when the durations were read.
     pub fn duration(&self, i: usize) -> Option<f64> {
         self.durations.get(i).copied()
+    }
+
+    /// Each test's final outcome (last attempt) and duration, by test key.
+    pub fn finals(&self) -> Vec<(TestKey, Final)> {
+        (0..self.len())
+            .map(|i| {
+                (
+                    self.test(i),
+                    Final {
+                        outcome: self.last(i),
+                        duration: self.duration(i).unwrap_or_default(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// The flaky-test candidates of a window of sessions, given oldest first
+/// with their digests: every test (not subtest) that failed in one of them,
+/// with its pass/fail runs there.
+pub fn flaky_input(recent: &[(SessionKey, Option<Arc<str>>)], digests: &[Digest]) -> FlakyInput {
+    // Only a test that failed in the window can be flaky.
+    let mut candidates: Vec<i64> = Vec::new();
+    for d in digests {
+        candidates.extend(d.failing().filter(|&i| !d.is_subtest(i)).map(|i| d.test(i)));
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut runs: Vec<(i64, Vec<Run>)> = candidates.iter().map(|t| (*t, Vec::new())).collect();
+    for ((pk, commit), d) in recent.iter().zip(digests) {
+        for (test, test_runs) in runs.iter_mut() {
+            let Some(i) = d.find(*test) else {
+                continue;
+            };
+            for kind in d.attempts(i) {
+                let failed = match kind {
+                    TestOutcome::Passed => false,
+                    TestOutcome::Failed | TestOutcome::Error => true,
+                    _ => continue,
+                };
+                test_runs.push(Run {
+                    session: *pk,
+                    commit: commit.clone(),
+                    failed,
+                });
+            }
+        }
+    }
+    FlakyInput {
+        sessions: recent.len(),
+        tests: runs,
     }
 }
 

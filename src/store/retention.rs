@@ -335,7 +335,7 @@ mod tests {
         use crate::store::StoreConfig;
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("r.db");
-        let store = Store::open(StoreConfig::new(&db))?;
+        let store = Store::open(StoreConfig::new(&db)).await?;
         for (i, names) in [["gone", "kept"], ["kept", "new"]].iter().enumerate() {
             let id = uuid::Uuid::new_v4();
             let start = Timestamp(1_000_000 * (i as i64 + 1));

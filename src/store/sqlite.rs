@@ -345,4 +345,8 @@ impl Backend for SqliteBackend {
     fn storage_stats(&self) -> Fut<StorageStats> {
         self.read(reads::storage_stats)
     }
+
+    fn describe(&self) -> String {
+        self.shared.path.display().to_string()
+    }
 }

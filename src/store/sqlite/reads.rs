@@ -25,7 +25,7 @@ use crate::store::backend::{
 };
 use crate::store::digest::{self, Digest};
 use crate::store::{
-    AuditEntry, Final, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, bad_cursor, detail,
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, bad_cursor, detail,
 };
 
 /// Finds a session by reference, with its pk.
@@ -440,58 +440,17 @@ pub fn flaky_input(c: &Connection, window: usize, project: Option<&str>) -> Resu
         .iter()
         .map(|(pk, _)| digest_of(c, *pk, false))
         .collect::<Result<_>>()?;
-    // Only a test that failed in the window can be flaky.
-    let mut candidates: Vec<i64> = Vec::new();
-    for d in &digests {
-        candidates.extend(d.failing().filter(|&i| !d.is_subtest(i)).map(|i| d.test(i)));
-    }
-    candidates.sort_unstable();
-    candidates.dedup();
-    let mut runs: Vec<(i64, Vec<Run>)> = candidates.iter().map(|t| (*t, Vec::new())).collect();
-    for ((pk, commit), d) in recent.iter().zip(&digests) {
-        for (test, test_runs) in runs.iter_mut() {
-            let Some(i) = d.find(*test) else {
-                continue;
-            };
-            for kind in d.attempts(i) {
-                let failed = match kind {
-                    TestOutcome::Passed => false,
-                    TestOutcome::Failed | TestOutcome::Error => true,
-                    _ => continue,
-                };
-                test_runs.push(Run {
-                    session: *pk,
-                    commit: commit.clone(),
-                    failed,
-                });
-            }
-        }
-    }
-    Ok(FlakyInput {
-        sessions: recent.len(),
-        tests: runs,
-    })
+    Ok(digest::flaky_input(&recent, &digests))
 }
 
 /// A session, its pk, and the final outcome (last attempt) of each of its tests.
 pub fn session_finals(c: &Connection, session: SessionRef) -> Result<SessionFinals> {
     let (pk, s) = resolve(c, session)?;
     let d = digest_of(c, pk, true)?;
-    let finals = (0..d.len())
-        .map(|i| {
-            (
-                d.test(i),
-                Final {
-                    outcome: d.last(i),
-                    duration: d.duration(i).unwrap_or_default(),
-                },
-            )
-        })
-        .collect();
     Ok(SessionFinals {
         session: s,
         key: pk,
-        finals,
+        finals: d.finals(),
     })
 }
 

@@ -230,18 +230,9 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-pub use crate::store::codes::{kind_code, kind_of, phase_code, phase_of};
-
-/// The file column: NULL when the file is the nodeid's own path (nearly
-/// always), else the file itself ("" for none).
-pub fn file_column<'a>(nodeid: &str, file: &'a str) -> Option<&'a str> {
-    (nodeid.split("::").next() != Some(file) || file.is_empty()).then_some(file)
-}
-
-/// The file of an outcome from its file column.
-pub fn file_from_column(nodeid: &str, column: Option<String>) -> String {
-    column.unwrap_or_else(|| nodeid.split("::").next().unwrap_or_default().to_string())
-}
+pub use crate::store::codes::{
+    file_column, file_from_column, kind_code, kind_of, phase_code, phase_of,
+};
 
 /// The version 3 tables; the sessions table under a temporary name.
 const V3_TABLES: &str = r#"

@@ -1,0 +1,537 @@
+//! The PostgreSQL backend: any number of stateless replicas on one database.
+//!
+//! Guarantees:
+//! - Every write is one transaction on a pooled connection, and its future
+//!   resolves after commit. Writers of one session are serialized by a row
+//!   lock on the session (`SELECT … FOR UPDATE`) taken first in the
+//!   transaction, and the rules ([`crate::store::rules`]) are applied to the
+//!   session as read under that lock: two replicas receiving the same
+//!   session store every seq once. Writers of different sessions do not
+//!   wait for each other.
+//! - One stream's batches commit in the order they arrived: each waits for
+//!   the one before it ([`Chains`]) while the stream reads on.
+//! - A transaction that loses a deadlock or serialization race is run again.
+//! - Changes are announced with `pg_notify` inside the transaction, so only
+//!   committed ones are heard; every replica's listener ([`listen`]) turns
+//!   them into [`StoreEvent`]s, its own commits included.
+//! - The database being away (restarting, unreachable) is
+//!   [`Error::Unavailable`]: the plugin resends, and health says NOT_SERVING.
+
+mod listen;
+mod reads;
+mod rows;
+mod schema;
+mod writes;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot};
+use uuid::Uuid;
+
+pub use schema::SCHEMA_VERSION;
+
+use super::backend::{
+    Backend, FlakyInput, Fut, Reclaimed, SessionFinals, SessionKey, SessionMeta, StorageStats,
+    TestKey,
+};
+use super::location::{PgTls, PgUrl};
+use super::{
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, StoreEvent,
+    budget::QueuedBytes, detail::NewOutcome, rules::NewSession,
+};
+use crate::error::{Error, Result};
+use crate::model::{Outcome, Session, SessionRef, Source, Summary, Timestamp};
+use crate::policy::Decision;
+use crate::policy::gate::{Decide, Key as CounterKey};
+
+/// Connections a replica keeps to the database at most.
+const POOL_SIZE: usize = 16;
+
+/// How often a transaction that lost a race is run again.
+const MAX_RETRIES: usize = 8;
+
+/// The PostgreSQL backend; cheap to clone.
+#[derive(Clone)]
+pub struct PgBackend {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: Pool,
+    url: PgUrl,
+    /// Ids of tests and marker sets known to be committed.
+    interned: Mutex<writes::Interned>,
+    /// The last batch queued for each session, which the next one waits for.
+    chains: Mutex<Chains>,
+    /// Set by shutdown: writes are refused from then on.
+    closed: std::sync::atomic::AtomicBool,
+    /// Stops the listener.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// Per session, the completion signal of the batch queued last.
+#[derive(Default)]
+struct Chains {
+    next_ticket: u64,
+    last: HashMap<Uuid, (u64, oneshot::Receiver<()>)>,
+}
+
+/// A TLS connector for `url`, or none.
+pub(crate) fn tls_connector(
+    url: &PgUrl,
+) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>> {
+    let PgTls::On { ca } = &url.tls else {
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject;
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| {
+                Error::invalid("--db", format!("sslrootcert {}: {e}", path.display()))
+            })?;
+            for cert in certs {
+                let cert = cert.map_err(|e| {
+                    Error::invalid("--db", format!("sslrootcert {}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    Error::invalid("--db", format!("sslrootcert {}: {e}", path.display()))
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Internal(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
+}
+
+impl PgBackend {
+    /// Connects, migrates the schema (under an advisory lock) and starts
+    /// the listener that feeds `events`.
+    pub async fn open(url: PgUrl, events: broadcast::Sender<StoreEvent>) -> Result<Self> {
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls_connector(&url)? {
+            Some(tls) => Manager::from_config(url.config.clone(), tls, manager_config),
+            None => Manager::from_config(url.config.clone(), tokio_postgres::NoTls, manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| Error::Internal(format!("database pool: {e}")))?;
+        let mut client = pool.get().await.map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot connect to the database {url}: {}",
+                Error::from(e)
+            ))
+        })?;
+        schema::migrate(&mut client).await?;
+        drop(client);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shared = Arc::new(Shared {
+            pool,
+            url: url.clone(),
+            interned: Mutex::new(writes::Interned::default()),
+            chains: Mutex::new(Chains::default()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            stop: stop.clone(),
+        });
+        listen::spawn(url, shared.pool.clone(), events, stop);
+        Ok(PgBackend { shared })
+    }
+
+    fn check_open(shared: &Shared) -> Result<()> {
+        if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Unavailable("the store is shut down".into()));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in a write transaction, again when it loses a race.
+    fn write<T, F>(&self, f: F) -> Fut<T>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(
+                &'t deadpool_postgres::Transaction<'t>,
+                &'t Shared,
+            ) -> futures_util::future::BoxFuture<'t, Result<T>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            Self::check_open(&shared)?;
+            run_write(&shared, &f).await
+        })
+    }
+
+    /// Runs `f` in a read-only transaction that sees one snapshot.
+    fn read<T, F>(&self, f: F) -> Fut<T>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(
+                &'t deadpool_postgres::Transaction<'t>,
+            ) -> futures_util::future::BoxFuture<'t, Result<T>>
+            + Send
+            + 'static,
+    {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let mut client = shared.pool.get().await?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let out = f(&tx).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    /// Takes a place in `id`'s chain: returns what to wait for first and
+    /// what to signal when done.
+    fn chain(&self, id: Uuid) -> (Option<oneshot::Receiver<()>>, u64, oneshot::Sender<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut chains = self.shared.chains.lock().unwrap_or_else(|p| p.into_inner());
+        chains.next_ticket += 1;
+        let ticket = chains.next_ticket;
+        let before = chains.last.insert(id, (ticket, rx)).map(|(_, rx)| rx);
+        (before, ticket, tx)
+    }
+
+    /// The number of connections that answered a probe; for health.
+    pub async fn ping(&self) -> Result<()> {
+        let client = self.shared.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Counts a call against rate counters in the database; see
+    /// [`crate::policy::counters`].
+    pub fn count_calls(&self, keys: Vec<CounterKey>, decide: Decide) -> Fut<Decision> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let keys = Arc::new(keys);
+            run_write(&shared, &move |tx, _| {
+                let keys = keys.clone();
+                let decide = decide.clone();
+                Box::pin(async move { writes::count_calls(tx, &keys, &decide).await })
+            })
+            .await
+        })
+    }
+}
+
+/// Runs `f` in a transaction on a pooled connection and commits; a lost
+/// race (deadlock, serialization failure) is retried.
+async fn run_write<T, F>(shared: &Shared, f: &F) -> Result<T>
+where
+    F: for<'t> Fn(
+            &'t deadpool_postgres::Transaction<'t>,
+            &'t Shared,
+        ) -> futures_util::future::BoxFuture<'t, Result<T>>
+        + Send
+        + Sync,
+{
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let mut client = shared.pool.get().await?;
+            let tx = client.transaction().await?;
+            let out = f(&tx, shared).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+        .await;
+        match result {
+            Err(Error::Conflict(why)) if attempt < MAX_RETRIES => {
+                attempt += 1;
+                tracing::debug!(attempt, %why, "a write lost a race; running it again");
+                tokio::time::sleep(Duration::from_millis(2 << attempt.min(6))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Boxes an async block for [`PgBackend::read`] and [`PgBackend::write`].
+macro_rules! boxed {
+    ($body:expr) => {
+        Box::pin($body) as futures_util::future::BoxFuture<'_, _>
+    };
+}
+
+impl Backend for PgBackend {
+    fn start_session(&self, new: NewSession) -> Fut<Session> {
+        let new = Arc::new(new);
+        self.write(move |tx, _| {
+            let new = new.clone();
+            boxed!(async move { writes::start(tx, &new).await })
+        })
+    }
+
+    fn enqueue_append(
+        &self,
+        id: Uuid,
+        outcomes: Vec<NewOutcome>,
+        budget: QueuedBytes,
+    ) -> Fut<Fut<u64>> {
+        let this = self.clone();
+        Box::pin(async move {
+            Self::check_open(&this.shared)?;
+            let (before, ticket, done) = this.chain(id);
+            let outcomes = Arc::new(outcomes);
+            let shared = this.shared.clone();
+            // Runs on its own, so the stream reads its next batch meanwhile.
+            let task = tokio::spawn(async move {
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
+                let result: Result<(u64, writes::Learned)> = run_write(&shared, &|tx, shared| {
+                    let outcomes = outcomes.clone();
+                    boxed!(async move { writes::append(tx, shared, id, &outcomes).await })
+                })
+                .await;
+                let result = match result {
+                    Ok((stored, learned)) => {
+                        learned.keep(&shared.interned);
+                        Ok(stored)
+                    }
+                    Err(e) => Err(e),
+                };
+                drop(budget);
+                let _ = done.send(());
+                let mut chains = shared.chains.lock().unwrap_or_else(|p| p.into_inner());
+                if chains.last.get(&id).is_some_and(|(t, _)| *t == ticket) {
+                    chains.last.remove(&id);
+                }
+                result
+            });
+            let committed: Fut<u64> = Box::pin(async move {
+                task.await
+                    .map_err(|e| Error::Internal(format!("write task failed: {e}")))?
+            });
+            Ok(committed)
+        })
+    }
+
+    fn append_next(&self, id: Uuid, outcome: NewOutcome) -> Fut<u64> {
+        let outcome = Arc::new(outcome);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            Self::check_open(&shared)?;
+            let (seq, learned): (u64, writes::Learned) = run_write(&shared, &|tx, shared| {
+                let outcome = outcome.clone();
+                boxed!(async move { writes::append_next(tx, shared, id, &outcome).await })
+            })
+            .await?;
+            learned.keep(&shared.interned);
+            Ok(seq)
+        })
+    }
+
+    fn finish_session(
+        &self,
+        id: Uuid,
+        summary: Summary,
+        outcomes_sent: u64,
+        finished_at: Timestamp,
+    ) -> Fut<Session> {
+        let summary = Arc::new(summary);
+        self.write(move |tx, _| {
+            let summary = summary.clone();
+            boxed!(
+                async move { writes::finish(tx, id, &summary, outcomes_sent, finished_at).await }
+            )
+        })
+    }
+
+    fn record_audit(&self, entry: AuditEntry) -> Fut<u64> {
+        let entry = Arc::new(entry);
+        self.write(move |tx, _| {
+            let entry = entry.clone();
+            boxed!(async move { writes::audit(tx, &entry).await })
+        })
+    }
+
+    fn set_pinned(&self, session: SessionRef, pinned: bool) -> Fut<Session> {
+        self.write(move |tx, _| boxed!(async move { writes::pin(tx, session, pinned).await }))
+    }
+
+    fn delete_session(&self, id: Uuid) -> Fut<bool> {
+        self.write(move |tx, _| boxed!(async move { writes::delete(tx, id).await }))
+    }
+
+    fn reclaim(&self, max_rows: usize) -> Fut<Reclaimed> {
+        self.write(move |tx, _| boxed!(async move { writes::reclaim(tx, max_rows).await }))
+    }
+
+    fn remove_unused_tests(&self) -> Fut<u64> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let removed = run_write(&shared, &|tx, _| {
+                boxed!(async move { writes::remove_unused_tests(tx).await })
+            })
+            .await?;
+            if removed > 0 {
+                shared
+                    .interned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+            }
+            Ok(removed)
+        })
+    }
+
+    fn shrink(&self, _max_bytes: u64) -> Fut<u64> {
+        // PostgreSQL's (auto)vacuum reuses and returns the space of deleted rows.
+        Box::pin(async { Ok(0) })
+    }
+
+    fn shutdown(&self) -> Fut<()> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            shared
+                .closed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            // Wait for the batches still committing.
+            let pending: Vec<oneshot::Receiver<()>> = {
+                let mut chains = shared.chains.lock().unwrap_or_else(|p| p.into_inner());
+                chains.last.drain().map(|(_, (_, rx))| rx).collect()
+            };
+            for rx in pending {
+                let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+            }
+            shared.stop.cancel();
+            Ok(())
+        })
+    }
+
+    fn get_session(&self, session: SessionRef) -> Fut<Session> {
+        self.read(move |tx| boxed!(async move { Ok(reads::resolve(tx, session).await?.1) }))
+    }
+
+    fn session_grant(&self, id: Uuid) -> Fut<Option<String>> {
+        self.read(move |tx| boxed!(async move { reads::session_grant(tx, id).await }))
+    }
+
+    fn list_sessions(
+        &self,
+        filter: SessionFilter,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Fut<Page<Session>> {
+        self.read(move |tx| {
+            boxed!(async move { reads::list_sessions(tx, &filter, limit, cursor.as_deref()).await })
+        })
+    }
+
+    fn list_outcomes(
+        &self,
+        session: SessionRef,
+        filter: OutcomeFilter,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Fut<(Session, Page<Outcome>)> {
+        self.read(move |tx| {
+            boxed!(async move {
+                reads::list_outcomes(tx, session, &filter, limit, cursor.as_deref()).await
+            })
+        })
+    }
+
+    fn test_history(
+        &self,
+        nodeid: String,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Fut<Page<HistoryEntry>> {
+        self.read(move |tx| {
+            boxed!(async move { reads::test_history(tx, &nodeid, limit, cursor.as_deref()).await })
+        })
+    }
+
+    fn test_runs(&self, nodeid: String, window: usize) -> Fut<Vec<Run>> {
+        self.read(move |tx| boxed!(async move { reads::test_runs(tx, &nodeid, window).await }))
+    }
+
+    fn flaky_input(&self, window: usize, project: Option<String>) -> Fut<FlakyInput> {
+        self.read(move |tx| {
+            boxed!(async move { reads::flaky_input(tx, window, project.as_deref()).await })
+        })
+    }
+
+    fn session_finals(&self, session: SessionRef) -> Fut<SessionFinals> {
+        self.read(move |tx| boxed!(async move { reads::session_finals(tx, session).await }))
+    }
+
+    fn test_names(&self, tests: Vec<TestKey>) -> Fut<HashMap<TestKey, (String, String)>> {
+        self.read(move |tx| boxed!(async move { reads::test_names(tx, &tests).await }))
+    }
+
+    fn failure_messages(
+        &self,
+        of: Vec<(SessionKey, TestKey)>,
+    ) -> Fut<HashMap<(SessionKey, TestKey), String>> {
+        self.read(move |tx| boxed!(async move { reads::failure_messages(tx, &of).await }))
+    }
+
+    fn slowest(&self, session: SessionRef, limit: usize) -> Fut<(Session, Vec<Outcome>)> {
+        self.read(move |tx| boxed!(async move { reads::slowest(tx, session, limit).await }))
+    }
+
+    fn latest_running(&self, source: Source) -> Fut<Option<Session>> {
+        self.read(move |tx| boxed!(async move { reads::latest_running(tx, source).await }))
+    }
+
+    fn previous_session(&self, head: Session) -> Fut<Option<Session>> {
+        self.read(move |tx| boxed!(async move { reads::previous_session(tx, &head).await }))
+    }
+
+    fn recent_audit(&self, limit: usize) -> Fut<Vec<AuditEntry>> {
+        self.read(move |tx| boxed!(async move { reads::recent_audit(tx, limit).await }))
+    }
+
+    fn session_metas(&self) -> Fut<Vec<SessionMeta>> {
+        self.read(move |tx| boxed!(async move { reads::session_metas(tx).await }))
+    }
+
+    fn storage_stats(&self) -> Fut<StorageStats> {
+        self.read(move |tx| boxed!(async move { reads::storage_stats(tx).await }))
+    }
+
+    fn ping(&self) -> Fut<()> {
+        let this = self.clone();
+        Box::pin(async move { PgBackend::ping(&this).await })
+    }
+
+    fn count_calls(&self, keys: Vec<CounterKey>, decide: Decide) -> Option<Fut<Decision>> {
+        Some(PgBackend::count_calls(self, keys, decide))
+    }
+
+    fn describe(&self) -> String {
+        self.shared.url.to_string()
+    }
+}

@@ -1,0 +1,615 @@
+//! The PostgreSQL backend's reads. Each runs in one read-only
+//! repeatable-read transaction and so sees one snapshot.
+//!
+//! Reads by test probe `session_tests` (session, test) per closed session,
+//! newest session first, in one statement that stops when the page is
+//! full; a session still open (running, incomplete) is read from its rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+use super::rows::{OUTCOME_COLUMNS, OUTCOME_JOINS, SESSION_COLUMNS, session_from_row};
+use crate::error::{Error, Result};
+use crate::model::{Outcome, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp};
+use crate::store::backend::{
+    FlakyInput, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
+};
+use crate::store::codes::{kind_code, kind_of};
+use crate::store::digest::{self, Digest};
+use crate::store::{AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, bad_cursor};
+
+type Tx<'t> = deadpool_postgres::Transaction<'t>;
+
+fn as_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Finds a session by reference, with its pk.
+pub async fn resolve(tx: &Tx<'_>, session: SessionRef) -> Result<(i64, Session)> {
+    let row = match session {
+        SessionRef::Id(id) => {
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = $1"
+                ))
+                .await?;
+            tx.query_opt(&stmt, &[&id]).await?
+        }
+        SessionRef::Latest => {
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions s
+                     ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
+                ))
+                .await?;
+            tx.query_opt(&stmt, &[]).await?
+        }
+    };
+    match row {
+        Some(r) => session_from_row(&r, 0),
+        None => Err(match session {
+            SessionRef::Id(id) => Error::not_found("session_id", format!("no session {id}")),
+            SessionRef::Latest => Error::not_found("session_id", "no sessions are recorded yet"),
+        }),
+    }
+}
+
+async fn sessions_by_pk(tx: &Tx<'_>, pks: &[i64]) -> Result<HashMap<i64, Session>> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.pk = ANY($1)"
+        ))
+        .await?;
+    let mut out = HashMap::new();
+    for r in tx.query(&stmt, &[&pks]).await? {
+        let (pk, s) = session_from_row(&r, 0)?;
+        out.insert(pk, s);
+    }
+    Ok(out)
+}
+
+fn decode_cursor2(text: &str, field: &str) -> Result<(i64, i64)> {
+    let (a, b) = text
+        .split_once('.')
+        .ok_or_else(|| bad_cursor(text, field))?;
+    Ok((
+        a.parse().map_err(|_| bad_cursor(text, field))?,
+        b.parse().map_err(|_| bad_cursor(text, field))?,
+    ))
+}
+
+fn decode_number(text: &str, field: &str) -> Result<u64> {
+    text.parse().map_err(|_| bad_cursor(text, field))
+}
+
+/// The grant a session was recorded under.
+pub async fn session_grant(tx: &Tx<'_>, id: Uuid) -> Result<Option<String>> {
+    let stmt = tx
+        .prepare_cached("SELECT grant_name FROM sessions WHERE id = $1")
+        .await?;
+    Ok(tx
+        .query_opt(&stmt, &[&id])
+        .await?
+        .and_then(|r| r.get::<_, Option<String>>(0)))
+}
+
+/// Sessions, newest first.
+pub async fn list_sessions(
+    tx: &Tx<'_>,
+    filter: &SessionFilter,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<Page<Session>> {
+    let after = cursor
+        .map(|t| decode_cursor2(t, "page_token"))
+        .transpose()?;
+    let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+    let (after_started, after_pk) = after.unwrap_or((i64::MAX, i64::MAX));
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s
+             WHERE (cardinality($1::text[]) = 0 OR s.status = ANY($1))
+               AND ($2::text IS NULL OR s.project = $2)
+               AND (s.started_at < $3 OR (s.started_at = $3 AND s.pk < $4))
+             ORDER BY s.started_at DESC, s.pk DESC LIMIT $5"
+        ))
+        .await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &statuses,
+                &filter.project,
+                &after_started,
+                &after_pk,
+                &as_i64(limit + 1),
+            ],
+        )
+        .await?;
+    let mut items: Vec<(i64, Session)> = rows
+        .iter()
+        .map(|r| session_from_row(r, 0))
+        .collect::<Result<_>>()?;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items
+            .last()
+            .map(|(pk, s)| format!("{}.{}", s.started_at.as_micros(), pk))
+    } else {
+        None
+    };
+    Ok(Page {
+        items: items.into_iter().map(|(_, s)| s).collect(),
+        next,
+    })
+}
+
+/// A session's outcomes in seq order.
+pub async fn list_outcomes(
+    tx: &Tx<'_>,
+    session: SessionRef,
+    filter: &OutcomeFilter,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Session, Page<Outcome>)> {
+    let (pk, s) = resolve(tx, session).await?;
+    let after_seq = cursor
+        .map(|t| decode_number(t, "page_token"))
+        .transpose()?
+        .unwrap_or(0);
+    let failures_only =
+        !filter.outcomes.is_empty() && filter.outcomes.iter().all(|o| o.is_failure());
+    let kinds: Vec<i16> = filter
+        .outcomes
+        .iter()
+        .map(|o| kind_code(*o) as i16)
+        .collect();
+    let contains = filter.nodeid_contains.as_deref().filter(|t| !t.is_empty());
+    // Spelled out for failures, so that the partial failures index applies.
+    let failures = if failures_only {
+        " AND o.kind IN (2, 4)"
+    } else {
+        ""
+    };
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {OUTCOME_COLUMNS} FROM outcomes o {OUTCOME_JOINS}
+             WHERE o.session_pk = $1 AND o.seq > $2{failures}
+               AND (cardinality($3::int2[]) = 0 OR o.kind = ANY($3))
+               AND ($4::text IS NULL OR strpos(t.nodeid, $4) > 0)
+             ORDER BY o.seq LIMIT $5"
+        ))
+        .await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &pk,
+                &i64::try_from(after_seq).unwrap_or(i64::MAX),
+                &kinds,
+                &contains,
+                &as_i64(limit + 1),
+            ],
+        )
+        .await?;
+    let mut items: Vec<Outcome> = rows
+        .iter()
+        .map(|r| super::rows::outcome_from_row(r, 0, s.started_at))
+        .collect::<Result<_>>()?;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|o| o.seq.to_string())
+    } else {
+        None
+    };
+    Ok((s, Page { items, next }))
+}
+
+/// Outcomes by (session pk, seq), each with its session's start.
+async fn outcomes_by_key(
+    tx: &Tx<'_>,
+    keys: &[(i64, i64)],
+    started: &HashMap<i64, Timestamp>,
+) -> Result<HashMap<(i64, i64), Outcome>> {
+    let pks: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT o.session_pk, {OUTCOME_COLUMNS}
+             FROM UNNEST($1::int8[], $2::int8[]) AS k (pk, seq)
+             JOIN outcomes o ON o.session_pk = k.pk AND o.seq = k.seq {OUTCOME_JOINS}"
+        ))
+        .await?;
+    let mut out = HashMap::new();
+    for r in tx.query(&stmt, &[&pks, &seqs]).await? {
+        let pk: i64 = r.get(0);
+        let at = started.get(&pk).copied().unwrap_or(Timestamp(0));
+        let o = super::rows::outcome_from_row(&r, 1, at)?;
+        out.insert((pk, i64::try_from(o.seq).unwrap_or(0)), o);
+    }
+    Ok(out)
+}
+
+/// The test ids stored under `nodeid` (the test itself and its subtests),
+/// the test's own id if it has one, and the oldest session that holds any.
+async fn tests_of(tx: &Tx<'_>, nodeid: &str) -> Result<(Vec<i64>, Option<i64>, i64)> {
+    let stmt = tx
+        .prepare_cached("SELECT id, subtest, first_pk FROM tests WHERE nodeid = $1")
+        .await?;
+    let (mut ids, mut own, mut first) = (Vec::new(), None, i64::MAX);
+    for r in tx.query(&stmt, &[&nodeid]).await? {
+        let id: i64 = r.get(0);
+        if r.get::<_, &str>(1).is_empty() {
+            own = Some(id);
+        }
+        first = first.min(r.get(2));
+        ids.push(id);
+    }
+    Ok((ids, own, first))
+}
+
+/// Every outcome of `tests` from session `first_pk` on, newest session
+/// first, each session's in seq order: (session pk, git commit, seq,
+/// kind). A closed session is read from `session_tests`, an open one from
+/// its rows. `kinds` (empty: all) filters; at most `limit` after `offset`.
+async fn outcomes_of_tests(
+    tx: &Tx<'_>,
+    tests: &[i64],
+    first_pk: i64,
+    kinds: &[i16],
+    newest_attempt_first: bool,
+    limit: usize,
+    offset: usize,
+) -> Result<Vec<(i64, Option<String>, i64, i16)>> {
+    let order = if newest_attempt_first { "DESC" } else { "" };
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT s.pk, s.git_commit, x.seq, x.kind
+             FROM sessions s CROSS JOIN LATERAL (
+                 SELECT st.seq, st.kind FROM session_tests st
+                 WHERE s.status IN ('finished', 'interrupted')
+                   AND st.session_pk = s.pk AND st.test_id = ANY($1)
+                 UNION ALL
+                 SELECT o.seq, o.kind FROM outcomes o
+                 WHERE s.status NOT IN ('finished', 'interrupted')
+                   AND o.session_pk = s.pk AND o.test_id = ANY($1)
+             ) x
+             WHERE s.pk >= $2 AND (cardinality($3::int2[]) = 0 OR x.kind = ANY($3))
+             ORDER BY s.started_at DESC, s.pk DESC, x.seq {order}
+             LIMIT $4 OFFSET $5"
+        ))
+        .await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[&tests, &first_pk, &kinds, &as_i64(limit), &as_i64(offset)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
+/// One test's outcomes, its subtests' included, newest session first.
+pub async fn test_history(
+    tx: &Tx<'_>,
+    nodeid: &str,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<Page<HistoryEntry>> {
+    let offset = cursor
+        .map(|t| decode_number(t, "page_token"))
+        .transpose()?
+        .unwrap_or(0);
+    let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+    let (ids, _, first_pk) = tests_of(tx, nodeid).await?;
+    if ids.is_empty() {
+        return Ok(Page {
+            items: Vec::new(),
+            next: None,
+        });
+    }
+    let found = outcomes_of_tests(tx, &ids, first_pk, &[], false, limit + 1, offset).await?;
+    let more = found.len() > limit;
+    let page: Vec<(i64, i64)> = found.iter().take(limit).map(|f| (f.0, f.2)).collect();
+    let mut pks: Vec<i64> = page.iter().map(|p| p.0).collect();
+    pks.sort_unstable();
+    pks.dedup();
+    let sessions = sessions_by_pk(tx, &pks).await?;
+    let started: HashMap<i64, Timestamp> =
+        sessions.iter().map(|(pk, s)| (*pk, s.started_at)).collect();
+    let mut outcomes = outcomes_by_key(tx, &page, &started).await?;
+    let mut items = Vec::with_capacity(page.len());
+    for key in &page {
+        let (Some(session), Some(outcome)) = (sessions.get(&key.0), outcomes.remove(key)) else {
+            return Err(Error::Internal("a session vanished while reading".into()));
+        };
+        items.push(HistoryEntry {
+            session: session.clone(),
+            outcome,
+        });
+    }
+    let next = more.then(|| (offset as u64 + limit as u64).to_string());
+    Ok(Page { items, next })
+}
+
+/// Kinds that count as a run: passed, failed, error.
+fn run_kinds() -> Vec<i16> {
+    [TestOutcome::Passed, TestOutcome::Failed, TestOutcome::Error]
+        .into_iter()
+        .map(|k| kind_code(k) as i16)
+        .collect()
+}
+
+/// The newest `window` pass/fail outcomes of the test itself, oldest first.
+pub async fn test_runs(tx: &Tx<'_>, nodeid: &str, window: usize) -> Result<Vec<Run>> {
+    let (_, own, first_pk) = tests_of(tx, nodeid).await?;
+    let Some(test) = own else {
+        return Ok(Vec::new());
+    };
+    let found = outcomes_of_tests(tx, &[test], first_pk, &run_kinds(), true, window, 0).await?;
+    let mut runs: Vec<Run> = found
+        .into_iter()
+        .map(|(pk, commit, _, kind)| Run {
+            session: pk,
+            commit: commit.map(Arc::from),
+            failed: kind_of(i64::from(kind)).is_some_and(|k| k.is_failure()),
+        })
+        .collect();
+    runs.reverse();
+    Ok(runs)
+}
+
+/// Builds a session's digest from its rows.
+pub async fn digest_from_rows(tx: &Tx<'_>, pk: i64) -> Result<Digest> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT o.test_id, t.subtest <> '', o.kind, o.duration
+             FROM outcomes o JOIN tests t ON t.id = o.test_id
+             WHERE o.session_pk = $1 ORDER BY o.seq",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&pk]).await?;
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let kind: i16 = r.get(2);
+        let kind = kind_of(i64::from(kind))
+            .ok_or_else(|| Error::Internal(format!("unknown outcome kind {kind} stored")))?;
+        outcomes.push((r.get(0), r.get(1), kind, r.get(3)));
+    }
+    Ok(digest::build(outcomes))
+}
+
+/// The digests of sessions (with durations when asked): stored ones, and
+/// ones built from the rows of sessions that have none yet.
+async fn digests_of(tx: &Tx<'_>, pks: &[i64], with_durations: bool) -> Result<Vec<Digest>> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT session_pk, tests, CASE WHEN $2 THEN durations END
+             FROM digests WHERE session_pk = ANY($1)",
+        )
+        .await?;
+    let mut stored: HashMap<i64, Digest> = HashMap::new();
+    for r in tx.query(&stmt, &[&pks, &with_durations]).await? {
+        let pk: i64 = r.get(0);
+        let tests: Vec<u8> = r.get(1);
+        let durations: Option<Vec<u8>> = r.get(2);
+        match digest::decode(&tests, durations.as_deref()) {
+            Ok(d) => {
+                stored.insert(pk, d);
+            }
+            Err(e) => {
+                tracing::warn!(session_pk = pk, error = %e, "reading the session's rows instead")
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(pks.len());
+    for pk in pks {
+        out.push(match stored.remove(pk) {
+            Some(d) => d,
+            None => digest_from_rows(tx, *pk).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// The newest `window` sessions (of `project`) and the tests that failed in
+/// one of them, with their pass/fail runs there, oldest first.
+pub async fn flaky_input(tx: &Tx<'_>, window: usize, project: Option<&str>) -> Result<FlakyInput> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT pk, git_commit FROM sessions
+             WHERE $2::text IS NULL OR project = $2
+             ORDER BY started_at DESC, pk DESC LIMIT $1",
+        )
+        .await?;
+    let mut recent: Vec<(i64, Option<Arc<str>>)> = tx
+        .query(&stmt, &[&as_i64(window), &project])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, Option<String>>(1).map(Arc::from)))
+        .collect();
+    recent.reverse(); // oldest first: runs are chronological
+    let pks: Vec<i64> = recent.iter().map(|r| r.0).collect();
+    let digests = digests_of(tx, &pks, false).await?;
+    Ok(digest::flaky_input(&recent, &digests))
+}
+
+/// A session, its pk, and the final outcome (last attempt) of each of its tests.
+pub async fn session_finals(tx: &Tx<'_>, session: SessionRef) -> Result<SessionFinals> {
+    let (pk, s) = resolve(tx, session).await?;
+    let d = digests_of(tx, &[pk], true).await?.pop().unwrap_or_default();
+    Ok(SessionFinals {
+        session: s,
+        key: pk,
+        finals: d.finals(),
+    })
+}
+
+/// The nodeid and subtest of each test.
+pub async fn test_names(
+    tx: &Tx<'_>,
+    tests: &[TestKey],
+) -> Result<HashMap<TestKey, (String, String)>> {
+    let stmt = tx
+        .prepare_cached("SELECT id, nodeid, subtest FROM tests WHERE id = ANY($1)")
+        .await?;
+    Ok(tx
+        .query(&stmt, &[&tests])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// The message of each test's last failed attempt in a session.
+pub async fn failure_messages(
+    tx: &Tx<'_>,
+    of: &[(SessionKey, TestKey)],
+) -> Result<HashMap<(SessionKey, TestKey), String>> {
+    let pks: Vec<i64> = of.iter().map(|k| k.0).collect();
+    let tests: Vec<i64> = of.iter().map(|k| k.1).collect();
+    // Failures are few and indexed (the partial failures index).
+    let stmt = tx
+        .prepare_cached(
+            "SELECT DISTINCT ON (o.session_pk, o.test_id) o.session_pk, o.test_id, o.message, o.detail
+             FROM UNNEST($1::int8[], $2::int8[]) AS k (pk, test)
+             JOIN outcomes o ON o.session_pk = k.pk AND o.test_id = k.test AND o.kind IN (2, 4)
+             ORDER BY o.session_pk, o.test_id, o.seq DESC",
+        )
+        .await?;
+    let mut out = HashMap::with_capacity(of.len());
+    for r in tx.query(&stmt, &[&pks, &tests]).await? {
+        let text: Option<String> = r.get(2);
+        let blob: Option<Vec<u8>> = r.get(3);
+        let text = match (text, blob) {
+            (Some(m), _) => m,
+            (None, Some(blob)) => crate::store::detail::decode_message(&blob)?.unwrap_or_default(),
+            _ => String::new(),
+        };
+        out.insert((r.get(0), r.get(1)), text);
+    }
+    Ok(out)
+}
+
+/// A session's `limit` slowest outcomes, slowest first.
+pub async fn slowest(
+    tx: &Tx<'_>,
+    session: SessionRef,
+    limit: usize,
+) -> Result<(Session, Vec<Outcome>)> {
+    let (pk, s) = resolve(tx, session).await?;
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {OUTCOME_COLUMNS} FROM (
+                 SELECT * FROM outcomes WHERE session_pk = $1
+                 ORDER BY duration DESC, seq LIMIT $2) o {OUTCOME_JOINS}
+             ORDER BY o.duration DESC, o.seq"
+        ))
+        .await?;
+    let items = tx
+        .query(&stmt, &[&pk, &as_i64(limit)])
+        .await?
+        .iter()
+        .map(|r| super::rows::outcome_from_row(r, 0, s.started_at))
+        .collect::<Result<_>>()?;
+    Ok((s, items))
+}
+
+/// The newest session from `source` that is still running.
+pub async fn latest_running(tx: &Tx<'_>, source: Source) -> Result<Option<Session>> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s
+             WHERE s.source = $1 AND s.status = 'running'
+             ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
+        ))
+        .await?;
+    tx.query_opt(&stmt, &[&source.as_str()])
+        .await?
+        .map(|r| session_from_row(&r, 0).map(|(_, s)| s))
+        .transpose()
+}
+
+/// The session of the same project started just before `head`.
+pub async fn previous_session(tx: &Tx<'_>, head: &Session) -> Result<Option<Session>> {
+    let project = Some(head.environment.project.clone()).filter(|p| !p.is_empty());
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s
+             WHERE s.project IS NOT DISTINCT FROM $1
+               AND (s.started_at < $2
+                    OR (s.started_at = $2 AND s.pk < (SELECT pk FROM sessions WHERE id = $3)))
+             ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
+        ))
+        .await?;
+    tx.query_opt(&stmt, &[&project, &head.started_at.as_micros(), &head.id])
+        .await?
+        .map(|r| session_from_row(&r, 0).map(|(_, s)| s))
+        .transpose()
+}
+
+/// The newest `limit` audit rows, newest first.
+pub async fn recent_audit(tx: &Tx<'_>, limit: usize) -> Result<Vec<AuditEntry>> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT id, at, grant_name, transport, tool, decision, result, reason, duration_us
+             FROM audit ORDER BY id DESC LIMIT $1",
+        )
+        .await?;
+    Ok(tx
+        .query(&stmt, &[&as_i64(limit)])
+        .await?
+        .iter()
+        .map(|r| AuditEntry {
+            id: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+            at: Timestamp(r.get(1)),
+            grant: r.get(2),
+            transport: r.get(3),
+            tool: r.get(4),
+            decision: r.get(5),
+            result: r.get(6),
+            reason: r.get(7),
+            duration_us: u64::try_from(r.get::<_, i64>(8)).unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Every session, newest first, as retention sees it.
+pub async fn session_metas(tx: &Tx<'_>) -> Result<Vec<SessionMeta>> {
+    let rows = tx
+        .query(
+            "SELECT id, project, started_at, status, pinned, outcomes_stored FROM sessions
+             ORDER BY started_at DESC, pk DESC",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let status: String = r.get(3);
+            Ok(SessionMeta {
+                id: r.get(0),
+                project: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                started_at: Timestamp(r.get(2)),
+                status: status.parse::<SessionStatus>().map_err(Error::Internal)?,
+                pinned: r.get(4),
+                outcomes: u64::try_from(r.get::<_, i64>(5)).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// How large the database is. PostgreSQL's vacuum reuses the space of
+/// deleted rows; nothing is returned in steps.
+pub async fn storage_stats(tx: &Tx<'_>) -> Result<StorageStats> {
+    let row = tx
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await?;
+    Ok(StorageStats {
+        bytes: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        free_bytes: 0,
+        can_shrink: false,
+    })
+}

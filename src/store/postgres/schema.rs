@@ -1,0 +1,188 @@
+//! The PostgreSQL schema: an append-only list of migrations, tracked in
+//! `pytest_mcp_schema`, applied at start under an advisory lock so that
+//! replicas starting together do not race (the second waits, then finds
+//! nothing to do). Never edit a migration that has shipped: append one.
+//!
+//! The tables mirror SQLite's (see `store::sqlite::schema`) with the same
+//! reasons: interned tests, narrow outcome rows appended while a session
+//! runs (the only secondary index on `outcomes` is a partial one of
+//! failures), `session_tests` and a digest written when a session closes,
+//! and deleted sessions' rows removed in steps through `doomed`. What
+//! differs: an outcome's large text (a zstd blob) is a column of its row,
+//! which PostgreSQL keeps out of line once it is large; the key of an
+//! outcome is (session_pk, seq); and the policy's rate counters live here,
+//! so that every replica counts against the same limits.
+
+use deadpool_postgres::Client;
+
+use crate::error::{Error, Result};
+
+/// The advisory lock migrations run under (an arbitrary, fixed key).
+const MIGRATION_LOCK: i64 = 0x7079_6d63_7001;
+
+/// Writers hold this shared, the remover of unused tests exclusively, so a
+/// writer never refers to a test that is being removed.
+pub const TESTS_LOCK: i64 = 0x7079_6d63_7002;
+
+/// The channel committed changes are announced on.
+pub const CHANNEL: &str = "pytest_mcp";
+
+/// The migrations, in order; migration `i` moves the version from `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: everything.
+    r#"
+    CREATE TABLE sessions (
+        pk                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id                uuid NOT NULL UNIQUE,           -- client-chosen
+        source            text NOT NULL,                  -- plugin | mcp | import
+        status            text NOT NULL,                  -- running | finished | interrupted | incomplete
+        started_at        bigint NOT NULL,                -- microseconds since the Unix epoch
+        finished_at       bigint,
+        project           text,
+        git_commit        text,
+        environment       text NOT NULL,                  -- JSON
+        summary           text,                           -- JSON, set by finish
+        exitstatus        integer,
+        outcomes_expected bigint,
+        outcomes_stored   bigint NOT NULL DEFAULT 0,      -- highest contiguous seq
+        n_passed          bigint NOT NULL DEFAULT 0,
+        n_failed          bigint NOT NULL DEFAULT 0,
+        n_skipped         bigint NOT NULL DEFAULT 0,
+        n_errors          bigint NOT NULL DEFAULT 0,
+        n_xfailed         bigint NOT NULL DEFAULT 0,
+        n_xpassed         bigint NOT NULL DEFAULT 0,
+        grant_name        text,
+        pinned            boolean NOT NULL DEFAULT false
+    );
+    CREATE INDEX sessions_by_start ON sessions (started_at DESC, pk DESC);
+    CREATE INDEX sessions_by_project ON sessions (project, started_at DESC, pk DESC);
+    CREATE INDEX sessions_open ON sessions (pk) WHERE status IN ('running', 'incomplete');
+
+    CREATE TABLE tests (
+        id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        nodeid   text NOT NULL,
+        subtest  text NOT NULL DEFAULT '',
+        first_pk bigint NOT NULL,                         -- no older session holds it
+        UNIQUE (nodeid, subtest)
+    );
+
+    CREATE TABLE marker_sets (
+        id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        markers text NOT NULL UNIQUE                      -- JSON array
+    );
+
+    CREATE TABLE outcomes (
+        session_pk bigint NOT NULL,
+        seq        bigint NOT NULL,
+        test_id    bigint NOT NULL,
+        kind       smallint NOT NULL,                     -- store::codes
+        phase      smallint,
+        duration   double precision NOT NULL,
+        attempt    integer NOT NULL,
+        line       integer,
+        start_us   bigint,                                -- after the session's started_at
+        markers    bigint,                                -- marker_sets.id
+        message    text,                                  -- short ones; long ones are in detail
+        worker     text,
+        file       text,                                  -- NULL: the nodeid's own path
+        detail     bytea,                                 -- store::detail blob
+        PRIMARY KEY (session_pk, seq)
+    );
+    CREATE INDEX outcomes_failures ON outcomes (session_pk, seq) WHERE kind IN (2, 4);
+
+    CREATE TABLE digests (
+        session_pk bigint PRIMARY KEY,
+        tests      bytea NOT NULL,
+        durations  bytea NOT NULL
+    );
+
+    CREATE TABLE session_tests (
+        session_pk bigint NOT NULL,
+        test_id    bigint NOT NULL,
+        seq        bigint NOT NULL,
+        kind       smallint NOT NULL,
+        PRIMARY KEY (session_pk, test_id, seq)
+    );
+
+    CREATE TABLE doomed (pk bigint PRIMARY KEY);
+
+    CREATE TABLE audit (
+        id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at          bigint NOT NULL,
+        grant_name  text NOT NULL,
+        transport   text NOT NULL,
+        tool        text NOT NULL,
+        decision    text NOT NULL,
+        result      text,
+        reason      text,
+        duration_us bigint NOT NULL
+    );
+
+    -- The policy gate's fixed windows (policy::gate), one row per counter
+    -- and grant ('' for a global counter).
+    CREATE TABLE rate_counters (
+        counter   text NOT NULL,
+        grant_key text NOT NULL,
+        start_us  bigint NOT NULL,
+        length_us bigint NOT NULL,
+        calls     bigint NOT NULL,
+        PRIMARY KEY (counter, grant_key)
+    );
+
+    CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('tests_generation', 0);
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the schema up to [`SCHEMA_VERSION`] under the migration lock;
+/// refuses a database whose schema is newer than this binary's.
+pub async fn migrate(client: &mut Client) -> Result<()> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = migrate_locked(client).await;
+    // A lost connection released the lock already.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    result
+}
+
+async fn migrate_locked(client: &mut Client) -> Result<()> {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS pytest_mcp_schema (version integer NOT NULL)")
+        .await?;
+    let version: i64 = match client
+        .query_opt("SELECT max(version)::bigint FROM pytest_mcp_schema", &[])
+        .await?
+    {
+        Some(row) => row.get::<_, Option<i64>>(0).unwrap_or(0),
+        None => 0,
+    };
+    if version > SCHEMA_VERSION {
+        return Err(Error::Internal(format!(
+            "the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}; upgrade pytest-mcp"
+        )));
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await?;
+        let next = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        tx.execute("DELETE FROM pytest_mcp_schema", &[]).await?;
+        tx.execute(
+            "INSERT INTO pytest_mcp_schema (version) VALUES ($1)",
+            &[&next],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version = next, "database schema migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,883 @@
+//! The PostgreSQL backend's writes, each run inside the caller's
+//! transaction (see the parent module for what it guarantees).
+//!
+//! Every write that touches a session first locks its row
+//! (`SELECT … FOR UPDATE`), then applies the rules to the session as read
+//! under the lock, then writes. Outcome rows go in one statement per batch:
+//! `COPY … FROM STDIN BINARY` (the default) or `INSERT … SELECT FROM UNNEST`
+//! (`PYTEST_MCP_PG_BULK=unnest`), both measured by `benches/ingest.rs`.
+
+use futures_util::pin_mut;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use uuid::Uuid;
+
+use super::rows::{SESSION_COLUMNS, session_from_row};
+use super::schema::{CHANNEL, TESTS_LOCK};
+use super::{Shared, reads};
+use crate::error::{Error, Result};
+use crate::model::{Session, SessionRef, SessionStatus, Summary, Timestamp};
+use crate::policy::Decision;
+use crate::policy::gate::{Count, Decide, Key};
+use crate::store::audit::{self, AuditEntry};
+use crate::store::backend::Reclaimed;
+use crate::store::codes::{kind_code, phase_code};
+use crate::store::detail::NewOutcome;
+use crate::store::digest;
+use crate::store::rules::{self, FinishPlan, NewSession};
+
+type Tx<'t> = deadpool_postgres::Transaction<'t>;
+
+/// Most tests the id cache holds before it starts over.
+const MAX_CACHED_TESTS: usize = 1_000_000;
+
+/// Ids of tests and marker sets known to be committed, shared by every
+/// connection of this replica.
+#[derive(Default)]
+pub struct Interned {
+    tests: HashMap<(Box<str>, Box<str>), (i64, i64)>,
+    markers: HashMap<Box<str>, i64>,
+    /// The `tests_generation` these ids are valid for.
+    generation: i64,
+}
+
+impl Interned {
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.tests.clear();
+        self.markers.clear();
+    }
+}
+
+/// A test's (nodeid, subtest) and its (id, first session pk).
+type TestEntry = ((Box<str>, Box<str>), (i64, i64));
+
+/// Ids a transaction read or stored, to be cached once it has committed.
+#[derive(Default)]
+pub struct Learned {
+    generation: i64,
+    tests: Vec<TestEntry>,
+    markers: Vec<(Box<str>, i64)>,
+}
+
+impl Learned {
+    /// Adds what was learned to the cache (call after commit).
+    pub fn keep(self, interned: &Mutex<Interned>) {
+        let mut cache = interned.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation != self.generation {
+            return;
+        }
+        if cache.tests.len() + self.tests.len() > MAX_CACHED_TESTS {
+            cache.tests.clear();
+        }
+        if cache.markers.len() > 100_000 {
+            cache.markers.clear();
+        }
+        cache.tests.extend(self.tests);
+        cache.markers.extend(self.markers);
+    }
+}
+
+/// Whether outcome rows go through binary COPY (else INSERT … UNNEST).
+fn bulk_copy() -> bool {
+    static COPY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COPY.get_or_init(|| std::env::var("PYTEST_MCP_PG_BULK").as_deref() != Ok("unnest"))
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `None` for an empty string, so absent text is NULL.
+fn nullable(s: &str) -> Option<&str> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+/// The session with its pk, locked for the rest of the transaction.
+async fn lock_session(tx: &Tx<'_>, id: Uuid) -> Result<Option<(i64, Session)>> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = $1 FOR UPDATE"
+        ))
+        .await?;
+    tx.query_opt(&stmt, &[&id])
+        .await?
+        .map(|r| session_from_row(&r, 0))
+        .transpose()
+}
+
+/// Announces a committed change to every replica (delivered at commit).
+async fn notify(tx: &Tx<'_>, id: Uuid, status: SessionStatus, stored: u64) -> Result<()> {
+    let payload = format!("{id} {} {stored}", status.as_str());
+    let stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
+    tx.execute(&stmt, &[&CHANNEL, &payload]).await?;
+    Ok(())
+}
+
+/// Creates a session, or returns it when the same start is repeated.
+pub async fn start(tx: &Tx<'_>, new: &NewSession) -> Result<Session> {
+    let env_json = serde_json::to_string(&new.environment)
+        .map_err(|e| Error::Internal(format!("encoding environment: {e}")))?;
+    let stmt = tx
+        .prepare_cached(&format!(
+            "INSERT INTO sessions AS s (id, source, status, started_at, project, git_commit,
+                 environment, grant_name)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING {SESSION_COLUMNS}"
+        ))
+        .await?;
+    let inserted = tx
+        .query_opt(
+            &stmt,
+            &[
+                &new.id,
+                &new.source.as_str(),
+                &SessionStatus::Running.as_str(),
+                &new.started_at.as_micros(),
+                &nullable(&new.environment.project),
+                &nullable(&new.environment.git_commit),
+                &env_json,
+                &new.grant,
+            ],
+        )
+        .await?;
+    if let Some(row) = inserted {
+        let (_, session) = session_from_row(&row, 0)?;
+        notify(tx, new.id, session.status, 0).await?;
+        return Ok(session);
+    }
+    let (_, existing) = lock_session(tx, new.id)
+        .await?
+        .ok_or_else(|| Error::Conflict("a session being created was deleted".into()))?;
+    rules::check_restart(&existing, new)?;
+    Ok(existing)
+}
+
+/// Appends one outcome as the session's next seq.
+pub async fn append_next(
+    tx: &Tx<'_>,
+    shared: &Shared,
+    id: Uuid,
+    outcome: &NewOutcome,
+) -> Result<(u64, Learned)> {
+    let (pk, session) = lock_session(tx, id)
+        .await?
+        .ok_or_else(|| rules::no_session_for_outcomes(id))?;
+    let mut numbered = outcome.clone();
+    numbered.outcome.seq = rules::next_seq(&session);
+    let seq = numbered.outcome.seq;
+    let (_, learned) =
+        append_locked(tx, shared, id, pk, session, std::slice::from_ref(&numbered)).await?;
+    Ok((seq, learned))
+}
+
+/// Appends validated outcomes (seqs increasing); returns the highest
+/// contiguous stored seq.
+pub async fn append(
+    tx: &Tx<'_>,
+    shared: &Shared,
+    id: Uuid,
+    outcomes: &[NewOutcome],
+) -> Result<(u64, Learned)> {
+    let (pk, session) = lock_session(tx, id)
+        .await?
+        .ok_or_else(|| rules::no_session_for_outcomes(id))?;
+    append_locked(tx, shared, id, pk, session, outcomes).await
+}
+
+async fn append_locked(
+    tx: &Tx<'_>,
+    shared: &Shared,
+    id: Uuid,
+    pk: i64,
+    session: Session,
+    outcomes: &[NewOutcome],
+) -> Result<(u64, Learned)> {
+    let Some(plan) = rules::plan_append(&session, outcomes)? else {
+        return Ok((session.outcomes_stored, Learned::default()));
+    };
+    let new = &outcomes[plan.first..plan.first + plan.count];
+    // Shared: the remover of unused tests waits for this transaction. The
+    // generation, read by the next statement (a snapshot taken after the
+    // lock), tells whether cached ids still hold. Sent together.
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock_shared($1)")
+        .await?;
+    let read = tx
+        .prepare_cached("SELECT value FROM meta WHERE key = 'tests_generation'")
+        .await?;
+    let (_, generation) =
+        tokio::try_join!(tx.execute(&lock, &[&TESTS_LOCK]), tx.query_one(&read, &[]))?;
+    let generation: i64 = generation.get(0);
+    let mut learned = Learned {
+        generation,
+        ..Learned::default()
+    };
+    let test_ids = intern_tests(tx, shared, pk, new, &mut learned).await?;
+    let marker_ids = intern_markers(tx, shared, new, &mut learned).await?;
+    insert_outcomes(tx, pk, session.started_at, new, &test_ids, &marker_ids).await?;
+    let c = plan.counts;
+    let update = tx
+        .prepare_cached(
+            "UPDATE sessions SET outcomes_stored = $2, status = $3,
+                 n_passed = n_passed + $4, n_failed = n_failed + $5,
+                 n_skipped = n_skipped + $6, n_errors = n_errors + $7,
+                 n_xfailed = n_xfailed + $8, n_xpassed = n_xpassed + $9
+             WHERE pk = $1",
+        )
+        .await?;
+    tx.execute(
+        &update,
+        &[
+            &pk,
+            &as_i64(plan.stored),
+            &plan.status.as_str(),
+            &as_i64(c.passed),
+            &as_i64(c.failed),
+            &as_i64(c.skipped),
+            &as_i64(c.errors),
+            &as_i64(c.xfailed),
+            &as_i64(c.xpassed),
+        ],
+    )
+    .await?;
+    if plan.status.is_closed() {
+        // The missing outcomes of an incomplete session arrived: it is closed now.
+        index_closed_session(tx, pk).await?;
+    }
+    notify(tx, id, plan.status, plan.stored).await?;
+    Ok((plan.stored, learned))
+}
+
+/// The test id of each outcome, storing the tests that are new; moves a
+/// test's `first_pk` back when an older session gains it (a late import).
+async fn intern_tests(
+    tx: &Tx<'_>,
+    shared: &Shared,
+    pk: i64,
+    outcomes: &[NewOutcome],
+    learned: &mut Learned,
+) -> Result<Vec<i64>> {
+    let mut ids: Vec<Option<i64>> = vec![None; outcomes.len()];
+    let mut missing: Vec<(&str, &str)> = Vec::new();
+    let mut older: Vec<i64> = Vec::new();
+    {
+        let mut cache = shared.interned.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation != learned.generation {
+            cache.clear();
+            cache.generation = learned.generation;
+        }
+        for (i, o) in outcomes.iter().map(|n| &n.outcome).enumerate() {
+            let key = (
+                Box::<str>::from(o.nodeid.as_str()),
+                Box::<str>::from(o.subtest.as_str()),
+            );
+            match cache.tests.get(&key) {
+                Some(&(id, first)) => {
+                    ids[i] = Some(id);
+                    if first > pk {
+                        older.push(id);
+                    }
+                }
+                None => missing.push((&o.nodeid, &o.subtest)),
+            }
+        }
+    }
+    let mut found: HashMap<(String, String), (i64, i64)> = HashMap::new();
+    if !missing.is_empty() {
+        // Sorted, so that writers storing the same new tests take their
+        // locks in one order and cannot deadlock.
+        missing.sort_unstable();
+        missing.dedup();
+        let nodeids: Vec<&str> = missing.iter().map(|m| m.0).collect();
+        let subtests: Vec<&str> = missing.iter().map(|m| m.1).collect();
+        let select = tx
+            .prepare_cached(
+                "SELECT t.id, t.nodeid, t.subtest, t.first_pk
+                 FROM UNNEST($1::text[], $2::text[]) AS u (nodeid, subtest)
+                 JOIN tests t ON t.nodeid = u.nodeid AND t.subtest = u.subtest",
+            )
+            .await?;
+        for r in tx.query(&select, &[&nodeids, &subtests]).await? {
+            found.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
+        }
+        let absent: Vec<(&str, &str)> = missing
+            .iter()
+            .filter(|(n, s)| !found.contains_key(&(n.to_string(), s.to_string())))
+            .copied()
+            .collect();
+        if !absent.is_empty() {
+            let nodeids: Vec<&str> = absent.iter().map(|m| m.0).collect();
+            let subtests: Vec<&str> = absent.iter().map(|m| m.1).collect();
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO tests (nodeid, subtest, first_pk)
+                     SELECT u.nodeid, u.subtest, $3
+                     FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u (nodeid, subtest, n)
+                     ORDER BY u.n
+                     ON CONFLICT (nodeid, subtest) DO NOTHING
+                     RETURNING id, nodeid, subtest, first_pk",
+                )
+                .await?;
+            for r in tx.query(&insert, &[&nodeids, &subtests, &pk]).await? {
+                found.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
+            }
+            // Stored meanwhile by a writer that has committed since.
+            let still: Vec<(&str, &str)> = absent
+                .iter()
+                .filter(|(n, s)| !found.contains_key(&(n.to_string(), s.to_string())))
+                .copied()
+                .collect();
+            if !still.is_empty() {
+                let nodeids: Vec<&str> = still.iter().map(|m| m.0).collect();
+                let subtests: Vec<&str> = still.iter().map(|m| m.1).collect();
+                for r in tx.query(&select, &[&nodeids, &subtests]).await? {
+                    found.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
+                }
+            }
+        }
+        for (key, &(id, first)) in &found {
+            if first > pk {
+                older.push(id);
+            }
+            learned.tests.push((
+                (key.0.as_str().into(), key.1.as_str().into()),
+                (id, first.min(pk)),
+            ));
+        }
+    }
+    if !older.is_empty() {
+        older.sort_unstable();
+        older.dedup();
+        let update = tx
+            .prepare_cached("UPDATE tests SET first_pk = $2 WHERE id = ANY($1) AND first_pk > $2")
+            .await?;
+        tx.execute(&update, &[&older, &pk]).await?;
+    }
+    let mut out = Vec::with_capacity(outcomes.len());
+    for (i, o) in outcomes.iter().map(|n| &n.outcome).enumerate() {
+        let id = match ids[i] {
+            Some(id) => id,
+            None => found
+                .get(&(o.nodeid.clone(), o.subtest.clone()))
+                .map(|f| f.0)
+                .ok_or_else(|| {
+                    Error::Conflict(format!("test {:?} could not be stored", o.nodeid))
+                })?,
+        };
+        out.push(id);
+    }
+    Ok(out)
+}
+
+/// The marker-set id of each outcome (`None`: no markers).
+async fn intern_markers(
+    tx: &Tx<'_>,
+    shared: &Shared,
+    outcomes: &[NewOutcome],
+    learned: &mut Learned,
+) -> Result<Vec<Option<i64>>> {
+    let mut json: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
+    let mut last: Option<(&[String], Option<String>)> = None;
+    for o in outcomes.iter().map(|n| &n.outcome) {
+        if o.markers.is_empty() {
+            json.push(None);
+            continue;
+        }
+        let text = match &last {
+            Some((m, t)) if *m == o.markers.as_slice() => t.clone(),
+            _ => {
+                let t = Some(
+                    serde_json::to_string(&o.markers)
+                        .map_err(|e| Error::Internal(format!("encoding markers: {e}")))?,
+                );
+                last = Some((&o.markers, t.clone()));
+                t
+            }
+        };
+        json.push(text);
+    }
+    let mut known: HashMap<String, i64> = HashMap::new();
+    let mut missing: Vec<&str> = Vec::new();
+    {
+        let cache = shared.interned.lock().unwrap_or_else(|p| p.into_inner());
+        for m in json.iter().flatten() {
+            match cache.markers.get(m.as_str()) {
+                Some(&id) => {
+                    known.insert(m.clone(), id);
+                }
+                None => missing.push(m),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort_unstable();
+        missing.dedup();
+        let insert = tx
+            .prepare_cached(
+                "WITH wanted AS (SELECT m FROM UNNEST($1::text[]) AS u (m)),
+                 added AS (
+                     INSERT INTO marker_sets (markers) SELECT m FROM wanted ORDER BY m
+                     ON CONFLICT (markers) DO NOTHING RETURNING id, markers)
+                 SELECT id, markers FROM added",
+            )
+            .await?;
+        for r in tx.query(&insert, &[&missing]).await? {
+            known.insert(r.get(1), r.get(0));
+        }
+        let rest: Vec<&str> = missing
+            .iter()
+            .filter(|m| !known.contains_key(**m))
+            .copied()
+            .collect();
+        if !rest.is_empty() {
+            let select = tx
+                .prepare_cached("SELECT id, markers FROM marker_sets WHERE markers = ANY($1)")
+                .await?;
+            for r in tx.query(&select, &[&rest]).await? {
+                known.insert(r.get(1), r.get(0));
+            }
+        }
+        for m in &missing {
+            if let Some(&id) = known.get(*m) {
+                learned.markers.push(((*m).into(), id));
+            }
+        }
+    }
+    json.iter()
+        .map(|m| match m {
+            None => Ok(None),
+            Some(m) => known
+                .get(m)
+                .copied()
+                .map(Some)
+                .ok_or_else(|| Error::Conflict("a marker set could not be stored".into())),
+        })
+        .collect()
+}
+
+/// The outcome columns, in the order both bulk paths write them.
+const OUTCOME_INSERT_COLUMNS: &str = "session_pk, seq, test_id, kind, phase, duration, attempt, \
+     line, start_us, markers, message, worker, file, detail";
+
+const OUTCOME_TYPES: [Type; 14] = [
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT2,
+    Type::INT2,
+    Type::FLOAT8,
+    Type::INT4,
+    Type::INT4,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BYTEA,
+];
+
+/// One outcome row, ready to send.
+struct Row<'o> {
+    seq: i64,
+    test_id: i64,
+    kind: i16,
+    phase: Option<i16>,
+    duration: f64,
+    attempt: i32,
+    line: Option<i32>,
+    start_us: Option<i64>,
+    markers: Option<i64>,
+    message: Option<&'o str>,
+    worker: Option<&'o str>,
+    file: Option<&'o str>,
+    detail: Option<&'o [u8]>,
+}
+
+async fn insert_outcomes(
+    tx: &Tx<'_>,
+    pk: i64,
+    session_started: Timestamp,
+    outcomes: &[NewOutcome],
+    test_ids: &[i64],
+    marker_ids: &[Option<i64>],
+) -> Result<()> {
+    let started = session_started.as_micros();
+    let rows: Vec<Row<'_>> = outcomes
+        .iter()
+        .zip(test_ids.iter().zip(marker_ids))
+        .map(|(n, (&test_id, &markers))| {
+            let o = &n.outcome;
+            Row {
+                seq: as_i64(o.seq),
+                test_id,
+                kind: kind_code(o.outcome) as i16,
+                phase: o.phase.map(|p| phase_code(p) as i16),
+                duration: o.duration,
+                attempt: i32::try_from(o.attempt).unwrap_or(i32::MAX),
+                line: o.line.and_then(|l| i32::try_from(l).ok()),
+                start_us: o.started_at.map(|t| t.as_micros() - started),
+                markers,
+                message: crate::store::detail::inline_message(o),
+                worker: nullable(&o.worker),
+                file: crate::store::codes::file_column(&o.nodeid, &o.file),
+                detail: n.detail.as_deref(),
+            }
+        })
+        .collect();
+    if bulk_copy() {
+        let sink = tx
+            .copy_in(&format!(
+                "COPY outcomes ({OUTCOME_INSERT_COLUMNS}) FROM STDIN BINARY"
+            ))
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, &OUTCOME_TYPES);
+        pin_mut!(writer);
+        for r in &rows {
+            let values: [&(dyn ToSql + Sync); 14] = [
+                &pk,
+                &r.seq,
+                &r.test_id,
+                &r.kind,
+                &r.phase,
+                &r.duration,
+                &r.attempt,
+                &r.line,
+                &r.start_us,
+                &r.markers,
+                &r.message,
+                &r.worker,
+                &r.file,
+                &r.detail,
+            ];
+            writer.as_mut().write(&values).await?;
+        }
+        writer.finish().await?;
+    } else {
+        let stmt = tx
+            .prepare_cached(&format!(
+                "INSERT INTO outcomes ({OUTCOME_INSERT_COLUMNS})
+                 SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::int2[], $5::int2[],
+                     $6::float8[], $7::int4[], $8::int4[], $9::int8[], $10::int8[],
+                     $11::text[], $12::text[], $13::text[], $14::bytea[])"
+            ))
+            .await?;
+        let seq: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let test: Vec<i64> = rows.iter().map(|r| r.test_id).collect();
+        let kind: Vec<i16> = rows.iter().map(|r| r.kind).collect();
+        let phase: Vec<Option<i16>> = rows.iter().map(|r| r.phase).collect();
+        let duration: Vec<f64> = rows.iter().map(|r| r.duration).collect();
+        let attempt: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
+        let line: Vec<Option<i32>> = rows.iter().map(|r| r.line).collect();
+        let start: Vec<Option<i64>> = rows.iter().map(|r| r.start_us).collect();
+        let markers: Vec<Option<i64>> = rows.iter().map(|r| r.markers).collect();
+        let message: Vec<Option<&str>> = rows.iter().map(|r| r.message).collect();
+        let worker: Vec<Option<&str>> = rows.iter().map(|r| r.worker).collect();
+        let file: Vec<Option<&str>> = rows.iter().map(|r| r.file).collect();
+        let detail: Vec<Option<&[u8]>> = rows.iter().map(|r| r.detail).collect();
+        tx.execute(
+            &stmt,
+            &[
+                &pk, &seq, &test, &kind, &phase, &duration, &attempt, &line, &start, &markers,
+                &message, &worker, &file, &detail,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Writes what a closed session is read by: its `session_tests` and its
+/// digest, built from its rows.
+pub async fn index_closed_session(tx: &Tx<'_>, pk: i64) -> Result<()> {
+    let clear = tx
+        .prepare_cached("DELETE FROM session_tests WHERE session_pk = $1")
+        .await?;
+    tx.execute(&clear, &[&pk]).await?;
+    let index = tx
+        .prepare_cached(
+            "INSERT INTO session_tests (session_pk, test_id, seq, kind)
+             SELECT session_pk, test_id, seq, kind FROM outcomes WHERE session_pk = $1
+             ORDER BY test_id, seq",
+        )
+        .await?;
+    tx.execute(&index, &[&pk]).await?;
+    let d = reads::digest_from_rows(tx, pk).await?;
+    let (tests, durations) = digest::encode(&d);
+    let store = tx
+        .prepare_cached(
+            "INSERT INTO digests (session_pk, tests, durations) VALUES ($1, $2, $3)
+             ON CONFLICT (session_pk) DO UPDATE
+                 SET tests = EXCLUDED.tests, durations = EXCLUDED.durations",
+        )
+        .await?;
+    tx.execute(&store, &[&pk, &tests, &durations]).await?;
+    Ok(())
+}
+
+/// Finishes a session.
+pub async fn finish(
+    tx: &Tx<'_>,
+    id: Uuid,
+    summary: &Summary,
+    outcomes_sent: u64,
+    finished_at: Timestamp,
+) -> Result<Session> {
+    let (pk, session) = lock_session(tx, id)
+        .await?
+        .ok_or_else(|| rules::no_session(id))?;
+    let status = match rules::plan_finish(&session, summary, outcomes_sent)? {
+        FinishPlan::Repeat => return Ok(session),
+        FinishPlan::Close(status) => status,
+    };
+    let summary_json = serde_json::to_string(summary)
+        .map_err(|e| Error::Internal(format!("encoding summary: {e}")))?;
+    let stmt = tx
+        .prepare_cached(&format!(
+            "UPDATE sessions s SET status = $2, finished_at = $3, summary = $4, exitstatus = $5,
+                 outcomes_expected = $6
+             WHERE s.pk = $1
+             RETURNING {SESSION_COLUMNS}"
+        ))
+        .await?;
+    let row = tx
+        .query_one(
+            &stmt,
+            &[
+                &pk,
+                &status.as_str(),
+                &finished_at.as_micros(),
+                &summary_json,
+                &summary.exitstatus,
+                &as_i64(outcomes_sent),
+            ],
+        )
+        .await?;
+    let (_, session) = session_from_row(&row, 0)?;
+    if status.is_closed() {
+        index_closed_session(tx, pk).await?;
+    }
+    notify(tx, id, session.status, session.outcomes_stored).await?;
+    Ok(session)
+}
+
+/// Stores one audit row and returns its id.
+pub async fn audit(tx: &Tx<'_>, entry: &AuditEntry) -> Result<u64> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO audit (at, grant_name, transport, tool, decision, result, reason,
+                 duration_us)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .await?;
+    let row = tx
+        .query_one(
+            &stmt,
+            &[
+                &entry.at.as_micros(),
+                &entry.grant,
+                &entry.transport,
+                &entry.tool,
+                &entry.decision,
+                &entry.result,
+                &entry.reason.as_deref().map(audit::bounded),
+                &as_i64(entry.duration_us),
+            ],
+        )
+        .await?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
+/// Pins or unpins a session.
+pub async fn pin(tx: &Tx<'_>, session: SessionRef, pinned: bool) -> Result<Session> {
+    let (pk, mut s) = reads::resolve(tx, session).await?;
+    let stmt = tx
+        .prepare_cached("UPDATE sessions SET pinned = $2 WHERE pk = $1")
+        .await?;
+    tx.execute(&stmt, &[&pk, &pinned]).await?;
+    s.pinned = pinned;
+    Ok(s)
+}
+
+/// Deletes a session for every reader, leaving its rows to [`reclaim`].
+pub async fn delete(tx: &Tx<'_>, id: Uuid) -> Result<bool> {
+    let Some((pk, session)) = lock_session(tx, id).await? else {
+        return Ok(false);
+    };
+    if rules::prune_refusal(session.status, session.pinned).is_some() {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO doomed (pk) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&pk],
+    )
+    .await?;
+    tx.execute("DELETE FROM sessions WHERE pk = $1", &[&pk])
+        .await?;
+    tx.execute("DELETE FROM digests WHERE session_pk = $1", &[&pk])
+        .await?;
+    Ok(true)
+}
+
+/// Removes up to `max_rows` rows of deleted sessions.
+pub async fn reclaim(tx: &Tx<'_>, max_rows: usize) -> Result<Reclaimed> {
+    let budget = max_rows.max(1) as u64;
+    let mut removed = 0u64;
+    let doomed: Vec<i64> = tx
+        .query("SELECT pk FROM doomed ORDER BY pk", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for pk in doomed {
+        let left = as_i64(budget - removed);
+        let rows = tx
+            .execute(
+                "DELETE FROM outcomes WHERE session_pk = $1 AND seq IN (
+                     SELECT seq FROM outcomes WHERE session_pk = $1 ORDER BY seq LIMIT $2)",
+                &[&pk, &left],
+            )
+            .await?;
+        removed += rows;
+        if rows == u64::try_from(left).unwrap_or(0) {
+            return Ok(Reclaimed {
+                rows: removed,
+                more: true,
+            });
+        }
+        let left = as_i64(budget - removed);
+        let rows = tx
+            .execute(
+                "DELETE FROM session_tests WHERE session_pk = $1 AND (test_id, seq) IN (
+                     SELECT test_id, seq FROM session_tests WHERE session_pk = $1 LIMIT $2)",
+                &[&pk, &left],
+            )
+            .await?;
+        removed += rows;
+        if rows == u64::try_from(left).unwrap_or(0) {
+            return Ok(Reclaimed {
+                rows: removed,
+                more: true,
+            });
+        }
+        tx.execute("DELETE FROM doomed WHERE pk = $1", &[&pk])
+            .await?;
+        if removed >= budget {
+            return Ok(Reclaimed {
+                rows: removed,
+                more: true,
+            });
+        }
+    }
+    Ok(Reclaimed {
+        rows: removed,
+        more: false,
+    })
+}
+
+/// Removes the tests no outcome refers to any more, with every writer held
+/// off (they take [`TESTS_LOCK`] shared), and bumps the generation so that
+/// every replica drops its cached ids.
+pub async fn remove_unused_tests(tx: &Tx<'_>) -> Result<u64> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TESTS_LOCK])
+        .await?;
+    let removed = tx
+        .execute(
+            "DELETE FROM tests t
+             WHERE NOT EXISTS (SELECT 1 FROM session_tests st WHERE st.test_id = t.id)
+               AND NOT EXISTS (
+                   SELECT 1 FROM outcomes o JOIN sessions s ON s.pk = o.session_pk
+                   WHERE s.status NOT IN ('finished', 'interrupted') AND o.test_id = t.id)",
+            &[],
+        )
+        .await?;
+    if removed > 0 {
+        tx.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'tests_generation'",
+            &[],
+        )
+        .await?;
+    }
+    Ok(removed)
+}
+
+fn grant_key(key: &Key) -> String {
+    match &key.grant {
+        Some(g) => format!("g:{g}"),
+        None => String::new(),
+    }
+}
+
+/// Decides a gated call against the shared counters: locks the counters'
+/// rows (creating them first, in key order), runs `decide` on them, and
+/// writes back what it changed.
+pub async fn count_calls(tx: &Tx<'_>, keys: &[Key], decide: &Decide) -> Result<Decision> {
+    let counters: Vec<&str> = keys.iter().map(|k| k.counter.as_str()).collect();
+    let grants: Vec<String> = keys.iter().map(grant_key).collect();
+    let create = tx
+        .prepare_cached(
+            "INSERT INTO rate_counters (counter, grant_key, start_us, length_us, calls)
+             SELECT c, g, 0, 0, 0 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u (c, g, n)
+             ORDER BY u.n
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    tx.execute(&create, &[&counters, &grants]).await?;
+    let lock = tx
+        .prepare_cached(
+            "SELECT r.counter, r.grant_key, r.start_us, r.length_us, r.calls
+             FROM rate_counters r
+             JOIN UNNEST($1::text[], $2::text[]) AS u (c, g) ON r.counter = u.c AND r.grant_key = u.g
+             ORDER BY r.counter, r.grant_key
+             FOR UPDATE OF r",
+        )
+        .await?;
+    let mut counts: HashMap<Key, Count> = HashMap::new();
+    let by_stored: HashMap<(String, String), &Key> = keys
+        .iter()
+        .map(|k| ((k.counter.clone(), grant_key(k)), k))
+        .collect();
+    for r in tx.query(&lock, &[&counters, &grants]).await? {
+        let stored: (String, String) = (r.get(0), r.get(1));
+        let length: i64 = r.get(3);
+        if let Some(key) = by_stored.get(&stored)
+            && length > 0
+        {
+            counts.insert(
+                (*key).clone(),
+                Count {
+                    start: r.get(2),
+                    length,
+                    calls: u64::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+                },
+            );
+        }
+    }
+    let before = counts.clone();
+    let decision = decide(&mut counts);
+    let update = tx
+        .prepare_cached(
+            "UPDATE rate_counters SET start_us = $3, length_us = $4, calls = $5
+             WHERE counter = $1 AND grant_key = $2",
+        )
+        .await?;
+    for (key, count) in &counts {
+        if before.get(key) != Some(count) {
+            tx.execute(
+                &update,
+                &[
+                    &key.counter,
+                    &grant_key(key),
+                    &count.start,
+                    &count.length,
+                    &as_i64(count.calls),
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(decision)
+}
