@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -276,3 +277,61 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def stored_so_far(server) -> int:
+    """Outcomes stored in the latest session, 0 before there is one."""
+    try:
+        return server.session().outcomes_stored
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return 0
+        raise
+
+
+def assert_stored_exactly_once(server, session_id, nodeids_expected):
+    """Every outcome once: seqs 1..N without gaps, each test's nodeid once."""
+    session = server.session(session_id)
+    outcomes = server.outcomes(session_id)
+    assert [o.seq for o in outcomes] == list(range(1, len(outcomes) + 1))
+    nodeids = [o.nodeid for o in outcomes]
+    assert sorted(nodeids) == sorted(nodeids_expected)
+    assert session.outcomes_stored == session.outcomes_expected == len(outcomes)
+    return session, outcomes
+
+
+def run_in_background(pytester, address: str, spool_dir, *args):
+    """Starts an inner pytest run that records at ``address``; returns (process, output file)."""
+    out = pytester.path / "inner-output.txt"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--mcp",
+            f"--mcp-address={address}",
+            f"--mcp-spool={spool_dir}",
+            *args,
+        ],
+        cwd=pytester.path,
+        stdin=subprocess.DEVNULL,
+        stdout=out.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    return proc, out
+
+
+class Output:
+    """The parts of pytester's RunResult that the helpers in conftest read."""
+
+    def __init__(self, path, ret):
+        self.outlines = path.read_text().splitlines()
+        self.errlines = []
+        self.ret = ret
+
+    def parseoutcomes(self):
+        from _pytest.pytester import RunResult
+
+        return RunResult.parse_summary_nouns(self.outlines)

@@ -4,19 +4,19 @@ and every outcome ends up stored exactly once (resent, or spooled and imported).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import time
 
-import grpc
-
 from conftest import (
     INNER_TIMEOUT,
+    Output,
     Server,
+    assert_stored_exactly_once,
     free_port,
+    run_in_background,
     session_id_of,
     spool_path_of,
+    stored_so_far,
     summary_counts,
     wait_until,
     warning_lines,
@@ -52,31 +52,10 @@ def slow_suite(n: int, sleep: float) -> str:
     )
 
 
-def stored_so_far(server) -> int:
-    """Outcomes stored in the latest session, 0 before there is one."""
-    try:
-        return server.session().outcomes_stored
-    except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.NOT_FOUND:
-            return 0
-        raise
-
-
 def read_spool(path):
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert lines, "empty spool file"
     return lines
-
-
-def assert_stored_exactly_once(server, session_id, nodeids_expected):
-    """Every outcome once: seqs 1..N without gaps, each test's nodeid once."""
-    session = server.session(session_id)
-    outcomes = server.outcomes(session_id)
-    assert [o.seq for o in outcomes] == list(range(1, len(outcomes) + 1))
-    nodeids = [o.nodeid for o in outcomes]
-    assert sorted(nodeids) == sorted(nodeids_expected)
-    assert session.outcomes_stored == session.outcomes_expected == len(outcomes)
-    return session, outcomes
 
 
 def test_without_a_server_the_run_is_unchanged_warns_once_and_spools(
@@ -136,48 +115,11 @@ def test_without_a_server_the_run_is_unchanged_warns_once_and_spools(
         server.stop()
 
 
-def run_in_background(pytester, server, spool_dir, *args):
-    """Starts an inner pytest run that records into server; returns (process, output file)."""
-    out = pytester.path / "inner-output.txt"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--mcp",
-            f"--mcp-address={server.addr}",
-            f"--mcp-spool={spool_dir}",
-            *args,
-        ],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=out.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    return proc, out
-
-
-class Output:
-    """The parts of pytester's RunResult that the helpers in conftest read."""
-
-    def __init__(self, path, ret):
-        self.outlines = path.read_text().splitlines()
-        self.errlines = []
-        self.ret = ret
-
-    def parseoutcomes(self):
-        from _pytest.pytester import RunResult
-
-        return RunResult.parse_summary_nouns(self.outlines)
-
-
 def test_a_server_killed_mid_run_and_restarted_ends_with_every_outcome_once(
     pytester, server, spool_dir
 ):
     pytester.makepyfile(test_slow=slow_suite(300, 0.01))
-    proc, out = run_in_background(pytester, server, spool_dir)
+    proc, out = run_in_background(pytester, server.addr, spool_dir)
     wait_until(lambda: stored_so_far(server) >= 40)
     session_id = server.session().id
     server.kill()
@@ -205,7 +147,7 @@ def test_a_server_killed_for_good_leaves_a_spool_that_completes_the_session(
     pytester, server, spool_dir
 ):
     pytester.makepyfile(test_slow=slow_suite(150, 0.01))
-    proc, out = run_in_background(pytester, server, spool_dir, "--mcp-timeout=1")
+    proc, out = run_in_background(pytester, server.addr, spool_dir, "--mcp-timeout=1")
     wait_until(lambda: stored_so_far(server) >= 20)
     session_id = server.session().id
     server.kill()

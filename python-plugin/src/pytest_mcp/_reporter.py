@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -42,7 +42,8 @@ _STATS_KEYS = {"error": "errors"}
 class Settings:
     """Resolved options (command line, environment, ini)."""
 
-    address: str
+    #: Recorder addresses, tried in this order (failover: see ``Sender``).
+    addresses: Tuple[str, ...]
     token: Optional[str]
     spool_dir: Optional[str]
     timeout: float
@@ -186,7 +187,7 @@ class Reporter:
         started = time.time()
         self._t0 = time.perf_counter()
         self._sender = Sender(
-            address=self.settings.address,
+            addresses=self.settings.addresses,
             token=self.settings.token,
             tls_ca=self.settings.tls_ca,
             spool_dir=self.settings.spool_dir,
@@ -214,17 +215,19 @@ class Reporter:
             self._warned = True
             self._lines.append(sender.warning)
         where = f"session {self.session_id}"
+        # The recorder that finished the session; with none, every one was tried.
+        at = result.address or ", ".join(self.settings.addresses)
         if result.spool_path is not None:
             missing = result.outcomes - result.acked
             self._lines.append(
                 f"pytest-mcp: {where}: {missing} of {result.outcomes} outcomes not acknowledged"
-                f"{'' if result.finished else ', session not finished'} at {self.settings.address}; "
+                f"{'' if result.finished else ', session not finished'} at {at}; "
                 f"spooled to {result.spool_path}"
             )
             self._lines.append(f"pytest-mcp: replay with: pytest-mcp import {result.spool_path}")
         else:
             self._lines.append(
-                f"pytest-mcp: {where}: {result.outcomes} outcomes recorded at {self.settings.address}"
+                f"pytest-mcp: {where}: {result.outcomes} outcomes recorded at {at}"
             )
 
     def pytest_terminal_summary(self, terminalreporter) -> None:

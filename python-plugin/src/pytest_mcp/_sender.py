@@ -19,8 +19,16 @@ Invariants:
   cannot resume past spooled outcomes).
 * At the end, what is not acknowledged within the timeout goes to the spool
   file, framed by the session's start and finish lines.
+* Failover: the sender is on one of the recorder addresses at a time. When it
+  cannot reach that one or loses it, it moves to the next (round robin) at
+  once and sends it everything not acknowledged; only after every address has
+  failed in a row does it wait (``BACKOFF_FIRST`` doubling up to
+  ``BACKOFF_MAX``) before the next round. The recorders share one database,
+  so an ack from any of them counts, and a seq stored by one is stored once.
 * At most one warning line is produced per run (``warning``); the reporter
   prints it from the main thread, where pytest's output capture is not active.
+  It is set once the sender knows where the run goes: with several addresses,
+  after it moved to one that answers or after all of them failed.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _environment
 from . import _records as R
@@ -110,6 +118,8 @@ class Result:
         self.finished = False  # FinishSession succeeded
         self.spool_path: Optional[Path] = None
         self.problem: Optional[str] = None
+        #: The recorder address that acknowledged FinishSession.
+        self.address: Optional[str] = None
 
 
 def _nanos(seconds: float, whole: int) -> int:
@@ -118,6 +128,16 @@ def _nanos(seconds: float, whole: int) -> int:
     Microseconds are the server's precision, so a repeated StartSession is identical.
     """
     return min(int(round((seconds - whole) * 1_000_000)), 999_999) * 1000
+
+
+def _status(error) -> Tuple[str, str]:
+    """(code name, details) of a grpc error, in a form short enough for one line."""
+    code = error.code() if hasattr(error, "code") else None
+    name = getattr(code, "name", "UNKNOWN")
+    details = (error.details() if hasattr(error, "details") else None) or ""
+    if "Connection refused" in details:
+        details = "connection refused"  # grpc's own text is three lines' worth
+    return name, details
 
 
 def _first_line(text: str, limit: int = 200) -> str:
@@ -207,6 +227,18 @@ def repair(r: Tuple) -> Tuple:
     return _Repaired(out)
 
 
+class _Replica:
+    """One recorder address, with its channel (opened idle: grpc connects on the first call)."""
+
+    def __init__(self, address: str, tls_ca: Optional[bytes]) -> None:
+        self.address = address
+        # https:// (or a CA file) means TLS; http:// or no scheme, plaintext.
+        self.tls = address.startswith("https://") or tls_ca is not None
+        self.target = address.split("://", 1)[1] if "://" in address else address
+        self.channel = None
+        self.stub = None
+
+
 class _Stream:
     """One StreamOutcomes call, with a writer task that sends queued batches and a
     reader task that takes the acks; runs on the sender's event loop."""
@@ -268,7 +300,7 @@ class Sender:
     def __init__(
         self,
         *,
-        address: str,
+        addresses: Sequence[str],
         token: Optional[str],
         spool_dir: Optional[str],
         tls_ca: Optional[bytes] = None,
@@ -285,12 +317,16 @@ class Sender:
         #: skip collecting output nobody will keep; what is sent or spooled
         #: follows it, and without an answer PYTEST_MCP_KEEP_PASSING_OUTPUT.
         self.keep_passing_output: Optional[bool] = None
-        self.address = address
+        if not addresses:
+            raise ValueError("no recorder address")
+        #: The recorder addresses, in the order they are tried.
+        self.addresses = tuple(addresses)
         self.session_id = session_id
-        # https:// (or a CA file) means TLS; http:// or no scheme, plaintext.
-        self._tls = address.startswith("https://") or tls_ca is not None
         self._tls_ca = tls_ca
-        self._target = address.split("://", 1)[1] if "://" in address else address
+        self._replicas = [_Replica(address, tls_ca) for address in self.addresses]
+        self._current = 0  # index of the replica in use, or to be tried next
+        # Why each address failed since the last one that answered (or since the start).
+        self._round: List[str] = []
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._spool_dir = Path(spool_dir) if spool_dir else default_dir()
         self._timeout = timeout
@@ -324,8 +360,6 @@ class Sender:
         self._result = Result()
         self._grpc = None
         self._pb = None
-        self._stub = None
-        self._channel = None
         self._start_request = None
 
     # ---- main-thread API -------------------------------------------------
@@ -356,7 +390,8 @@ class Sender:
         thread = self._thread
         try:
             if thread is not None:
-                thread.join(self._timeout + 2 * RPC_TIMEOUT + 5.0)
+                # Each address may cost a StartSession and a FinishSession at the end.
+                thread.join(self._timeout + 2 * len(self._replicas) * RPC_TIMEOUT + 5.0)
                 if thread.is_alive():
                     self._note("the sender did not stop in time")
                     self._spool_everything()
@@ -438,12 +473,15 @@ class Sender:
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.enable_retries", 0),
         ]
-        if self._tls:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self._tls_ca)
-            self._channel = grpc.aio.secure_channel(self._target, credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(self._target, options=options)
-        self._stub = recorder_pb2_grpc.RecorderStub(self._channel)
+        for replica in self._replicas:
+            if replica.tls:
+                credentials = grpc.ssl_channel_credentials(root_certificates=self._tls_ca)
+                replica.channel = grpc.aio.secure_channel(
+                    replica.target, credentials, options=options
+                )
+            else:
+                replica.channel = grpc.aio.insecure_channel(replica.target, options=options)
+            replica.stub = recorder_pb2_grpc.RecorderStub(replica.channel)
         env = dict(self._environment)
         extra = env.pop("extra", {})
         dirty = env.pop("git_dirty", None)
@@ -495,28 +533,39 @@ class Sender:
         if self._grpc is None:
             return False
         if closing:
-            # At the end, one more try at once, not a wait for a server that is gone.
-            return self._connects_while_closing == 0
+            # At the end, one more try of each address at once, not a wait for
+            # servers that are gone.
+            return self._connects_while_closing < len(self._replicas)
         return time.monotonic() >= self._retry_at
 
     async def _connect(self) -> None:
         grpc = self._grpc
+        replica = self._replicas[self._current]
         if self._closing.is_set():
             self._connects_while_closing += 1
         try:
-            response = await self._stub.StartSession(
+            response = await replica.stub.StartSession(
                 self._start_request, timeout=RPC_TIMEOUT, metadata=self._metadata
             )
         except grpc.RpcError as error:
             self._failed("cannot reach the recorder", error)
             return
+        if self._round:
+            reasons = "; ".join(self._round)
+            if self._session_started:
+                self._warn(
+                    f"{reasons}; moved to {replica.address}, resending what was not acknowledged"
+                )
+            else:
+                self._warn(f"{reasons}; recording at {replica.address} instead")
+            self._round.clear()
         self._session_started = True
         self.keep_passing_output = bool(response.keep_passing_output)
         stored = response.session.outcomes_stored
         # The server may hold outcomes whose acks were lost with the old stream.
         if self._acked < stored < self._next_seq:
             self._acked = stored
-        self._stream = _Stream(self, self._stub, self._metadata)
+        self._stream = _Stream(self, replica.stub, self._metadata)
         self._mode = STREAMING
         self._backoff = BACKOFF_FIRST
         # Everything not acknowledged goes out again, in seq order.
@@ -527,30 +576,47 @@ class Sender:
             self._inflight = deque()
 
     def _failed(self, what: str, error) -> None:
-        code = error.code() if hasattr(error, "code") else None
-        name = getattr(code, "name", "UNKNOWN")
-        details = error.details() or ""
-        if "Connection refused" in details:
-            details = "connection refused"  # grpc's own text is three lines' worth
-        reason = f"{what} at {self.address} ({name}: {_first_line(details, 120)})"
-        if not self._tls and name == "UNAVAILABLE" and "Socket closed" in details:
+        replica = self._replicas[self._current]
+        name, details = _status(error)
+        reason = f"{what} at {replica.address} ({name}: {_first_line(details, 120)})"
+        if not replica.tls and name == "UNAVAILABLE" and "Socket closed" in details:
             # What a plaintext client sees from a TLS listener.
             reason += "; if it serves TLS, pass --mcp-tls-ca (or an https:// address)"
         if name == "UNAUTHENTICATED":
             # Reachable, but it wants a (different) token: say so, not "cannot reach".
             reason = (
-                f"the recorder at {self.address} did not accept this run's token "
+                f"the recorder at {replica.address} did not accept this run's token "
                 f"({name}: {_first_line(details, 120)}; set --mcp-token or PYTEST_MCP_TOKEN)"
             )
         if name in _PERMANENT:
+            # The recorders share a database and its rules: another would say the same.
             self._give_up(reason, refused=True)
             return
-        if self._session_started:
-            self._warn(f"{reason}; resending when it is back, spooling what it does not acknowledge")
-        else:
-            self._warn(f"{reason}; the run goes on, results are kept and spooled if it stays away")
+        self._move_on(reason)
+
+    def _move_on(self, reason: str) -> None:
+        """After the current address failed: the next one at once, or, once every
+        address failed in a row, a warning and the next round after a backoff."""
         self._problem = self._problem or reason
+        self._round.append(reason)
         self._mode = CONNECTING
+        count = len(self._replicas)
+        self._current = (self._current + 1) % count
+        if len(self._round) < count:
+            self._retry_at = 0.0
+            return
+        reasons = "; ".join(self._round)
+        self._round.clear()
+        if count == 1 and self._session_started:
+            self._warn(
+                f"{reasons}; resending when it is back, spooling what it does not acknowledge"
+            )
+        elif count == 1:
+            self._warn(f"{reasons}; the run goes on, results are kept and spooled if it stays away")
+        elif self._session_started:
+            self._warn(f"{reasons}; resending when one is back, spooling what none acknowledges")
+        else:
+            self._warn(f"{reasons}; the run goes on, results are kept and spooled if none answers")
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
@@ -572,12 +638,8 @@ class Sender:
         else:
             self._failed_plain(f"outcome stream failed: {_first_line(repr(error))}")
 
-    def _failed_plain(self, reason: str) -> None:
-        self._warn(f"{reason} at {self.address}; resending when it is back")
-        self._problem = self._problem or reason
-        self._mode = CONNECTING
-        self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+    def _failed_plain(self, what: str) -> None:
+        self._move_on(f"{what} at {self._replicas[self._current].address}")
 
     def _trim(self) -> None:
         acked = self._acked
@@ -658,8 +720,13 @@ class Sender:
     def _check_memory(self) -> None:
         held = self._held()
         if held > MAX_HELD or self._held_bytes > MAX_HELD_BYTES:
+            where = (
+                self._replicas[self._current].address
+                if self._mode == STREAMING
+                else ", ".join(self.addresses)
+            )
             self._give_up(
-                f"{held} results not acknowledged by the recorder at {self.address}, "
+                f"{held} results not acknowledged by the recorder at {where}, "
                 "more than pytest-mcp keeps in memory",
                 refused=False,
             )
@@ -716,26 +783,40 @@ class Sender:
         result.acked = min(acked, result.outcomes)
         summary = self._summary
         if summary is not None and self._session_started and not self._refused:
-            try:
-                await self._stub.FinishSession(
-                    self._pb.FinishSessionRequest(
-                        session_id=self.session_id,
-                        summary=self._pb.Summary(**summary),
-                        outcomes_sent=result.outcomes,
-                        finished_at=self._timestamp(self._finished_at),
-                    ),
-                    timeout=RPC_TIMEOUT,
-                    metadata=self._metadata,
-                )
-                result.finished = True
-            except self._grpc.RpcError as error:
-                self._note(
-                    f"FinishSession failed ({error.code().name}: {_first_line(error.details() or '')})"
-                )
+            await self._finish_session(summary, result)
         if self._mode == SPOOLING or self._held() or (summary is not None and not result.finished):
             self._spool_everything()
-        if self._channel is not None:
-            await self._channel.close()
+        for replica in self._replicas:
+            if replica.channel is not None:
+                await replica.channel.close()
+
+    async def _finish_session(self, summary: Dict[str, Any], result: Result) -> None:
+        """FinishSession at the address in use, else at the others in turn: the
+        recorders share the database, and a repeated finish changes nothing."""
+        request = self._pb.FinishSessionRequest(
+            session_id=self.session_id,
+            summary=self._pb.Summary(**summary),
+            outcomes_sent=result.outcomes,
+            finished_at=self._timestamp(self._finished_at),
+        )
+        count = len(self._replicas)
+        failures = []
+        for step in range(count):
+            replica = self._replicas[(self._current + step) % count]
+            try:
+                await replica.stub.FinishSession(
+                    request, timeout=RPC_TIMEOUT, metadata=self._metadata
+                )
+            except self._grpc.RpcError as error:
+                name, details = _status(error)
+                failures.append(f"at {replica.address} ({name}: {_first_line(details)})")
+                if name in _PERMANENT:
+                    break
+                continue
+            result.finished = True
+            result.address = replica.address
+            return
+        self._note(f"FinishSession failed {'; '.join(failures)}")
 
     # ---- spool -------------------------------------------------------------
 

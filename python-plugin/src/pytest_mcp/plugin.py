@@ -10,8 +10,9 @@ wherever tests are collected, so markers travel with reports from workers.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import pytest
 
@@ -33,10 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--mcp-address",
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,HOST:PORT...]",
         default=None,
-        help="gRPC address of the recorder (env PYTEST_MCP_ADDRESS, ini mcp_address; "
-        f"default {DEFAULT_ADDRESS})",
+        help="gRPC address of the recorder, optionally http:// or https://; or a comma-separated "
+        "list of recorders sharing one database, for failover: the first that answers is used, "
+        "and when it goes away the next, which gets everything not acknowledged "
+        f"(env PYTEST_MCP_ADDRESS, ini mcp_address; default {DEFAULT_ADDRESS})",
     )
     group.addoption(
         "--mcp-token",
@@ -69,7 +72,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"before spooling the rest (env PYTEST_MCP_TIMEOUT, ini mcp_timeout; default {DEFAULT_TIMEOUT:g})",
     )
     parser.addini("mcp", type="bool", default=False, help="record results with pytest-mcp")
-    parser.addini("mcp_address", default="", help=f"pytest-mcp recorder address ({DEFAULT_ADDRESS})")
+    parser.addini(
+        "mcp_address",
+        default="",
+        help=f"pytest-mcp recorder address, or a comma-separated list for failover ({DEFAULT_ADDRESS})",
+    )
     parser.addini("mcp_spool", default="", help="pytest-mcp spool directory")
     parser.addini("mcp_tls_ca", default="", help="pytest-mcp recorder's CA certificate (PEM)")
     parser.addini("mcp_timeout", default="", help="pytest-mcp end-of-run wait, in seconds")
@@ -89,6 +96,30 @@ def _setting(config: pytest.Config, option: str, env: str, ini: Optional[str]) -
         if value:
             return str(value)
     return None
+
+
+# HOST:PORT, HOST a name, an IPv4 address or a bracketed IPv6 one, with an optional scheme.
+_ADDRESS = re.compile(r"(?:https?://)?(?:\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
+
+
+def parse_addresses(text: str) -> Tuple[str, ...]:
+    """The recorder addresses of ``--mcp-address``, in order, each once."""
+    addresses = []
+    for element in text.split(","):
+        address = element.strip()
+        if not address:
+            raise pytest.UsageError(
+                f"--mcp-address: empty address in {text!r} (expected HOST:PORT[,HOST:PORT...])"
+            )
+        match = _ADDRESS.fullmatch(address)
+        if match is None or not 0 < int(match.group(1)) < 65536:
+            raise pytest.UsageError(
+                f"--mcp-address: {address!r} is not HOST:PORT, http://HOST:PORT "
+                "or https://HOST:PORT"
+            )
+        if address not in addresses:
+            addresses.append(address)
+    return tuple(addresses)
 
 
 def is_enabled(config: pytest.Config) -> bool:
@@ -170,7 +201,9 @@ def pytest_configure(config: pytest.Config) -> None:
         if b"-----BEGIN CERTIFICATE-----" not in tls_ca:
             raise pytest.UsageError(f"--mcp-tls-ca: {tls_ca_path} holds no PEM certificate")
     settings = Settings(
-        address=_setting(config, "mcp_address", "PYTEST_MCP_ADDRESS", "mcp_address") or DEFAULT_ADDRESS,
+        addresses=parse_addresses(
+            _setting(config, "mcp_address", "PYTEST_MCP_ADDRESS", "mcp_address") or DEFAULT_ADDRESS
+        ),
         token=_setting(config, "mcp_token", "PYTEST_MCP_TOKEN", None),
         tls_ca=tls_ca,
         spool_dir=_setting(config, "mcp_spool", "PYTEST_MCP_SPOOL", "mcp_spool"),
