@@ -16,9 +16,11 @@ use anyhow::{Context, bail};
 /// (a URL without its password).
 pub async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
     let db = config.location.clone();
-    Store::open(config)
-        .await
-        .with_context(|| format!("opening the database {db}"))
+    match Store::open(config).await {
+        Ok(store) => Ok(store),
+        Err(crate::error::Error::Unavailable(why)) => bail!("opening the database {db}: {why}"),
+        Err(e) => Err(e).with_context(|| format!("opening the database {db}")),
+    }
 }
 
 /// Opens an existing database for a reading command.

@@ -63,7 +63,16 @@ impl From<tokio_postgres::Error> for Error {
         use tokio_postgres::error::SqlState;
         let Some(code) = e.code() else {
             // No SQLSTATE: the connection broke, or never was.
-            return Error::Unavailable(format!("the database is unreachable: {e}"));
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                let part = cause.to_string();
+                if !text.contains(&part) {
+                    text = format!("{text}: {part}");
+                }
+                source = cause.source();
+            }
+            return Error::Unavailable(format!("the database is unreachable: {text}"));
         };
         let state = code.code();
         if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE

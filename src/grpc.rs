@@ -563,6 +563,15 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    // Health follows the database: NOT_SERVING while it does not answer
+    // (a PostgreSQL server restarting), SERVING again once it does.
+    tokio::spawn(follow_database(
+        store.clone(),
+        health_reporter.clone(),
+        service_name,
+        shutdown.clone(),
+    ));
+
     let recorder =
         pb::recorder_server::RecorderServer::new(RecorderService::new(store, shutdown.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -606,6 +615,44 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())
+}
+
+/// How often health asks the database whether it answers.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sets health to whether the store's database answers, probing every
+/// [`HEALTH_PROBE_INTERVAL`], until `shutdown` (which turns it off for good).
+async fn follow_database(
+    store: Store,
+    reporter: tonic_health::server::HealthReporter,
+    service_name: &'static str,
+    shutdown: CancellationToken,
+) {
+    let mut serving = true;
+    let mut tick = tokio::time::interval(HEALTH_PROBE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let up = matches!(
+            tokio::time::timeout(HEALTH_PROBE_INTERVAL * 2, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if up == serving || shutdown.is_cancelled() {
+            continue;
+        }
+        serving = up;
+        let status = if up {
+            tracing::info!("the database answers again; health is SERVING");
+            tonic_health::ServingStatus::Serving
+        } else {
+            tracing::warn!("the database does not answer; health is NOT_SERVING");
+            tonic_health::ServingStatus::NotServing
+        };
+        reporter.set_service_status(service_name, status).await;
+        reporter.set_service_status("", status).await;
+    }
 }
 
 /// Rewrites tonic's OUT_OF_RANGE for an oversized unary request to

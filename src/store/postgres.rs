@@ -137,12 +137,7 @@ impl PgBackend {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| Error::Internal(format!("database pool: {e}")))?;
-        let mut client = pool.get().await.map_err(|e| {
-            Error::Unavailable(format!(
-                "cannot connect to the database {url}: {}",
-                Error::from(e)
-            ))
-        })?;
+        let mut client = pool.get().await?;
         schema::migrate(&mut client).await?;
         drop(client);
         let stop = tokio_util::sync::CancellationToken::new();
