@@ -25,13 +25,21 @@
 //!   also measured in collection order into an empty database, the baseline
 //!   the target compares with (`BENCH_BASELINE=0` skips it).
 //!
+//! `BENCH_DB=postgres://USER@HOST:PORT/DB` measures PostgreSQL too: each store
+//! run gets a fresh database created on that server (the URL's database is
+//! only connected to, to create it), and the store is measured with one
+//! replica and with two `serve` processes on one database at once (the
+//! measured runs split between them, streamed concurrently), beside SQLite
+//! with the same history, in one table. `scripts/pg-server start DIR` makes
+//! a throwaway server. `PYTEST_MCP_PG_BULK=unnest` (passed on to the server)
+//! writes rows with INSERT … UNNEST instead of binary COPY.
+//!
 //! Run with `cargo bench --bench ingest`; the figures in the README come from
 //! `BENCH_HISTORY=200 BENCH_ORDER=random cargo bench --bench ingest`. It
 //! prints a table and never fails on a slow result: timing verdicts are for
 //! people. It does fail when the server loses or miscounts outcomes.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +62,9 @@ const TARGET_BASELINE_RATIO: f64 = 1.3;
 const TARGET_PEAK_MIB: f64 = 50.0;
 const TARGET_PLAIN_BYTES: f64 = 80.0;
 const TARGET_MIB_PER_MILLION: f64 = 100.0;
+const TARGET_PG_RATE: f64 = 100_000.0;
+/// "No loss of rate with history": within noise of the empty database.
+const TARGET_PG_HISTORY_RATIO: f64 = 1.15;
 
 /// Largest message either side accepts; the server binary uses the same bound.
 const MAX_MESSAGE_BYTES: usize = pytest_mcp::grpc::MAX_MESSAGE_BYTES;
@@ -121,6 +132,26 @@ struct Config {
     order: Order,
     shape: Shape,
     baseline: bool,
+    /// A PostgreSQL server to measure as well (`BENCH_DB`).
+    postgres: Option<String>,
+}
+
+/// Which database a store run uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Db {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A fresh database on this PostgreSQL server, with this many replicas.
+    Postgres { server: String, replicas: usize },
+}
+
+impl Db {
+    fn name(&self) -> String {
+        match self {
+            Db::Sqlite => "sqlite".into(),
+            Db::Postgres { replicas, .. } => format!("pg x{replicas}"),
+        }
+    }
 }
 
 impl Config {
@@ -152,6 +183,13 @@ impl Config {
             Ok("0") => false,
             _ => history > 0 || order == Order::Random,
         };
+        let postgres = std::env::var("BENCH_DB").ok().filter(|v| !v.is_empty());
+        if let Some(url) = &postgres {
+            ensure!(
+                pytest_mcp::store::location::is_postgres_url(url),
+                "BENCH_DB={url:?}: expected a postgres:// URL (SQLite is always measured)"
+            );
+        }
         Ok(Config {
             outcomes,
             suite,
@@ -161,6 +199,7 @@ impl Config {
             order,
             shape,
             baseline,
+            postgres,
         })
     }
 
@@ -572,6 +611,10 @@ async fn connect(addr: &str) -> anyhow::Result<RecorderClient<Channel>> {
 struct Measured {
     label: String,
     mode: Mode,
+    /// The database (store runs).
+    db: Db,
+    /// Earlier runs the database held.
+    history: u64,
     outcomes: u64,
     wire_bytes: u64,
     elapsed: Duration,
@@ -648,6 +691,8 @@ async fn run_raw(config: &Config, suite: &[TestDef]) -> anyhow::Result<Measured>
     Ok(Measured {
         label: format!("raw {}", config.order.name()),
         mode: Mode::Raw,
+        db: Db::Sqlite,
+        history: 0,
         outcomes,
         wire_bytes,
         elapsed,
@@ -659,22 +704,87 @@ async fn run_raw(config: &Config, suite: &[TestDef]) -> anyhow::Result<Measured>
     })
 }
 
+/// `url` with its database name replaced by `name`.
+fn with_dbname(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Runs one SQL statement on `url`.
+async fn pg_execute(url: &str, sql: &str) -> anyhow::Result<()> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(sql)
+        .await
+        .with_context(|| sql.to_string())?;
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// The size of a PostgreSQL database, in bytes.
+async fn pg_size(url: &str) -> anyhow::Result<u64> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    // What a checkpoint leaves: the rows and indexes, not the WAL.
+    client.batch_execute("CHECKPOINT").await.ok();
+    let row = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await?;
+    drop(client);
+    let _ = driver.await;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
 async fn run_store(
     config: &Config,
     suite: &Arc<Vec<TestDef>>,
     history: u64,
     order: Order,
+    db: &Db,
 ) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("bench.db");
-    let label = format!("store h={history} {}", order.name());
-    println!(
-        "{label}: database {} (set TMPDIR to measure another disk)",
-        db.display()
-    );
-    let mut server = ServerProcess::start(&db)?;
-    let pid = server.pid();
-    let mut client = connect(&server.addr).await?;
+    let label = format!("{} h={history} {}", db.name(), order.name());
+    let (target, replicas, pg_url): (std::ffi::OsString, usize, Option<String>) = match db {
+        Db::Sqlite => {
+            let file = dir.path().join("bench.db");
+            println!(
+                "{label}: database {} (set TMPDIR to measure another disk)",
+                file.display()
+            );
+            (file.into_os_string(), 1, None)
+        }
+        Db::Postgres { server, replicas } => {
+            let name = format!("pytest_mcp_bench_{}", uuid::Uuid::new_v4().simple());
+            pg_execute(server, &format!("CREATE DATABASE {name}")).await?;
+            let url = with_dbname(server, &name);
+            println!("{label}: database {url}");
+            (url.clone().into(), *replicas, Some(url))
+        }
+    };
+    let mut servers: Vec<ServerProcess> = Vec::new();
+    for _ in 0..replicas {
+        servers.push(ServerProcess::start(&target)?);
+    }
+    let pids: Vec<u32> = servers.iter().map(ServerProcess::pid).collect();
+    let mut clients = Vec::new();
+    for server in &servers {
+        clients.push(connect(&server.addr).await?);
+    }
+    let mut client = clients[0].clone();
 
     if history > 0 {
         let started = Instant::now();
@@ -713,37 +823,65 @@ async fn run_store(
 
     let runs = measured_runs(config, suite, order);
     let outcomes: u64 = runs.iter().map(|r| r.outcomes).sum();
-    start_sessions(
-        &mut client,
-        runs.iter().map(|r| (r.id.clone(), r.started_micros)),
-    )
-    .await?;
     let checks: Vec<(String, Counts, u64)> = runs
         .iter()
         .map(|r| (r.id.clone(), r.counts.clone(), r.outcomes))
         .collect();
-    let batches: Vec<pb::StreamOutcomesRequest> =
-        runs.into_iter().flat_map(|r| r.batches).collect();
-    let wire_bytes: u64 = batches.iter().map(|b| b.encoded_len() as u64).sum();
+    // Run i goes to replica i mod replicas, on that replica's connection.
+    let mut shares: Vec<Vec<RunData>> = (0..replicas).map(|_| Vec::new()).collect();
+    for (i, run) in runs.into_iter().enumerate() {
+        shares[i % replicas].push(run);
+    }
+    let mut streams = Vec::new();
+    let mut wire_bytes = 0u64;
+    for (share, c) in shares.into_iter().zip(clients.iter_mut()) {
+        start_sessions(c, share.iter().map(|r| (r.id.clone(), r.started_micros))).await?;
+        let batches: Vec<pb::StreamOutcomesRequest> =
+            share.into_iter().flat_map(|r| r.batches).collect();
+        wire_bytes += batches.iter().map(|b| b.encoded_len() as u64).sum::<u64>();
+        streams.push(batches);
+    }
 
-    let sampler = RssSampler::start(pid);
-    let (bench_before, server_before) = (cpu_seconds("self"), cpu_seconds(&pid.to_string()));
+    let samplers: Vec<RssSampler> = pids.iter().map(|p| RssSampler::start(*p)).collect();
+    let server_cpu_of = |pids: &[u32]| -> Option<f64> {
+        pids.iter()
+            .map(|p| cpu_seconds(&p.to_string()))
+            .sum::<Option<f64>>()
+    };
+    let (bench_before, server_before) = (cpu_seconds("self"), server_cpu_of(&pids));
     let machine_before = machine_busy_seconds();
-    let elapsed = stream_all(&mut client, batches.into_iter()).await?;
-    let (bench_after, server_after) = (cpu_seconds("self"), cpu_seconds(&pid.to_string()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (batches, c) in streams.into_iter().zip(clients.iter()) {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            stream_all(&mut c, batches.into_iter()).await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = started.elapsed();
+    let (bench_after, server_after) = (cpu_seconds("self"), server_cpu_of(&pids));
     let machine_after = machine_busy_seconds();
     let bench_cpu = bench_after.zip(bench_before).map(|(a, b)| a - b);
     let server_cpu = server_after.zip(server_before).map(|(a, b)| a - b);
-    let sampled_max_kib = sampler.stop();
-    let status = proc_status(pid)?;
-    let hwm_kib = status_kib(&status, "VmHWM:")?;
+    let sampled_max_kib = samplers
+        .into_iter()
+        .map(RssSampler::stop)
+        .max()
+        .unwrap_or(0);
+    let mut hwm_kib = 0;
+    for pid in &pids {
+        hwm_kib = hwm_kib.max(status_kib(&proc_status(*pid)?, "VmHWM:")?);
+    }
 
     // Finishing is part of a run's cost: a session's index by test and its
     // digest are written when it closes. Timed apart, as the target is
     // about acknowledged outcomes.
     let finishing = Instant::now();
-    for (id, _, n) in &checks {
-        finish(&mut client, id, *n).await?;
+    for (i, (id, _, n)) in checks.iter().enumerate() {
+        finish(&mut clients[i % replicas], id, *n).await?;
     }
     let finish_time = finishing.elapsed();
     // Every outcome is in the database, counted by the store itself.
@@ -776,21 +914,34 @@ async fn run_store(
         );
     }
     drop(client);
+    drop(clients);
 
-    let exit = server.terminate()?;
-    ensure!(
-        exit.success(),
-        "the server exited with {exit} after SIGTERM; its stderr: {:?}",
-        server.stderr_tail()
-    );
-    let db_bytes: u64 = ["bench.db", "bench.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
-        .map(|m| m.len())
-        .sum();
+    for server in &mut servers {
+        let exit = server.terminate()?;
+        ensure!(
+            exit.success(),
+            "the server exited with {exit} after SIGTERM; its stderr: {:?}",
+            server.stderr_tail()
+        );
+    }
+    let db_bytes: u64 = match &pg_url {
+        Some(url) => pg_size(url).await?,
+        None => ["bench.db", "bench.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
+            .map(|m| m.len())
+            .sum(),
+    };
+    if let (Some(url), Db::Postgres { server, .. }) = (&pg_url, db) {
+        let name = url.rsplit('/').next().unwrap_or_default();
+        let name = name.split('?').next().unwrap_or_default();
+        pg_execute(server, &format!("DROP DATABASE IF EXISTS {name}")).await?;
+    }
     Ok(Measured {
         label,
         mode: Mode::Store,
+        db: db.clone(),
+        history,
         outcomes,
         wire_bytes,
         elapsed,
@@ -852,9 +1003,29 @@ async fn run(config: Config) -> anyhow::Result<()> {
         match mode {
             Mode::Raw => results.push(run_raw(&config, &suite).await?),
             Mode::Store => {
-                results.push(run_store(&config, &suite, config.history, config.order).await?);
+                let sqlite = Db::Sqlite;
+                results
+                    .push(run_store(&config, &suite, config.history, config.order, &sqlite).await?);
                 if config.baseline {
-                    results.push(run_store(&config, &suite, 0, Order::Collection).await?);
+                    results.push(run_store(&config, &suite, 0, Order::Collection, &sqlite).await?);
+                }
+                if let Some(server) = &config.postgres {
+                    for replicas in [1, 2] {
+                        let db = Db::Postgres {
+                            server: server.clone(),
+                            replicas,
+                        };
+                        results.push(
+                            run_store(&config, &suite, config.history, config.order, &db).await?,
+                        );
+                    }
+                    if config.baseline {
+                        let db = Db::Postgres {
+                            server: server.clone(),
+                            replicas: 1,
+                        };
+                        results.push(run_store(&config, &suite, 0, Order::Collection, &db).await?);
+                    }
                 }
             }
         }
@@ -952,7 +1123,7 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(db: &Path) -> anyhow::Result<ServerProcess> {
+    fn start(db: &std::ffi::OsStr) -> anyhow::Result<ServerProcess> {
         let binary = std::env::var_os("BENCH_SERVER_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_pytest-mcp").into());
         let mut child = Command::new(&binary)
@@ -1203,9 +1374,12 @@ fn print_table(results: &[Measured], config: &Config) {
     println!("  outcome it holds (earlier runs and measured runs).");
 
     let raw = results.iter().find(|r| r.mode == Mode::Raw);
-    let mut stores = results.iter().filter(|r| r.mode == Mode::Store);
+    let mut stores = results
+        .iter()
+        .filter(|r| r.mode == Mode::Store && r.db == Db::Sqlite);
     let store = stores.next();
     let baseline = stores.next();
+    print_postgres_verdicts(results, config);
     println!();
     if let Some(store) = store {
         println!(
@@ -1266,12 +1440,71 @@ fn print_table(results: &[Measured], config: &Config) {
     println!(
         "rerun: BENCH_HISTORY={} BENCH_ORDER={} BENCH_SUITE={} BENCH_OUTCOMES={} BENCH_SHAPE={} \
          cargo bench --bench ingest   (also BENCH_BATCH, BENCH_MODE=both|raw|store, \
-         BENCH_BASELINE=0, BENCH_SERVER_BIN=path/to/pytest-mcp)",
+         BENCH_BASELINE=0, BENCH_SERVER_BIN=path/to/pytest-mcp, BENCH_DB=postgres://...)",
         config.history,
         config.order.name(),
         config.suite,
         config.outcomes,
         config.shape.name()
+    );
+}
+
+/// The PostgreSQL targets: one replica's rate, with history as without.
+fn print_postgres_verdicts(results: &[Measured], config: &Config) {
+    let pg = |replicas: usize, history: u64| {
+        results.iter().find(|r| {
+            matches!(&r.db, Db::Postgres { replicas: n, .. } if *n == replicas)
+                && r.history == history
+        })
+    };
+    let Some(one) = pg(1, config.history) else {
+        return;
+    };
+    println!();
+    println!(
+        "{}: {:.0} acknowledged outcomes/s  (target >= {TARGET_PG_RATE:.0}: {})",
+        one.label,
+        one.rate(),
+        verdict(one.rate() >= TARGET_PG_RATE)
+    );
+    if let Some(two) = pg(2, config.history) {
+        println!(
+            "{}: {:.0} acknowledged outcomes/s, both replicas together ({:.2}x one replica)",
+            two.label,
+            two.rate(),
+            two.rate() / one.rate()
+        );
+    }
+    if config.history > 0
+        && let Some(empty) = pg(1, 0)
+    {
+        let ratio = empty.rate() / one.rate();
+        println!(
+            "{} vs {}: {ratio:.2}x slower  (target: no loss of rate with history, <= \
+             {TARGET_PG_HISTORY_RATIO}x: {})",
+            one.label,
+            empty.label,
+            verdict(ratio <= TARGET_PG_HISTORY_RATIO)
+        );
+    }
+    if let Some(sqlite) = results
+        .iter()
+        .find(|r| r.db == Db::Sqlite && r.mode == Mode::Store && r.history == config.history)
+    {
+        println!(
+            "{} vs {}: {:.2}x the rate",
+            one.label,
+            sqlite.label,
+            one.rate() / sqlite.rate()
+        );
+    }
+    println!(
+        "PostgreSQL's own CPU is in \"other CPU\" (its processes are not the server's); bulk \
+         writes: {}",
+        match std::env::var("PYTEST_MCP_PG_BULK").as_deref() {
+            Ok("unnest") => "INSERT ... UNNEST (PYTEST_MCP_PG_BULK=unnest)",
+            _ => "binary COPY (the default)",
+        }
     );
 }
 
