@@ -1,0 +1,261 @@
+//! The PostgreSQL backend as replicas see it: two stores opened on one real
+//! database (two replicas in one process), writing and reading at once.
+//!
+//! Needs `PYTEST_MCP_TEST_PG`, the URL of a PostgreSQL server whose
+//! maintenance database it may create databases from (scripts/test starts
+//! one with scripts/pg-server); without it these tests fail, saying so.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pytest_mcp::model::{Environment, Outcome, SessionRef, SessionStatus, Source, TestOutcome};
+use pytest_mcp::policy::{Decision, Gate, Policy};
+use pytest_mcp::store::{OutcomeFilter, Store, StoreConfig};
+use uuid::Uuid;
+
+/// A fresh database on the test server; its URL.
+async fn fresh_database() -> String {
+    let server = std::env::var("PYTEST_MCP_TEST_PG").unwrap_or_else(|_| {
+        panic!(
+            "PYTEST_MCP_TEST_PG is not set: run ./scripts/test, or start a server with \
+             `scripts/pg-server start DIR` and set PYTEST_MCP_TEST_PG to the URL it prints"
+        )
+    });
+    let name = format!("pytest_mcp_t_{}", Uuid::new_v4().simple());
+    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PYTEST_MCP_TEST_PG");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let (base, _) = server.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+async fn open(url: &str) -> Store {
+    Store::open(StoreConfig::new(
+        pytest_mcp::store::Location::parse(url.as_ref()).unwrap(),
+    ))
+    .await
+    .unwrap()
+}
+
+fn outcome(seq: u64, kind: TestOutcome) -> Outcome {
+    let mut o = Outcome::new(seq, format!("tests/test_r.py::test_{seq}"), kind);
+    o.duration = 0.01;
+    if kind.is_failure() {
+        o.message = format!("assert {seq} == 0");
+        o.longrepr =
+            format!("def test_{seq}():\n>       assert {seq} == 0\nE       AssertionError");
+    }
+    o
+}
+
+fn kind_of(seq: u64) -> TestOutcome {
+    if seq % 7 == 0 {
+        TestOutcome::Failed
+    } else {
+        TestOutcome::Passed
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_writing_one_session_store_every_seq_once_with_exact_counts() {
+    let url = fresh_database().await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    let id = Uuid::new_v4();
+    let env = Environment {
+        project: "replicas".into(),
+        ..Default::default()
+    };
+    // Both replicas get the start (a plugin that reconnected elsewhere).
+    a.start_session(id, Source::Plugin, env.clone(), None)
+        .await
+        .unwrap();
+    b.start_session(id, Source::Plugin, env, None)
+        .await
+        .unwrap();
+    // Each replica receives every batch, overlapping and out of step, as a
+    // plugin resending its unacknowledged tail to another replica would.
+    const N: u64 = 3000;
+    let batches: Vec<Vec<Outcome>> = (0..N / 100)
+        .map(|i| {
+            (i * 100 + 1..=i * 100 + 100)
+                .map(|s| outcome(s, kind_of(s)))
+                .collect()
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for store in [a.clone(), b.clone()] {
+        let batches = batches.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut highest = 0;
+            for batch in batches {
+                // A gap is refused (the other replica is behind); resend
+                // from what is stored, as the plugin does.
+                loop {
+                    match store.append_outcomes(id, batch.clone()).await {
+                        Ok(stored) => {
+                            highest = stored;
+                            break;
+                        }
+                        Err(e) if e.to_string().contains("expected seq") => {
+                            tokio::task::yield_now().await
+                        }
+                        Err(e) => panic!("append: {e}"),
+                    }
+                }
+            }
+            highest
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), N);
+    }
+    let s = a
+        .finish_session(id, Default::default(), N, None)
+        .await
+        .unwrap();
+    assert_eq!(s.status, SessionStatus::Finished);
+    let read = b.get_session(SessionRef::Id(id)).await.unwrap();
+    assert_eq!(read.outcomes_stored, N);
+    let failed = (1..=N).filter(|s| s % 7 == 0).count() as u64;
+    assert_eq!(
+        (read.counts.passed, read.counts.failed),
+        (N - failed, failed)
+    );
+    let (_, page) = b
+        .list_outcomes(SessionRef::Id(id), OutcomeFilter::default(), 10_000, None)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = page.items.iter().map(|o| o.seq).collect();
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
+    let (_, failures) = a
+        .list_outcomes(
+            SessionRef::Id(id),
+            OutcomeFilter {
+                outcomes: vec![TestOutcome::Failed],
+                ..Default::default()
+            },
+            10_000,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failures.items.len() as u64, failed);
+    assert!(failures.items[0].longrepr.contains("AssertionError"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_hears_what_another_commits() {
+    let url = fresh_database().await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    // The listener connects in the background; give it a moment to LISTEN.
+    let mut events = b.subscribe();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = Uuid::new_v4();
+    a.start_session(id, Source::Plugin, Environment::default(), None)
+        .await
+        .unwrap();
+    let batch: Vec<Outcome> = (1..=50).map(|s| outcome(s, TestOutcome::Passed)).collect();
+    let committed = Instant::now();
+    a.append_outcomes(id, batch).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            let e = events.recv().await.unwrap();
+            if e.session == id && e.outcomes_stored == 50 {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("replica B heard nothing of replica A's commit within a second");
+    assert_eq!(heard.status, SessionStatus::Running);
+    eprintln!("heard after {:?}", committed.elapsed());
+    a.finish_session(id, Default::default(), 50, None)
+        .await
+        .unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            let e = events.recv().await.unwrap();
+            if e.session == id && e.status.is_closed() {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the finish was not heard");
+    assert_eq!(finished.status, SessionStatus::Finished);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_holds_across_replicas_together() {
+    let url = fresh_database().await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    let tools = vec!["get_session".to_string()];
+    let policy = r#"{"version": "1", "default": "allow", "tools": {
+        "get_session": {"limits": [{"counter": "reads", "window": "minute", "max": 30, "scope": "grant"}]}}}"#;
+    let gate_a = Arc::new(Gate::new(Policy::parse(policy, &tools).unwrap()));
+    let gate_b = Arc::new(Gate::new(Policy::parse(policy, &tools).unwrap()));
+    let mut calls = Vec::new();
+    for i in 0..50 {
+        let (gate, store) = if i % 2 == 0 {
+            (gate_a.clone(), a.clone())
+        } else {
+            (gate_b.clone(), b.clone())
+        };
+        calls.push(tokio::spawn(async move {
+            gate.check_in(&store, "get_session", "ci").await
+        }));
+    }
+    let mut tally: HashMap<&str, usize> = HashMap::new();
+    for c in calls {
+        *tally.entry(c.await.unwrap().kind()).or_default() += 1;
+    }
+    assert_eq!(tally.get("allowed"), Some(&30), "{tally:?}");
+    assert_eq!(tally.get("limited"), Some(&20), "{tally:?}");
+    // Another grant has its own counter.
+    assert_eq!(
+        gate_b.check_in(&b, "get_session", "laptop").await,
+        Decision::Allowed
+    );
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_passwords_stay_out_of_errors() {
+    let url = fresh_database().await;
+    let store = open(&url).await;
+    store.shutdown().await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("UPDATE pytest_mcp_schema SET version = version + 1")
+        .await
+        .unwrap();
+    let err = Store::open(StoreConfig::new(
+        pytest_mcp::store::Location::parse(url.as_ref()).unwrap(),
+    ))
+    .await
+    .err()
+    .expect("a newer schema is refused");
+    assert!(err.to_string().contains("newer than this binary"), "{err}");
+
+    let unreachable = "postgres://ci:hunter2@127.0.0.1:1/results";
+    let err = Store::open(StoreConfig::new(
+        pytest_mcp::store::Location::parse(unreachable.as_ref()).unwrap(),
+    ))
+    .await
+    .err()
+    .expect("nothing listens on port 1");
+    let text = err.to_string();
+    assert!(text.contains("unreachable"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
