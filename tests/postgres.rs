@@ -259,3 +259,104 @@ async fn a_newer_schema_is_refused_and_passwords_stay_out_of_errors() {
     assert!(text.contains("unreachable"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// Turns TLS on in the test server with a fresh self-signed certificate for
+/// 127.0.0.1 and returns that certificate's PEM file (the CA to trust).
+async fn server_with_tls(url: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    // Outlives the test: the server rereads these files when reloaded.
+    let dir = std::env::temp_dir().join(format!("pytest-mcp-pg-tls-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if root {
+        // The server runs as postgres and must own its key.
+        let ok = std::process::Command::new("chown")
+            .arg("postgres:")
+            .args([&cert, &key])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown postgres: the certificate files");
+    }
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // One statement each: ALTER SYSTEM may not run in a (batch's) transaction.
+    for sql in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        "ALTER SYSTEM SET ssl = on".to_string(),
+        "SELECT pg_reload_conf()".to_string(),
+    ] {
+        client.simple_query(&sql).await.unwrap();
+    }
+    // The reload is asynchronous: wait until the server says TLS is on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let on: String = c.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+        if on == "on" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not turn TLS on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cert
+}
+
+#[tokio::test]
+async fn sslmode_require_checks_the_server_against_the_given_ca() {
+    let url = fresh_database().await;
+    let ca = server_with_tls(&url).await;
+    let tls_url = format!("{url}?sslmode=require&sslrootcert={}", ca.display());
+    let store = open(&tls_url).await;
+    let id = Uuid::new_v4();
+    store
+        .start_session(id, Source::Plugin, Environment::default(), None)
+        .await
+        .unwrap();
+    store
+        .append_outcomes(id, vec![outcome(1, TestOutcome::Passed)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_session(SessionRef::Id(id))
+            .await
+            .unwrap()
+            .outcomes_stored,
+        1
+    );
+    store.shutdown().await;
+
+    // A server whose certificate the given CA did not sign is refused.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong, other.cert.pem()).unwrap();
+    let err = Store::open(StoreConfig::new(
+        pytest_mcp::store::Location::parse(
+            format!("{url}?sslmode=require&sslrootcert={}", wrong.display()).as_ref(),
+        )
+        .unwrap(),
+    ))
+    .await
+    .err()
+    .expect("an untrusted server certificate is refused");
+    assert!(err.to_string().contains("unreachable"), "{err}");
+}
