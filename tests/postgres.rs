@@ -56,7 +56,7 @@ fn outcome(seq: u64, kind: TestOutcome) -> Outcome {
 }
 
 fn kind_of(seq: u64) -> TestOutcome {
-    if seq % 7 == 0 {
+    if seq.is_multiple_of(7) {
         TestOutcome::Failed
     } else {
         TestOutcome::Passed
@@ -123,7 +123,7 @@ async fn two_replicas_writing_one_session_store_every_seq_once_with_exact_counts
     assert_eq!(s.status, SessionStatus::Finished);
     let read = b.get_session(SessionRef::Id(id)).await.unwrap();
     assert_eq!(read.outcomes_stored, N);
-    let failed = (1..=N).filter(|s| s % 7 == 0).count() as u64;
+    let failed = (1..=N).filter(|s| s.is_multiple_of(7)).count() as u64;
     assert_eq!(
         (read.counts.passed, read.counts.failed),
         (N - failed, failed)
