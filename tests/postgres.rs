@@ -360,3 +360,49 @@ async fn sslmode_require_checks_the_server_against_the_given_ca() {
     .expect("an untrusted server certificate is refused");
     assert!(err.to_string().contains("unreachable"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listener_that_lost_its_connection_catches_up_on_what_it_missed() {
+    let url = fresh_database().await;
+    let a = open(&url).await;
+    let b = open(&format!("{url}?application_name=replica-b")).await;
+    let mut events = b.subscribe();
+    let id = Uuid::new_v4();
+    a.start_session(id, Source::Plugin, Environment::default(), None)
+        .await
+        .unwrap();
+    // Cut replica B's listening connection, then commit on A while B is deaf.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let cut = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'replica-b (listen)'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if !cut.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica B never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let batch: Vec<Outcome> = (1..=20).map(|s| outcome(s, TestOutcome::Passed)).collect();
+    a.append_outcomes(id, batch).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let e = events.recv().await.unwrap();
+            if e.session == id && e.outcomes_stored == 20 {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("replica B never heard of the outcomes committed while it was not listening");
+    assert_eq!(heard.status, SessionStatus::Running);
+}

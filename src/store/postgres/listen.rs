@@ -91,9 +91,14 @@ impl Listener {
     /// Connects, listens, catches up, and forwards until the connection ends.
     async fn listen_once(&mut self) -> crate::error::Result<()> {
         let (tx, mut rx) = mpsc::unbounded_channel::<StoreEvent>();
+        // Named apart from the pool's connections, for whoever reads
+        // pg_stat_activity.
+        let mut config = self.url.config.clone();
+        let name = config.get_application_name().unwrap_or("pytest-mcp");
+        config.application_name(format!("{name} (listen)"));
         let client = match super::tls_connector(&self.url)? {
             Some(tls) => {
-                let (client, mut connection) = self.url.config.connect(tls).await?;
+                let (client, mut connection) = config.connect(tls).await?;
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let mut messages =
@@ -105,8 +110,7 @@ impl Listener {
                 client
             }
             None => {
-                let (client, mut connection) =
-                    self.url.config.connect(tokio_postgres::NoTls).await?;
+                let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let mut messages =
@@ -126,7 +130,8 @@ impl Listener {
                 tracing::warn!(error = %e, "re-reading sessions after reconnecting");
             }
         }
-        let mut ping = tokio::time::interval(Duration::from_secs(5));
+        let every = Duration::from_secs(5);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 first = rx.recv() => {
