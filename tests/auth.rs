@@ -10,24 +10,31 @@ use std::process::Command;
 
 use pytest_mcp::grpc::pb;
 use pytest_mcp::grpc::pb::recorder_client::RecorderClient;
-use support::{Server, binary, grpcurl_run, new_id};
+use support::{Server, TestDb, backend_tests, binary, grpcurl_run, new_id};
 use tonic::transport::Channel;
+
+backend_tests! {
+    async fn grpc_without_or_with_a_wrong_token_is_unauthenticated_and_with_the_right_one_works;
+    fn grpcurl_shows_unauthenticated_without_a_token_and_works_with_one;
+    fn a_non_loopback_listener_without_a_token_is_refused_at_start_up;
+    fn each_malformed_policy_file_is_refused_at_start_up_naming_the_field;
+    fn a_tokens_file_with_an_empty_or_a_shared_token_is_refused_without_showing_tokens;
+    fn watch_sends_its_token;
+    async fn grpc_over_tls_needs_the_certificate_and_the_token;
+}
 
 const ALICE: &str = "tok-alice-0123456789";
 const BOB: &str = "tok-bob-9876543210";
 
-/// A server with two grants, alice and bob.
-fn guarded(dir: &Path) -> Server {
+/// A server on `db` with two grants, alice and bob; its tokens file is in `dir`.
+fn guarded(db: &TestDb, dir: &Path) -> Server {
     let tokens = dir.join("tokens.json");
     std::fs::write(
         &tokens,
         format!(r#"{{"alice": "{ALICE}", "bob": "{BOB}"}}"#),
     )
     .unwrap();
-    Server::start_with(
-        &dir.join("auth.db"),
-        &["--tokens", tokens.to_str().unwrap()],
-    )
+    Server::start_with(db, &["--tokens", tokens.to_str().unwrap()])
 }
 
 fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
@@ -57,10 +64,11 @@ async fn start(
         .unwrap())
 }
 
-#[tokio::test]
-async fn grpc_without_or_with_a_wrong_token_is_unauthenticated_and_with_the_right_one_works() {
+async fn grpc_without_or_with_a_wrong_token_is_unauthenticated_and_with_the_right_one_works(
+    db: TestDb,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let server = guarded(dir.path());
+    let server = guarded(&db, dir.path());
     let mut client = server.client().await;
 
     let missing = start(&mut client, None).await.unwrap_err();
@@ -112,10 +120,9 @@ async fn grpc_without_or_with_a_wrong_token_is_unauthenticated_and_with_the_righ
     );
 }
 
-#[test]
-fn grpcurl_shows_unauthenticated_without_a_token_and_works_with_one() {
+fn grpcurl_shows_unauthenticated_without_a_token_and_works_with_one(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = guarded(dir.path());
+    let server = guarded(&db, dir.path());
     let addr = server.addr.as_str();
     let method = "pytest_mcp.v1.Recorder/ListSessions";
 
@@ -145,10 +152,7 @@ fn grpcurl_shows_unauthenticated_without_a_token_and_works_with_one() {
     assert!(ok && out.contains("SERVING"), "{err}");
 }
 
-#[test]
-fn a_non_loopback_listener_without_a_token_is_refused_at_start_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("x.db");
+fn a_non_loopback_listener_without_a_token_is_refused_at_start_up(db: TestDb) {
     for (flag, extra) in [
         ("--grpc-addr", ["--http-addr", "127.0.0.1:0"]),
         ("--http-addr", ["--grpc-addr", "127.0.0.1:0"]),
@@ -185,8 +189,7 @@ fn a_non_loopback_listener_without_a_token_is_refused_at_start_up() {
 }
 
 /// Each malformed policy file stops `serve` with a message naming the place.
-#[test]
-fn each_malformed_policy_file_is_refused_at_start_up_naming_the_field() {
+fn each_malformed_policy_file_is_refused_at_start_up_naming_the_field(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (
@@ -241,7 +244,7 @@ fn each_malformed_policy_file_is_refused_at_start_up_naming_the_field() {
                 "127.0.0.1:0",
             ])
             .arg("--db")
-            .arg(dir.path().join("p.db"))
+            .arg(&db)
             .arg("--policy")
             .arg(&path)
             .output()
@@ -257,7 +260,7 @@ fn each_malformed_policy_file_is_refused_at_start_up_naming_the_field() {
         .args(["serve", "--policy"])
         .arg(dir.path().join("missing.json"))
         .arg("--db")
-        .arg(dir.path().join("p.db"))
+        .arg(&db)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -267,8 +270,7 @@ fn each_malformed_policy_file_is_refused_at_start_up_naming_the_field() {
     );
 }
 
-#[test]
-fn a_tokens_file_with_an_empty_or_a_shared_token_is_refused_without_showing_tokens() {
+fn a_tokens_file_with_an_empty_or_a_shared_token_is_refused_without_showing_tokens(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     for (text, wanted) in [
         (r#"{"ci": ""}"#, "the token of grant \"ci\" is empty"),
@@ -290,7 +292,7 @@ fn a_tokens_file_with_an_empty_or_a_shared_token_is_refused_without_showing_toke
             .arg("--tokens")
             .arg(&path)
             .arg("--db")
-            .arg(dir.path().join("t.db"))
+            .arg(&db)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -300,10 +302,9 @@ fn a_tokens_file_with_an_empty_or_a_shared_token_is_refused_without_showing_toke
     }
 }
 
-#[test]
-fn watch_sends_its_token() {
+fn watch_sends_its_token(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = guarded(dir.path());
+    let server = guarded(&db, dir.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = rt.block_on(async {
         let mut client = server.client().await;
@@ -349,12 +350,11 @@ fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
     (cert, key, made.cert.pem())
 }
 
-#[tokio::test]
-async fn grpc_over_tls_needs_the_certificate_and_the_token() {
+async fn grpc_over_tls_needs_the_certificate_and_the_token(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, pem) = certificate(dir.path());
     let server = Server::start_with(
-        &dir.path().join("tls.db"),
+        &db,
         &[
             "--tls-cert",
             cert.to_str().unwrap(),

@@ -9,6 +9,13 @@ use pytest_mcp::grpc::pb;
 use support::*;
 use tonic::Code;
 
+backend_tests! {
+    async fn each_bad_outcome_is_rejected_with_its_field_named_and_nothing_stored;
+    async fn unknown_sessions_and_malformed_uuids_are_named;
+    async fn outcomes_after_finish_are_refused_but_resends_are_acknowledged;
+    async fn a_message_over_the_size_limit_is_resource_exhausted;
+}
+
 /// Streams one batch and returns the error it must cause.
 async fn reject(
     c: &mut pb::recorder_client::RecorderClient<tonic::transport::Channel>,
@@ -30,10 +37,8 @@ fn assert_status(status: &tonic::Status, code: Code, field: &str) {
     );
 }
 
-#[tokio::test]
-async fn each_bad_outcome_is_rejected_with_its_field_named_and_nothing_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("bad.db"));
+async fn each_bad_outcome_is_rejected_with_its_field_named_and_nothing_stored(db: TestDb) {
+    let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
     start_session(&mut c, &id, "demo").await;
@@ -144,10 +149,8 @@ async fn each_bad_outcome_is_rejected_with_its_field_named_and_nothing_stored() 
     );
 }
 
-#[tokio::test]
-async fn unknown_sessions_and_malformed_uuids_are_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("bad.db"));
+async fn unknown_sessions_and_malformed_uuids_are_named(db: TestDb) {
+    let server = Server::start(&db);
     let mut c = server.client().await;
 
     let status = reject(&mut c, &new_id(), vec![numbered(1)]).await;
@@ -228,10 +231,8 @@ async fn unknown_sessions_and_malformed_uuids_are_named() {
     assert_status(&err, Code::InvalidArgument, "session_id");
 }
 
-#[tokio::test]
-async fn outcomes_after_finish_are_refused_but_resends_are_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("bad.db"));
+async fn outcomes_after_finish_are_refused_but_resends_are_acknowledged(db: TestDb) {
+    let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
     start_session(&mut c, &id, "demo").await;
@@ -271,10 +272,8 @@ async fn outcomes_after_finish_are_refused_but_resends_are_acknowledged() {
     assert_eq!(get_session(&mut c, &id).await.outcomes_stored, 3);
 }
 
-#[tokio::test]
-async fn a_message_over_the_size_limit_is_resource_exhausted() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("bad.db"));
+async fn a_message_over_the_size_limit_is_resource_exhausted(db: TestDb) {
+    let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
     start_session(&mut c, &id, "demo").await;

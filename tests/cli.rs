@@ -5,10 +5,26 @@
 mod support;
 
 use pytest_mcp::grpc::pb;
+use std::ffi::OsStr;
 use std::process::{Command, Output};
 use support::*;
 
-fn run(args: &[&str], db: &std::path::Path) -> Output {
+backend_tests! {
+    async fn grpcurl_lists_describes_checks_health_and_calls_list_sessions;
+    async fn junit_export_is_well_formed_with_one_testcase_per_outcome;
+    async fn json_export_has_the_documented_shape;
+    async fn sessions_and_show_print_what_a_person_needs;
+    fn serve_refuses_a_non_loopback_address;
+    fn importing_a_spool_file_twice_stores_nothing_twice;
+    fn a_spool_file_cut_off_in_the_middle_of_a_character_still_imports_what_is_before_the_cut;
+    async fn importing_completes_a_session_the_server_only_partly_received;
+    fn a_malformed_spool_line_is_named_and_the_rest_is_imported;
+    fn a_bad_outcome_mid_file_keeps_what_precedes_it_and_the_session_is_incomplete;
+    async fn watch_prints_failures_as_they_arrive_and_exits_when_the_session_ends;
+}
+
+/// Runs `pytest-mcp ARGS...` with `PYTEST_MCP_DB=DB`.
+fn run(args: &[&str], db: impl AsRef<OsStr>) -> Output {
     Command::new(binary())
         .args(args)
         .env("PYTEST_MCP_DB", db)
@@ -53,10 +69,8 @@ async fn recorded(server: &Server) -> String {
     id
 }
 
-#[tokio::test]
-async fn grpcurl_lists_describes_checks_health_and_calls_list_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("g.db"));
+async fn grpcurl_lists_describes_checks_health_and_calls_list_sessions(db: TestDb) {
+    let server = Server::start(&db);
     let id = recorded(&server).await;
     let addr = server.addr.as_str();
 
@@ -143,10 +157,8 @@ async fn grpcurl_lists_describes_checks_health_and_calls_list_sessions() {
     );
 }
 
-#[tokio::test]
-async fn junit_export_is_well_formed_with_one_testcase_per_outcome() {
+async fn junit_export_is_well_formed_with_one_testcase_per_outcome(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("e.db");
     let server = Server::start(&db);
     let id = recorded(&server).await;
     let out_file = dir.path().join("junit.xml");
@@ -218,10 +230,7 @@ async fn junit_export_is_well_formed_with_one_testcase_per_outcome() {
     roxmltree::Document::parse(&stdout(&o)).unwrap();
 }
 
-#[tokio::test]
-async fn json_export_has_the_documented_shape() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("j.db");
+async fn json_export_has_the_documented_shape(db: TestDb) {
     let server = Server::start(&db);
     let id = recorded(&server).await;
     let o = run(&["export", "latest", "--format", "json"], &db);
@@ -287,10 +296,7 @@ async fn json_export_has_the_documented_shape() {
     assert_eq!(outcomes[1]["line"], 10);
 }
 
-#[tokio::test]
-async fn sessions_and_show_print_what_a_person_needs() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.db");
+async fn sessions_and_show_print_what_a_person_needs(db: TestDb) {
     let server = Server::start(&db);
     let id = recorded(&server).await;
 
@@ -344,12 +350,10 @@ fn reading_commands_explain_a_missing_database() {
     );
 }
 
-#[test]
-fn serve_refuses_a_non_loopback_address() {
-    let dir = tempfile::tempdir().unwrap();
+fn serve_refuses_a_non_loopback_address(db: TestDb) {
     let o = Command::new(binary())
         .args(["serve", "--grpc-addr", "0.0.0.0:0", "--db"])
-        .arg(dir.path().join("x.db"))
+        .arg(&db)
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -358,6 +362,7 @@ fn serve_refuses_a_non_loopback_address() {
         err.contains("--grpc-addr") && err.contains("loopback"),
         "{err}"
     );
+    assert!(db.is_untouched(), "refused before opening the database");
 }
 
 #[test]
@@ -429,10 +434,8 @@ fn spool(id: &str, seqs: std::ops::RangeInclusive<u64>, finish_sent: Option<u64>
     text
 }
 
-#[test]
-fn importing_a_spool_file_twice_stores_nothing_twice() {
+fn importing_a_spool_file_twice_stores_nothing_twice(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("imp.db");
     let id = new_id();
     let file = dir.path().join("spool.jsonl");
     std::fs::write(&file, spool(&id, 1..=8, Some(8))).unwrap();
@@ -465,10 +468,10 @@ fn importing_a_spool_file_twice_stores_nothing_twice() {
     assert_eq!(doc["outcomes"][3]["message"], "AssertionError: boom");
 }
 
-#[test]
-fn a_spool_file_cut_off_in_the_middle_of_a_character_still_imports_what_is_before_the_cut() {
+fn a_spool_file_cut_off_in_the_middle_of_a_character_still_imports_what_is_before_the_cut(
+    db: TestDb,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("cut.db");
     let id = new_id();
     let file = dir.path().join("cut.jsonl");
     let mut bytes = spool(&id, 1..=5, None).into_bytes();
@@ -493,10 +496,8 @@ fn a_spool_file_cut_off_in_the_middle_of_a_character_still_imports_what_is_befor
     );
 }
 
-#[tokio::test]
-async fn importing_completes_a_session_the_server_only_partly_received() {
+async fn importing_completes_a_session_the_server_only_partly_received(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("part.db");
     let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
@@ -530,10 +531,8 @@ async fn importing_completes_a_session_the_server_only_partly_received() {
     assert_eq!(all_outcomes(&mut c, &id).await.len(), 10);
 }
 
-#[test]
-fn a_malformed_spool_line_is_named_and_the_rest_is_imported() {
+fn a_malformed_spool_line_is_named_and_the_rest_is_imported(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("m.db");
     let id = new_id();
     let mut text = spool(&id, 1..=3, None);
     text += "{not json\n";
@@ -562,10 +561,8 @@ fn a_malformed_spool_line_is_named_and_the_rest_is_imported() {
     assert!(stdout(&o).contains("3 stored; running"), "{}", stdout(&o));
 }
 
-#[test]
-fn a_bad_outcome_mid_file_keeps_what_precedes_it_and_the_session_is_incomplete() {
+fn a_bad_outcome_mid_file_keeps_what_precedes_it_and_the_session_is_incomplete(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("gap.db");
     let id = new_id();
     // Line 4 holds seq 3 with a negative duration; seqs 4..6 follow it.
     let text = spool(&id, 1..=6, Some(6)).replacen(
@@ -601,10 +598,8 @@ fn a_bad_outcome_mid_file_keeps_what_precedes_it_and_the_session_is_incomplete()
     );
 }
 
-#[tokio::test]
-async fn watch_prints_failures_as_they_arrive_and_exits_when_the_session_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("watch.db"));
+async fn watch_prints_failures_as_they_arrive_and_exits_when_the_session_ends(db: TestDb) {
+    let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
     start_session(&mut c, &id, "demo").await;

@@ -1,12 +1,15 @@
 //! Properties that hold for any input, checked with proptest against the
 //! library: the spool importer never panics and names the file and line of
 //! every problem; validation never panics, names the field at fault, and
-//! bounds what it keeps; the protobuf conversion names its fields too.
+//! bounds what it keeps; the protobuf conversion names its fields too. The
+//! importer's properties run on every backend (fewer cases on PostgreSQL).
 //!
 //! On a failure proptest prints the smallest input it found and records it
 //! under `proptest-regressions/`, so the next run tries it first.
 
 #![allow(clippy::unwrap_used)]
+
+mod support;
 
 use proptest::collection::vec;
 use proptest::option;
@@ -22,7 +25,9 @@ use pytest_mcp::model::{
     PROPERTIES_TRUNCATED, SessionRef, TRUNCATION_MARKER, TestOutcome,
 };
 use pytest_mcp::spool::{ImportReport, import_file};
+use pytest_mcp::store::location::Location;
 use pytest_mcp::store::{OutcomeFilter, SessionFilter, Store, StoreConfig};
+use support::{Backend, TestDb};
 
 // ---------------------------------------------------------------------------
 // (a) The spool importer.
@@ -174,10 +179,15 @@ fn names_file_and_line(error: &str, file: &str, lines: usize) -> bool {
         .is_some_and(|n| (1..=lines).contains(&n))
 }
 
+/// The store on `db`, opened afresh.
+async fn open(db: &TestDb) -> Result<Store, Error> {
+    Store::open(StoreConfig::new(Location::parse(db.arg())?)).await
+}
+
 /// The store reopens, lists its sessions, and each session's outcomes are
 /// seqs 1..=outcomes_stored.
-async fn still_reads(db: &std::path::Path) -> Result<(), TestCaseError> {
-    let store = Store::open(StoreConfig::new(db))
+async fn still_reads(db: &TestDb) -> Result<(), TestCaseError> {
+    let store = open(db)
         .await
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let sessions = store
@@ -196,88 +206,144 @@ async fn still_reads(db: &std::path::Path) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-async fn import(db: &std::path::Path, file: &std::path::Path) -> Result<ImportReport, Error> {
-    let store = Store::open(StoreConfig::new(db)).await.unwrap();
+async fn import(db: &TestDb, file: &std::path::Path) -> Result<ImportReport, Error> {
+    let store = open(db).await.unwrap();
     let report = import_file(&store, file).await;
     store.shutdown().await;
     report
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+/// Any bytes, and bytes that are mostly text, so more of them get past the line reader.
+fn spool_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        vec(any::<u8>(), 0..2000),
+        vec(
+            prop_oneof![8 => 0x20u8..0x7f, 1 => Just(b'\n'), 1 => any::<u8>()],
+            0..2000
+        ),
+    ]
+}
 
-    #[test]
-    fn any_bytes_as_a_spool_file_are_refused_line_by_line_without_a_panic(
-        bytes in prop_oneof![
-            vec(any::<u8>(), 0..2000),
-            // Mostly text, so more of it gets past the line reader.
-            vec(prop_oneof![8 => 0x20u8..0x7f, 1 => Just(b'\n'), 1 => any::<u8>()], 0..2000),
-        ]
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, file) = (dir.path().join("p.db"), dir.path().join("spool.jsonl"));
-        std::fs::write(&file, &bytes).unwrap();
-        let name = file.display().to_string();
-        let lines = bytes.split(|b| *b == b'\n').count();
-        runtime().block_on(async {
-            match import(&db, &file).await {
-                Ok(report) => {
-                    for e in &report.errors {
-                        prop_assert!(names_file_and_line(e, &name, lines), "{}", e);
-                    }
-                }
-                // Only an I/O error stops the import; it names the line.
-                Err(e) => {
-                    let text = e.to_string();
-                    let rest = text.strip_prefix("FILE: ").unwrap_or_default();
-                    prop_assert!(names_file_and_line(rest, &name, lines), "{}", text);
-                    prop_assert!(rest.contains("cannot read"), "{}", text);
+/// `bytes` as a spool file are refused line by line, without a panic.
+fn check_any_bytes(db: &TestDb, bytes: &[u8]) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spool.jsonl");
+    std::fs::write(&file, bytes).unwrap();
+    let name = file.display().to_string();
+    let lines = bytes.split(|b| *b == b'\n').count();
+    runtime().block_on(async {
+        match import(db, &file).await {
+            Ok(report) => {
+                for e in &report.errors {
+                    prop_assert!(names_file_and_line(e, &name, lines), "{}", e);
                 }
             }
-            still_reads(&db).await
-        })?;
+            // Only an I/O error stops the import; it names the line.
+            Err(e) => {
+                let text = e.to_string();
+                let rest = text.strip_prefix("FILE: ").unwrap_or_default();
+                prop_assert!(names_file_and_line(rest, &name, lines), "{}", text);
+                prop_assert!(rest.contains("cannot read"), "{}", text);
+            }
+        }
+        still_reads(db).await
+    })
+}
+
+/// A spool file of `lines` names every bad line and imports the rest, once.
+fn check_mixed_lines(db: &TestDb, lines: &[Line]) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spool.jsonl");
+    let text: String = lines.iter().map(|l| l.text() + "\n").collect();
+    std::fs::write(&file, &text).unwrap();
+    let name = file.display().to_string();
+    runtime().block_on(async {
+        let first = import(db, &file)
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        for e in &first.errors {
+            prop_assert!(names_file_and_line(e, &name, lines.len()), "{}", e);
+        }
+        // Every line that is not a record is named, by its number.
+        for (i, l) in lines.iter().enumerate() {
+            let unreadable = match l {
+                Line::Junk(t) => !t.trim().is_empty(),
+                Line::Cut(..) => !l.text().trim().is_empty(),
+                Line::Record(_) | Line::Blank(_) => false,
+            };
+            if unreadable {
+                let prefix = format!("{name}:{}: ", i + 1);
+                prop_assert!(
+                    first.errors.iter().any(|e| e.starts_with(&prefix)),
+                    "line {} ({:?}) is not named in {:?}",
+                    i + 1,
+                    l.text(),
+                    first.errors
+                );
+            }
+        }
+        still_reads(db).await?;
+
+        // Importing the same file again stores nothing new.
+        let again = import(db, &file)
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        for s in &again.sessions {
+            prop_assert_eq!(s.outcomes_new, 0, "{:?}", s);
+            let before = first.sessions.iter().find(|f| f.id == s.id);
+            prop_assert_eq!(before.map(|f| f.outcomes_stored), Some(s.outcomes_stored));
+        }
+        still_reads(db).await
+    })
+}
+
+/// `n` cases if this run includes `backend`, else none (see tests/support).
+fn cases(backend: Backend, n: u32) -> u32 {
+    if backend.runs() { n } else { 0 }
+}
+
+mod sqlite {
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(Backend::Sqlite, 64), ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_as_a_spool_file_are_refused_line_by_line_without_a_panic(
+            bytes in spool_bytes()
+        ) {
+            check_any_bytes(&TestDb::sqlite(), &bytes)?;
+        }
+
+        #[test]
+        fn a_spool_file_mixing_records_and_junk_names_every_bad_line_and_imports_the_rest_once(
+            lines in vec(line(), 0..40)
+        ) {
+            check_mixed_lines(&TestDb::sqlite(), &lines)?;
+        }
     }
+}
 
-    #[test]
-    fn a_spool_file_mixing_records_and_junk_names_every_bad_line_and_imports_the_rest_once(
-        lines in vec(line(), 0..40)
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, file) = (dir.path().join("p.db"), dir.path().join("spool.jsonl"));
-        let text: String = lines.iter().map(|l| l.text() + "\n").collect();
-        std::fs::write(&file, &text).unwrap();
-        let name = file.display().to_string();
-        runtime().block_on(async {
-            let first = import(&db, &file).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
-            for e in &first.errors {
-                prop_assert!(names_file_and_line(e, &name, lines.len()), "{}", e);
-            }
-            // Every line that is not a record is named, by its number.
-            for (i, l) in lines.iter().enumerate() {
-                let unreadable = match l {
-                    Line::Junk(t) => !t.trim().is_empty(),
-                    Line::Cut(..) => !l.text().trim().is_empty(),
-                    Line::Record(_) | Line::Blank(_) => false,
-                };
-                if unreadable {
-                    let prefix = format!("{name}:{}: ", i + 1);
-                    prop_assert!(
-                        first.errors.iter().any(|e| e.starts_with(&prefix)),
-                        "line {} ({:?}) is not named in {:?}", i + 1, l.text(), first.errors
-                    );
-                }
-            }
-            still_reads(&db).await?;
+/// Fewer cases than on SQLite: each one creates a database.
+mod postgres {
+    use super::*;
 
-            // Importing the same file again stores nothing new.
-            let again = import(&db, &file).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
-            for s in &again.sessions {
-                prop_assert_eq!(s.outcomes_new, 0, "{:?}", s);
-                let before = first.sessions.iter().find(|f| f.id == s.id);
-                prop_assert_eq!(before.map(|f| f.outcomes_stored), Some(s.outcomes_stored));
-            }
-            still_reads(&db).await
-        })?;
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(Backend::Postgres, 16), ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_as_a_spool_file_are_refused_line_by_line_without_a_panic(
+            bytes in spool_bytes()
+        ) {
+            check_any_bytes(&TestDb::postgres("any_bytes_as_a_spool_file"), &bytes)?;
+        }
+
+        #[test]
+        fn a_spool_file_mixing_records_and_junk_names_every_bad_line_and_imports_the_rest_once(
+            lines in vec(line(), 0..40)
+        ) {
+            check_mixed_lines(&TestDb::postgres("a_spool_file_mixing_records"), &lines)?;
+        }
     }
 }
 

@@ -1,14 +1,15 @@
 //! `pytest-mcp prune`, `pin` and `unpin`, and background pruning, through the
-//! real binary: sessions go in over gRPC, the prune runs as a subprocess (with
-//! the server stopped, or beside a running one on the same file), and what
-//! remains is read back the way a person or a client reads it.
+//! real binary on every backend: sessions go in over gRPC, the prune runs as a
+//! subprocess (with the server stopped, or beside a running one on the same
+//! database), and what remains is read back the way a person or a client
+//! reads it.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+use std::ffi::OsStr;
 use std::ops::RangeInclusive;
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,11 +18,24 @@ use pytest_mcp::grpc::pb::recorder_client::RecorderClient;
 use support::*;
 use tonic::transport::Channel;
 
+backend_tests! {
+    async fn keep_sessions_keeps_the_newest_n_of_each_project_and_deletes_the_rest;
+    async fn older_than_deletes_only_sessions_that_started_longer_ago;
+    async fn project_limits_pruning_to_that_projects_sessions;
+    async fn a_pinned_session_survives_every_prune_until_it_is_unpinned;
+    async fn a_running_session_is_kept_while_prune_runs_beside_a_server_taking_its_outcomes;
+    async fn a_dry_run_changes_nothing_and_prints_what_would_go;
+    async fn pruning_big_sessions_deletes_them_and_shrinks_a_sqlite_file;
+    async fn reads_and_new_sessions_work_on_what_remains_after_a_prune_beside_the_server;
+    fn bad_prune_and_retention_arguments_are_refused_naming_the_flag;
+    async fn serve_with_retain_sessions_prunes_an_existing_database_in_the_background;
+}
+
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Runs `pytest-mcp ARGS... --db DB`.
-fn cli(args: &[&str], db: &Path) -> Output {
+fn cli(args: &[&str], db: impl AsRef<OsStr>) -> Output {
     Command::new(binary())
         .args(args)
         .arg("--db")
@@ -55,7 +69,7 @@ fn refused(o: &Output) -> String {
 }
 
 /// The session ids `pytest-mcp sessions` lists, newest first.
-fn listed(db: &Path) -> Vec<String> {
+fn listed(db: impl AsRef<OsStr>) -> Vec<String> {
     let text = ok(&cli(&["sessions", "-n", "1000"], db));
     if text.starts_with("no sessions recorded") {
         return Vec::new();
@@ -148,10 +162,7 @@ async fn history(c: &mut RecorderClient<Channel>, nodeid: &str) -> Vec<pb::TestH
     .entries
 }
 
-#[tokio::test]
-async fn keep_sessions_keeps_the_newest_n_of_each_project_and_deletes_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("keep.db");
+async fn keep_sessions_keeps_the_newest_n_of_each_project_and_deletes_the_rest(db: TestDb) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     // alpha started 1, 2, 3 and 4 hours ago; beta half an hour later each.
@@ -206,10 +217,7 @@ async fn keep_sessions_keeps_the_newest_n_of_each_project_and_deletes_the_rest()
     assert_eq!(again.lines().count(), 1, "{again}");
 }
 
-#[tokio::test]
-async fn older_than_deletes_only_sessions_that_started_longer_ago() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("age.db");
+async fn older_than_deletes_only_sessions_that_started_longer_ago(db: TestDb) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     let days_40 = recorded(&mut c, "alpha", DAY * 40, 10).await;
@@ -247,10 +255,7 @@ async fn older_than_deletes_only_sessions_that_started_longer_ago() {
     assert_eq!(listed(&db), vec![hour.clone()]);
 }
 
-#[tokio::test]
-async fn project_limits_pruning_to_that_projects_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("project.db");
+async fn project_limits_pruning_to_that_projects_sessions(db: TestDb) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     let alpha_5 = recorded(&mut c, "alpha", DAY * 5, 10).await;
@@ -283,10 +288,7 @@ async fn project_limits_pruning_to_that_projects_sessions() {
     assert_eq!(listed(&db), vec![beta_5.clone()]);
 }
 
-#[tokio::test]
-async fn a_pinned_session_survives_every_prune_until_it_is_unpinned() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("pin.db");
+async fn a_pinned_session_survives_every_prune_until_it_is_unpinned(db: TestDb) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     let newest = recorded(&mut c, "alpha", HOUR, 20).await;
@@ -330,10 +332,9 @@ async fn a_pinned_session_survives_every_prune_until_it_is_unpinned() {
     assert!(err.contains(&missing), "{err}");
 }
 
-#[tokio::test]
-async fn a_running_session_is_kept_while_prune_runs_beside_a_server_taking_its_outcomes() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("live.db");
+async fn a_running_session_is_kept_while_prune_runs_beside_a_server_taking_its_outcomes(
+    db: TestDb,
+) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     let recent = recorded(&mut c, "alpha", HOUR, 20).await;
@@ -344,8 +345,8 @@ async fn a_running_session_is_kept_while_prune_runs_beside_a_server_taking_its_o
     let running = begin(&mut c, "alpha", DAY * 2).await;
 
     // Keep streaming into the running session while prune runs on the same file.
-    let db2 = db.clone();
-    let prune = tokio::task::spawn_blocking(move || cli(&["prune", "--older-than", "1d"], &db2));
+    let db2 = db.arg().to_os_string();
+    let prune = tokio::task::spawn_blocking(move || cli(&["prune", "--older-than", "1d"], db2));
     let mut next = 1u64;
     let mut during = 0;
     while !prune.is_finished() || next <= 3000 {
@@ -401,10 +402,7 @@ async fn a_running_session_is_kept_while_prune_runs_beside_a_server_taking_its_o
     assert_eq!(ids_via_grpc(&mut c).await, vec![recent.clone()]);
 }
 
-#[tokio::test]
-async fn a_dry_run_changes_nothing_and_prints_what_would_go() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("dry.db");
+async fn a_dry_run_changes_nothing_and_prints_what_would_go(db: TestDb) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     let newest = recorded(&mut c, "alpha", HOUR, 20).await;
@@ -415,7 +413,7 @@ async fn a_dry_run_changes_nothing_and_prints_what_would_go() {
     stop(server).await;
     ok(&cli(&["pin", &pinned], &db));
 
-    let before = std::fs::read(&db).unwrap();
+    let before = db.snapshot();
     let out = ok(&cli(&["prune", "--keep-sessions", "1", "--dry-run"], &db));
     assert!(
         row(&out, &middle).is_some() && row(&out, &oldest).is_some(),
@@ -430,10 +428,7 @@ async fn a_dry_run_changes_nothing_and_prints_what_would_go() {
         last_line(&out),
         "dry run: would delete 2 sessions (40 outcomes); 1 kept (running or pinned); nothing was changed"
     );
-    assert!(
-        std::fs::read(&db).unwrap() == before,
-        "a dry run changed the database file"
-    );
+    assert!(db.snapshot() == before, "a dry run changed the database");
     assert_eq!(
         listed(&db),
         [
@@ -458,10 +453,7 @@ fn noise(state: &mut u64, len: usize) -> String {
         .collect()
 }
 
-#[tokio::test]
-async fn pruning_big_sessions_shrinks_the_file_on_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("big.db");
+async fn pruning_big_sessions_deletes_them_and_shrinks_a_sqlite_file(db: TestDb) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     let small = recorded(&mut c, "alpha", HOUR, 20).await;
@@ -495,11 +487,15 @@ async fn pruning_big_sessions_shrinks_the_file_on_disk() {
     }
     drop(c);
     stop(server).await;
-    let before = std::fs::metadata(&db).unwrap().len();
-    assert!(
-        before > 4 << 20,
-        "only {before} bytes; the test needs a big file"
-    );
+    // Only a SQLite file gives the space back to the file system in place.
+    let file = db.sqlite_path();
+    let before = file.map(|f| std::fs::metadata(f).unwrap().len());
+    if let Some(before) = before {
+        assert!(
+            before > 4 << 20,
+            "only {before} bytes; the test needs a big file"
+        );
+    }
 
     let out = ok(&cli(&["prune", "--keep-sessions", "1"], &db));
     let last = last_line(&out);
@@ -507,6 +503,10 @@ async fn pruning_big_sessions_shrinks_the_file_on_disk() {
         last.starts_with("deleted 3 sessions (3000 outcomes) in "),
         "{out}"
     );
+    assert_eq!(listed(&db), vec![small.clone()]);
+    let (Some(file), Some(before)) = (file, before) else {
+        return;
+    };
     assert!(!last.contains("cannot shrink"), "{last}");
     let (was, now) = last
         .split_once("; database ")
@@ -515,21 +515,17 @@ async fn pruning_big_sessions_shrinks_the_file_on_disk() {
     let mib = |s: &str| s.trim_end_matches(" MiB").parse::<f64>().unwrap();
     assert!(mib(now) < mib(was) / 2.0, "{last}");
 
-    let after = std::fs::metadata(&db).unwrap().len();
+    let after = std::fs::metadata(file).unwrap().len();
     println!("database file: {before} bytes before prune, {after} after");
-    let wal = dir.path().join("big.db-wal");
+    let wal = format!("{}-wal", file.display());
     assert!(
         after < before / 2,
         "the file is {after} bytes after prune, {before} before (wal: {:?})",
         std::fs::metadata(&wal).map(|m| m.len()).ok()
     );
-    assert_eq!(listed(&db), vec![small.clone()]);
 }
 
-#[tokio::test]
-async fn reads_and_new_sessions_work_on_what_remains_after_a_prune_beside_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("reads.db");
+async fn reads_and_new_sessions_work_on_what_remains_after_a_prune_beside_the_server(db: TestDb) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     // Two old sessions with a test no newer session has.
@@ -607,11 +603,7 @@ async fn reads_and_new_sessions_work_on_what_remains_after_a_prune_beside_the_se
     assert_eq!(all_outcomes(&mut c, &kept).await.len(), 200);
 }
 
-#[test]
-fn bad_prune_and_retention_arguments_are_refused_naming_the_flag() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("never.db");
-
+fn bad_prune_and_retention_arguments_are_refused_naming_the_flag(db: TestDb) {
     let err = refused(&cli(&["prune", "--older-than", "soon"], &db));
     assert!(err.contains("--older-than"), "{err}");
     assert!(err.contains("\"soon\" is not a duration"), "{err}");
@@ -652,16 +644,16 @@ fn bad_prune_and_retention_arguments_are_refused_naming_the_flag() {
     }
 
     // None of that touched (or created) the database.
-    assert!(!db.exists());
-    let err = refused(&cli(&["prune", "--keep-sessions", "1"], &db));
-    assert!(err.contains("no database at"), "{err}");
-    assert!(!db.exists());
+    assert!(db.is_untouched());
+    // A file that is not there is not made by a prune (a PostgreSQL database is always there).
+    if db.sqlite_path().is_some() {
+        let err = refused(&cli(&["prune", "--keep-sessions", "1"], &db));
+        assert!(err.contains("no database at"), "{err}");
+        assert!(db.is_untouched());
+    }
 }
 
-#[tokio::test]
-async fn serve_with_retain_sessions_prunes_an_existing_database_in_the_background() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bg.db");
+async fn serve_with_retain_sessions_prunes_an_existing_database_in_the_background(db: TestDb) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     let mut finished = Vec::new();

@@ -1,5 +1,6 @@
 //! The recorder through its real gRPC API: a `pytest-mcp serve` process on a
-//! free port, a tonic client, and a temporary SQLite file.
+//! free port, a tonic client, and a database of the test's own, on every
+//! backend.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,10 +9,20 @@ mod support;
 use pytest_mcp::grpc::pb;
 use support::*;
 
-#[tokio::test]
-async fn streamed_outcomes_come_back_through_every_read_rpc() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("nested/dir/rec.db"));
+backend_tests! {
+    async fn streamed_outcomes_come_back_through_every_read_rpc;
+    async fn a_late_watcher_gets_stored_outcomes_then_live_ones_then_the_finish;
+    async fn resending_after_a_dropped_stream_stores_each_outcome_once;
+    async fn acks_never_run_ahead_of_what_a_restarted_server_finds_after_sigkill;
+    async fn start_session_is_idempotent_and_refuses_a_reused_id_with_other_content;
+    async fn finish_marks_missing_outcomes_incomplete_until_they_arrive;
+    async fn long_tracebacks_and_output_are_truncated_with_a_visible_marker;
+    async fn sigterm_turns_health_off_sends_final_acks_and_exits_zero;
+    async fn two_server_processes_can_share_one_database;
+}
+
+async fn streamed_outcomes_come_back_through_every_read_rpc(db: TestDb) {
+    let server = Server::start(&db);
     let mut c = server.client().await;
 
     // An older session of another project, for filters and history.
@@ -212,10 +223,8 @@ async fn streamed_outcomes_come_back_through_every_read_rpc() {
     );
 }
 
-#[tokio::test]
-async fn a_late_watcher_gets_stored_outcomes_then_live_ones_then_the_finish() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("w.db"));
+async fn a_late_watcher_gets_stored_outcomes_then_live_ones_then_the_finish(db: TestDb) {
+    let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
     start_session(&mut c, &id, "demo").await;
@@ -268,10 +277,8 @@ async fn a_late_watcher_gets_stored_outcomes_then_live_ones_then_the_finish() {
     );
 }
 
-#[tokio::test]
-async fn resending_after_a_dropped_stream_stores_each_outcome_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("r.db"));
+async fn resending_after_a_dropped_stream_stores_each_outcome_once(db: TestDb) {
+    let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
     start_session(&mut c, &id, "demo").await;
@@ -308,10 +315,7 @@ async fn resending_after_a_dropped_stream_stores_each_outcome_once() {
     assert_eq!(s.counts.unwrap().failed, 15);
 }
 
-#[tokio::test]
-async fn acks_never_run_ahead_of_what_a_restarted_server_finds_after_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("k.db");
+async fn acks_never_run_ahead_of_what_a_restarted_server_finds_after_sigkill(db: TestDb) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
@@ -389,10 +393,8 @@ async fn acks_never_run_ahead_of_what_a_restarted_server_finds_after_sigkill() {
     assert_eq!(all_outcomes(&mut c, &id).await.len() as u64, next + 500);
 }
 
-#[tokio::test]
-async fn start_session_is_idempotent_and_refuses_a_reused_id_with_other_content() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("i.db"));
+async fn start_session_is_idempotent_and_refuses_a_reused_id_with_other_content(db: TestDb) {
+    let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
     let first = start_session(&mut c, &id, "demo").await;
@@ -423,10 +425,8 @@ async fn start_session_is_idempotent_and_refuses_a_reused_id_with_other_content(
     assert_eq!(list.sessions.len(), 1);
 }
 
-#[tokio::test]
-async fn finish_marks_missing_outcomes_incomplete_until_they_arrive() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("f.db"));
+async fn finish_marks_missing_outcomes_incomplete_until_they_arrive(db: TestDb) {
+    let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
     start_session(&mut c, &id, "demo").await;
@@ -460,10 +460,8 @@ async fn finish_marks_missing_outcomes_incomplete_until_they_arrive() {
     );
 }
 
-#[tokio::test]
-async fn long_tracebacks_and_output_are_truncated_with_a_visible_marker() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(&dir.path().join("t.db"), &["--max-field-bytes", "4096"]);
+async fn long_tracebacks_and_output_are_truncated_with_a_visible_marker(db: TestDb) {
+    let server = Server::start_with(&db, &["--max-field-bytes", "4096"]);
     let mut c = server.client().await;
     let id = new_id();
     start_session(&mut c, &id, "demo").await;
@@ -482,10 +480,7 @@ async fn long_tracebacks_and_output_are_truncated_with_a_visible_marker() {
     assert!(stored.stdout.len() <= 4096 && stored.stdout.contains("[pytest-mcp: truncated"));
 }
 
-#[tokio::test]
-async fn sigterm_turns_health_off_sends_final_acks_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
+async fn sigterm_turns_health_off_sends_final_acks_and_exits_zero(db: TestDb) {
     let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
@@ -547,10 +542,7 @@ async fn sigterm_turns_health_off_sends_final_acks_and_exits_zero() {
     assert_eq!(get_session(&mut c, &id).await.outcomes_stored, 50);
 }
 
-#[tokio::test]
-async fn two_server_processes_can_share_one_database_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("shared.db");
+async fn two_server_processes_can_share_one_database(db: TestDb) {
     let a = Server::start(&db);
     let b = Server::start(&db);
     let (mut ca, mut cb) = (a.client().await, b.client().await);

@@ -4,12 +4,18 @@ The binary comes from $PYTEST_MCP_BIN, else target/debug/pytest-mcp. Servers
 bind 127.0.0.1:0 and the tests read the ports from the stable stderr lines
 `pytest-mcp: gRPC listening on ADDR, database PATH` and
 `pytest-mcp: MCP HTTP listening on URL`.
+
+Each test's database is a SQLite file in its tmp_path, or, with
+PYTEST_MCP_TEST_DB_BACKEND=postgres, a fresh PostgreSQL database per file name
+on the server whose maintenance database $PYTEST_MCP_TEST_PG names
+(scripts/test starts one with scripts/pg-server), dropped after the test.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -18,6 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from mcp import ClientSession, StdioServerParameters
@@ -42,12 +49,85 @@ def grpcurl() -> str:
     return found
 
 
+BACKEND = os.environ.get("PYTEST_MCP_TEST_DB_BACKEND", "sqlite")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if BACKEND not in ("sqlite", "postgres"):
+        raise pytest.UsageError(
+            f"PYTEST_MCP_TEST_DB_BACKEND={BACKEND!r}: the backends are sqlite and postgres")
+
+
+def psql(url: str, sql: str) -> None:
+    out = subprocess.run(
+        [os.environ.get("PSQL", "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url,
+         "-c", sql],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PGCONNECT_TIMEOUT": "10"},
+    )
+    assert out.returncode == 0, f"psql: {sql}: {out.stderr}"
+
+
+@dataclass
+class Databases:
+    """The databases of one test: the PostgreSQL ones made for its file names."""
+
+    label: str
+    made: dict[Path, tuple[str, str]] = field(default_factory=dict)  # path -> (name, url)
+
+    def db(self, path: Path) -> str:
+        """What `--db` gets for the database a test keeps at `path`."""
+        if BACKEND == "sqlite":
+            return str(path)
+        if path not in self.made:
+            admin = os.environ.get("PYTEST_MCP_TEST_PG", "").strip()
+            if not admin:
+                pytest.fail(
+                    "PYTEST_MCP_TEST_DB_BACKEND=postgres and PYTEST_MCP_TEST_PG is not set: run "
+                    "the tests with scripts/test, or start a server (scripts/pg-server start DIR) "
+                    "and set PYTEST_MCP_TEST_PG to the URL it prints")
+            name = f"m_{uuid.uuid4().hex[:8]}_{self.label}"[:63]
+            psql(admin, f'CREATE DATABASE "{name}"')
+            self.made[path] = (name, urlunsplit(urlsplit(admin)._replace(path=f"/{name}")))
+        return self.made[path][1]
+
+    def drop_all(self) -> None:
+        admin = os.environ.get("PYTEST_MCP_TEST_PG", "")
+        for name, _ in self.made.values():
+            # FORCE: a server or client the test left running lets go.
+            psql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_databases = Databases("")
+
+
+@pytest.fixture(autouse=True)
+def databases(request: pytest.FixtureRequest):
+    """This test's databases; dropped after it unless it failed."""
+    global _databases
+    _databases = Databases(re.sub(r"[^a-z0-9_]+", "_", request.node.name.lower()))
+    yield _databases
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for name, _ in _databases.made.values():
+            print(f"kept the failed test's database {name}")
+        return
+    _databases.drop_all()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @dataclass
 class Server:
     """A running `pytest-mcp serve`."""
 
     process: subprocess.Popen
-    db: Path
+    db: str  # what --db got: a file's path or a PostgreSQL URL
     grpc_addr: str = ""
     mcp_url: str = ""
     stderr: list[str] = field(default_factory=list)
@@ -69,8 +149,10 @@ class Server:
 
 
 def start_server(db: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+    """Starts `serve` on the test's database kept at `db` (see Databases)."""
+    db_arg = _databases.db(db)
     process = subprocess.Popen(
-        [binary(), "serve", "--db", str(db), "--grpc-addr", "127.0.0.1:0",
+        [binary(), "serve", "--db", db_arg, "--grpc-addr", "127.0.0.1:0",
          "--http-addr", "127.0.0.1:0", *extra],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -78,7 +160,7 @@ def start_server(db: Path, *extra: str, env: dict[str, str] | None = None) -> Se
         text=True,
         env={**os.environ, "RUST_LOG": "warn", **(env or {})},
     )
-    server = Server(process=process, db=db)
+    server = Server(process=process, db=db_arg)
     ready = threading.Event()
 
     def read() -> None:

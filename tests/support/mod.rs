@@ -1,9 +1,19 @@
 //! Shared test support: runs the real `pytest-mcp` binary on a free port with
 //! a temporary database, and builds outcomes.
+//!
+//! A test that holds on every backend is written once, as a function taking
+//! a [`TestDb`], and listed in [`backend_tests!`], which runs it as
+//! `sqlite::NAME` and `postgres::NAME`. The PostgreSQL variants need a server:
+//! `PYTEST_MCP_TEST_PG` is the URL of its maintenance database (scripts/test
+//! starts one with scripts/pg-server and sets it), and each test gets a fresh
+//! database of its own there. Without it they fail, so that a run that
+//! skipped PostgreSQL is never taken for one that passed on it; a developer
+//! opts out with `PYTEST_MCP_TEST_BACKENDS=sqlite`.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,11 +21,300 @@ use pytest_mcp::grpc::pb;
 use pytest_mcp::grpc::pb::recorder_client::RecorderClient;
 use tonic::transport::Channel;
 
+/// A database backend the tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file.
+    Sqlite,
+    /// A database on the PostgreSQL server `PYTEST_MCP_TEST_PG` names.
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// Whether this run includes the backend (see [`Backend::selected`]);
+    /// panics if it includes PostgreSQL and has no server for it.
+    pub fn runs(self) -> bool {
+        let runs = self.selected();
+        if runs && self == Backend::Postgres {
+            pg_server();
+        }
+        runs
+    }
+
+    /// Whether `PYTEST_MCP_TEST_BACKENDS`, a comma-separated list, includes
+    /// the backend; unset, every backend runs.
+    fn selected(self) -> bool {
+        let Ok(list) = std::env::var("PYTEST_MCP_TEST_BACKENDS") else {
+            return true;
+        };
+        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        for name in &names {
+            assert!(
+                ["sqlite", "postgres"].contains(name),
+                "PYTEST_MCP_TEST_BACKENDS={list:?}: {name:?} is not a backend (sqlite, postgres)"
+            );
+        }
+        names.contains(&self.name())
+    }
+}
+
+/// The URL of the test server's maintenance database, `PYTEST_MCP_TEST_PG`.
+fn pg_server() -> String {
+    std::env::var("PYTEST_MCP_TEST_PG").unwrap_or_else(|_| {
+        panic!(
+            "the PostgreSQL variants need a server and PYTEST_MCP_TEST_PG is not set: run the \
+             tests with scripts/test, or start one with `scripts/pg-server start DIR` and set \
+             PYTEST_MCP_TEST_PG to the URL it prints (PYTEST_MCP_TEST_BACKENDS=sqlite runs \
+             SQLite only)"
+        )
+    })
+}
+
+/// One test's own database: a SQLite file in a temporary directory, or a
+/// PostgreSQL database created for it (and dropped after it, unless the
+/// test failed: then it is kept, and named, for a look).
+pub struct TestDb {
+    backend: Backend,
+    /// What `--db` gets: the file's path or the database's URL.
+    arg: OsString,
+    /// The SQLite file's directory.
+    _dir: Option<tempfile::TempDir>,
+    /// The maintenance URL and the name of the PostgreSQL database.
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A database on `backend` for the test `name`, or `None` when this run
+    /// leaves that backend out (`PYTEST_MCP_TEST_BACKENDS`).
+    pub fn for_test(backend: Backend, name: &str) -> Option<TestDb> {
+        if !backend.runs() {
+            eprintln!(
+                "{name}: not run on {}: PYTEST_MCP_TEST_BACKENDS leaves it out",
+                backend.name()
+            );
+            return None;
+        }
+        Some(match backend {
+            Backend::Sqlite => TestDb::sqlite(),
+            Backend::Postgres => TestDb::postgres(name),
+        })
+    }
+
+    /// A SQLite file in a directory that does not exist yet: the store
+    /// creates both.
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new-dir").join("test.db");
+        TestDb {
+            backend: Backend::Sqlite,
+            arg: path.into_os_string(),
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    /// A new, empty PostgreSQL database named after the test `name`.
+    pub fn postgres(name: &str) -> TestDb {
+        let admin = pg_server();
+        // Unique across parallel tests and runs, readable in `\l`, within
+        // PostgreSQL's 63 bytes.
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let mut db_name = format!("t_{}_{name}", &tag[..8]);
+        db_name.truncate(63);
+        psql(
+            &admin,
+            &format!("CREATE DATABASE \"{db_name}\""),
+            &format!("{name}: cannot create its database on the PYTEST_MCP_TEST_PG server"),
+        );
+        TestDb {
+            backend: Backend::Postgres,
+            arg: with_database(&admin, &db_name).into(),
+            _dir: None,
+            pg: Some((admin, db_name)),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// What `--db` (or `PYTEST_MCP_DB`) gets.
+    pub fn arg(&self) -> &OsStr {
+        &self.arg
+    }
+
+    /// The SQLite file, if the database is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self.backend {
+            Backend::Sqlite => Some(Path::new(&self.arg)),
+            Backend::Postgres => None,
+        }
+    }
+
+    /// Whether nothing has been written yet: no file, or no table.
+    pub fn is_untouched(&self) -> bool {
+        match &self.pg {
+            None => !Path::new(&self.arg).exists(),
+            Some(_) => {
+                let url = self.arg.to_str().unwrap();
+                let count = psql(
+                    url,
+                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')",
+                    "count the relations",
+                );
+                count.trim() == "0"
+            }
+        }
+    }
+}
+
+/// One line per table: its name and the md5 of its rows in text form, sorted.
+const PG_DIGEST: &str = r#"
+    SELECT string_agg(c.relname || ' ' || (xpath('/row/h/text()', query_to_xml(
+        format('SELECT md5(coalesce(string_agg(t::text, E''\n'' ORDER BY t::text), '''')) AS h
+                FROM %I.%I t', n.nspname, c.relname), false, true, '')))[1]::text,
+        E'\n' ORDER BY c.relname)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"#;
+
+impl TestDb {
+    /// What the database holds, to compare before and after: the file's
+    /// bytes, or a digest of the rows of every table.
+    pub fn snapshot(&self) -> Vec<u8> {
+        match &self.pg {
+            None => std::fs::read(&self.arg).unwrap(),
+            Some(_) => {
+                psql(self.arg.to_str().unwrap(), PG_DIGEST, "digest the tables").into_bytes()
+            }
+        }
+    }
+}
+
+impl AsRef<OsStr> for TestDb {
+    fn as_ref(&self) -> &OsStr {
+        &self.arg
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin, name)) = &self.pg else {
+            return;
+        };
+        if std::thread::panicking() {
+            eprintln!("kept the failed test's database {name} on the PYTEST_MCP_TEST_PG server");
+            return;
+        }
+        // FORCE: a server or command the test left running lets go.
+        psql(
+            admin,
+            &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            "drop the test's database",
+        );
+    }
+}
+
+/// `url` (a PostgreSQL URL) naming the database `name` instead of its own.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let path = base[authority..]
+        .find('/')
+        .map_or(base.len(), |i| authority + i);
+    let mut out = format!("{}/{name}", &base[..path]);
+    if !query.is_empty() {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// Runs one SQL statement with psql on `url` and returns its unaligned output;
+/// panics with `what` and psql's message if it fails.
+fn psql(url: &str, sql: &str, what: &str) -> String {
+    let out = Command::new(std::env::var("PSQL").unwrap_or_else(|_| "psql".into()))
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run psql (set PSQL to its path): {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs each listed test function once per backend, as `sqlite::NAME` and
+/// `postgres::NAME`: `async fn NAME;` for a `#[tokio::test]`, `fn NAME;` for
+/// a `#[test]`, each a function of the file taking a [`TestDb`].
+// Not every test file that includes this module runs tests on every backend.
+#[allow(unused_macros)]
+macro_rules! backend_tests {
+    (@each $backend:ident;) => {};
+    (@each $backend:ident; async fn $name:ident; $($rest:tt)*) => {
+        #[tokio::test]
+        async fn $name() {
+            let db = $crate::support::TestDb::for_test(
+                $crate::support::Backend::$backend,
+                stringify!($name),
+            );
+            if let Some(db) = db {
+                super::$name(db).await;
+            }
+        }
+        $crate::support::backend_tests!(@each $backend; $($rest)*);
+    };
+    (@each $backend:ident; fn $name:ident; $($rest:tt)*) => {
+        #[test]
+        fn $name() {
+            let db = $crate::support::TestDb::for_test(
+                $crate::support::Backend::$backend,
+                stringify!($name),
+            );
+            if let Some(db) = db {
+                super::$name(db);
+            }
+        }
+        $crate::support::backend_tests!(@each $backend; $($rest)*);
+    };
+    ($($tests:tt)*) => {
+        mod sqlite {
+            $crate::support::backend_tests!(@each Sqlite; $($tests)*);
+        }
+        mod postgres {
+            $crate::support::backend_tests!(@each Postgres; $($tests)*);
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use backend_tests;
+
 /// A running `pytest-mcp serve` child process.
 pub struct Server {
     pub child: Child,
     pub addr: String,
-    pub db: PathBuf,
+    pub db: OsString,
     pub stderr_tail: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -24,13 +323,15 @@ pub fn binary() -> &'static str {
 }
 
 impl Server {
-    /// Starts the server on `127.0.0.1:0` over `db`, and waits for its listening line.
-    pub fn start(db: &Path) -> Server {
+    /// Starts the server on `127.0.0.1:0` over `db` (a path, a URL or a
+    /// [`TestDb`]), and waits for its listening line.
+    pub fn start(db: impl AsRef<OsStr>) -> Server {
         Self::start_with(db, &[])
     }
 
     /// Like [`Server::start`] with extra `serve` arguments.
-    pub fn start_with(db: &Path, extra: &[&str]) -> Server {
+    pub fn start_with(db: impl AsRef<OsStr>, extra: &[&str]) -> Server {
+        let db = db.as_ref();
         let mut child = Command::new(binary())
             .args(["serve", "--grpc-addr", "127.0.0.1:0", "--db"])
             .arg(db)
@@ -71,7 +372,7 @@ impl Server {
         Server {
             child,
             addr,
-            db: db.to_path_buf(),
+            db: db.to_os_string(),
             stderr_tail: tail,
         }
     }
