@@ -79,10 +79,10 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
             report.elapsed.as_secs_f64(),
             super::mib(report.bytes_before),
             super::mib(report.bytes_after),
-            if report.shrunk {
-                ""
-            } else {
-                " (this file cannot shrink in place; the freed space is reused)"
+            match (report.shrunk, store.location().sqlite_path().is_some()) {
+                (true, _) => "",
+                (false, true) => " (this file cannot shrink in place; the freed space is reused)",
+                (false, false) => " (PostgreSQL's vacuum reuses the freed space)",
             }
         )?;
     }

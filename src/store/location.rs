@@ -208,8 +208,13 @@ impl FromStr for PgUrl {
                 )));
             }
         };
+        // The driver knows the scheme in lower case only.
+        let base = match base.split_once("://") {
+            Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+            None => base.to_string(),
+        };
         let url = if kept.is_empty() {
-            base.to_string()
+            base
         } else {
             format!("{base}?{}", kept.join("&"))
         };
