@@ -406,3 +406,28 @@ async fn a_listener_that_lost_its_connection_catches_up_on_what_it_missed() {
     .expect("replica B never heard of the outcomes committed while it was not listening");
     assert_eq!(heard.status, SessionStatus::Running);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_together_migrate_once() {
+    let url = fresh_database().await;
+    // Six replicas open an empty database at the same moment: the advisory
+    // lock lets one create the schema while the others wait, then find it.
+    let opened = futures_util::future::join_all((0..6).map(|_| open(&url))).await;
+    let id = Uuid::new_v4();
+    opened[0]
+        .start_session(id, Source::Plugin, Environment::default(), None)
+        .await
+        .unwrap();
+    for store in &opened {
+        assert_eq!(store.get_session(SessionRef::Id(id)).await.unwrap().id, id);
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query("SELECT version FROM pytest_mcp_schema", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one schema version row");
+}
