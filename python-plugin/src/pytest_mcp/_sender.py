@@ -135,8 +135,10 @@ def _status(error) -> Tuple[str, str]:
     code = error.code() if hasattr(error, "code") else None
     name = getattr(code, "name", "UNKNOWN")
     details = (error.details() if hasattr(error, "details") else None) or ""
-    if "Connection refused" in details:
-        details = "connection refused"  # grpc's own text is three lines' worth
+    if "Connection refused" in details and "database" not in details:
+        # grpc's own text for a recorder that is not listening is three
+        # lines' worth; a recorder's own message (its database is away) is kept.
+        details = "connection refused"
     return name, details
 
 
