@@ -8,8 +8,11 @@
 //!   session as read under that lock: two replicas receiving the same
 //!   session store every seq once. Writers of different sessions do not
 //!   wait for each other.
-//! - One stream's batches commit in the order they arrived: each waits for
-//!   the one before it ([`Chains`]) while the stream reads on.
+//! - A session's batches commit in the order they arrived, one transaction
+//!   at a time, while the stream reads on: batches that queue up meanwhile
+//!   are committed together in the next transaction ([`Queues`]), the way
+//!   SQLite's writer groups its commits. A group that a rule refuses is run
+//!   again batch by batch, so one bad batch fails alone.
 //! - A transaction that loses a deadlock or serialization race is run again.
 //! - Changes are announced with `pg_notify` inside the transaction, so only
 //!   committed ones are heard; every replica's listener ([`listen`]) turns
@@ -63,19 +66,30 @@ struct Shared {
     url: PgUrl,
     /// Ids of tests and marker sets known to be committed.
     interned: Mutex<writes::Interned>,
-    /// The last batch queued for each session, which the next one waits for.
-    chains: Mutex<Chains>,
+    /// The batches waiting for each session's writer.
+    queues: Mutex<Queues>,
     /// Set by shutdown: writes are refused from then on.
     closed: std::sync::atomic::AtomicBool,
     /// Stops the listener.
     stop: tokio_util::sync::CancellationToken,
 }
 
-/// Per session, the completion signal of the batch queued last.
+/// Most outcomes one group transaction commits.
+const MAX_GROUP_OUTCOMES: usize = 20_000;
+
+/// A batch waiting to be committed.
+struct Queued {
+    outcomes: Vec<NewOutcome>,
+    /// Held until the batch is committed (or refused).
+    _budget: QueuedBytes,
+    reply: oneshot::Sender<Result<u64>>,
+}
+
+/// The batches waiting per session; a session is in the map while its
+/// writer task runs.
 #[derive(Default)]
-struct Chains {
-    next_ticket: u64,
-    last: HashMap<Uuid, (u64, oneshot::Receiver<()>)>,
+struct Queues {
+    waiting: HashMap<Uuid, std::collections::VecDeque<Queued>>,
 }
 
 /// A TLS connector for `url`, or none.
@@ -145,7 +159,7 @@ impl PgBackend {
             pool,
             url: url.clone(),
             interned: Mutex::new(writes::Interned::default()),
-            chains: Mutex::new(Chains::default()),
+            queues: Mutex::new(Queues::default()),
             closed: std::sync::atomic::AtomicBool::new(false),
             stop: stop.clone(),
         });
@@ -202,17 +216,6 @@ impl PgBackend {
             tx.commit().await?;
             Ok(out)
         })
-    }
-
-    /// Takes a place in `id`'s chain: returns what to wait for first and
-    /// what to signal when done.
-    fn chain(&self, id: Uuid) -> (Option<oneshot::Receiver<()>>, u64, oneshot::Sender<()>) {
-        let (tx, rx) = oneshot::channel();
-        let mut chains = self.shared.chains.lock().unwrap_or_else(|p| p.into_inner());
-        chains.next_ticket += 1;
-        let ticket = chains.next_ticket;
-        let before = chains.last.insert(id, (ticket, rx)).map(|(_, rx)| rx);
-        (before, ticket, tx)
     }
 
     /// The number of connections that answered a probe; for health.
@@ -277,6 +280,81 @@ macro_rules! boxed {
     };
 }
 
+/// Commits `id`'s queued batches, all that have queued up (to a bound) in
+/// each transaction, until none is left; then leaves the map.
+async fn write_session(shared: Arc<Shared>, id: Uuid) {
+    loop {
+        let group: Vec<Queued> = {
+            let mut queues = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(waiting) = queues.waiting.get_mut(&id) else {
+                return;
+            };
+            if waiting.is_empty() {
+                queues.waiting.remove(&id);
+                return;
+            }
+            let mut group = Vec::new();
+            let mut outcomes = 0;
+            while let Some(next) = waiting.front() {
+                if !group.is_empty() && outcomes + next.outcomes.len() > MAX_GROUP_OUTCOMES {
+                    break;
+                }
+                outcomes += next.outcomes.len();
+                group.extend(waiting.pop_front());
+            }
+            group
+        };
+        if group.len() == 1 {
+            for q in group {
+                let result = append_once(&shared, id, Arc::new(q.outcomes)).await;
+                let _ = q.reply.send(result);
+            }
+            continue;
+        }
+        // Consecutive batches of one stream, in order: one transaction.
+        let all: Vec<NewOutcome> = group
+            .iter()
+            .flat_map(|q| q.outcomes.iter().cloned())
+            .collect();
+        match append_once(&shared, id, Arc::new(all)).await {
+            Ok(stored) => {
+                // Each batch is answered with the seqs up to its own last,
+                // all stored now: never more than the group stored, and a
+                // batch of seqs stored earlier may be answered lower than
+                // alone, which a client only takes as less acknowledged.
+                let mut upto = 0;
+                for q in group {
+                    upto = q
+                        .outcomes
+                        .iter()
+                        .map(|o| o.outcome.seq)
+                        .fold(upto, u64::max);
+                    let _ = q.reply.send(Ok(stored.min(upto)));
+                }
+            }
+            // Refused (a gap, a resent overlap, a closed session) or failed:
+            // batch by batch, so each gets its own answer.
+            Err(_) => {
+                for q in group {
+                    let result = append_once(&shared, id, Arc::new(q.outcomes)).await;
+                    let _ = q.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Appends one run of outcomes in one transaction; caches what it learned.
+async fn append_once(shared: &Shared, id: Uuid, outcomes: Arc<Vec<NewOutcome>>) -> Result<u64> {
+    let (stored, learned): (u64, writes::Learned) = run_write(shared, &|tx, shared| {
+        let outcomes = outcomes.clone();
+        boxed!(async move { writes::append(tx, shared, id, &outcomes).await })
+    })
+    .await?;
+    learned.keep(&shared.interned);
+    Ok(stored)
+}
+
 impl Backend for PgBackend {
     fn start_session(&self, new: NewSession) -> Fut<Session> {
         let new = Arc::new(new);
@@ -292,40 +370,35 @@ impl Backend for PgBackend {
         outcomes: Vec<NewOutcome>,
         budget: QueuedBytes,
     ) -> Fut<Fut<u64>> {
-        let this = self.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
-            Self::check_open(&this.shared)?;
-            let (before, ticket, done) = this.chain(id);
-            let outcomes = Arc::new(outcomes);
-            let shared = this.shared.clone();
-            // Runs on its own, so the stream reads its next batch meanwhile.
-            let task = tokio::spawn(async move {
-                if let Some(before) = before {
-                    let _ = before.await;
-                }
-                let result: Result<(u64, writes::Learned)> = run_write(&shared, &|tx, shared| {
-                    let outcomes = outcomes.clone();
-                    boxed!(async move { writes::append(tx, shared, id, &outcomes).await })
-                })
-                .await;
-                let result = match result {
-                    Ok((stored, learned)) => {
-                        learned.keep(&shared.interned);
-                        Ok(stored)
-                    }
-                    Err(e) => Err(e),
+            Self::check_open(&shared)?;
+            let (reply, committed) = oneshot::channel();
+            let start_writer = {
+                let mut queues = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+                let queued = Queued {
+                    outcomes,
+                    _budget: budget,
+                    reply,
                 };
-                drop(budget);
-                let _ = done.send(());
-                let mut chains = shared.chains.lock().unwrap_or_else(|p| p.into_inner());
-                if chains.last.get(&id).is_some_and(|(t, _)| *t == ticket) {
-                    chains.last.remove(&id);
+                match queues.waiting.get_mut(&id) {
+                    Some(waiting) => {
+                        waiting.push_back(queued);
+                        false
+                    }
+                    None => {
+                        queues.waiting.insert(id, [queued].into());
+                        true
+                    }
                 }
-                result
-            });
+            };
+            if start_writer {
+                tokio::spawn(write_session(shared.clone(), id));
+            }
             let committed: Fut<u64> = Box::pin(async move {
-                task.await
-                    .map_err(|e| Error::Internal(format!("write task failed: {e}")))?
+                committed.await.map_err(|_| {
+                    Error::Unavailable("the store shut down before committing".into())
+                })?
             });
             Ok(committed)
         })
@@ -412,12 +485,16 @@ impl Backend for PgBackend {
                 .closed
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             // Wait for the batches still committing.
-            let pending: Vec<oneshot::Receiver<()>> = {
-                let mut chains = shared.chains.lock().unwrap_or_else(|p| p.into_inner());
-                chains.last.drain().map(|(_, (_, rx))| rx).collect()
-            };
-            for rx in pending {
-                let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !shared
+                .queues
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .waiting
+                .is_empty()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             shared.stop.cancel();
             Ok(())
