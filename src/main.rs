@@ -7,8 +7,11 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = pytest_mcp::cli::Cli::parse();
     // Logs go to stderr: stdout belongs to command output (and, on stdio, the protocol).
+    // Colour only for a person at a terminal, never into a log file or pipe.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
