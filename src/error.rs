@@ -40,6 +40,10 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The recorder is out of a resource it cannot do without (its disk is
+    /// full); the message says which.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The server is shutting down or the store is closed.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -93,7 +97,9 @@ impl From<tokio_postgres::Error> for Error {
             .map(|d| format!("{} ({state})", d.message()))
             .unwrap_or_else(|| e.to_string());
         if *code == SqlState::DISK_FULL {
-            return Error::Postgres(format!("the database's disk is full: {detail}"));
+            return Error::ResourceExhausted(format!(
+                "the recorder's database disk is full: {detail}"
+            ));
         }
         Error::Postgres(detail)
     }
@@ -168,6 +174,7 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition { .. } => tonic::Status::failed_precondition(e.to_string()),
             Error::AlreadyExists { .. } => tonic::Status::already_exists(e.to_string()),
             Error::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
+            Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(e.to_string()),
             Error::Conflict(_) => tonic::Status::aborted(e.to_string()),
             Error::Sqlite(_) | Error::Postgres(_) | Error::Internal(_) => {
                 tracing::error!(error = %e, "internal error");

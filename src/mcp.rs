@@ -177,6 +177,7 @@ fn tool_failure(e: Error) -> Result<CallToolResult, ErrorData> {
         | Error::FailedPrecondition { .. }
         | Error::AlreadyExists { .. }
         | Error::Unavailable(_)
+        | Error::ResourceExhausted(_)
         | Error::Conflict(_) => Ok(CallToolResult::error(vec![ContentBlock::text(
             e.to_string(),
         )])),
@@ -191,7 +192,7 @@ fn protocol_error(e: Error) -> ErrorData {
         Error::InvalidArgument { .. }
         | Error::FailedPrecondition { .. }
         | Error::AlreadyExists { .. } => ErrorData::invalid_params(e.to_string(), None),
-        Error::Unavailable(_) | Error::Conflict(_) => {
+        Error::Unavailable(_) | Error::Conflict(_) | Error::ResourceExhausted(_) => {
             ErrorData::internal_error(e.to_string(), None)
         }
         Error::Sqlite(_) | Error::Postgres(_) | Error::Internal(_) => {

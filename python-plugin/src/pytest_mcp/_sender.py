@@ -102,6 +102,8 @@ _PERMANENT = {
     "PERMISSION_DENIED",
     "UNIMPLEMENTED",
     "OUT_OF_RANGE",
+    # The recorder's disk is full (or a message over its size limit).
+    "RESOURCE_EXHAUSTED",
 }
 
 CONNECTING = "connecting"

@@ -423,7 +423,9 @@ impl Writer {
         match outcome {
             Ok(answers) => {
                 for (cmd, answer) in cmds.into_iter().zip(answers) {
-                    cmd.send(answer);
+                    // A command's own storage error reaches its caller as
+                    // what it means for a client, never SQLite's text.
+                    cmd.send(answer.map_err(|e| if is_refusal(&e) { e } else { failure(&e) }));
                 }
                 for e in changed {
                     let _ = self.events.send(e);
@@ -433,9 +435,8 @@ impl Writer {
                 tracing::error!(error = %e, "write transaction failed; nothing in it was stored");
                 // Ids read or stored in it may not exist.
                 self.interned.clear();
-                let msg = failure_message(&e);
                 for cmd in cmds {
-                    cmd.send(Err(Error::Internal(msg.clone())));
+                    cmd.send(Err(failure(&e)));
                 }
             }
         }
@@ -562,14 +563,18 @@ impl Row<'_> {
     }
 }
 
-/// What callers are told when a group's transaction failed.
-fn failure_message(e: &Error) -> String {
+/// What callers are told when a group's transaction failed: a full disk
+/// is the one failure a client can act on (free space); anything else is
+/// the server's, to retry.
+fn failure(e: &Error) -> Error {
     if let Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) = e
         && f.code == rusqlite::ErrorCode::DiskFull
     {
-        return "the recorder's disk is full; nothing of this write was stored".into();
+        return Error::ResourceExhausted(
+            "the recorder's disk is full; nothing of this write was stored".into(),
+        );
     }
-    "the write transaction failed; nothing was stored, retry".into()
+    Error::Internal("the write transaction failed; nothing was stored, retry".into())
 }
 
 /// One command's view of the open transaction.
