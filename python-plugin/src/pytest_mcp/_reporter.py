@@ -50,6 +50,58 @@ class Settings:
     #: PEM bytes of the CA that signed the recorder's certificate; with it, or
     #: with an ``https://`` address, the channel uses TLS.
     tls_ca: Optional[bytes] = None
+    #: No address was configured: when nothing answers at the default one,
+    #: the run is stored in the default local database by the bundled binary.
+    record_locally: bool = False
+
+
+@dataclass
+class _Local:
+    """What storing a spool file in the default local database came to."""
+
+    stored: bool
+    where: str
+    #: Why it was not stored (``None``: there is no bundled binary to try).
+    problem: Optional[str] = None
+
+
+#: Longest the end of a run may wait for the local import.
+LOCAL_IMPORT_TIMEOUT = 300.0
+
+
+def _record_locally(spool_path) -> _Local:
+    """Imports the run's spool file into the default local database with the
+    bundled binary (idempotent), and removes the file once that succeeded."""
+    import os
+    import subprocess
+
+    from . import _binary
+
+    database = _binary.default_database()
+    where = _binary.shown(database)
+    binary = _binary.bundled()
+    if binary is None:
+        return _Local(False, where)
+    try:
+        done = subprocess.run(
+            [binary, "import", "--db", str(database), str(spool_path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=LOCAL_IMPORT_TIMEOUT,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return _Local(False, where, f"{e}; the results stay in the spool file")
+    if done.returncode != 0:
+        lines = [l for l in done.stderr.splitlines() if l.strip()] or [f"exit status {done.returncode}"]
+        reason = lines[-1].removeprefix("pytest-mcp: error: ").removeprefix("pytest-mcp: ")
+        return _Local(False, where, f"{_one_line(reason)}; the results stay in the spool file")
+    try:
+        os.remove(spool_path)
+    except OSError:
+        pass
+    return _Local(True, where)
 
 
 def _one_line(text: str) -> str:
@@ -180,6 +232,7 @@ class Reporter:
         self._lines: List[str] = []
         self._printed = False
         self._warned = False
+        self._hold_warning = False
 
     # ---- session lifecycle -------------------------------------------------
 
@@ -197,6 +250,12 @@ class Reporter:
             environment=_environment.from_config(self.config),
         )
         self._append = self._sender.queue.append
+        # With no address configured and a binary to record with, a recorder
+        # that is not running is no news: the run is stored locally at its
+        # end, and the warning is shown only if that fails.
+        from . import _binary
+
+        self._hold_warning = self.settings.record_locally and _binary.bundled() is not None
         self._sender.start()
 
     @pytest.hookimpl(trylast=True)
@@ -210,6 +269,16 @@ class Reporter:
         self._open.clear()
         summary = self._summary(int(session.exitstatus))
         result = sender.close(summary)
+        if result.spool_path is not None and self.settings.record_locally:
+            local = _record_locally(result.spool_path)
+            if local.stored:
+                self._lines.append(
+                    f"pytest-mcp: session {self.session_id}: {result.outcomes} outcomes recorded "
+                    f"in {local.where} (no recorder was running)"
+                )
+                return
+            if local.problem is not None:
+                self._lines.append(f"pytest-mcp: could not record in {local.where}: {local.problem}")
         if sender.warning is not None and not self._warned:
             # Noticed at the very end: it leads the lines of the terminal summary.
             self._warned = True
@@ -265,7 +334,7 @@ class Reporter:
         return summary
 
     def _print_warning(self, sender: Sender) -> None:
-        if self._warned or sender.warning is None:
+        if self._warned or sender.warning is None or self._hold_warning:
             return
         self._warned = True
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")

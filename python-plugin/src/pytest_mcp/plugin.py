@@ -200,10 +200,12 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--mcp-tls-ca: cannot read {tls_ca_path}: {e.strerror or e}") from None
         if b"-----BEGIN CERTIFICATE-----" not in tls_ca:
             raise pytest.UsageError(f"--mcp-tls-ca: {tls_ca_path} holds no PEM certificate")
+    address = _setting(config, "mcp_address", "PYTEST_MCP_ADDRESS", "mcp_address")
     settings = Settings(
-        addresses=parse_addresses(
-            _setting(config, "mcp_address", "PYTEST_MCP_ADDRESS", "mcp_address") or DEFAULT_ADDRESS
-        ),
+        addresses=parse_addresses(address or DEFAULT_ADDRESS),
+        # An address someone configured is where the results belong: spool
+        # for it. With none, a run that finds no recorder is stored locally.
+        record_locally=address is None,
         token=_setting(config, "mcp_token", "PYTEST_MCP_TOKEN", None),
         tls_ca=tls_ca,
         spool_dir=_setting(config, "mcp_spool", "PYTEST_MCP_SPOOL", "mcp_spool"),
