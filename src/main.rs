@@ -29,6 +29,16 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(pytest_mcp::app::run(cli)) {
         Ok(code) => code,
+        // The reader went away (`pytest-mcp show latest | head`): what it
+        // wanted it has; nothing to report, as with any Unix filter.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("pytest-mcp: error: {e:#}");
             ExitCode::FAILURE

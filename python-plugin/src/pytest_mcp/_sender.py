@@ -592,6 +592,12 @@ class Sender:
                 f"the recorder at {replica.address} did not accept this run's token "
                 f"({name}: {_first_line(details, 120)}; set --mcp-token or PYTEST_MCP_TOKEN)"
             )
+        if name == "RESOURCE_EXHAUSTED":
+            # Reachable, but it cannot store (its disk is full): say that.
+            reason = (
+                f"the recorder at {replica.address} cannot store this run "
+                f"({name}: {_first_line(details, 160)})"
+            )
         if name in _PERMANENT:
             # The recorders share a database and its rules: another would say the same.
             self._give_up(reason, refused=True)
