@@ -152,6 +152,21 @@ async fn authenticate(
     }
 }
 
+/// Answers a session close (HTTP DELETE) that succeeded with 204 No Content:
+/// rmcp says 202, which clients (the official Python SDK among them) take
+/// for a failure and log ("Session termination failed: 202").
+async fn close_with_no_content(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let closing = request.method() == Method::DELETE;
+    let response = next.run(request).await;
+    if closing && response.status() == StatusCode::ACCEPTED {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    response
+}
+
 /// The axum router serving MCP at [`PATH`], every tool call passing `gate`.
 pub fn router(
     store: Store,
@@ -197,6 +212,7 @@ pub fn router(
     };
     axum::Router::new()
         .route_service(PATH, service)
+        .layer(axum::middleware::from_fn(close_with_no_content))
         .layer(axum::middleware::from_fn_with_state(limits, cap_sessions))
         // Outermost: nothing else is looked at before the credential.
         .layer(axum::middleware::from_fn_with_state(

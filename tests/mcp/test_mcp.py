@@ -307,6 +307,46 @@ def test_http_refuses_a_foreign_origin_even_with_a_good_host_and_serves_requests
     assert post(server.mcp_url, {"Host": f"evil.example:{port}"}) == 403
 
 
+def test_closing_an_http_session_answers_204_and_a_closed_one_is_gone(server: Server):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                       "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                  "clientInfo": {"name": "curl-like", "version": "1"}}}).encode()
+    request = urllib.request.Request(server.mcp_url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        session = response.headers["Mcp-Session-Id"]
+    assert session
+
+    def close() -> int:
+        request = urllib.request.Request(server.mcp_url, method="DELETE",
+                                         headers={"Mcp-Session-Id": session})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    # The official SDK logs "Session termination failed" unless 200 or 204.
+    assert close() == 204
+    assert close() == 204  # closing is idempotent
+    ping = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"}).encode()
+    request = urllib.request.Request(server.mcp_url, data=ping, method="POST", headers={
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+        "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status = response.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    assert status == 404, "the closed session still answers"
+
+
+async def test_the_sdk_closes_its_http_session_without_complaint(server: Server, caplog):
+    async with connect("http", server) as session:
+        await session.list_tools()
+    assert not [r for r in caplog.records if "termination failed" in r.getMessage()], caplog.text
+
+
 def test_an_allowed_origin_is_served(tmp_path):
     from conftest import start_server
 
