@@ -414,6 +414,22 @@ impl Store {
     }
 }
 
+/// A `A.B` page token (e.g. start time and pk) this server issued.
+pub(crate) fn decode_cursor_pair(text: &str, field: &str) -> Result<(i64, i64)> {
+    let (a, b) = text
+        .split_once('.')
+        .ok_or_else(|| bad_cursor(text, field))?;
+    Ok((
+        a.parse().map_err(|_| bad_cursor(text, field))?,
+        b.parse().map_err(|_| bad_cursor(text, field))?,
+    ))
+}
+
+/// A numeric page token (a seq, an offset) this server issued.
+pub(crate) fn decode_cursor_number(text: &str, field: &str) -> Result<u64> {
+    text.parse().map_err(|_| bad_cursor(text, field))
+}
+
 /// An error for a cursor this server did not issue, naming `field`.
 pub fn bad_cursor(text: &str, field: &str) -> Error {
     Error::invalid(field, format!("{text:?} is not a token this server issued"))

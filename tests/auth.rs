@@ -10,7 +10,7 @@ use std::process::Command;
 
 use pytest_mcp::grpc::pb;
 use pytest_mcp::grpc::pb::recorder_client::RecorderClient;
-use support::{Server, TestDb, backend_tests, binary, grpcurl_run, new_id};
+use support::{Server, TestDb, backend_tests, binary, grpcurl_run, new_id, serve_command};
 use tonic::transport::Channel;
 
 backend_tests! {
@@ -235,16 +235,7 @@ fn each_malformed_policy_file_is_refused_at_start_up_naming_the_field(db: TestDb
     for (i, (text, wanted)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("policy{i}.json"));
         std::fs::write(&path, text).unwrap();
-        let out = Command::new(binary())
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--db")
-            .arg(&db)
+        let out = serve_command(&db)
             .arg("--policy")
             .arg(&path)
             .output()
@@ -281,18 +272,9 @@ fn a_tokens_file_with_an_empty_or_a_shared_token_is_refused_without_showing_toke
     ] {
         let path = dir.path().join("tokens.json");
         std::fs::write(&path, text).unwrap();
-        let out = Command::new(binary())
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
+        let out = serve_command(&db)
             .arg("--tokens")
             .arg(&path)
-            .arg("--db")
-            .arg(&db)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -662,16 +662,7 @@ fn watch_names_the_address_when_no_server_runs() {
 fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(binary())
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--db",
-        ])
-        .arg(dir.path().join("log.db"))
+    let mut child = serve_command(dir.path().join("log.db"))
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

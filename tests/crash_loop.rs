@@ -13,7 +13,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pytest_mcp::grpc::pb;
@@ -202,16 +202,7 @@ fn integrity_check(db: &Path, kills: usize) {
 /// Starts `serve` and SIGKILLs it `after` later, whether or not it has
 /// opened the database or printed its listening line yet.
 fn kill_during_startup(db: &Path, after: Duration) {
-    let mut child = Command::new(binary())
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--db",
-        ])
-        .arg(db)
+    let mut child = serve_command(db)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -3,8 +3,11 @@
 //!
 //! Needs `PYTEST_MCP_TEST_PG`, the URL of a PostgreSQL server whose
 //! maintenance database it may create databases from (scripts/test starts
-//! one with scripts/pg-server); without it these tests fail, saying so.
+//! one with scripts/pg-server); without it these tests fail, saying so,
+//! unless `PYTEST_MCP_TEST_BACKENDS=sqlite` leaves PostgreSQL out.
 #![allow(clippy::unwrap_used)]
+
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,27 +16,15 @@ use std::time::{Duration, Instant};
 use pytest_mcp::model::{Environment, Outcome, SessionRef, SessionStatus, Source, TestOutcome};
 use pytest_mcp::policy::{Decision, Gate, Policy};
 use pytest_mcp::store::{OutcomeFilter, Store, StoreConfig};
+use support::{Backend, TestDb};
 use uuid::Uuid;
 
-/// A fresh database on the test server; its URL.
-async fn fresh_database() -> String {
-    let server = std::env::var("PYTEST_MCP_TEST_PG").unwrap_or_else(|_| {
-        panic!(
-            "PYTEST_MCP_TEST_PG is not set: run ./scripts/test, or start a server with \
-             `scripts/pg-server start DIR` and set PYTEST_MCP_TEST_PG to the URL it prints"
-        )
-    });
-    let name = format!("pytest_mcp_t_{}", Uuid::new_v4().simple());
-    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
-        .await
-        .expect("connect to PYTEST_MCP_TEST_PG");
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let (base, _) = server.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
+/// A fresh database for the test `name` on the test server, and its URL;
+/// `None` when PYTEST_MCP_TEST_BACKENDS leaves PostgreSQL out.
+fn fresh_database(name: &str) -> Option<(TestDb, String)> {
+    let db = TestDb::for_test(Backend::Postgres, name)?;
+    let url = db.arg().to_str().unwrap().to_string();
+    Some((db, url))
 }
 
 async fn open(url: &str) -> Store {
@@ -65,7 +56,11 @@ fn kind_of(seq: u64) -> TestOutcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_writing_one_session_store_every_seq_once_with_exact_counts() {
-    let url = fresh_database().await;
+    let Some((_db, url)) =
+        fresh_database("two_replicas_writing_one_session_store_every_seq_once_with_exact_counts")
+    else {
+        return;
+    };
     let (a, b) = (open(&url).await, open(&url).await);
     let id = Uuid::new_v4();
     let env = Environment {
@@ -154,7 +149,9 @@ async fn two_replicas_writing_one_session_store_every_seq_once_with_exact_counts
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_hears_what_another_commits() {
-    let url = fresh_database().await;
+    let Some((_db, url)) = fresh_database("a_replica_hears_what_another_commits") else {
+        return;
+    };
     let (a, b) = (open(&url).await, open(&url).await);
     // The listener connects in the background; give it a moment to LISTEN.
     let mut events = b.subscribe();
@@ -196,7 +193,9 @@ async fn a_replica_hears_what_another_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rate_limit_holds_across_replicas_together() {
-    let url = fresh_database().await;
+    let Some((_db, url)) = fresh_database("a_rate_limit_holds_across_replicas_together") else {
+        return;
+    };
     let (a, b) = (open(&url).await, open(&url).await);
     let tools = vec!["get_session".to_string()];
     let policy = r#"{"version": "1", "default": "allow", "tools": {
@@ -229,7 +228,11 @@ async fn a_rate_limit_holds_across_replicas_together() {
 
 #[tokio::test]
 async fn a_newer_schema_is_refused_and_passwords_stay_out_of_errors() {
-    let url = fresh_database().await;
+    let Some((_db, url)) =
+        fresh_database("a_newer_schema_is_refused_and_passwords_stay_out_of_errors")
+    else {
+        return;
+    };
     let store = open(&url).await;
     store.shutdown().await;
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -321,7 +324,10 @@ async fn server_with_tls(url: &str) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn sslmode_require_checks_the_server_against_the_given_ca() {
-    let url = fresh_database().await;
+    let Some((_db, url)) = fresh_database("sslmode_require_checks_the_server_against_the_given_ca")
+    else {
+        return;
+    };
     let ca = server_with_tls(&url).await;
     let tls_url = format!("{url}?sslmode=require&sslrootcert={}", ca.display());
     let store = open(&tls_url).await;
@@ -363,7 +369,11 @@ async fn sslmode_require_checks_the_server_against_the_given_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_listener_that_lost_its_connection_catches_up_on_what_it_missed() {
-    let url = fresh_database().await;
+    let Some((_db, url)) =
+        fresh_database("a_listener_that_lost_its_connection_catches_up_on_what_it_missed")
+    else {
+        return;
+    };
     let a = open(&url).await;
     let b = open(&format!("{url}?application_name=replica-b")).await;
     let mut events = b.subscribe();
@@ -409,7 +419,9 @@ async fn a_listener_that_lost_its_connection_catches_up_on_what_it_missed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_starting_together_migrate_once() {
-    let url = fresh_database().await;
+    let Some((_db, url)) = fresh_database("replicas_starting_together_migrate_once") else {
+        return;
+    };
     // Six replicas open an empty database at the same moment: the advisory
     // lock lets one create the schema while the others wait, then find it.
     let opened = futures_util::future::join_all((0..6).map(|_| open(&url))).await;

@@ -625,16 +625,8 @@ fn bad_prune_and_retention_arguments_are_refused_naming_the_flag(db: TestDb) {
     assert!(err.contains("--keep-sessions"), "{err}");
 
     for flag in ["--retain-sessions", "--retain-days"] {
-        let o = Command::new(binary())
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .args([flag, "0", "--db"])
-            .arg(&db)
+        let o = serve_command(&db)
+            .args([flag, "0"])
             .env_remove("PYTEST_MCP_RETAIN_SESSIONS")
             .env_remove("PYTEST_MCP_RETAIN_DAYS")
             .output()

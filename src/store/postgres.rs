@@ -311,30 +311,38 @@ async fn write_session(shared: Arc<Shared>, id: Uuid) {
             }
             continue;
         }
-        // Consecutive batches of one stream, in order: one transaction.
-        let all: Vec<NewOutcome> = group
+        // Consecutive batches of one stream, in order: one transaction. The
+        // outcomes move into one run and back out if it is refused.
+        let mut group = group;
+        let lengths: Vec<usize> = group.iter().map(|q| q.outcomes.len()).collect();
+        let lasts: Vec<u64> = group
             .iter()
-            .flat_map(|q| q.outcomes.iter().cloned())
+            .map(|q| q.outcomes.iter().map(|o| o.outcome.seq).max().unwrap_or(0))
             .collect();
-        match append_once(&shared, id, Arc::new(all)).await {
+        let mut all = Vec::with_capacity(lengths.iter().sum());
+        for q in &mut group {
+            all.append(&mut q.outcomes);
+        }
+        let all = Arc::new(all);
+        match append_once(&shared, id, all.clone()).await {
             Ok(stored) => {
                 // Each batch is answered with the seqs up to its own last,
                 // all stored now: never more than the group stored, and a
                 // batch of seqs stored earlier may be answered lower than
                 // alone, which a client only takes as less acknowledged.
                 let mut upto = 0;
-                for q in group {
-                    upto = q
-                        .outcomes
-                        .iter()
-                        .map(|o| o.outcome.seq)
-                        .fold(upto, u64::max);
+                for (q, last) in group.into_iter().zip(lasts) {
+                    upto = upto.max(last);
                     let _ = q.reply.send(Ok(stored.min(upto)));
                 }
             }
             // Refused (a gap, a resent overlap, a closed session) or failed:
             // batch by batch, so each gets its own answer.
             Err(_) => {
+                let mut all = Arc::try_unwrap(all).unwrap_or_else(|shared| (*shared).clone());
+                for (q, length) in group.iter_mut().zip(&lengths).rev() {
+                    q.outcomes = all.split_off(all.len() - length);
+                }
                 for q in group {
                     let result = append_once(&shared, id, Arc::new(q.outcomes)).await;
                     let _ = q.reply.send(result);

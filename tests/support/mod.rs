@@ -318,6 +318,25 @@ pub struct Server {
     pub stderr_tail: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// `pytest-mcp serve --db DB` with both listeners on free loopback ports,
+/// so parallel tests never contend for the default ports.
+pub fn serve_command(db: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--db",
+        ])
+        .arg(db.as_ref())
+        .env_remove("PYTEST_MCP_GRPC_ADDR")
+        .env_remove("PYTEST_MCP_HTTP_ADDR");
+    command
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_pytest-mcp")
 }
@@ -332,14 +351,8 @@ impl Server {
     /// Like [`Server::start`] with extra `serve` arguments.
     pub fn start_with(db: impl AsRef<OsStr>, extra: &[&str]) -> Server {
         let db = db.as_ref();
-        let mut child = Command::new(binary())
-            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--db"])
-            .arg(db)
-            // MCP HTTP on a free port too, so parallel tests do not contend for 8765.
-            .args(["--http-addr", "127.0.0.1:0"])
+        let mut child = serve_command(db)
             .args(extra)
-            .env_remove("PYTEST_MCP_GRPC_ADDR")
-            .env_remove("PYTEST_MCP_HTTP_ADDR")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

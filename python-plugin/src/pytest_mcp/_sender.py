@@ -137,9 +137,9 @@ def _status(error) -> Tuple[str, str]:
     code = error.code() if hasattr(error, "code") else None
     name = getattr(code, "name", "UNKNOWN")
     details = (error.details() if hasattr(error, "details") else None) or ""
-    if "Connection refused" in details and "database" not in details:
-        # grpc's own text for a recorder that is not listening is three
-        # lines' worth; a recorder's own message (its database is away) is kept.
+    if details.startswith("failed to connect to all addresses") and "Connection refused" in details:
+        # grpc's own text for a recorder that is not listening is three lines'
+        # worth; a message the recorder sent (its database is away) is kept.
         details = "connection refused"
     return name, details
 

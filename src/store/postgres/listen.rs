@@ -97,32 +97,9 @@ impl Listener {
         let name = config.get_application_name().unwrap_or("pytest-mcp");
         config.application_name(format!("{name} (listen)"));
         let client = match super::tls_connector(&self.url)? {
-            Some(tls) => {
-                let (client, mut connection) = config.connect(tls).await?;
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    while let Some(Ok(m)) = messages.next().await {
-                        forward(m, &tx);
-                    }
-                });
-                client
-            }
-            None => {
-                let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    while let Some(Ok(m)) = messages.next().await {
-                        forward(m, &tx);
-                    }
-                });
-                client
-            }
+            Some(tls) => connect(&config, tls, tx).await?,
+            None => connect(&config, tokio_postgres::NoTls, tx).await?,
         };
-        drop(tx);
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         if let Some(lost) = self.lost_at.take() {
             // Listening again: announce what moved while nobody listened.
@@ -202,6 +179,27 @@ impl Listener {
         }
         Ok(())
     }
+}
+
+/// Connects, and drives the connection on a task of its own that sends
+/// every notification heard to `tx`; `tx` closes when the connection ends.
+async fn connect<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    tx: mpsc::UnboundedSender<StoreEvent>,
+) -> crate::error::Result<tokio_postgres::Client>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            forward(m, &tx);
+        }
+    });
+    Ok(client)
 }
 
 fn forward(message: AsyncMessage, tx: &mpsc::UnboundedSender<StoreEvent>) {

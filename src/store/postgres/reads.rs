@@ -17,7 +17,10 @@ use crate::store::backend::{
 };
 use crate::store::codes::{kind_code, kind_of};
 use crate::store::digest::{self, Digest};
-use crate::store::{AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, bad_cursor};
+use crate::store::{
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, decode_cursor_number,
+    decode_cursor_pair,
+};
 
 type Tx<'t> = deadpool_postgres::Transaction<'t>;
 
@@ -69,20 +72,6 @@ async fn sessions_by_pk(tx: &Tx<'_>, pks: &[i64]) -> Result<HashMap<i64, Session
     Ok(out)
 }
 
-fn decode_cursor2(text: &str, field: &str) -> Result<(i64, i64)> {
-    let (a, b) = text
-        .split_once('.')
-        .ok_or_else(|| bad_cursor(text, field))?;
-    Ok((
-        a.parse().map_err(|_| bad_cursor(text, field))?,
-        b.parse().map_err(|_| bad_cursor(text, field))?,
-    ))
-}
-
-fn decode_number(text: &str, field: &str) -> Result<u64> {
-    text.parse().map_err(|_| bad_cursor(text, field))
-}
-
 /// The grant a session was recorded under.
 pub async fn session_grant(tx: &Tx<'_>, id: Uuid) -> Result<Option<String>> {
     let stmt = tx
@@ -102,7 +91,7 @@ pub async fn list_sessions(
     cursor: Option<&str>,
 ) -> Result<Page<Session>> {
     let after = cursor
-        .map(|t| decode_cursor2(t, "page_token"))
+        .map(|t| decode_cursor_pair(t, "page_token"))
         .transpose()?;
     let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
     let (after_started, after_pk) = after.unwrap_or((i64::MAX, i64::MAX));
@@ -155,7 +144,7 @@ pub async fn list_outcomes(
 ) -> Result<(Session, Page<Outcome>)> {
     let (pk, s) = resolve(tx, session).await?;
     let after_seq = cursor
-        .map(|t| decode_number(t, "page_token"))
+        .map(|t| decode_cursor_number(t, "page_token"))
         .transpose()?
         .unwrap_or(0);
     let failures_only =
@@ -300,7 +289,7 @@ pub async fn test_history(
     cursor: Option<&str>,
 ) -> Result<Page<HistoryEntry>> {
     let offset = cursor
-        .map(|t| decode_number(t, "page_token"))
+        .map(|t| decode_cursor_number(t, "page_token"))
         .transpose()?
         .unwrap_or(0);
     let offset = usize::try_from(offset).unwrap_or(usize::MAX);

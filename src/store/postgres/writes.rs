@@ -286,14 +286,12 @@ async fn intern_tests(
             }
         }
     }
-    let mut found: HashMap<(String, String), (i64, i64)> = HashMap::new();
+    let mut found = FoundTests::new();
     if !missing.is_empty() {
         // Sorted, so that writers storing the same new tests take their
         // locks in one order and cannot deadlock.
         missing.sort_unstable();
         missing.dedup();
-        let nodeids: Vec<&str> = missing.iter().map(|m| m.0).collect();
-        let subtests: Vec<&str> = missing.iter().map(|m| m.1).collect();
         let select = tx
             .prepare_cached(
                 "SELECT t.id, t.nodeid, t.subtest, t.first_pk
@@ -301,42 +299,31 @@ async fn intern_tests(
                  JOIN tests t ON t.nodeid = u.nodeid AND t.subtest = u.subtest",
             )
             .await?;
-        for r in tx.query(&select, &[&nodeids, &subtests]).await? {
-            found.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
-        }
-        let absent: Vec<(&str, &str)> = missing
-            .iter()
-            .filter(|(n, s)| !found.contains_key(&(n.to_string(), s.to_string())))
-            .copied()
-            .collect();
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO tests (nodeid, subtest, first_pk)
+                 SELECT u.nodeid, u.subtest, $3
+                 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u (nodeid, subtest, n)
+                 ORDER BY u.n
+                 ON CONFLICT (nodeid, subtest) DO NOTHING
+                 RETURNING id, nodeid, subtest, first_pk",
+            )
+            .await?;
+        // Stored already; then the rest; then what a writer that has
+        // committed since stored meanwhile (the insert skipped those).
+        let (nodeids, subtests) = columns(&missing);
+        add_tests(&mut found, tx.query(&select, &[&nodeids, &subtests]).await?);
+        let absent = absent_from(&missing, &found);
         if !absent.is_empty() {
-            let nodeids: Vec<&str> = absent.iter().map(|m| m.0).collect();
-            let subtests: Vec<&str> = absent.iter().map(|m| m.1).collect();
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO tests (nodeid, subtest, first_pk)
-                     SELECT u.nodeid, u.subtest, $3
-                     FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u (nodeid, subtest, n)
-                     ORDER BY u.n
-                     ON CONFLICT (nodeid, subtest) DO NOTHING
-                     RETURNING id, nodeid, subtest, first_pk",
-                )
-                .await?;
-            for r in tx.query(&insert, &[&nodeids, &subtests, &pk]).await? {
-                found.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
-            }
-            // Stored meanwhile by a writer that has committed since.
-            let still: Vec<(&str, &str)> = absent
-                .iter()
-                .filter(|(n, s)| !found.contains_key(&(n.to_string(), s.to_string())))
-                .copied()
-                .collect();
+            let (nodeids, subtests) = columns(&absent);
+            add_tests(
+                &mut found,
+                tx.query(&insert, &[&nodeids, &subtests, &pk]).await?,
+            );
+            let still = absent_from(&absent, &found);
             if !still.is_empty() {
-                let nodeids: Vec<&str> = still.iter().map(|m| m.0).collect();
-                let subtests: Vec<&str> = still.iter().map(|m| m.1).collect();
-                for r in tx.query(&select, &[&nodeids, &subtests]).await? {
-                    found.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
-                }
+                let (nodeids, subtests) = columns(&still);
+                add_tests(&mut found, tx.query(&select, &[&nodeids, &subtests]).await?);
             }
         }
         for (key, &(id, first)) in &found {
@@ -371,6 +358,30 @@ async fn intern_tests(
         out.push(id);
     }
     Ok(out)
+}
+
+/// Test ids by (nodeid, subtest), with each test's `first_pk`.
+type FoundTests = HashMap<(String, String), (i64, i64)>;
+
+/// The nodeid and subtest columns of `pairs`, as two array parameters.
+fn columns<'a>(pairs: &[(&'a str, &'a str)]) -> (Vec<&'a str>, Vec<&'a str>) {
+    pairs.iter().copied().unzip()
+}
+
+/// The pairs `found` does not hold yet.
+fn absent_from<'a>(pairs: &[(&'a str, &'a str)], found: &FoundTests) -> Vec<(&'a str, &'a str)> {
+    pairs
+        .iter()
+        .filter(|(n, s)| !found.contains_key(&(n.to_string(), s.to_string())))
+        .copied()
+        .collect()
+}
+
+/// Adds rows of (id, nodeid, subtest, first_pk) to `found`.
+fn add_tests(found: &mut FoundTests, rows: Vec<tokio_postgres::Row>) {
+    for r in rows {
+        found.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
+    }
 }
 
 /// The marker-set id of each outcome (`None`: no markers).

@@ -25,7 +25,8 @@ use crate::store::backend::{
 };
 use crate::store::digest::{self, Digest};
 use crate::store::{
-    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, bad_cursor, detail,
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, decode_cursor_number,
+    decode_cursor_pair, detail,
 };
 
 /// Finds a session by reference, with its pk.
@@ -60,20 +61,6 @@ fn session_by_pk(c: &Connection, pk: i64) -> Result<Option<Session>> {
         .map(|(_, s)| s))
 }
 
-fn decode_cursor2(text: &str, field: &str) -> Result<(i64, i64)> {
-    let (a, b) = text
-        .split_once('.')
-        .ok_or_else(|| bad_cursor(text, field))?;
-    Ok((
-        a.parse().map_err(|_| bad_cursor(text, field))?,
-        b.parse().map_err(|_| bad_cursor(text, field))?,
-    ))
-}
-
-fn decode_number(text: &str, field: &str) -> Result<u64> {
-    text.parse().map_err(|_| bad_cursor(text, field))
-}
-
 fn limit_value(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
@@ -101,7 +88,7 @@ pub fn list_sessions(
     cursor: Option<&str>,
 ) -> Result<Page<Session>> {
     let after = cursor
-        .map(|t| decode_cursor2(t, "page_token"))
+        .map(|t| decode_cursor_pair(t, "page_token"))
         .transpose()?;
     let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE 1=1");
     let mut args: Vec<Value> = Vec::new();
@@ -150,7 +137,7 @@ pub fn list_outcomes(
 ) -> Result<(Session, Page<Outcome>)> {
     let (pk, s) = resolve(c, session)?;
     let after_seq = cursor
-        .map(|t| decode_number(t, "page_token"))
+        .map(|t| decode_cursor_number(t, "page_token"))
         .transpose()?
         .unwrap_or(0);
     let (lo, hi) = outcome_rowid_range(pk);
@@ -298,7 +285,7 @@ pub fn test_history(
     cursor: Option<&str>,
 ) -> Result<Page<HistoryEntry>> {
     let offset = cursor
-        .map(|t| decode_number(t, "page_token"))
+        .map(|t| decode_cursor_number(t, "page_token"))
         .transpose()?
         .unwrap_or(0);
     let (ids, _, first_pk) = tests_of(c, nodeid)?;
