@@ -13,12 +13,19 @@
 //! (or invalid params / resource not found outside tools); the rest is logged
 //! and returned opaque.
 //!
-//! The server speaks the protocol versions that have an `initialize`
-//! handshake (up to 2025-11-25): `resources/subscribe` is defined there, and
-//! every MCP client in use today negotiates one of them.
+//! One handler speaks both eras of the protocol. MCP 2026-07-28 has no
+//! handshake: each request carries its protocol version and client
+//! capabilities in `_meta`, `server/discover` describes the server, HTTP is
+//! stateless (a fresh handler per request), and live updates come through
+//! `subscriptions/listen` ([`listen`]). The handshake-era versions
+//! (2024-11-05 to 2025-11-25) negotiate with `initialize`, keep an MCP
+//! session per client, and subscribe with `resources/subscribe`. rmcp routes
+//! each request to its era; what differs here is live updates and the cache
+//! hints 2026-07-28 results carry.
 
 pub mod args;
 pub mod http;
+mod listen;
 mod prompts;
 mod resources;
 mod tools;
@@ -31,13 +38,14 @@ use std::time::Instant;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
-    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
-    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
-    ServerConfig as ServerInfo, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+    GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
+    ServerConfig as ServerInfo, SubscribeRequestParams, SubscriptionFilter, Tool,
+    UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -48,14 +56,27 @@ use crate::model::Timestamp;
 use crate::policy::{Decision, Gate};
 use crate::store::{AuditEntry, Store};
 
+pub use listen::Listeners;
+
+/// The newest protocol revision spoken; every known one before it is too.
+const NEWEST_VERSION: ProtocolVersion = ProtocolVersion::V_2026_07_28;
+
+/// How long a 2026-07-28 client may keep lists that do not depend on the
+/// data (tools, prompts, resource templates): they change only with the
+/// binary, or the policy file for tools.
+const STATIC_TTL_MS: u64 = 60_000;
+
 /// The MCP handler: every transport serves this one type. A value is made per
-/// MCP session (per HTTP session, once for stdio); it holds that session's
-/// resource subscriptions.
+/// handshake-era MCP session (per HTTP session, once for stdio), where it
+/// holds that session's resource subscriptions, and per request on stateless
+/// (2026-07-28) HTTP; what outlives a request is in the store and
+/// [`Listeners`], which every value of a server shares.
 #[derive(Clone)]
 pub struct PytestMcp {
     store: Store,
     tool_router: ToolRouter<PytestMcp>,
     subscriptions: Arc<resources::Subscriptions>,
+    listeners: Arc<Listeners>,
     shutdown: CancellationToken,
     gate: Arc<Gate>,
     transport: Transport,
@@ -67,7 +88,8 @@ pub struct PytestMcp {
 pub enum Transport {
     /// MCP on stdin/stdout: one client session per process.
     Stdio,
-    /// Streamable HTTP: one handler per `Mcp-Session-Id`.
+    /// Streamable HTTP: one handler per `Mcp-Session-Id`, or per request
+    /// on 2026-07-28.
     Http,
 }
 
@@ -81,19 +103,20 @@ impl Transport {
 }
 
 impl PytestMcp {
-    /// A handler over `store` behind `gate`; its background work stops when
-    /// `shutdown` is cancelled.
+    /// A handler over `store` behind `gate`; its background work and its
+    /// listens stop when the server's `listeners` are closed.
     pub fn new(
         store: Store,
         gate: Arc<Gate>,
         transport: Transport,
-        shutdown: CancellationToken,
+        listeners: Arc<Listeners>,
     ) -> Self {
         Self {
             store,
             tool_router: Self::tool_router(),
             subscriptions: Arc::new(resources::Subscriptions::default()),
-            shutdown,
+            shutdown: listeners.closing().clone(),
+            listeners,
             gate,
             transport,
         }
@@ -155,6 +178,14 @@ impl PytestMcp {
     }
 }
 
+/// Whether a request is on MCP 2026-07-28 or later, whose cacheable results
+/// carry `ttlMs` and `cacheScope`; handshake-era results keep their shape.
+fn cache_hinted(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .protocol_version()
+        .is_some_and(|v| v.as_str() >= NEWEST_VERSION.as_str())
+}
+
 /// A successful tool result: the view as structured content and `text` as
 /// its rendering.
 fn structured<V: Serialize>(view: &V, text: String) -> Result<CallToolResult, ErrorData> {
@@ -207,8 +238,8 @@ get_session (default latest), get_failures (tracebacks and a rerun command), \
 compare_sessions (new failures vs. the previous run), get_test_history and find_flaky_tests \
 (is it flaky?), slowest_tests. To record a run yourself: record_session_start, \
 record_test_outcome for each test, record_session_finish. Resources pytest://sessions/latest, \
-pytest://sessions/{id} and pytest://sessions/{id}/failures can be subscribed to while a run \
-is in progress.";
+pytest://sessions/{id} and pytest://sessions/{id}/failures tell of each change while a run \
+is in progress: subscribe with subscriptions/listen (MCP 2026-07-28) or resources/subscribe.";
 
 impl ServerHandler for PytestMcp {
     fn get_info(&self) -> ServerInfo {
@@ -217,6 +248,7 @@ impl ServerHandler for PytestMcp {
                 .enable_tools()
                 .enable_resources()
                 .enable_resources_subscribe()
+                .enable_resources_list_changed()
                 .enable_prompts()
                 .build(),
         )
@@ -229,9 +261,24 @@ impl ServerHandler for PytestMcp {
     }
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
-        Cow::Borrowed(ProtocolVersion::known_up_to(
-            &ProtocolVersion::LATEST_WITH_INITIALIZE,
-        ))
+        Cow::Borrowed(ProtocolVersion::known_up_to(&NEWEST_VERSION))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // A handshake-era client: tell it of new sessions from now on.
+        self.subscriptions
+            .start(&self.store, context.peer, &self.shutdown);
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(listen::accepted(requested))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        listen::run(&self.store, &self.listeners, context).await
     }
 
     async fn call_tool(
@@ -315,7 +362,7 @@ impl ServerHandler for PytestMcp {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         // A denied or hidden tool is not shown at all.
         let tools = self
@@ -324,7 +371,13 @@ impl ServerHandler for PytestMcp {
             .into_iter()
             .filter(|t| self.gate.visible(&t.name))
             .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+        let mut result = ListToolsResult::with_all_items(tools);
+        if cache_hinted(&context) {
+            // The policy decides for every caller alike.
+            result.ttl_ms = Some(STATIC_TTL_MS);
+            result.cache_scope = Some(CacheScope::Public);
+        }
+        Ok(result)
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
@@ -334,25 +387,41 @@ impl ServerHandler for PytestMcp {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        resources::list(&self.store).await
+        let mut result = resources::list(&self.store).await?;
+        if cache_hinted(&context) {
+            // It names running sessions, and a new one may start any moment.
+            result.ttl_ms = Some(0);
+            result.cache_scope = Some(CacheScope::Private);
+        }
+        Ok(result)
     }
 
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        Ok(resources::templates())
+        let mut result = resources::templates();
+        if cache_hinted(&context) {
+            result.ttl_ms = Some(STATIC_TTL_MS);
+            result.cache_scope = Some(CacheScope::Public);
+        }
+        Ok(result)
     }
 
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        resources::read(self, &request.uri).await.map(Into::into)
+        let (mut result, ttl_ms) = resources::read(self, &request.uri).await?;
+        if cache_hinted(&context) {
+            result.ttl_ms = Some(ttl_ms);
+            result.cache_scope = Some(CacheScope::Private);
+        }
+        Ok(result.into())
     }
 
     #[allow(deprecated)] // resources/subscribe is how handshake-era clients subscribe
@@ -379,9 +448,14 @@ impl ServerHandler for PytestMcp {
     async fn list_prompts(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        Ok(ListPromptsResult::with_all_items(vec![prompts::triage()]))
+        let mut result = ListPromptsResult::with_all_items(vec![prompts::triage()]);
+        if cache_hinted(&context) {
+            result.ttl_ms = Some(STATIC_TTL_MS);
+            result.cache_scope = Some(CacheScope::Public);
+        }
+        Ok(result)
     }
 
     async fn get_prompt(
@@ -400,11 +474,10 @@ pub async fn serve_stdio(
     gate: Arc<Gate>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let handler = PytestMcp::new(store, gate, Transport::Stdio, shutdown.clone());
-    let service = match handler
-        .serve_with_ct(rmcp::transport::stdio(), shutdown.child_token())
-        .await
-    {
+    let listeners = Listeners::new(shutdown.clone());
+    let stop = listeners.transport_token();
+    let handler = PytestMcp::new(store, gate, Transport::Stdio, listeners);
+    let service = match handler.serve_with_ct(rmcp::transport::stdio(), stop).await {
         Ok(service) => service,
         // Stopped (a signal) before the client initialized: not an error.
         Err(_) if shutdown.is_cancelled() => return Ok(()),

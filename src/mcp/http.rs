@@ -7,9 +7,11 @@
 //!   get 403. A request without Origin (a command-line client) is fine.
 //! - Credentials: with tokens configured, a request without a valid
 //!   `Authorization: Bearer <token>` gets 401 before anything else is read.
-//! - Sessions: at most [`HttpOptions::max_sessions`] live at once (a new one
-//!   beyond that gets 503), and a session idle for
-//!   [`HttpOptions::idle_timeout`] is closed.
+//! - Sessions (handshake-era clients): at most [`HttpOptions::max_sessions`]
+//!   live at once (a new one beyond that gets 503), and a session idle for
+//!   [`HttpOptions::idle_timeout`] is closed. MCP 2026-07-28 requests are
+//!   stateless: each is served by a fresh handler and opens no session, so
+//!   the cap does not apply to them, and GET and DELETE answer 405 there.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{PytestMcp, Transport};
+use super::{Listeners, PytestMcp, Transport};
 use crate::auth::{Grant, Refusal, Tokens};
 use crate::policy::Gate;
 use crate::store::Store;
@@ -91,14 +93,25 @@ struct Limits {
     max_sessions: usize,
 }
 
-/// Refuses a new session (a POST without `Mcp-Session-Id`) once the cap is reached.
+/// Whether a request may open a handshake-era session: a POST without
+/// `Mcp-Session-Id` that does not declare MCP 2026-07-28 or later, whose
+/// requests are stateless and open none.
+fn opens_session(request: &axum::extract::Request) -> bool {
+    let headers = request.headers();
+    let stateless = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v >= super::NEWEST_VERSION.as_str());
+    request.method() == Method::POST && !headers.contains_key("mcp-session-id") && !stateless
+}
+
+/// Refuses a new session once the cap is reached.
 async fn cap_sessions(
     State(limits): State<Limits>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let opens_session =
-        request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
+    let opens_session = opens_session(&request);
     if opens_session && limits.sessions.sessions.read().await.len() >= limits.max_sessions {
         tracing::warn!(
             max = limits.max_sessions,
@@ -189,18 +202,20 @@ pub fn router(
     if options.any_host {
         config = config.disable_allowed_hosts();
     }
+    // Every handler shares the listens; the transport stops after they have
+    // sent their final result.
+    let listeners = Listeners::new(shutdown);
     let config = config
         .with_allowed_origins(origins)
         .enforce_origin_validation()
-        .with_cancellation_token(shutdown.child_token());
-    let handler_shutdown = shutdown.clone();
+        .with_cancellation_token(listeners.transport_token());
     let service = StreamableHttpService::new(
         move || {
             Ok(PytestMcp::new(
                 store.clone(),
                 gate.clone(),
                 Transport::Http,
-                handler_shutdown.clone(),
+                listeners.clone(),
             ))
         },
         manager.clone(),

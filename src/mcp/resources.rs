@@ -8,8 +8,18 @@
 //! A subscribed client is sent `notifications/resources/updated` when the
 //! session it names changes (new outcomes, a finish; for `latest`, also a
 //! newer session), at most a few times a second: commits are coalesced for
-//! [`COALESCE`] so a fast run does not flood the client. One watcher task per
-//! MCP session serves all of its subscriptions and ends with the session.
+//! [`COALESCE`] so a fast run does not flood the client, and
+//! `notifications/resources/list_changed` when a session starts. Handshake-era
+//! clients subscribe with `resources/subscribe` ([`Subscriptions`], one
+//! watcher task per MCP session); 2026-07-28 clients with
+//! `subscriptions/listen` ([`super::listen`]). Both look with [`Changes`] and
+//! [`Watched`].
+//!
+//! Cache hints (2026-07-28): the list names running sessions and `latest`
+//! moves, so neither may be cached (`ttlMs: 0`); a closed session's resources
+//! no longer change and may be kept for [`CLOSED_TTL_MS`]; the templates are
+//! fixed for the binary. Session data is scoped `private` (it sits behind the
+//! token); the templates are the same for everyone (`public`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,7 +39,7 @@ use super::args::FailuresArgs;
 use super::{PytestMcp, protocol_error};
 use crate::error::Error;
 use crate::model::{SessionRef, SessionStatus};
-use crate::store::{SessionFilter, Store};
+use crate::store::{SessionFilter, Store, StoreEvent};
 
 const PREFIX: &str = "pytest://sessions/";
 const JSON: &str = "application/json";
@@ -45,13 +55,13 @@ const LISTED_SESSIONS: usize = 10;
 
 /// What a `pytest://` URI names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
+pub(super) enum Target {
     Session(SessionRef),
     Failures(SessionRef),
 }
 
 impl Target {
-    fn parse(uri: &str) -> Result<Target, Error> {
+    pub(super) fn parse(uri: &str) -> Result<Target, Error> {
         let bad = || {
             Error::not_found(
                 "uri",
@@ -72,7 +82,7 @@ impl Target {
         }
     }
 
-    fn session(self) -> SessionRef {
+    pub(super) fn session(self) -> SessionRef {
         match self {
             Target::Session(s) | Target::Failures(s) => s,
         }
@@ -127,15 +137,23 @@ pub(super) fn templates() -> ListResourceTemplatesResult {
     ])
 }
 
-/// Reads one resource as JSON.
-pub(super) async fn read(mcp: &PytestMcp, uri: &str) -> Result<ReadResourceResult, ErrorData> {
+/// How long a 2026-07-28 client may keep a closed session's resource: it
+/// takes no more outcomes (only `pytest-mcp pin` or pruning touch it).
+pub(super) const CLOSED_TTL_MS: u64 = 60_000;
+
+/// Reads one resource as JSON, with how long it may be cached: not at all
+/// while its session runs, or when it is `latest` (a new session moves it).
+pub(super) async fn read(
+    mcp: &PytestMcp,
+    uri: &str,
+) -> Result<(ReadResourceResult, u64), ErrorData> {
     let target = Target::parse(uri).map_err(protocol_error)?;
-    let text = match target {
+    let (text, session) = match target {
         Target::Session(s) => {
             let view = super::tools::session_detail(mcp, s)
                 .await
                 .map_err(protocol_error)?;
-            serde_json::to_string_pretty(&view)
+            (serde_json::to_string_pretty(&view), view.session)
         }
         Target::Failures(s) => {
             let args = FailuresArgs {
@@ -145,67 +163,117 @@ pub(super) async fn read(mcp: &PytestMcp, uri: &str) -> Result<ReadResourceResul
             let view = super::tools::failures(mcp, &args)
                 .await
                 .map_err(protocol_error)?;
-            serde_json::to_string_pretty(&view)
+            (serde_json::to_string_pretty(&view), view.session)
         }
-    }
-    .map_err(|e| protocol_error(Error::Internal(format!("encoding a resource: {e}"))))?;
-    Ok(ReadResourceResult::new(vec![
-        ResourceContents::text(text, uri).with_mime_type(JSON),
-    ]))
+    };
+    let text =
+        text.map_err(|e| protocol_error(Error::Internal(format!("encoding a resource: {e}"))))?;
+    let closed = session
+        .status
+        .parse::<SessionStatus>()
+        .is_ok_and(SessionStatus::is_closed);
+    let ttl_ms = if closed && target.session() != SessionRef::Latest {
+        CLOSED_TTL_MS
+    } else {
+        0
+    };
+    let result =
+        ReadResourceResult::new(vec![ResourceContents::text(text, uri).with_mime_type(JSON)]);
+    Ok((result, ttl_ms))
 }
 
-/// What a subscriber last saw of a resource's session: a change to any of
-/// these is a change to the resource.
+/// What a watcher last saw of a resource's session: a change to any of
+/// these is a change to the resource. `None`: no such session (yet, or any
+/// more).
 type Snapshot = Option<(Uuid, SessionStatus, u64)>;
 
-async fn snapshot(store: &Store, session: SessionRef) -> Result<Snapshot, Error> {
+/// The session `session` names now. With `strict`, only `latest` may be
+/// absent (subscribing to an unknown id is an error); otherwise any may.
+pub(super) async fn snapshot(
+    store: &Store,
+    session: SessionRef,
+    strict: bool,
+) -> Result<Snapshot, Error> {
     match store.get_session(session).await {
         Ok(s) => Ok(Some((s.id, s.status, s.outcomes_stored))),
-        Err(Error::NotFound { .. }) if session == SessionRef::Latest => Ok(None),
+        Err(Error::NotFound { .. }) if !strict || session == SessionRef::Latest => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// One MCP session's resource subscriptions.
-#[derive(Default)]
-pub(super) struct Subscriptions {
-    uris: Mutex<HashMap<String, Snapshot>>,
-    watching: Mutex<bool>,
+/// The newest session's id: when it changes, a session started, and the
+/// resource list (which names the latest sessions) changed.
+pub(super) async fn newest_session(store: &Store) -> Option<Uuid> {
+    match snapshot(store, SessionRef::Latest, false).await {
+        Ok(seen) => seen.map(|(id, _, _)| id),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot look at the newest session");
+            None
+        }
+    }
 }
 
-impl Subscriptions {
-    /// Adds a subscription, starting the watcher on the first one.
-    pub(super) async fn subscribe(
-        self: &Arc<Self>,
-        store: &Store,
-        uri: &str,
-        peer: Peer<RoleServer>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), ErrorData> {
-        let target = Target::parse(uri).map_err(protocol_error)?;
-        let seen = snapshot(store, target.session())
-            .await
-            .map_err(protocol_error)?;
+/// When to look at watched resources again: soon after this process commits
+/// something, and every [`POLL`] (which also catches changes written by
+/// another process sharing the database).
+pub(super) struct Changes {
+    events: broadcast::Receiver<StoreEvent>,
+    poll: tokio::time::Interval,
+}
+
+impl Changes {
+    /// Changes of `store` from now on.
+    pub(super) fn new(store: &Store) -> Self {
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            events: store.subscribe(),
+            poll,
+        }
+    }
+
+    /// Waits for the next time to look: a poll tick, or a burst of commits
+    /// that has settled for [`COALESCE`], so that a fast run does not flood
+    /// the client. False once the store has shut down.
+    pub(super) async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.poll.tick() => return true,
+            event = self.events.recv() => {
+                if matches!(event, Err(broadcast::error::RecvError::Closed)) {
+                    return false;
+                }
+            }
+        }
+        let window = tokio::time::sleep(COALESCE);
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                _ = &mut window => return true,
+                more = self.events.recv() => {
+                    if matches!(more, Err(broadcast::error::RecvError::Closed)) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Watched resource URIs and what each showed when last looked at.
+#[derive(Default)]
+pub(super) struct Watched {
+    uris: Mutex<HashMap<String, Snapshot>>,
+}
+
+impl Watched {
+    pub(super) fn add(&self, uri: &str, seen: Snapshot) {
         if let Ok(mut uris) = self.uris.lock() {
             uris.insert(uri.to_string(), seen);
         }
-        let start = match self.watching.lock() {
-            Ok(mut w) => !std::mem::replace(&mut *w, true),
-            Err(_) => false,
-        };
-        if start {
-            tokio::spawn(watch(
-                self.clone(),
-                store.clone(),
-                peer,
-                shutdown.child_token(),
-            ));
-        }
-        Ok(())
     }
 
-    /// Removes a subscription (unknown URIs are ignored).
-    pub(super) fn unsubscribe(&self, uri: &str) {
+    /// Stops watching `uri` (an unknown one is ignored).
+    pub(super) fn remove(&self, uri: &str) {
         if let Ok(mut uris) = self.uris.lock() {
             uris.remove(uri);
         }
@@ -218,78 +286,125 @@ impl Subscriptions {
             .unwrap_or_default()
     }
 
-    /// Records what `uri` shows now; true when that differs from before
-    /// (and the URI is still subscribed).
-    fn changed(&self, uri: &str, now: Snapshot) -> bool {
-        match self.uris.lock() {
-            Ok(mut uris) => match uris.get_mut(uri) {
-                Some(seen) if *seen != now => {
-                    *seen = now;
-                    true
+    /// Looks at every watched resource; returns those that changed since the
+    /// last look (and are still watched).
+    pub(super) async fn changed(&self, store: &Store) -> Vec<String> {
+        let mut changed = Vec::new();
+        for uri in self.uris() {
+            let Ok(target) = Target::parse(&uri) else {
+                continue;
+            };
+            let now = match snapshot(store, target.session(), false).await {
+                Ok(now) => now,
+                Err(e) => {
+                    tracing::debug!(error = %e, %uri, "cannot check a watched resource");
+                    continue;
                 }
-                _ => false,
-            },
-            Err(_) => false,
+            };
+            let moved = match self.uris.lock() {
+                Ok(mut uris) => match uris.get_mut(&uri) {
+                    Some(seen) if *seen != now => {
+                        *seen = now;
+                        true
+                    }
+                    _ => false,
+                },
+                Err(_) => false,
+            };
+            if moved {
+                changed.push(uri);
+            }
         }
+        changed
     }
 }
 
-/// Tells the client about changed subscriptions. It looks when this process
-/// commits something (coalesced for [`COALESCE`]) and every [`POLL`], which
-/// also catches changes written by another process sharing the database.
+/// One handshake-era MCP session's live updates: its `resources/subscribe`
+/// subscriptions, and `notifications/resources/list_changed` when a session
+/// starts. One watcher task serves them all and ends with the MCP session.
+#[derive(Default)]
+pub(super) struct Subscriptions {
+    watched: Watched,
+    watching: Mutex<bool>,
+}
+
+impl Subscriptions {
+    /// Starts the watcher unless it runs already: when the client has
+    /// initialized, or at its first subscription.
+    pub(super) fn start(
+        self: &Arc<Self>,
+        store: &Store,
+        peer: Peer<RoleServer>,
+        shutdown: &CancellationToken,
+    ) {
+        let start = match self.watching.lock() {
+            Ok(mut w) => !std::mem::replace(&mut *w, true),
+            Err(_) => false,
+        };
+        if start {
+            tokio::spawn(watch(
+                self.clone(),
+                store.clone(),
+                peer,
+                shutdown.child_token(),
+            ));
+        }
+    }
+
+    /// Adds a subscription.
+    pub(super) async fn subscribe(
+        self: &Arc<Self>,
+        store: &Store,
+        uri: &str,
+        peer: Peer<RoleServer>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ErrorData> {
+        let target = Target::parse(uri).map_err(protocol_error)?;
+        let seen = snapshot(store, target.session(), true)
+            .await
+            .map_err(protocol_error)?;
+        self.watched.add(uri, seen);
+        self.start(store, peer, shutdown);
+        Ok(())
+    }
+
+    /// Removes a subscription (unknown URIs are ignored).
+    pub(super) fn unsubscribe(&self, uri: &str) {
+        self.watched.remove(uri);
+    }
+}
+
+/// Tells a handshake-era client about changed subscriptions and new
+/// sessions until it goes away or `stop` is cancelled.
 async fn watch(
     subs: Arc<Subscriptions>,
     store: Store,
     peer: Peer<RoleServer>,
     stop: CancellationToken,
 ) {
-    let mut events = store.subscribe();
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = Changes::new(&store);
+    let mut newest = newest_session(&store).await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = poll.tick() => {}
-            event = events.recv() => {
-                if matches!(event, Err(broadcast::error::RecvError::Closed)) {
-                    return; // the store is shut down
-                }
-                // Let a burst of commits settle into one notification.
-                let window = tokio::time::sleep(COALESCE);
-                tokio::pin!(window);
-                loop {
-                    tokio::select! {
-                        _ = &mut window => break,
-                        _ = stop.cancelled() => return,
-                        more = events.recv() => {
-                            if matches!(more, Err(broadcast::error::RecvError::Closed)) {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
+            more = changes.next() => if !more { return },
         }
         if peer.is_transport_closed() {
             return; // the client is gone; its subscriptions end with it
         }
-        for uri in subs.uris() {
-            let Ok(target) = Target::parse(&uri) else {
-                continue;
-            };
-            let now = match snapshot(&store, target.session()).await {
-                Ok(now) => now,
-                Err(e) => {
-                    tracing::debug!(error = %e, %uri, "cannot check a subscribed resource");
-                    continue;
-                }
-            };
-            if subs.changed(&uri, now)
-                && peer
-                    .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
-                    .await
-                    .is_err()
+        for uri in subs.watched.changed(&store).await {
+            if peer
+                .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
+                .await
+                .is_err()
             {
+                return;
+            }
+        }
+        let now = newest_session(&store).await;
+        if now != newest {
+            newest = now;
+            if peer.notify_resource_list_changed().await.is_err() {
                 return;
             }
         }
