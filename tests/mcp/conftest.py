@@ -18,6 +18,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import textwrap
 import threading
 import uuid
 from contextlib import asynccontextmanager
@@ -27,7 +29,7 @@ from typing import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from mcp import ClientSession, StdioServerParameters
+from mcp import Client, ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -222,6 +224,104 @@ async def connect(transport: str, server: Server, message_handler=None, *, token
             async with ClientSession(read, write, message_handler=message_handler) as session:
                 await session.initialize()
                 yield session
+
+
+@asynccontextmanager
+async def client(transport: str, server: Server, mode: str, *, token: str = "",
+                 message_handler=None) -> AsyncIterator[Client]:
+    """The SDK's high-level `Client` over `transport`, negotiating as `mode`
+    says: "legacy" (initialize), "auto" (server/discover, falling back to
+    initialize) or a pinned revision such as "2026-07-28"."""
+    if transport == "http":
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with create_mcp_http_client(headers=headers) as http:
+            async with Client(streamable_http_client(server.mcp_url, http_client=http), mode=mode,
+                              message_handler=message_handler) as c:
+                yield c
+    else:
+        params = StdioServerParameters(
+            command=binary(),
+            args=["stdio", "--db", str(server.db), "--no-grpc"],
+            env={"RUST_LOG": "warn"},
+        )
+        async with Client(params, mode=mode, message_handler=message_handler) as c:
+            yield c
+
+
+MODERN = "2026-07-28"
+_UNSET = object()
+
+
+def post_jsonrpc(server: Server, method: str, params: dict, *, name: str | None = None,
+                 method_header: str | None = None, version: str = MODERN,
+                 capabilities=_UNSET, token: str = "") -> tuple[int, dict]:
+    """One stateless MCP 2026-07-28 request over plain HTTP, with the
+    per-request `_meta` and the `MCP-Protocol-Version` / `Mcp-Method` /
+    `Mcp-Name` headers a 2026-07-28 client sends (each can be overridden to
+    be wrong); returns the HTTP status and the JSON-RPC reply."""
+    import httpx2 as httpx
+
+    meta = {"io.modelcontextprotocol/protocolVersion": version,
+            "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"}}
+    if capabilities is not None:
+        meta["io.modelcontextprotocol/clientCapabilities"] = {} if capabilities is _UNSET else capabilities
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": version,
+               "Mcp-Method": method_header or method}
+    if name is not None:
+        headers["Mcp-Name"] = name
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}}
+    with httpx.Client(timeout=30) as http:
+        reply = http.post(server.mcp_url, headers=headers, json=body)
+    if reply.status_code == 401:
+        return 401, {}
+    for line in reply.text.splitlines():
+        data = line.removeprefix("data:").strip()
+        if data.startswith("{") and ("result" in data or "error" in data):
+            return reply.status_code, json.loads(data)
+    raise AssertionError(f"no JSON-RPC reply: {reply.status_code} {reply.text!r}")
+
+
+# A suite for a real `pytest --mcp` run: one pass, one failure, and a test
+# that holds the run open until the driving test creates the release file.
+SUITE = '''
+import os, time
+
+def test_passes():
+    assert 1 + 1 == 2
+
+def test_fails():
+    expected = 2
+    print("computing the answer")
+    answer = 1 + 2
+    assert answer == expected
+
+def test_waits_for_release():
+    # Holds the run open until the test that drives it says so.
+    release = os.environ.get("RELEASE_FILE")
+    deadline = time.monotonic() + 60
+    while release and not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)
+'''
+
+
+def start_pytest(server: Server, tmp_path: Path, release: Path | None) -> subprocess.Popen:
+    suite = tmp_path / "suite"
+    suite.mkdir(exist_ok=True)
+    (suite / "test_demo.py").write_text(textwrap.dedent(SUITE))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    if release is not None:
+        env["RELEASE_FILE"] = str(release)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--mcp",
+         "--mcp-address", server.grpc_addr, "test_demo.py"],
+        cwd=suite,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def stream_plugin_session(server: Server, outcomes: list[dict], finish: bool = True) -> str:

@@ -180,6 +180,7 @@ async def test_large_failures_are_cut_to_the_budget_and_say_how_to_page(server: 
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed")
 async def test_a_subscribed_client_is_told_while_outcomes_arrive_and_when_the_session_finishes(
     server: Server, transport: str
 ):
@@ -213,6 +214,26 @@ async def test_a_subscribed_client_is_told_while_outcomes_arrive_and_when_the_se
                                       "summary": {"total_tests": 1, "failed": 1, "exitstatus": 1}})
         await updated(uri)
         await session.unsubscribe_resource(uri)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_handshake_era_client_is_told_when_a_session_starts(server: Server, transport: str):
+    changed = anyio.Event()
+
+    async def on_message(message) -> None:
+        if isinstance(message, types.ResourceListChangedNotification):
+            changed.set()
+
+    async with connect(transport, server, message_handler=on_message) as session:
+        assert session.server_capabilities.resources.list_changed
+        before = {str(r.uri) for r in (await session.list_resources()).resources}
+        # Over HTTP the notification comes on the GET stream the SDK opens.
+        await anyio.sleep(0.5)
+        sid = stream_plugin_session(server, [], finish=False)
+        with anyio.fail_after(15):
+            await changed.wait()
+        after = {str(r.uri) for r in (await session.list_resources()).resources}
+        assert after - before == {f"pytest://sessions/{sid}"}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

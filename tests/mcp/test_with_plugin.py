@@ -19,50 +19,11 @@ import anyio
 import pytest
 from mcp import types
 
-from conftest import Server, binary, connect
+from conftest import Server, binary, connect, start_pytest
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 TRANSPORTS = ["stdio", "http"]
-
-SUITE = '''
-import os, time
-
-def test_passes():
-    assert 1 + 1 == 2
-
-def test_fails():
-    expected = 2
-    print("computing the answer")
-    answer = 1 + 2
-    assert answer == expected
-
-def test_waits_for_release():
-    # Holds the run open until the test that drives it says so.
-    release = os.environ.get("RELEASE_FILE")
-    deadline = time.monotonic() + 60
-    while release and not os.path.exists(release) and time.monotonic() < deadline:
-        time.sleep(0.05)
-'''
-
-
-def start_pytest(server: Server, tmp_path: Path, release: Path | None) -> subprocess.Popen:
-    suite = tmp_path / "suite"
-    suite.mkdir(exist_ok=True)
-    (suite / "test_demo.py").write_text(textwrap.dedent(SUITE))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    if release is not None:
-        env["RELEASE_FILE"] = str(release)
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--mcp",
-         "--mcp-address", server.grpc_addr, "test_demo.py"],
-        cwd=suite,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
 
 def structured(result: types.CallToolResult) -> dict:
     text = "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
@@ -96,6 +57,7 @@ async def test_a_plugin_run_shows_its_real_traceback_in_get_failures(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed")
 async def test_a_subscribed_agent_hears_of_a_failure_while_the_plugin_run_is_still_going(
     server: Server, tmp_path: Path, transport: str
 ):
