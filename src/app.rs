@@ -157,6 +157,8 @@ fn http_options(args: &HttpArgs, guard: &Guard) -> Option<(SocketAddr, HttpOptio
                 idle_timeout: Duration::from_secs(args.session_idle_secs.max(1)),
                 tokens: guard.tokens.clone(),
                 any_host: !args.http_addr.ip().is_loopback() && guard.tokens.is_some(),
+                ui: !args.no_ui,
+                tls: guard.tls.is_some(),
             },
         )
     })

@@ -258,9 +258,12 @@ pub struct HttpArgs {
     /// Address for MCP streamable HTTP, served at /mcp (loopback only unless tokens are configured; port 0 picks a free one).
     #[arg(long, env = "PYTEST_MCP_HTTP_ADDR", default_value = "127.0.0.1:8765")]
     pub http_addr: SocketAddr,
-    /// Do not serve MCP over HTTP.
+    /// Do not serve MCP over HTTP (nor the web pages, which share its listener).
     #[arg(long, env = "PYTEST_MCP_NO_HTTP")]
     pub no_http: bool,
+    /// Do not serve the web pages at / on the HTTP listener (MCP stays at /mcp).
+    #[arg(long, env = "PYTEST_MCP_NO_UI")]
+    pub no_ui: bool,
     /// A browser origin allowed to call the MCP endpoint besides loopback ones, as scheme://host:port (repeatable).
     #[arg(long = "allow-origin", env = "PYTEST_MCP_ALLOW_ORIGIN", value_delimiter = ',', value_name = "ORIGIN", value_parser = parse_origin)]
     pub allow_origins: Vec<String>,

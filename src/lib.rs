@@ -18,3 +18,4 @@ pub mod spool;
 pub mod store;
 pub mod tls;
 pub mod watch;
+pub mod web;

@@ -57,6 +57,10 @@ pub struct HttpOptions {
     /// Serve any `Host`: for a non-loopback listener, which only runs with
     /// tokens. DNS rebinding gains a page nothing without the token.
     pub any_host: bool,
+    /// Serve the web pages ([`crate::web`]) at `/` beside MCP.
+    pub ui: bool,
+    /// The listener is HTTPS (the pages' cookie is then `Secure`).
+    pub tls: bool,
 }
 
 impl Default for HttpOptions {
@@ -67,6 +71,8 @@ impl Default for HttpOptions {
             idle_timeout: Duration::from_secs(600),
             tokens: None,
             any_host: false,
+            ui: true,
+            tls: false,
         }
     }
 }
@@ -202,6 +208,7 @@ pub fn router(
     if options.any_host {
         config = config.disable_allowed_hosts();
     }
+    let (web_store, web_shutdown) = (store.clone(), shutdown.clone());
     // Every handler shares the listens; the transport stops after they have
     // sent their final result.
     let listeners = Listeners::new(shutdown);
@@ -225,7 +232,7 @@ pub fn router(
         sessions: manager,
         max_sessions: options.max_sessions.max(1),
     };
-    axum::Router::new()
+    let mcp = axum::Router::new()
         .route_service(PATH, service)
         .layer(axum::middleware::from_fn(close_with_no_content))
         .layer(axum::middleware::from_fn_with_state(limits, cap_sessions))
@@ -233,7 +240,22 @@ pub fn router(
         .layer(axum::middleware::from_fn_with_state(
             options.tokens.clone(),
             authenticate,
-        ))
+        ));
+    if !options.ui {
+        return mcp;
+    }
+    // The pages have their own guard (a login form and a cookie besides the
+    // header); both share the listener, its Host rules and its TLS.
+    mcp.merge(crate::web::router(
+        web_store,
+        crate::web::WebOptions {
+            tokens: options.tokens.clone(),
+            any_host: options.any_host,
+            allowed_origins: options.allowed_origins.clone(),
+            secure_cookie: options.tls,
+        },
+        web_shutdown,
+    ))
 }
 
 /// The listener MCP HTTP is served on.

@@ -1,0 +1,835 @@
+//! The web pages for people, served by `serve` at `/` on the MCP HTTP
+//! listener (`--no-ui` turns them off): sessions, one session (live while
+//! it runs), one test's history, flaky tests, and two sessions compared.
+//!
+//! Server-rendered HTML ([`pages`], from the same view structs MCP answers
+//! with); one stylesheet and one small script embedded in the binary; no
+//! inline script or style, so every page runs under a strict
+//! Content-Security-Policy; nothing is fetched from elsewhere. The pages only
+//! read.
+//!
+//! The same rules as MCP over HTTP: loopback `Host` names only (unless the
+//! listener is public, which needs tokens), a form post only from a loopback
+//! or allowed `Origin`, and with tokens configured every page and event
+//! stream needs one: an `Authorization: Bearer` header, or the `HttpOnly`,
+//! `SameSite=Strict` cookie the login form sets.
+
+mod components;
+mod live;
+mod pages;
+
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use maud::Markup;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Tokens;
+use crate::error::Error;
+use crate::mcp::views::{
+    ComparisonView, EnvironmentView, FailureView, SessionView, SlowestView, StabilityView,
+    rerun_command,
+};
+use crate::model::{SessionRef, SessionStatus, TestOutcome};
+use crate::store::{OutcomeFilter, SessionFilter, Store, flakiness_verdict};
+use components::Cell;
+
+/// The policy every page is sent with: only this server's own script and
+/// stylesheet, no inline code, no framing, forms posting only here.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The cookie the login form sets.
+const COOKIE: &str = "pytest_mcp_token";
+
+const STYLE: &str = include_str!("web/assets/style.css");
+const SCRIPT: &str = include_str!("web/assets/app.js");
+const ICON: &str = include_str!("web/assets/icon.svg");
+
+/// Sessions across the grid and the trends; rows of the grid.
+const GRID_SESSIONS: usize = 20;
+const GRID_ROWS: usize = 50;
+const TREND_SESSIONS: usize = 60;
+
+/// Sessions per page of the list; outcomes per page of a session.
+const PAGE: usize = 50;
+const OUTCOMES_PAGE: usize = 100;
+/// Failures shown in full on a session's page.
+const FAILURES_SHOWN: usize = 100;
+/// Runs on a test's page; runs per flaky test's strip.
+const HISTORY_RUNS: usize = 100;
+const STRIP_RUNS: usize = 30;
+
+/// How the pages are guarded.
+#[derive(Clone)]
+pub struct WebOptions {
+    /// With tokens, every page needs one.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Serve any `Host` (a public listener, which has tokens).
+    pub any_host: bool,
+    /// Origins a login form may be posted from besides loopback ones.
+    pub allowed_origins: Vec<String>,
+    /// Mark the cookie `Secure` (the listener is HTTPS).
+    pub secure_cookie: bool,
+}
+
+#[derive(Clone)]
+struct Web {
+    store: Store,
+    options: Arc<WebOptions>,
+    shutdown: CancellationToken,
+}
+
+/// The pages' routes, guarded as the module says.
+pub fn router(store: Store, options: WebOptions, shutdown: CancellationToken) -> axum::Router {
+    let web = Web {
+        store,
+        options: Arc::new(options),
+        shutdown,
+    };
+    axum::Router::new()
+        .route("/", get(sessions_page))
+        .route("/events", get(list_events))
+        .route("/sessions/{id}", get(session_page))
+        .route("/sessions/{id}/events", get(session_events))
+        .route("/sessions/{id}/slowest", get(slowest_page))
+        .route("/grid", get(grid_page))
+        .route("/trends", get(trends_page))
+        .route("/tests", get(test_page))
+        .route("/flaky", get(flaky_page))
+        .route("/compare", get(compare_page))
+        .route("/login", get(login_page).post(login))
+        .route("/assets/style.css", get(style))
+        .route("/assets/app.js", get(script))
+        .route("/assets/icon.svg", get(icon))
+        .route("/favicon.ico", get(icon))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(web.clone(), guard))
+        .with_state(web)
+}
+
+/// Host and Origin rules, the token, and the headers every answer carries.
+async fn guard(
+    State(web): State<Web>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    if !web.options.any_host && !loopback_host(headers) {
+        return plain(
+            StatusCode::FORBIDDEN,
+            "forbidden: this server answers to localhost names only",
+        );
+    }
+    if request.method() == Method::POST && !origin_allowed(headers, &web.options.allowed_origins) {
+        return plain(
+            StatusCode::FORBIDDEN,
+            "forbidden: a form from another origin",
+        );
+    }
+    let path = request.uri().path();
+    let open = path.starts_with("/assets/") || path == "/login" || path == "/favicon.ico";
+    if let Some(tokens) = &web.options.tokens
+        && !open
+        && !authorized(tokens, headers)
+    {
+        let wants_page = request.method() == Method::GET
+            && !path.ends_with("/events")
+            && headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"));
+        if wants_page {
+            let next = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            return Redirect::to(&format!("/login?next={}", components::query_escape(&next)))
+                .into_response();
+        }
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, r#"Bearer realm="pytest-mcp""#)],
+            "a token is required: send Authorization: Bearer <token>, or sign in at /login\n",
+        )
+            .into_response();
+    }
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (status, format!("{text}\n")).into_response()
+}
+
+/// Whether `Host` names this machine (a DNS-rebinding page sends its own name).
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest
+            .split(']')
+            .next()
+            .map(|h| format!("[{h}]"))
+            .unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default().to_string(),
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "[::1]"
+    )
+}
+
+/// Whether a form post's `Origin` is this machine or an allowed one (a
+/// request without `Origin` is a command-line client).
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let Some((_, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let mut fake = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(rest) {
+        fake.insert(header::HOST, v);
+    }
+    loopback_host(&fake)
+        || allowed.iter().any(|a| {
+            a == origin
+                || a.strip_suffix(":*").is_some_and(|base| {
+                    origin.strip_prefix(base).is_some_and(|port| {
+                        port.is_empty()
+                            || port
+                                .strip_prefix(':')
+                                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                })
+        })
+}
+
+/// Whether the request carries a configured token, as a header or cookie.
+fn authorized(tokens: &Tokens, headers: &HeaderMap) -> bool {
+    if let Some(h) = headers.get(header::AUTHORIZATION) {
+        return tokens.check(Some(h.as_bytes())).is_ok();
+    }
+    cookie(headers, COOKIE)
+        .is_some_and(|t| tokens.check(Some(format!("Bearer {t}").as_bytes())).is_ok())
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// A page, or the error page a failure of its reads becomes.
+fn page(result: Result<Markup, Error>) -> Response {
+    match result {
+        Ok(markup) => Html(markup.into_string()).into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+fn error_page(e: Error) -> Response {
+    let (status, title) = match &e {
+        Error::InvalidArgument { .. } | Error::FailedPrecondition { .. } => {
+            (StatusCode::BAD_REQUEST, "Not a valid request")
+        }
+        Error::NotFound { .. } => (StatusCode::NOT_FOUND, "Not found"),
+        Error::Unavailable(_) | Error::ResourceExhausted(_) | Error::Conflict(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "Unavailable")
+        }
+        Error::AlreadyExists { .. }
+        | Error::Sqlite(_)
+        | Error::Postgres(_)
+        | Error::Internal(_) => {
+            tracing::error!(error = %e, "rendering a page");
+            let body = pages::error(
+                "Internal error",
+                "The server could not read this; see its log.",
+            );
+            return (StatusCode::INTERNAL_SERVER_ERROR, Html(body.into_string())).into_response();
+        }
+    };
+    (
+        status,
+        Html(pages::error(title, &e.to_string()).into_string()),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Html(pages::error("Not found", "There is no page here.").into_string()),
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    cursor: String,
+}
+
+async fn sessions_page(State(web): State<Web>, Query(q): Query<ListQuery>) -> Response {
+    page(
+        async {
+            let statuses = match q.status.trim() {
+                "" => Vec::new(),
+                s => vec![s.parse::<SessionStatus>().map_err(|_| {
+                    Error::invalid("status", format!("{s:?} is not a session status"))
+                })?],
+            };
+            let filter = SessionFilter {
+                statuses,
+                project: Some(q.project.trim().to_string()).filter(|p| !p.is_empty()),
+            };
+            let cursor = Some(q.cursor.clone()).filter(|c| !c.is_empty());
+            let found = web.store.list_sessions(filter, PAGE, cursor).await?;
+            Ok(pages::sessions(&pages::SessionsPage {
+                sessions: found.items.iter().map(SessionView::from).collect(),
+                project: q.project.clone(),
+                status: q.status.clone(),
+                next: found.next,
+            }))
+        }
+        .await,
+    )
+}
+
+async fn list_events(State(web): State<Web>) -> live::Events {
+    live::changes(web.store.clone(), web.shutdown.clone())
+}
+
+#[derive(Deserialize, Default)]
+struct SessionQuery {
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    cursor: String,
+}
+
+async fn session_page(
+    State(web): State<Web>,
+    Path(id): Path<String>,
+    Query(q): Query<SessionQuery>,
+) -> Response {
+    page(
+        async {
+            let session = SessionRef::parse(&id, "session")?;
+            let failing = OutcomeFilter {
+                outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
+                nodeid_contains: None,
+            };
+            let (s, failures) = web
+                .store
+                .list_outcomes(session, failing, FAILURES_SHOWN, None)
+                .await?;
+            let outcomes =
+                match q.outcome.trim() {
+                    "" => Vec::new(),
+                    o => vec![o.parse::<TestOutcome>().map_err(|_| {
+                        Error::invalid("outcome", format!("{o:?} is not an outcome"))
+                    })?],
+                };
+            let filter = OutcomeFilter {
+                outcomes,
+                nodeid_contains: Some(q.q.trim().to_string()).filter(|t| !t.is_empty()),
+            };
+            let cursor = Some(q.cursor.clone()).filter(|c| !c.is_empty());
+            let (_, rows) = web
+                .store
+                .list_outcomes(SessionRef::Id(s.id), filter, OUTCOMES_PAGE, cursor)
+                .await?;
+            let grant = web.store.session_grant(s.id).await.unwrap_or(None);
+            let failures: Vec<FailureView> = failures
+                .items
+                .iter()
+                .map(|o| FailureView::new(o, live::TRACEBACK_BYTES))
+                .collect();
+            let rerun_all = if failures.is_empty() {
+                String::new()
+            } else {
+                rerun_command(failures.iter().map(|f| f.nodeid.as_str()))
+            };
+            Ok(pages::session(&pages::SessionPage {
+                session: SessionView::from(&s),
+                environment: EnvironmentView::from(&s.environment),
+                grant,
+                more_failures: failures.len() >= FAILURES_SHOWN,
+                failures,
+                rerun_all,
+                outcomes: rows
+                    .items
+                    .iter()
+                    .map(|o| pages::OutcomeRow {
+                        seq: o.seq,
+                        nodeid: o.nodeid.clone(),
+                        subtest: o.subtest.clone(),
+                        outcome: o.outcome.to_string(),
+                        duration: o.duration,
+                        message: o.message.clone(),
+                    })
+                    .collect(),
+                outcome_filter: q.outcome.clone(),
+                search: q.q.clone(),
+                next: rows.next,
+            }))
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct EventsQuery {
+    #[serde(default)]
+    after: Option<u64>,
+}
+
+async fn session_events(
+    State(web): State<Web>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let s = match SessionRef::parse(&id, "session") {
+        Ok(r) => match web.store.get_session(r).await {
+            Ok(s) => s,
+            Err(e) => return error_page(e),
+        },
+        Err(e) => return error_page(e),
+    };
+    // A reconnecting browser says what it has; the first connection, the page.
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(q.after)
+        .unwrap_or(0);
+    live::session(web.store.clone(), s.id, after, web.shutdown.clone()).into_response()
+}
+
+#[derive(Deserialize, Default)]
+struct TestQuery {
+    #[serde(default)]
+    nodeid: String,
+}
+
+async fn test_page(State(web): State<Web>, Query(q): Query<TestQuery>) -> Response {
+    page(
+        async {
+            let nodeid = q.nodeid.trim().to_string();
+            let history = web
+                .store
+                .test_history(nodeid.clone(), HISTORY_RUNS, None)
+                .await?;
+            let stability = web
+                .store
+                .test_stability(nodeid.clone(), HISTORY_RUNS)
+                .await?;
+            let mut runs: Vec<pages::TestRun> = history
+                .items
+                .iter()
+                .map(|h| pages::TestRun {
+                    session_id: h.session.id.to_string(),
+                    started_at: h.session.started_at.to_rfc3339(),
+                    outcome: h.outcome.outcome.to_string(),
+                    duration: h.outcome.duration,
+                    subtest: h.outcome.subtest.clone(),
+                })
+                .collect();
+            runs.reverse();
+            // Distinct messages, newest first (history comes newest first).
+            let mut messages: Vec<pages::MessageSeen> = Vec::new();
+            for h in &history.items {
+                if !matches!(h.outcome.outcome, TestOutcome::Failed | TestOutcome::Error) {
+                    continue;
+                }
+                let when = h.session.started_at.to_rfc3339();
+                let text = first_line(&h.outcome.message);
+                match messages.iter_mut().find(|m| m.message == text) {
+                    Some(m) => {
+                        m.first = when;
+                        m.times += 1;
+                    }
+                    None => messages.push(pages::MessageSeen {
+                        message: text,
+                        first: when.clone(),
+                        last: when,
+                        times: 1,
+                    }),
+                }
+            }
+            Ok(pages::test(&pages::TestPage {
+                stability: StabilityView::new(&stability, flakiness_verdict(&stability)),
+                nodeid,
+                runs,
+                messages,
+            }))
+        }
+        .await,
+    )
+}
+
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or_default();
+    let mut end = line.len().min(500);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line[..end].to_string()
+}
+
+#[derive(Deserialize, Default)]
+struct FlakyQuery {
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    window: Option<usize>,
+}
+
+async fn flaky_page(State(web): State<Web>, Query(q): Query<FlakyQuery>) -> Response {
+    page(
+        async {
+            let window = q.window.unwrap_or(30).clamp(1, 1000);
+            let project = Some(q.project.trim().to_string()).filter(|p| !p.is_empty());
+            let (total, found) = web.store.flaky_tests(window, project, 100).await?;
+            let mut tests = Vec::with_capacity(found.len());
+            for f in &found {
+                let history = web
+                    .store
+                    .test_history(f.nodeid.clone(), STRIP_RUNS, None)
+                    .await?;
+                let runs = history
+                    .items
+                    .iter()
+                    .rev()
+                    .map(|h| Cell {
+                        outcome: h.outcome.outcome.to_string(),
+                        href: format!("/sessions/{}", h.session.id),
+                        title: format!(
+                            "{} {}",
+                            h.session.started_at.to_rfc3339(),
+                            h.outcome.outcome
+                        ),
+                    })
+                    .collect();
+                tests.push(pages::FlakyRow {
+                    stability: StabilityView::new(&f.stability, f.verdict),
+                    nodeid: f.nodeid.clone(),
+                    last_message: first_line(&f.last_message),
+                    runs,
+                });
+            }
+            Ok(pages::flaky(&pages::FlakyPage {
+                window: window as u64,
+                project: q.project.clone(),
+                total: total as u64,
+                tests,
+            }))
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct CompareQuery {
+    #[serde(default)]
+    base: String,
+    #[serde(default)]
+    head: String,
+}
+
+async fn compare_page(State(web): State<Web>, Query(q): Query<CompareQuery>) -> Response {
+    page(
+        async {
+            let head = match q.head.trim() {
+                "" => SessionRef::Latest,
+                h => SessionRef::parse(h, "head")?,
+            };
+            let base = match q.base.trim() {
+                "" => {
+                    let h = web.store.get_session(head).await?;
+                    let prev = web.store.previous_session(&h).await?.ok_or_else(|| {
+                        Error::not_found(
+                            "base",
+                            format!("no session of the same project started before {}", h.id),
+                        )
+                    })?;
+                    SessionRef::Id(prev.id)
+                }
+                b => SessionRef::parse(b, "base")?,
+            };
+            let c = web.store.compare_sessions(base, head, 1.5, 0.1).await?;
+            Ok(pages::compare(&ComparisonView::new(&c, 500)))
+        }
+        .await,
+    )
+}
+
+async fn slowest_page(State(web): State<Web>, Path(id): Path<String>) -> Response {
+    page(
+        async {
+            let session = SessionRef::parse(&id, "session")?;
+            let (s, outcomes) = web.store.slowest_tests(session, 100).await?;
+            Ok(pages::slowest(&SlowestView::new(&s, &outcomes)))
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct ProjectQuery {
+    #[serde(default)]
+    project: String,
+}
+
+impl ProjectQuery {
+    fn filter(&self) -> SessionFilter {
+        SessionFilter {
+            statuses: Vec::new(),
+            project: Some(self.project.trim().to_string()).filter(|p| !p.is_empty()),
+        }
+    }
+}
+
+async fn grid_page(State(web): State<Web>, Query(q): Query<ProjectQuery>) -> Response {
+    page(
+        async {
+            let mut sessions = web
+                .store
+                .list_sessions(q.filter(), GRID_SESSIONS, None)
+                .await?
+                .items;
+            sessions.reverse();
+            // The tests that failed in any of them, by how often.
+            let mut failing: Vec<(String, usize)> = Vec::new();
+            for s in &sessions {
+                let filter = OutcomeFilter {
+                    outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
+                    nodeid_contains: None,
+                };
+                let (_, page) = web
+                    .store
+                    .list_outcomes(SessionRef::Id(s.id), filter, 1000, None)
+                    .await?;
+                let mut seen = std::collections::HashSet::new();
+                for o in &page.items {
+                    if !seen.insert(o.nodeid.clone()) {
+                        continue;
+                    }
+                    match failing.iter_mut().find(|(n, _)| *n == o.nodeid) {
+                        Some((_, count)) => *count += 1,
+                        None => failing.push((o.nodeid.clone(), 1)),
+                    }
+                }
+            }
+            failing.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            failing.truncate(GRID_ROWS);
+            let mut rows = Vec::with_capacity(failing.len());
+            for (nodeid, failures) in failing {
+                let history = web
+                    .store
+                    .test_history(nodeid.clone(), GRID_SESSIONS * 4, None)
+                    .await?;
+                let cells = sessions
+                    .iter()
+                    .map(|s| {
+                        // The test's own outcome (not a subtest's); its last attempt.
+                        history
+                            .items
+                            .iter()
+                            .filter(|h| h.session.id == s.id && h.outcome.subtest.is_empty())
+                            .max_by_key(|h| h.outcome.seq)
+                            .map(|h| h.outcome.outcome.to_string())
+                    })
+                    .collect();
+                rows.push((nodeid, failures, cells));
+            }
+            Ok(pages::grid(&pages::GridPage {
+                project: q.project.clone(),
+                sessions: sessions.iter().map(SessionView::from).collect(),
+                rows,
+            }))
+        }
+        .await,
+    )
+}
+
+async fn trends_page(State(web): State<Web>, Query(q): Query<ProjectQuery>) -> Response {
+    page(
+        async {
+            let mut sessions = web
+                .store
+                .list_sessions(q.filter(), TREND_SESSIONS, None)
+                .await?
+                .items;
+            sessions.retain(|s| s.status != SessionStatus::Running);
+            sessions.reverse();
+            Ok(pages::trends(&pages::TrendsPage {
+                project: q.project.clone(),
+                sessions: sessions.iter().map(SessionView::from).collect(),
+            }))
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct LoginQuery {
+    #[serde(default)]
+    next: String,
+    #[serde(default)]
+    failed: bool,
+}
+
+async fn login_page(Query(q): Query<LoginQuery>) -> Response {
+    Html(pages::login(&safe_next(&q.next), q.failed).into_string()).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn login(State(web): State<Web>, Form(form): Form<LoginForm>) -> Response {
+    let next = safe_next(&form.next);
+    let Some(tokens) = &web.options.tokens else {
+        return Redirect::to(&next).into_response();
+    };
+    let token = form.token.trim();
+    if token.is_empty()
+        || token.contains([';', ' ', ','])
+        || tokens
+            .check(Some(format!("Bearer {token}").as_bytes()))
+            .is_err()
+    {
+        let to = format!(
+            "/login?failed=true&next={}",
+            components::query_escape(&next)
+        );
+        return Redirect::to(&to).into_response();
+    }
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{}",
+        if web.options.secure_cookie {
+            "; Secure"
+        } else {
+            ""
+        }
+    );
+    let mut response = Redirect::to(&next).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// Where to go after signing in: a path on this server only.
+fn safe_next(next: &str) -> String {
+    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+        next.to_string()
+    } else {
+        "/".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_and_origins_pass() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+            loopback_host(&m)
+        };
+        assert!(host("127.0.0.1:8765") && host("localhost") && host("[::1]:80"));
+        assert!(!host("evil.example:8765") && !host("127.0.0.1.evil.example"));
+        let origin = |o: &str, allowed: &[&str]| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+            origin_allowed(
+                &m,
+                &allowed.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert!(origin("http://127.0.0.1:8765", &[]));
+        assert!(!origin("https://evil.example", &[]));
+        assert!(origin(
+            "https://app.example:443",
+            &["https://app.example:*"]
+        ));
+        assert!(!origin(
+            "https://app.example.evil:443",
+            &["https://app.example:*"]
+        ));
+    }
+
+    #[test]
+    fn signing_in_only_ever_leads_to_a_page_of_this_server() {
+        assert_eq!(safe_next("/sessions/latest"), "/sessions/latest");
+        for bad in ["https://evil.example", "//evil.example/x", "/\\evil", ""] {
+            assert_eq!(safe_next(bad), "/", "{bad}");
+        }
+    }
+}

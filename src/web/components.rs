@@ -1,0 +1,264 @@
+//! Small pieces of markup the pages share: the layout, status badges, the
+//! outcome bar, environment chips, a history strip, a duration sparkline.
+//! Every text goes through maud, which escapes it; nothing here writes raw
+//! HTML.
+
+use std::time::{Duration, SystemTime};
+
+use maud::{DOCTYPE, Markup, html};
+
+use crate::mcp::views::{CountsView, FailureView, SessionView};
+use crate::model::Timestamp;
+
+/// A whole page: title, the navigation, then `body`.
+pub fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · pytest-mcp" }
+                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
+                link rel="stylesheet" href="/assets/style.css";
+                script src="/assets/app.js" defer {}
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "pytest-mcp" }
+                    a href="/" { "Sessions" }
+                    a href="/flaky" { "Flaky tests" }
+                    a href="/compare" { "Compare" }
+                    a href="/grid" { "Grid" }
+                    a href="/trends" { "Trends" }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// A session's status as a coloured badge (`data-field` lets the live
+/// script update it).
+pub fn status(s: &str) -> Markup {
+    html! { span.status.(s) data-field="status" { (s) } }
+}
+
+/// Proportional bar of a session's outcomes.
+pub fn bar(c: &CountsView) -> Markup {
+    let total = c.passed + c.failed + c.errors + c.skipped + c.xfailed + c.xpassed;
+    let part = |n: u64| {
+        if total == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / total as f64
+        }
+    };
+    let segments = [
+        ("passed", c.passed),
+        ("failed", c.failed),
+        ("error", c.errors),
+        ("skipped", c.skipped),
+        ("xfailed", c.xfailed),
+        ("xpassed", c.xpassed),
+    ];
+    let title = format!(
+        "{} passed, {} failed, {} errors, {} skipped, {} xfailed, {} xpassed",
+        c.passed, c.failed, c.errors, c.skipped, c.xfailed, c.xpassed
+    );
+    // (class, x, width) in percent, laid end to end.
+    let mut x = 0.0;
+    let rects: Vec<(&str, f64, f64)> = segments
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|&(class, n)| {
+            let at = x;
+            x += part(n);
+            (class, at, part(n))
+        })
+        .collect();
+    // One SVG scaled to the bar's box: widths as attributes, since the CSP
+    // allows no inline style.
+    html! {
+        svg.bar data-field="bar" viewBox="0 0 100 1" preserveAspectRatio="none" role="img" aria-label=(title) {
+            title { (title) }
+            @for (class, at, width) in rects {
+                rect.(class) x=(format!("{at:.3}")) y="0" width=(format!("{width:.3}")) height="1" {}
+            }
+        }
+    }
+}
+
+/// Pass rate of decided tests, as "97.5%", or "–" when none ran.
+pub fn pass_rate(c: &CountsView) -> String {
+    let decided = c.passed + c.failed + c.errors;
+    if decided == 0 {
+        "–".into()
+    } else {
+        format!("{:.1}%", 100.0 * c.passed as f64 / decided as f64)
+    }
+}
+
+/// "5 min ago" for an RFC 3339 time, the time itself as the tooltip.
+pub fn ago(rfc3339: &str) -> Markup {
+    let text = Timestamp::parse_rfc3339(rfc3339)
+        .and_then(|t| {
+            let then = SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(t.0).ok()?);
+            SystemTime::now().duration_since(then).ok()
+        })
+        .map(|d| human_age(d.as_secs()))
+        .unwrap_or_else(|| rfc3339.to_string());
+    html! { time datetime=(rfc3339) title=(rfc3339) { (text) } }
+}
+
+fn human_age(secs: u64) -> String {
+    match secs {
+        0..60 => "just now".into(),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..86_400 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
+/// Seconds as "1.23 s", "2 min 5 s".
+pub fn seconds(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.2} s")
+    } else {
+        let whole = s.round() as u64;
+        format!("{} min {} s", whole / 60, whole % 60)
+    }
+}
+
+/// A short commit hash.
+pub fn short_commit(c: &str) -> &str {
+    c.get(..10).unwrap_or(c)
+}
+
+/// The counts of a session as labelled figures (each updatable live).
+pub fn counts(s: &SessionView) -> Markup {
+    let c = &s.counts;
+    let figures = [
+        ("stored", "outcomes", s.outcomes_stored),
+        ("passed", "passed", c.passed),
+        ("failed", "failed", c.failed),
+        ("errors", "errors", c.errors),
+        ("skipped", "skipped", c.skipped),
+        ("xfailed", "xfailed", c.xfailed),
+        ("xpassed", "xpassed", c.xpassed),
+    ];
+    html! {
+        div.counts {
+            @for (field, label, n) in figures {
+                div { strong data-field=(field) { (n) } (label) }
+            }
+            div { strong data-field="rate" { (pass_rate(c)) } "pass rate" }
+        }
+    }
+}
+
+/// One failure: what failed, where, its message; traceback and captured
+/// output folded; a button copying the command that reruns it.
+pub fn failure(f: &FailureView) -> Markup {
+    let rerun = crate::mcp::views::rerun_command([f.nodeid.as_str()]);
+    html! {
+        article.failure.(f.outcome) id=(format!("failure-{}", f.seq)) data-seq=(f.seq) {
+            div.what {
+                span.nodeid { a href=(test_href(&f.nodeid)) { (f.nodeid) } }
+                @if let Some(sub) = &f.subtest { span.mono { (sub) } }
+                span.muted { (f.outcome) @if let Some(p) = &f.phase { " in " (p) } }
+                span.muted.mono { (f.location) }
+                @if f.attempt > 1 { span.muted { "attempt " (f.attempt) } }
+                span.muted { (seconds(f.duration)) }
+                button type="button" data-copy=(rerun) title=(rerun) { "copy rerun command" }
+            }
+            @if !f.message.is_empty() { div.message { (f.message) } }
+            @if !f.traceback.is_empty() {
+                details { summary { "traceback" } pre { (f.traceback) } }
+            }
+            @for (label, text) in [("stdout", &f.stdout), ("stderr", &f.stderr), ("log", &f.log)] {
+                @if !text.is_empty() {
+                    details { summary { "captured " (label) } pre { (text) } }
+                }
+            }
+            @if !f.user_properties.is_empty() {
+                ul.chips {
+                    @for p in &f.user_properties { li { b { (p.name) } " " (p.value) } }
+                }
+            }
+        }
+    }
+}
+
+/// The link to a test's page.
+pub fn test_href(nodeid: &str) -> String {
+    format!("/tests?nodeid={}", query_escape(nodeid))
+}
+
+/// Escapes a value for a URL query (every byte outside the unreserved set).
+pub fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// One cell of a history strip.
+pub struct Cell {
+    /// The outcome's CSS class (passed, failed, …).
+    pub outcome: String,
+    /// Where the cell links (the session).
+    pub href: String,
+    /// Its tooltip.
+    pub title: String,
+}
+
+/// A strip of coloured cells, oldest left, newest right.
+pub fn strip(cells: &[Cell]) -> Markup {
+    html! {
+        span.strip role="list" {
+            @for c in cells {
+                a.(c.outcome) role="listitem" href=(c.href) title=(c.title) aria-label=(c.title) {}
+            }
+        }
+    }
+}
+
+/// A sparkline of durations (oldest left), scaled to the slowest.
+pub fn sparkline(durations: &[f64]) -> Markup {
+    let (w, h) = (160.0, 28.0);
+    let max = durations.iter().copied().fold(0.0_f64, f64::max);
+    if durations.len() < 2 || max <= 0.0 {
+        return html! {};
+    }
+    let step = w / (durations.len() - 1) as f64;
+    let points: Vec<String> = durations
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            format!(
+                "{:.1},{:.1}",
+                i as f64 * step,
+                h - 2.0 - (h - 4.0) * d / max
+            )
+        })
+        .collect();
+    let label = format!("durations, slowest {}", seconds(max));
+    html! {
+        svg.spark width=(w) height=(h) viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(label) {
+            title { (label) }
+            polyline points=(points.join(" ")) {}
+        }
+    }
+}
+
+/// A problem to show instead of a page's content (bad input, nothing found).
+pub fn problem(message: &str) -> Markup {
+    html! { p.problem { (message) } }
+}

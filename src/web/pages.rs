@@ -1,0 +1,636 @@
+//! The pages: each a function from a view struct to markup. The views are
+//! the read model MCP answers with ([`crate::mcp::views`]), gathered by the
+//! handlers in [`super`]; nothing here reads the store.
+
+use maud::{Markup, html};
+
+use super::components::{
+    Cell, ago, bar, counts, failure, layout, pass_rate, problem, query_escape, seconds,
+    short_commit, sparkline, status, strip, test_href,
+};
+use crate::mcp::views::{
+    ComparedTestView, ComparisonView, EnvironmentView, FailureView, SessionView, SlowestView,
+    StabilityView,
+};
+
+/// The sessions list.
+pub struct SessionsPage {
+    /// Newest first.
+    pub sessions: Vec<SessionView>,
+    /// The project filter, if any.
+    pub project: String,
+    /// The status filter, if any.
+    pub status: String,
+    /// The cursor of the next (older) page.
+    pub next: Option<String>,
+}
+
+/// Sessions, newest first, updated live.
+pub fn sessions(p: &SessionsPage) -> Markup {
+    let statuses = ["", "running", "finished", "interrupted", "incomplete"];
+    let body = html! {
+        h1 { "Sessions" }
+        form.filters method="get" action="/" {
+            label { "project " input type="text" name="project" value=(p.project); }
+            label { "status "
+                select name="status" {
+                    @for s in statuses {
+                        option value=(s) selected[s == p.status] { @if s.is_empty() { "any" } @else { (s) } }
+                    }
+                }
+            }
+            button type="submit" { "filter" }
+        }
+        // Always a table, so that the live script has one to refill.
+        table data-live-list="/events" {
+            thead { tr {
+                th { "status" } th { "started" } th { "project" } th { "branch" } th { "commit" }
+                th { "outcomes" } th.num { "passed" } th.num { "failed" } th.num { "errors" }
+                th.num { "skipped" } th.num { "pass rate" } th.num { "duration" }
+            } }
+            tbody {
+                @if p.sessions.is_empty() {
+                    tr { td.empty colspan="12" { "No sessions recorded yet. Run " code { "pytest --mcp" } "." } }
+                }
+                @for s in &p.sessions {
+                    tr {
+                        td { a href=(format!("/sessions/{}", s.id)) { (status(&s.status)) } }
+                        td { a href=(format!("/sessions/{}", s.id)) { (ago(&s.started_at)) } }
+                        td { (s.project.as_deref().unwrap_or("")) }
+                        td { (s.git_branch.as_deref().unwrap_or("")) }
+                        td.mono { (short_commit(s.git_commit.as_deref().unwrap_or(""))) }
+                        td { (bar(&s.counts)) }
+                        td.num { (s.counts.passed) }
+                        td.num { (s.counts.failed) }
+                        td.num { (s.counts.errors) }
+                        td.num { (s.counts.skipped) }
+                        td.num { (pass_rate(&s.counts)) }
+                        td.num { @if let Some(d) = s.duration { (seconds(d)) } }
+                    }
+                }
+            }
+        }
+        @if let Some(next) = &p.next {
+            div.pager {
+                a.button href=(format!("/?project={}&status={}&cursor={}", query_escape(&p.project), query_escape(&p.status), query_escape(next))) { "older sessions →" }
+            }
+        }
+    };
+    layout("Sessions", body)
+}
+
+/// One outcome row of a session's table.
+pub struct OutcomeRow {
+    /// Its seq.
+    pub seq: u64,
+    /// pytest node id.
+    pub nodeid: String,
+    /// Subtest label, if any.
+    pub subtest: String,
+    /// The outcome.
+    pub outcome: String,
+    /// Seconds.
+    pub duration: f64,
+    /// One-line message.
+    pub message: String,
+}
+
+/// One session.
+pub struct SessionPage {
+    /// The session.
+    pub session: SessionView,
+    /// Where it ran.
+    pub environment: EnvironmentView,
+    /// Who recorded it (the token's grant), when known.
+    pub grant: Option<String>,
+    /// Its failures and errors, in the order they happened.
+    pub failures: Vec<FailureView>,
+    /// Failures beyond those shown.
+    pub more_failures: bool,
+    /// The command rerunning every failure shown.
+    pub rerun_all: String,
+    /// The page of outcomes asked for.
+    pub outcomes: Vec<OutcomeRow>,
+    /// The outcome filter.
+    pub outcome_filter: String,
+    /// The nodeid search.
+    pub search: String,
+    /// The next page's cursor.
+    pub next: Option<String>,
+}
+
+/// One session: environment, summary, failures first, then every outcome.
+pub fn session(p: &SessionPage) -> Markup {
+    let s = &p.session;
+    let e = &p.environment;
+    let running = s.status == "running";
+    let base = format!("/sessions/{}", s.id);
+    let mut chips: Vec<(&str, String)> = Vec::new();
+    for (label, value) in [
+        ("project", s.project.clone()),
+        ("branch", s.git_branch.clone()),
+        (
+            "commit",
+            s.git_commit.as_deref().map(|c| short_commit(c).to_string()),
+        ),
+        ("CI", Some(e.ci_provider.clone())),
+        (
+            "Python",
+            Some(
+                format!("{} {}", e.python_implementation, e.python_version)
+                    .trim()
+                    .to_string(),
+            ),
+        ),
+        ("pytest", Some(e.pytest_version.clone())),
+        ("os", Some(e.os.clone())),
+        ("host", Some(e.hostname.clone())),
+        ("grant", p.grant.clone()),
+    ] {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            chips.push((label, v));
+        }
+    }
+    if let Some(dirty) = e.git_dirty {
+        chips.push((
+            "work tree",
+            if dirty {
+                "dirty".into()
+            } else {
+                "clean".into()
+            },
+        ));
+    }
+    if e.xdist_workers > 0 {
+        chips.push(("xdist workers", e.xdist_workers.to_string()));
+    }
+    let outcomes = [
+        "", "passed", "failed", "error", "skipped", "xfailed", "xpassed",
+    ];
+    let body = html! {
+        div data-live-session=[running.then(|| format!("{base}/events"))] data-after=(s.outcomes_stored) {
+            h1 { (status(&s.status)) " session " span.mono { (s.id) } }
+            p.muted {
+                a href=(format!("{base}/slowest")) { "slowest tests" } " · "
+                a href=(format!("/compare?head={}", s.id)) { "compare with the one before" } " · "
+                a href=(format!("/trends?project={}", query_escape(s.project.as_deref().unwrap_or("")))) { "trends" } " · "
+                a href=(format!("/grid?project={}", query_escape(s.project.as_deref().unwrap_or("")))) { "test grid" }
+            }
+            ul.chips {
+                @for (label, value) in &chips { li { b { (label) } " " (value) } }
+                li { b { "started" } " " (ago(&s.started_at)) }
+                @if let Some(d) = s.duration { li { b { "duration" } " " (seconds(d)) } }
+                @if let Some(x) = s.exitstatus { li { b { "exit status" } " " (x) } }
+                @if s.pinned { li { "pinned" } }
+            }
+            (bar(&s.counts))
+            (counts(s))
+            h2 { "Failures"
+                " "
+                button type="button" data-field="rerun-all" data-copy=(p.rerun_all) hidden[p.rerun_all.is_empty()] {
+                    "copy rerun command for all failures"
+                }
+            }
+            section #failures {
+                @if p.failures.is_empty() { p.empty { "No failures." } }
+                @for f in &p.failures { (failure(f)) }
+            }
+            @if p.more_failures {
+                p.muted { "More failures than shown: filter the outcomes below by " code { "failed" } "." }
+            }
+        }
+        h2 #outcomes { "Outcomes" }
+        form.filters method="get" action=(base) {
+            label { "outcome "
+                select name="outcome" {
+                    @for o in outcomes {
+                        option value=(o) selected[o == p.outcome_filter] { @if o.is_empty() { "any" } @else { (o) } }
+                    }
+                }
+            }
+            label { "nodeid contains " input type="search" name="q" value=(p.search); }
+            button type="submit" { "filter" }
+        }
+        @if p.outcomes.is_empty() {
+            p.empty { "No outcomes match." }
+        } @else {
+            table {
+                thead { tr { th.num { "#" } th { "test" } th { "outcome" } th.num { "duration" } th { "message" } } }
+                tbody {
+                    @for o in &p.outcomes {
+                        tr {
+                            td.num { (o.seq) }
+                            td.mono { a href=(test_href(&o.nodeid)) { (o.nodeid) } @if !o.subtest.is_empty() { " " (o.subtest) } }
+                            td { span.status.(o.outcome) { (o.outcome) } }
+                            td.num { (seconds(o.duration)) }
+                            td { (o.message) }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(next) = &p.next {
+            div.pager {
+                a.button href=(format!("{base}?outcome={}&q={}&cursor={}#outcomes", query_escape(&p.outcome_filter), query_escape(&p.search), query_escape(next))) { "next outcomes →" }
+            }
+        }
+    };
+    layout(&format!("Session {}", short_commit(&s.id)), body)
+}
+
+/// One test's history entry.
+pub struct TestRun {
+    /// The session.
+    pub session_id: String,
+    /// When the session started.
+    pub started_at: String,
+    /// The outcome.
+    pub outcome: String,
+    /// Seconds.
+    pub duration: f64,
+    /// Its subtest label, if any.
+    pub subtest: String,
+}
+
+/// A distinct failure message of one test.
+pub struct MessageSeen {
+    /// The message.
+    pub message: String,
+    /// When it was first seen (RFC 3339).
+    pub first: String,
+    /// When it was last seen.
+    pub last: String,
+    /// In how many outcomes.
+    pub times: usize,
+}
+
+/// One test across sessions.
+pub struct TestPage {
+    /// pytest node id.
+    pub nodeid: String,
+    /// Its statistics and verdict.
+    pub stability: StabilityView,
+    /// Oldest first.
+    pub runs: Vec<TestRun>,
+    /// Its distinct failure messages, newest first.
+    pub messages: Vec<MessageSeen>,
+}
+
+/// One test: a strip of its runs, durations, verdict and failure messages.
+pub fn test(p: &TestPage) -> Markup {
+    let cells: Vec<Cell> = p
+        .runs
+        .iter()
+        .map(|r| Cell {
+            outcome: r.outcome.clone(),
+            href: format!("/sessions/{}", r.session_id),
+            title: format!(
+                "{} {} {}{}",
+                r.started_at,
+                r.outcome,
+                seconds(r.duration),
+                if r.subtest.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", r.subtest)
+                }
+            ),
+        })
+        .collect();
+    let durations: Vec<f64> = p
+        .runs
+        .iter()
+        .filter(|r| r.subtest.is_empty())
+        .map(|r| r.duration)
+        .collect();
+    let st = &p.stability;
+    let body = html! {
+        h1.mono { (p.nodeid) }
+        p { span.verdict.(st.verdict) { (st.verdict) } " · " (st.runs) " runs, " (st.passed) " passed, "
+            (st.failed) " failed, " (st.flips) " flips" }
+        @if p.runs.is_empty() {
+            (problem("No runs of this test are recorded."))
+        } @else {
+            h2 { "History " span.muted { "(oldest left, newest right)" } }
+            p { (strip(&cells)) }
+            h2 { "Duration" }
+            p { (sparkline(&durations)) }
+        }
+        h2 { "Failure messages" }
+        @if p.messages.is_empty() { p.empty { "It has not failed in these runs." } }
+        @else {
+            table {
+                thead { tr { th { "message" } th.num { "times" } th { "first seen" } th { "last seen" } } }
+                tbody {
+                    @for m in &p.messages {
+                        tr { td.mono { (m.message) } td.num { (m.times) } td { (ago(&m.first)) } td { (ago(&m.last)) } }
+                    }
+                }
+            }
+        }
+    };
+    layout(&p.nodeid, body)
+}
+
+/// One flaky test with its recent runs.
+pub struct FlakyRow {
+    /// Statistics and verdict.
+    pub stability: StabilityView,
+    /// pytest node id.
+    pub nodeid: String,
+    /// Its newest failure message.
+    pub last_message: String,
+    /// Its recent runs, oldest first.
+    pub runs: Vec<Cell>,
+}
+
+/// The flaky tests page.
+pub struct FlakyPage {
+    /// Sessions looked at.
+    pub window: u64,
+    /// The project filter.
+    pub project: String,
+    /// Flaky tests found in all.
+    pub total: u64,
+    /// The flakiest first.
+    pub tests: Vec<FlakyRow>,
+}
+
+/// Flaky tests: a sortable table, each with its strip.
+pub fn flaky(p: &FlakyPage) -> Markup {
+    let body = html! {
+        h1 { "Flaky tests" }
+        form.filters method="get" action="/flaky" {
+            label { "project " input type="text" name="project" value=(p.project); }
+            label { "sessions " input type="number" name="window" min="1" max="1000" value=(p.window); }
+            button type="submit" { "look" }
+        }
+        p.muted { (p.total) " flaky tests in the last " (p.window) " sessions: passed and failed on the same commit or in the same session, or flipped often." }
+        @if p.tests.is_empty() { p.empty { "No flaky tests." } }
+        @else {
+            table {
+                thead { tr {
+                    th data-sort="text" { "test" } th data-sort="number" class="num" { "runs" }
+                    th data-sort="number" class="num" { "failed" } th data-sort="number" class="num" { "flips" }
+                    th data-sort="number" class="num" { "same-commit" } th { "recent runs" } th { "last failure" }
+                } }
+                tbody {
+                    @for t in &p.tests {
+                        tr {
+                            td.mono { a href=(test_href(&t.nodeid)) { (t.nodeid) } }
+                            td.num { (t.stability.runs) } td.num { (t.stability.failed) }
+                            td.num { (t.stability.flips) } td.num { (t.stability.mixed_commits) }
+                            td { (strip(&t.runs)) }
+                            td { (t.last_message) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout("Flaky tests", body)
+}
+
+/// Two sessions compared.
+pub fn compare(c: &ComparisonView) -> Markup {
+    let list = |title: &str, tests: &[ComparedTestView]| {
+        html! {
+            h2 { (title) " " span.muted { "(" (tests.len()) ")" } }
+            @if tests.is_empty() { p.empty { "None." } }
+            @else {
+                table {
+                    thead { tr { th { "test" } th { "base" } th { "head" } th { "message" } } }
+                    tbody {
+                        @for t in tests {
+                            tr {
+                                td.mono { a href=(test_href(&t.nodeid)) { (t.nodeid) } @if let Some(s) = &t.subtest { " " (s) } }
+                                td { (t.base.as_deref().unwrap_or("–")) }
+                                td { (t.head.as_deref().unwrap_or("–")) }
+                                td { (t.message) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let names = |title: &str, tests: &[String]| {
+        html! {
+            h2 { (title) " " span.muted { "(" (tests.len()) ")" } }
+            @if tests.is_empty() { p.empty { "None." } }
+            @else { ul { @for t in tests { li.mono { a href=(test_href(t)) { (t) } } } } }
+        }
+    };
+    let body = html! {
+        h1 { "Compare sessions" }
+        form.filters method="get" action="/compare" {
+            label { "base " input type="text" name="base" value=(c.base.id) size="38"; }
+            label { "head " input type="text" name="head" value=(c.head.id) size="38"; }
+            button type="submit" { "compare" }
+        }
+        table {
+            thead { tr { th { "" } th { "session" } th { "started" } th { "outcomes" } th.num { "pass rate" } } }
+            tbody {
+                @for (label, s) in [("base", &c.base), ("head", &c.head)] {
+                    tr {
+                        td { (label) }
+                        td { a href=(format!("/sessions/{}", s.id)) { (status(&s.status)) " " span.mono { (short_commit(&s.id)) } } }
+                        td { (ago(&s.started_at)) }
+                        td { (bar(&s.counts)) }
+                        td.num { (pass_rate(&s.counts)) }
+                    }
+                }
+            }
+        }
+        (list("New failures", &c.new_failures))
+        (list("Fixed", &c.fixed))
+        (list("Still failing", &c.still_failing))
+        (names("Added", &c.added))
+        (names("Removed", &c.removed))
+        h2 { "Slower " span.muted { "(" (c.slower.len()) ")" } }
+        @if c.slower.is_empty() { p.empty { "None." } }
+        @else {
+            table {
+                thead { tr { th { "test" } th.num { "base" } th.num { "head" } } }
+                tbody { @for t in &c.slower { tr { td.mono { a href=(test_href(&t.nodeid)) { (t.nodeid) } } td.num { (seconds(t.base)) } td.num { (seconds(t.head)) } } } }
+            }
+        }
+        @if let Some(note) = &c.note { p.muted { (note) } }
+    };
+    layout("Compare", body)
+}
+
+/// Asks for the token (the pages sit behind it).
+pub fn login(next: &str, failed: bool) -> Markup {
+    let body = html! {
+        form.login method="post" action="/login" {
+            h1 { "Sign in" }
+            p.muted { "This server requires a token (the one agents and the plugin use)." }
+            @if failed { (problem("That token is not valid.")) }
+            label for="token" { "token" }
+            input #token type="password" name="token" autocomplete="current-password" required autofocus;
+            input type="hidden" name="next" value=(next);
+            button type="submit" { "sign in" }
+        }
+    };
+    layout("Sign in", body)
+}
+
+/// An error page's body.
+pub fn error(title: &str, message: &str) -> Markup {
+    layout(title, html! { h1 { (title) } (problem(message)) })
+}
+
+/// A session's slowest tests.
+pub fn slowest(v: &SlowestView) -> Markup {
+    let s = &v.session;
+    let body = html! {
+        h1 { "Slowest tests of " a href=(format!("/sessions/{}", s.id)) { "session " span.mono { (short_commit(&s.id)) } } }
+        @if v.tests.is_empty() { p.empty { "No outcomes." } }
+        @else {
+            table {
+                thead { tr { th.num { "#" } th { "test" } th { "outcome" } th.num data-sort="number" { "duration" } } }
+                tbody {
+                    @for t in &v.tests {
+                        tr {
+                            td.num { (t.seq) }
+                            td.mono { a href=(test_href(&t.nodeid)) { (t.nodeid) } @if let Some(sub) = &t.subtest { " " (sub) } }
+                            td { span.status.(t.outcome) { (t.outcome) } }
+                            td.num data-value=(t.duration) { (seconds(t.duration)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout("Slowest tests", body)
+}
+
+/// Tests × the last sessions of a project.
+pub struct GridPage {
+    /// The project shown ("" for every project).
+    pub project: String,
+    /// The sessions, oldest left.
+    pub sessions: Vec<SessionView>,
+    /// Rows, the most failing first: nodeid, failures, and a cell per session.
+    pub rows: Vec<(String, usize, Vec<Option<String>>)>,
+}
+
+/// The grid of tests × sessions.
+pub fn grid(p: &GridPage) -> Markup {
+    let body = html! {
+        h1 { "Test grid" @if !p.project.is_empty() { " · " (p.project) } }
+        form.filters method="get" action="/grid" {
+            label { "project " input type="text" name="project" value=(p.project); }
+            button type="submit" { "show" }
+        }
+        p.muted { "Tests that failed in the last " (p.sessions.len()) " sessions, the most failing first; oldest session left." }
+        @if p.rows.is_empty() { p.empty { "No failures in these sessions." } }
+        @else {
+            table.grid {
+                thead { tr {
+                    th { "test" } th.num { "failures" }
+                    @for s in &p.sessions {
+                        th { a href=(format!("/sessions/{}", s.id)) title=(s.started_at) { (status(&s.status)) } }
+                    }
+                } }
+                tbody {
+                    @for (nodeid, failures, cells) in &p.rows {
+                        tr {
+                            td.mono { a href=(test_href(nodeid)) { (nodeid) } }
+                            td.num { (failures) }
+                            @for (s, c) in p.sessions.iter().zip(cells) {
+                                @let outcome = c.as_deref().unwrap_or("none");
+                                td.cell { a.(outcome) href=(format!("/sessions/{}", s.id)) title=(format!("{} {outcome}", s.started_at)) aria-label=(outcome) {} }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout("Test grid", body)
+}
+
+/// Pass rate and duration per session of a project.
+pub struct TrendsPage {
+    /// The project ("" for every project).
+    pub project: String,
+    /// Sessions, oldest first.
+    pub sessions: Vec<SessionView>,
+}
+
+/// Trends: a project's pass rate and duration per session, as SVG.
+pub fn trends(p: &TrendsPage) -> Markup {
+    let rates: Vec<f64> = p
+        .sessions
+        .iter()
+        .map(|s| {
+            let c = &s.counts;
+            let decided = c.passed + c.failed + c.errors;
+            if decided == 0 {
+                100.0
+            } else {
+                100.0 * c.passed as f64 / decided as f64
+            }
+        })
+        .collect();
+    let durations: Vec<f64> = p
+        .sessions
+        .iter()
+        .map(|s| s.duration.unwrap_or(0.0))
+        .collect();
+    let body = html! {
+        h1 { "Trends" @if !p.project.is_empty() { " · " (p.project) } }
+        form.filters method="get" action="/trends" {
+            label { "project " input type="text" name="project" value=(p.project); }
+            button type="submit" { "show" }
+        }
+        @if p.sessions.len() < 2 { p.empty { "Trends need two sessions or more." } }
+        @else {
+            h2 { "Pass rate per session" }
+            (chart(&rates, 100.0, |v| format!("{v:.1}%"), &p.sessions))
+            h2 { "Duration per session" }
+            (chart(&durations, durations.iter().copied().fold(0.0, f64::max), seconds, &p.sessions))
+        }
+    };
+    layout("Trends", body)
+}
+
+/// A line chart with a dot per session (linking to it), oldest left.
+fn chart(
+    values: &[f64],
+    max: f64,
+    label: impl Fn(f64) -> String,
+    sessions: &[SessionView],
+) -> Markup {
+    // Room on the left for the axis labels.
+    let (w, h, pad, left) = (900.0, 180.0, 24.0, 72.0);
+    let max = if max > 0.0 { max } else { 1.0 };
+    let step = (w - left - pad) / (values.len().max(2) - 1) as f64;
+    let at = |i: usize, v: f64| (left + i as f64 * step, h - pad - (h - 2.0 * pad) * v / max);
+    let points: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let (x, y) = at(i, *v);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    html! {
+        svg.chart viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(format!("from {} to {}", label(values[0]), label(values[values.len() - 1]))) {
+            line x1=(left) y1=(h - pad) x2=(w - pad) y2=(h - pad) {}
+            text x="2" y=(pad) { (label(max)) }
+            text x="2" y=(h - pad) { (label(0.0)) }
+            polyline points=(points.join(" ")) {}
+            @for (i, (v, s)) in values.iter().zip(sessions).enumerate() {
+                @let (x, y) = at(i, *v);
+                a href=(format!("/sessions/{}", s.id)) {
+                    circle cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="3.5" {
+                        title { (s.started_at) ": " (label(*v)) }
+                    }
+                }
+            }
+        }
+    }
+}
