@@ -604,16 +604,7 @@ async fn compare_page(State(web): State<Web>, Query(q): Query<CompareQuery>) -> 
                 h => SessionRef::parse(h, "head")?,
             };
             let base = match q.base.trim() {
-                "" => {
-                    let h = web.store.get_session(head).await?;
-                    let prev = web.store.previous_session(&h).await?.ok_or_else(|| {
-                        Error::not_found(
-                            "base",
-                            format!("no session of the same project started before {}", h.id),
-                        )
-                    })?;
-                    SessionRef::Id(prev.id)
-                }
+                "" => web.store.default_base(head).await?,
                 b => SessionRef::parse(b, "base")?,
             };
             let c = web.store.compare_sessions(base, head, 1.5, 0.1).await?;

@@ -300,20 +300,7 @@ impl PytestMcp {
                 let head = session_ref(a.head.as_deref(), "head")?;
                 let base = match a.base.as_deref().filter(|b| !b.trim().is_empty()) {
                     Some(b) => SessionRef::parse(b, "base")?,
-                    None => {
-                        let h = self
-                            .store
-                            .get_session(head)
-                            .await
-                            .map_err(|e| rename(e, "head"))?;
-                        let prev = self.store.previous_session(&h).await?.ok_or_else(|| {
-                            Error::not_found(
-                                "base",
-                                format!("no session of the same project started before {}", h.id),
-                            )
-                        })?;
-                        SessionRef::Id(prev.id)
-                    }
+                    None => self.store.default_base(head).await?,
                 };
                 let min_ratio = a.min_ratio.unwrap_or(1.5);
                 let min_seconds = a.min_seconds.unwrap_or(0.1);

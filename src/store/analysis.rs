@@ -295,6 +295,22 @@ impl Store {
         self.backend().previous_session(head.clone()).await
     }
 
+    /// What `head` is compared with when no base is named: the session of
+    /// the same project started just before it (errors name `head` and `base`).
+    pub async fn default_base(&self, head: SessionRef) -> Result<SessionRef> {
+        let h = self
+            .get_session(head)
+            .await
+            .map_err(|e| rename_field(e, "head"))?;
+        let prev = self.previous_session(&h).await?.ok_or_else(|| {
+            crate::error::Error::not_found(
+                "base",
+                format!("no session of the same project started before {}", h.id),
+            )
+        })?;
+        Ok(SessionRef::Id(prev.id))
+    }
+
     /// Statistics of one test over its newest `window` pass/fail outcomes
     /// (the test's own, not its subtests').
     pub async fn test_stability(&self, nodeid: String, window: usize) -> Result<Stability> {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use maud::{DOCTYPE, Markup, html};
 
+pub use crate::commands::duration_text as seconds;
 use crate::mcp::views::{CountsView, FailureView, SessionView};
 use crate::model::Timestamp;
 
@@ -117,16 +118,6 @@ fn human_age(secs: u64) -> String {
         60..3600 => format!("{} min ago", secs / 60),
         3600..86_400 => format!("{} h ago", secs / 3600),
         _ => format!("{} days ago", secs / 86_400),
-    }
-}
-
-/// Seconds as "1.23 s", "2 min 5 s".
-pub fn seconds(s: f64) -> String {
-    if s < 60.0 {
-        format!("{s:.2} s")
-    } else {
-        let whole = s.round() as u64;
-        format!("{} min {} s", whole / 60, whole % 60)
     }
 }
 
