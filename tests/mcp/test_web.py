@@ -123,7 +123,20 @@ def test_the_pages_follow_a_real_run_while_it_is_held_open(browser, server: Serv
         page.goto(base)
         assert page.locator("tbody tr").count() == 1
         assert "finished" in page.inner_text("tbody tr")
+
+        # Two more real runs: the test's page has a cell for each of the three.
+        for _ in range(2):
+            again = start_pytest(server, tmp_path, release=release)
+            out, _ = again.communicate(timeout=60)
+            assert again.returncode == 1, out
+        page.goto(base)
+        assert page.locator("tbody tr").count() == 3
         w.shot("sessions")
+        page.goto(f"{base}tests?nodeid={urllib.request.quote('test_demo.py::test_fails')}")
+        cells = page.locator(".strip a")
+        assert cells.count() == 3
+        assert {cells.nth(i).get_attribute("class") for i in range(3)} == {"failed"}
+        assert "assert 3 == 2" in page.inner_text("main")
     finally:
         release.touch()
         if run.poll() is None:
