@@ -416,7 +416,15 @@ impl ServerHandler for PytestMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let (mut result, ttl_ms) = resources::read(self, &request.uri).await?;
+        let (mut result, ttl_ms) = resources::read(self, &request.uri)
+            .await
+            .map_err(|mut e| {
+                // Both revisions ask for the URI in a not-found error's data.
+                if e.data.is_none() && matches!(e.code.0, -32002 | -32602) {
+                    e.data = Some(serde_json::json!({ "uri": request.uri }));
+                }
+                e
+            })?;
         if cache_hinted(&context) {
             result.ttl_ms = Some(ttl_ms);
             result.cache_scope = Some(CacheScope::Private);

@@ -89,17 +89,24 @@ impl Target {
     }
 }
 
-/// The resources listed: the latest session and the most recent ones.
+/// The resources listed: the latest session and the most recent ones. With
+/// no session recorded, nothing is listed: every listed resource can be read
+/// (the templates still name `latest`, and it can be subscribed to).
 pub(super) async fn list(store: &Store) -> Result<ListResourcesResult, ErrorData> {
-    let mut out = vec![
-        Resource::new(format!("{PREFIX}latest"), "latest session")
-            .with_description("The most recently started session: status, counts, first failures")
-            .with_mime_type(JSON),
-    ];
     let page = store
         .list_sessions(SessionFilter::default(), LISTED_SESSIONS, None)
         .await
         .map_err(protocol_error)?;
+    let mut out = Vec::with_capacity(page.items.len() + 1);
+    if !page.items.is_empty() {
+        out.push(
+            Resource::new(format!("{PREFIX}latest"), "latest session")
+                .with_description(
+                    "The most recently started session: status, counts, first failures",
+                )
+                .with_mime_type(JSON),
+        );
+    }
     for s in &page.items {
         let name = format!(
             "session {} ({}{})",

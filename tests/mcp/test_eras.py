@@ -85,9 +85,11 @@ async def test_every_mode_lists_calls_reads_and_refuses_alike(
         assert "get_failurez" in err.value.message and "get_failures" in err.value.message
 
         # A missing resource: -32002 before 2026-07-28, -32602 from it on.
+        missing = f"pytest://sessions/{uuid.uuid4()}"
         with pytest.raises(MCPError) as err:
-            await c.read_resource(f"pytest://sessions/{uuid.uuid4()}")
+            await c.read_resource(missing)
         assert err.value.code == (-32002 if negotiated < "2026-07-28" else -32602)
+        assert err.value.data == {"uri": missing}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -56,7 +56,11 @@ async def test_initialize_lists_tools_resources_templates_and_prompts(server: Se
         assert "Duration in seconds" in json.dumps(outcome)
 
         resources = [str(r.uri) for r in (await session.list_resources()).resources]
-        assert "pytest://sessions/latest" in resources
+        # Nothing recorded yet: nothing to read, so nothing listed.
+        assert resources == []
+        sid = stream_plugin_session(server, [passed("tests/test_a.py::test_ok")])
+        resources = [str(r.uri) for r in (await session.list_resources()).resources]
+        assert resources == ["pytest://sessions/latest", f"pytest://sessions/{sid}"]
         templates = {t.uri_template for t in (await session.list_resource_templates()).resource_templates}
         assert templates == {"pytest://sessions/{id}", "pytest://sessions/{id}/failures"}
         prompts = (await session.list_prompts()).prompts
@@ -233,7 +237,7 @@ async def test_a_handshake_era_client_is_told_when_a_session_starts(server: Serv
         with anyio.fail_after(15):
             await changed.wait()
         after = {str(r.uri) for r in (await session.list_resources()).resources}
-        assert after - before == {f"pytest://sessions/{sid}"}
+        assert after - before == {"pytest://sessions/latest", f"pytest://sessions/{sid}"}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
