@@ -234,7 +234,8 @@ fn protocol_error(e: Error) -> ErrorData {
 }
 
 const INSTRUCTIONS: &str = "pytest-mcp records pytest runs. To find out what happened: \
-get_session (default latest), get_failures (tracebacks and a rerun command), \
+get_session (default latest), get_failure_clusters (many failures grouped by cause: start \
+there when many tests fail), get_failures (tracebacks and a rerun command), \
 compare_sessions (new failures vs. the previous run), get_test_history and find_flaky_tests \
 (is it flaky?), slowest_tests. To record a run yourself: record_session_start, \
 record_test_outcome for each test, record_session_finish. Resources pytest://sessions/latest, \
@@ -416,15 +417,13 @@ impl ServerHandler for PytestMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let (mut result, ttl_ms) = resources::read(self, &request.uri)
-            .await
-            .map_err(|mut e| {
-                // Both revisions ask for the URI in a not-found error's data.
-                if e.data.is_none() && matches!(e.code.0, -32002 | -32602) {
-                    e.data = Some(serde_json::json!({ "uri": request.uri }));
-                }
-                e
-            })?;
+        let (mut result, ttl_ms) = resources::read(self, &request.uri).await.map_err(|mut e| {
+            // Both revisions ask for the URI in a not-found error's data.
+            if e.data.is_none() && matches!(e.code.0, -32002 | -32602) {
+                e.data = Some(serde_json::json!({ "uri": request.uri }));
+            }
+            e
+        })?;
         if cache_hinted(&context) {
             result.ttl_ms = Some(ttl_ms);
             result.cache_scope = Some(CacheScope::Private);

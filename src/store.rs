@@ -21,6 +21,7 @@ mod budget;
 pub mod codes;
 pub mod detail;
 pub mod digest;
+pub mod fingerprint;
 pub mod location;
 pub mod postgres;
 pub mod retention;

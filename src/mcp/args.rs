@@ -325,6 +325,24 @@ pub struct FailuresArgs {
     pub traceback_bytes: Option<u32>,
 }
 
+/// Arguments of `get_failure_clusters`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct ClustersArgs {
+    /// A session id, or `latest` (the default).
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Clusters to return, largest first (default 20, at most 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Nodeids named per cluster (default 10, at most 100); the count says how many in all.
+    #[serde(default)]
+    pub tests_per_cluster: Option<u32>,
+    /// Bytes of each cluster's representative traceback, keeping its end
+    /// (default 2000, at most 16000).
+    #[serde(default)]
+    pub traceback_bytes: Option<u32>,
+}
+
 /// Arguments of `get_test_history`.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct HistoryArgs {

@@ -8,19 +8,24 @@ use rmcp::{ErrorData, RoleServer, tool, tool_router};
 use uuid::Uuid;
 
 use super::args::{
-    CompareArgs, FailuresArgs, FlakyArgs, HistoryArgs, ListSessionsArgs, Parameters, SessionArgs,
-    SessionFinishArgs, SessionStartArgs, SlowestArgs, TestOutcomeArgs, page, session_id,
-    session_ref,
+    ClustersArgs, CompareArgs, FailuresArgs, FlakyArgs, HistoryArgs, ListSessionsArgs, Parameters,
+    SessionArgs, SessionFinishArgs, SessionStartArgs, SlowestArgs, TestOutcomeArgs, page,
+    session_id, session_ref,
 };
 use super::views::{
-    self, ComparisonView, FailureBrief, FailureView, FailuresView, FlakyTestView, FlakyView,
-    HistoryEntryView, HistoryView, OutcomeRecordedView, SessionDetailView, SessionFinishedView,
-    SessionListView, SessionStartedView, SessionView, SlowestView, StabilityView, fit_budget,
+    self, ClusterView, ClustersView, ComparisonView, FailureBrief, FailureView, FailuresView,
+    FlakyTestView, FlakyView, HistoryEntryView, HistoryView, OutcomeRecordedView,
+    SessionDetailView, SessionFinishedView, SessionListView, SessionStartedView, SessionView,
+    SlowestView, StabilityView, fit_budget,
 };
 use super::{PytestMcp, structured, tool_failure};
 use crate::error::{Error, Result};
 use crate::model::{SessionRef, Source, Summary, TestOutcome};
+use crate::store::fingerprint::Fingerprint;
 use crate::store::{OutcomeFilter, SessionFilter, flakiness_verdict};
+
+/// Most failures of one session that `get_failure_clusters` reads.
+const CLUSTER_FAILURES_MAX: usize = 20_000;
 
 type ToolResult = std::result::Result<CallToolResult, ErrorData>;
 
@@ -205,6 +210,24 @@ impl PytestMcp {
         answer(
             async {
                 let view = failures(self, &a).await?;
+                done(&view, view.render())
+            }
+            .await,
+        )
+    }
+
+    /// A session's failures grouped by cause, largest cluster first: each
+    /// cause (exception type, innermost frame in the project's code, and the
+    /// message with ports, ids, paths and numbers masked) with the tests it
+    /// broke and one representative traceback. Start here when many tests fail.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<ClustersView>()
+    )]
+    async fn get_failure_clusters(&self, Parameters(a): Parameters<ClustersArgs>) -> ToolResult {
+        answer(
+            async {
+                let view = clusters(self, &a).await?;
                 done(&view, view.render())
             }
             .await,
@@ -417,6 +440,90 @@ pub(super) async fn session_detail(
             })
             .collect(),
     })
+}
+
+/// `get_failure_clusters`' answer.
+async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<ClustersView> {
+    let session = session_ref(a.session.as_deref(), "session")?;
+    let limit = page(a.limit, 20, 100);
+    let per_cluster = page(a.tests_per_cluster, 10, 100);
+    let traceback_bytes = page(a.traceback_bytes, 2000, 16_000);
+    let filter = OutcomeFilter {
+        outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
+        nodeid_contains: None,
+    };
+    // Every failure of the session, page by page (bounded).
+    let mut failures = Vec::new();
+    let mut cursor = None;
+    let s = loop {
+        let (s, p) = mcp
+            .store
+            .list_outcomes(session, filter.clone(), 1000, cursor)
+            .await
+            .map_err(|e| rename(e, "session"))?;
+        failures.extend(p.items);
+        match p.next {
+            Some(next) if failures.len() < CLUSTER_FAILURES_MAX => cursor = Some(next),
+            _ => break s,
+        }
+    };
+    struct Group {
+        fingerprint: Fingerprint,
+        first: usize,
+        failures: u64,
+        tests: Vec<String>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    let mut by_key: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, o) in failures.iter().enumerate() {
+        let fingerprint = Fingerprint::of(o);
+        let at = *by_key.entry(fingerprint.key()).or_insert_with(|| {
+            groups.push(Group {
+                fingerprint,
+                first: i,
+                failures: 0,
+                tests: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        let g = &mut groups[at];
+        g.failures += 1;
+        if !g.tests.contains(&o.nodeid) {
+            g.tests.push(o.nodeid.clone());
+        }
+    }
+    // Largest first; among equals, the one that failed first.
+    groups.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.first.cmp(&b.first)));
+    let clusters_total = groups.len() as u64;
+    let mut view = ClustersView {
+        session: (&s).into(),
+        failures: failures.len() as u64,
+        clusters_total,
+        truncated: groups.len() > limit,
+        clusters: groups
+            .into_iter()
+            .take(limit)
+            .map(|g| {
+                let named: Vec<String> = g.tests.iter().take(per_cluster).cloned().collect();
+                ClusterView {
+                    fingerprint: g.fingerprint.key(),
+                    cause: g.fingerprint.describe(),
+                    exception: g.fingerprint.exception.clone(),
+                    frame: g.fingerprint.frame.clone(),
+                    message: g.fingerprint.message.clone(),
+                    failures: g.failures,
+                    tests_total: g.tests.len() as u64,
+                    rerun_command: views::rerun_command(named.iter().map(String::as_str)),
+                    tests: named,
+                    representative: FailureView::new(&failures[g.first], traceback_bytes),
+                }
+            })
+            .collect(),
+    };
+    if fit_budget(&mut view, |v| &mut v.clusters) > 0 {
+        view.truncated = true;
+    }
+    Ok(view)
 }
 
 /// `get_failures`' answer; shared with the failures resource and the prompt.

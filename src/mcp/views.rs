@@ -438,6 +438,81 @@ impl FailuresView {
     }
 }
 
+/// Failures that share one cause (a fingerprint: exception type, innermost
+/// project frame, normalised message).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ClusterView {
+    /// The fingerprint's stable key (16 hex digits).
+    pub fingerprint: String,
+    /// The cause in words: `Type in file::function: message`.
+    pub cause: String,
+    /// The exception type, when known.
+    pub exception: String,
+    /// The innermost frame in the project's code, as `file::function`.
+    pub frame: String,
+    /// The message with what varies between runs replaced by placeholders.
+    pub message: String,
+    /// Failing outcomes in the cluster.
+    pub failures: u64,
+    /// The tests affected, in the order they failed (at most `tests_per_cluster`).
+    pub tests: Vec<String>,
+    /// Tests affected in all.
+    pub tests_total: u64,
+    /// The first failure of the cluster, with its traceback.
+    pub representative: FailureView,
+    /// A `pytest` command rerunning the tests named.
+    pub rerun_command: String,
+}
+
+/// Answer of `get_failure_clusters`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ClustersView {
+    /// The session.
+    pub session: SessionView,
+    /// Failures and errors looked at.
+    pub failures: u64,
+    /// Clusters found in all.
+    pub clusters_total: u64,
+    /// Largest first.
+    pub clusters: Vec<ClusterView>,
+    /// Whether clusters were left off (raise `limit`) or cut to the size budget.
+    pub truncated: bool,
+}
+
+impl ClustersView {
+    /// Text rendering.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{}
+{} failures in {} clusters",
+            self.session.line(),
+            self.failures,
+            self.clusters_total
+        );
+        for c in &self.clusters {
+            let _ = write!(
+                out,
+                "
+
+{} failures, {} tests: {}
+  {}",
+                c.failures,
+                c.tests_total,
+                c.cause,
+                c.tests.join("\n  ")
+            );
+            if c.tests_total > c.tests.len() as u64 {
+                let _ = write!(
+                    out,
+                    "\n  … and {} more",
+                    c.tests_total - c.tests.len() as u64
+                );
+            }
+        }
+        budget_text(out)
+    }
+}
+
 /// Pass/fail statistics behind a verdict.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct StabilityView {

@@ -1,0 +1,455 @@
+//! Failure fingerprints: what makes two failures "the same cause".
+//!
+//! A fingerprint is three parts of a failing outcome, each made stable
+//! across runs:
+//! - the exception type (`ConnectionRefusedError`), from pytest's last
+//!   traceback line (`path:line: Type`) or else the message's prefix;
+//! - the innermost frame in the project's own code, as file and function
+//!   (no line number: an edit above it must not split a cluster), ignoring
+//!   frames in installed packages and the standard library;
+//! - the message, normalised: numbers, hex addresses, UUIDs, temporary
+//!   paths, quoted values and pytest parameter ids replaced by placeholders,
+//!   only its first line kept.
+//!
+//! Pure functions, no storage: the same input gives the same fingerprint in
+//! every process and release, and [`Fingerprint::key`] is a stable hash of it.
+
+use std::fmt::Write as _;
+
+use crate::model::Outcome;
+
+/// The cause of a failure, in a form that is the same across runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    /// The exception type, or empty when none could be read.
+    pub exception: String,
+    /// The innermost frame in the project's code, as `file::function`, or
+    /// empty when the traceback shows none.
+    pub frame: String,
+    /// The message, normalised.
+    pub message: String,
+}
+
+impl Fingerprint {
+    /// The fingerprint of a failing outcome.
+    pub fn of(o: &Outcome) -> Self {
+        let exception = exception_type(&o.longrepr, &o.message);
+        let frame = innermost_frame(&o.longrepr, &o.nodeid);
+        let message = normalise(strip_exception(first_line(&o.message), &exception));
+        Fingerprint {
+            exception,
+            frame,
+            message,
+        }
+    }
+
+    /// A stable 64-bit hash of the three parts, as 16 hex digits (FNV-1a:
+    /// the same in every build, unlike the standard library's hasher).
+    pub fn key(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in [&self.exception, &self.frame, &self.message] {
+            for b in part.bytes().chain([0xff]) {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{hash:016x}")
+    }
+
+    /// The fingerprint in words: `ConnectionRefusedError in tests/conftest.py::db: <message>`.
+    pub fn describe(&self) -> String {
+        let mut out = if self.exception.is_empty() {
+            "a failure".to_string()
+        } else {
+            self.exception.clone()
+        };
+        if !self.frame.is_empty() {
+            let _ = write!(out, " in {}", self.frame);
+        }
+        if !self.message.is_empty() {
+            let _ = write!(out, ": {}", self.message);
+        }
+        out
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+}
+
+/// Whether `s` looks like a Python exception name (`KeyError`, `requests.exceptions.Timeout`).
+fn is_exception_name(s: &str) -> bool {
+    let last = s.rsplit('.').next().unwrap_or_default();
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !part.starts_with(|c: char| c.is_ascii_digit())
+        })
+        && last.starts_with(|c: char| c.is_ascii_uppercase())
+}
+
+fn exception_type(longrepr: &str, message: &str) -> String {
+    // pytest's long traceback ends with `path:line: Type`.
+    for line in longrepr.lines().rev() {
+        let line = line.trim();
+        if let Some((_, tail)) = split_location(line)
+            && is_exception_name(tail)
+        {
+            return tail.to_string();
+        }
+        if let Some(rest) = line.strip_prefix("E ")
+            && let Some((name, _)) = rest.trim().split_once(':')
+            && is_exception_name(name)
+        {
+            return name.to_string();
+        }
+    }
+    match first_line(message).split_once(':') {
+        Some((name, _)) if is_exception_name(name.trim()) => name.trim().to_string(),
+        _ if is_exception_name(first_line(message)) => first_line(message).to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Splits pytest's `path:line: rest` location line.
+fn split_location(line: &str) -> Option<(&str, &str)> {
+    let (path_line, rest) = line.split_once(": ")?;
+    let (path, number) = path_line.rsplit_once(':')?;
+    (!path.is_empty() && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()))
+        .then_some((path, rest.trim()))
+}
+
+/// Whether a traceback path is the project's own code (relative, not an
+/// installed package or the interpreter's library).
+fn is_project_path(path: &str) -> bool {
+    !(path.starts_with('/')
+        || path.starts_with('<')
+        || path.contains(":\\")
+        || path.contains("site-packages")
+        || path.contains("dist-packages")
+        || path.contains("/lib/python"))
+}
+
+fn innermost_frame(longrepr: &str, nodeid: &str) -> String {
+    let lines: Vec<&str> = longrepr.lines().collect();
+    let mut frame = None;
+    for (i, line) in lines.iter().enumerate() {
+        let Some((path, rest)) = split_location(line.trim()) else {
+            continue;
+        };
+        if !is_project_path(path) {
+            continue;
+        }
+        let function = match rest.strip_prefix("in ") {
+            Some(f) => f.trim().to_string(),
+            // The last frame names the exception, not the function: take the
+            // nearest `def name(` above it, as pytest prints the source.
+            None => lines[..i]
+                .iter()
+                .rev()
+                .find_map(|l| {
+                    let l = l.trim_start_matches(['>', ' ']);
+                    let l = l.strip_prefix("async ").unwrap_or(l);
+                    l.strip_prefix("def ")?
+                        .split('(')
+                        .next()
+                        .map(str::to_string)
+                })
+                .unwrap_or_default(),
+        };
+        frame = Some(format!("{path}::{function}"));
+    }
+    frame.unwrap_or_else(|| {
+        // No traceback: the test itself, without its parameters.
+        let base = nodeid.split('[').next().unwrap_or(nodeid);
+        if longrepr.trim().is_empty() {
+            base.to_string()
+        } else {
+            String::new()
+        }
+    })
+}
+
+fn strip_exception<'a>(message: &'a str, exception: &str) -> &'a str {
+    if exception.is_empty() {
+        return message;
+    }
+    message
+        .strip_prefix(exception)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .map(str::trim)
+        .unwrap_or(message)
+}
+
+/// Replaces what changes from run to run by placeholders.
+pub fn normalise(message: &str) -> String {
+    let chars: Vec<char> = message.chars().collect();
+    let mut out = String::with_capacity(message.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let rest = &chars[i..];
+        if let Some(n) = uuid_len(rest) {
+            out.push_str("<uuid>");
+            i += n;
+        } else if c == '0' && matches!(rest.get(1), Some('x' | 'X')) && hex_run(&rest[2..]) > 0 {
+            out.push_str("<addr>");
+            i += 2 + hex_run(&rest[2..]);
+        } else if let Some(n) = temp_path_len(rest) {
+            out.push_str("<path>");
+            i += n;
+        } else if (c == '\'' || c == '"')
+            && let Some(n) = rest[1..].iter().position(|&q| q == c)
+        {
+            out.push(c);
+            out.push_str("<value>");
+            out.push(c);
+            i += n + 2;
+        } else if c == '['
+            && let Some(n) = rest[1..].iter().position(|&q| q == ']')
+        {
+            out.push_str("[<param>]");
+            i += n + 2;
+        } else if c.is_ascii_digit() && !prev_is_word(&chars, i) {
+            let mut n = 0;
+            while rest.get(n).is_some_and(|d| d.is_ascii_digit() || *d == '.') {
+                n += 1;
+            }
+            out.push_str("<n>");
+            i += n;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn prev_is_word(chars: &[char], i: usize) -> bool {
+    i > 0 && (chars[i - 1].is_ascii_alphabetic() || chars[i - 1] == '_')
+}
+
+fn hex_run(chars: &[char]) -> usize {
+    chars.iter().take_while(|c| c.is_ascii_hexdigit()).count()
+}
+
+/// The length of a UUID at the start of `chars` (8-4-4-4-12 hex digits).
+fn uuid_len(chars: &[char]) -> Option<usize> {
+    let groups = [8, 4, 4, 4, 12];
+    let mut at = 0;
+    for (g, len) in groups.iter().enumerate() {
+        if hex_run(&chars[at..]) < *len {
+            return None;
+        }
+        at += len;
+        if g < 4 {
+            if chars.get(at) != Some(&'-') {
+                return None;
+            }
+            at += 1;
+        }
+    }
+    (!chars.get(at).is_some_and(|c| c.is_ascii_hexdigit())).then_some(at)
+}
+
+/// The length of a temporary path at the start of `chars`, up to the next
+/// space or quote.
+fn temp_path_len(chars: &[char]) -> Option<usize> {
+    const ROOTS: &[&str] = &[
+        "/tmp/",
+        "/var/folders/",
+        "/private/var/folders/",
+        "/var/tmp/",
+    ];
+    let text: String = chars.iter().take(24).collect();
+    let windows_temp = text.len() > 3
+        && chars[1] == ':'
+        && chars[2] == '\\'
+        && chars
+            .iter()
+            .take(200)
+            .collect::<String>()
+            .to_ascii_lowercase()
+            .contains("\\temp\\");
+    if !ROOTS.iter().any(|r| text.starts_with(r)) && !windows_temp {
+        return None;
+    }
+    Some(
+        chars
+            .iter()
+            .take_while(|c| !c.is_whitespace() && !matches!(c, '\'' | '"' | ',' | ')'))
+            .count(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TestOutcome;
+
+    fn outcome(nodeid: &str, message: &str, longrepr: &str) -> Outcome {
+        Outcome {
+            seq: 1,
+            nodeid: nodeid.into(),
+            outcome: TestOutcome::Failed,
+            phase: None,
+            duration: 0.1,
+            message: message.into(),
+            longrepr: longrepr.into(),
+            stdout: String::new(),
+            stderr: String::new(),
+            log: String::new(),
+            file: String::new(),
+            line: None,
+            markers: Vec::new(),
+            worker: String::new(),
+            attempt: 1,
+            started_at: None,
+            subtest: String::new(),
+            user_properties: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn messages_are_normalised_to_what_stays_the_same_across_runs() {
+        let cases = [
+            ("assert 3 == 2", "assert <n> == <n>"),
+            ("took 12.5s, limit 10", "took <n>s, limit <n>"),
+            ("port 5433 refused", "port <n> refused"),
+            (
+                "object at 0x7f3a2b1c9d40 is gone",
+                "object at <addr> is gone",
+            ),
+            (
+                "no row 5f4a9c77-1b2c-4d3e-8f90-0a1b2c3d4e5f in users",
+                "no row <uuid> in users",
+            ),
+            (
+                "cannot open /tmp/pytest-of-ci/pytest-42/test_db0/data.db",
+                "cannot open <path>",
+            ),
+            (
+                "missing /var/folders/x1/abc/T/tmpq9z/out.json, retry",
+                "missing <path>, retry",
+            ),
+            (
+                r"missing C:\Users\ci\AppData\Local\Temp\tmp1\f.txt",
+                "missing <path>",
+            ),
+            ("KeyError 'user_42'", "KeyError '<value>'"),
+            (
+                r#"expected "abc" got "abd""#,
+                r#"expected "<value>" got "<value>""#,
+            ),
+            ("test_add[3-4-7] failed", "test_add[<param>] failed"),
+            ("  spaced   out\ttext ", "spaced out text"),
+            ("http2 and utf8 stay", "http2 and utf8 stay"),
+            ("", ""),
+        ];
+        for (given, want) in cases {
+            assert_eq!(normalise(given), want, "{given:?}");
+        }
+    }
+
+    #[test]
+    fn failures_of_one_broken_fixture_share_a_fingerprint_whatever_the_port_and_path() {
+        let longrepr = |port: u16, tmp: &str| {
+            format!(
+                "    @pytest.fixture\n    def db(tmp_path):\n>       return connect(port={port}, dir=tmp_path)\n\n\
+                 tests/conftest.py:14: in db\n    return connect(port={port}, dir=tmp_path)\n\
+                 /usr/lib/python3.12/socket.py:852: in create_connection\n    raise err\n\
+                 E   ConnectionRefusedError: [Errno 111] Connection refused: 127.0.0.1:{port} ({tmp})\n\n\
+                 /usr/lib/python3.12/socket.py:838: ConnectionRefusedError"
+            )
+        };
+        let a = outcome(
+            "tests/test_a.py::test_one",
+            "ConnectionRefusedError: [Errno 111] Connection refused: 127.0.0.1:5433 (/tmp/pytest-1/a0)",
+            &longrepr(5433, "/tmp/pytest-1/a0"),
+        );
+        let b = outcome(
+            "tests/test_b.py::test_two[x-1]",
+            "ConnectionRefusedError: [Errno 111] Connection refused: 127.0.0.1:6012 (/tmp/pytest-9/b3)",
+            &longrepr(6012, "/tmp/pytest-9/b3"),
+        );
+        let (fa, fb) = (Fingerprint::of(&a), Fingerprint::of(&b));
+        assert_eq!(fa, fb);
+        assert_eq!(fa.key(), fb.key());
+        assert_eq!(fa.exception, "ConnectionRefusedError");
+        assert_eq!(fa.frame, "tests/conftest.py::db");
+        assert_eq!(
+            fa.describe(),
+            "ConnectionRefusedError in tests/conftest.py::db: [<param>] Connection refused: <n>:<n> (<path>)"
+        );
+    }
+
+    #[test]
+    fn the_innermost_project_frame_and_the_exception_come_from_the_traceback() {
+        let longrepr = "def test_total():\n        cart = make_cart()\n>       assert total(cart) == 10\n\n\
+                        tests/test_cart.py:9: \n_ _ _\n\n    def total(cart):\n>       return sum(i.price for i in cart)\n\
+                        E       TypeError: unsupported operand type(s) for +: 'int' and 'NoneType'\n\n\
+                        src/shop/cart.py:31: TypeError";
+        let o = outcome(
+            "tests/test_cart.py::test_total",
+            "TypeError: unsupported operand type(s) for +: 'int' and 'NoneType'",
+            longrepr,
+        );
+        let f = Fingerprint::of(&o);
+        assert_eq!(f.exception, "TypeError");
+        assert_eq!(f.frame, "src/shop/cart.py::total");
+        assert_eq!(
+            f.message,
+            "unsupported operand type(s) for +: '<value>' and '<value>'"
+        );
+    }
+
+    #[test]
+    fn different_causes_get_different_fingerprints() {
+        let assertion = outcome(
+            "t.py::test_a",
+            "AssertionError: assert 1 == 2",
+            "def test_a():\n>       assert 1 == 2\nE       assert 1 == 2\n\nt.py:2: AssertionError",
+        );
+        let key_error = outcome(
+            "t.py::test_a",
+            "KeyError: 'x'",
+            "def test_a():\n>       d['x']\nE       KeyError: 'x'\n\nt.py:2: KeyError",
+        );
+        let elsewhere = outcome(
+            "t.py::test_b",
+            "AssertionError: assert 1 == 2",
+            "def test_b():\n>       assert 1 == 2\nE       assert 1 == 2\n\nt.py:5: AssertionError",
+        );
+        let keys = [&assertion, &key_error, &elsewhere].map(|o| Fingerprint::of(o).key());
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[0], keys[2]);
+        assert_eq!(Fingerprint::of(&assertion).frame, "t.py::test_a");
+    }
+
+    #[test]
+    fn a_failure_without_a_traceback_is_keyed_by_its_test_and_message() {
+        let o = outcome("t.py::test_x[3]", "Failed: timeout after 30s", "");
+        let f = Fingerprint::of(&o);
+        assert_eq!(f.exception, "Failed");
+        assert_eq!(f.frame, "t.py::test_x");
+        assert_eq!(f.message, "timeout after <n>s");
+        let multi = outcome(
+            "t.py::test_y",
+            "\n  ValueError: bad value 7\n  second line 8\n",
+            "",
+        );
+        let f = Fingerprint::of(&multi);
+        assert_eq!(f.exception, "ValueError");
+        assert_eq!(f.message, "bad value <n>");
+        let bare = outcome("t.py::test_z", "something odd", "");
+        assert_eq!(Fingerprint::of(&bare).exception, "");
+        assert_eq!(
+            Fingerprint::of(&bare).describe(),
+            "a failure in t.py::test_z: something odd"
+        );
+    }
+}
