@@ -34,8 +34,8 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 pub use analysis::{
-    ComparedTest, Comparison, DurationChange, Final, FlakyTest, Run, Stability, Verdict,
-    flakiness_verdict, stability_of,
+    ComparedTest, Comparison, DurationChange, Final, FlakyTest, Regression, RegressionRule,
+    Regressions, Run, Stability, Verdict, flakiness_verdict, regressions_of, stability_of,
 };
 pub use audit::AuditEntry;
 pub use backend::{Backend, SessionMeta, StorageStats};

@@ -343,6 +343,31 @@ pub struct ClustersArgs {
     pub traceback_bytes: Option<u32>,
 }
 
+/// Arguments of `duration_regressions`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct RegressionArgs {
+    /// A session id, or `latest` (the default).
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Earlier sessions of the same project (and branch, when known) whose
+    /// passing durations make each test's median (default 10, at most 100).
+    #[serde(default)]
+    pub window: Option<u32>,
+    /// Slower means more than this many times the median (default 3).
+    #[serde(default)]
+    pub ratio: Option<f64>,
+    /// ...and more than this many seconds over it (default 0.25), so that
+    /// millisecond tests do not flap.
+    #[serde(default)]
+    pub floor_seconds: Option<f64>,
+    /// Earlier passing runs a test needs before it is judged (default 3).
+    #[serde(default)]
+    pub min_runs: Option<u32>,
+    /// Tests to return, the largest excess first (default 20, at most 200).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
 /// Arguments of `get_test_history`.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct HistoryArgs {

@@ -9,20 +9,20 @@ use uuid::Uuid;
 
 use super::args::{
     ClustersArgs, CompareArgs, FailuresArgs, FlakyArgs, HistoryArgs, ListSessionsArgs, Parameters,
-    SessionArgs, SessionFinishArgs, SessionStartArgs, SlowestArgs, TestOutcomeArgs, page,
-    session_id, session_ref,
+    RegressionArgs, SessionArgs, SessionFinishArgs, SessionStartArgs, SlowestArgs, TestOutcomeArgs,
+    page, session_id, session_ref,
 };
 use super::views::{
     self, ClusterView, ClustersView, ComparisonView, FailureBrief, FailureView, FailuresView,
-    FlakyTestView, FlakyView, HistoryEntryView, HistoryView, OutcomeRecordedView,
-    SessionDetailView, SessionFinishedView, SessionListView, SessionStartedView, SessionView,
-    SlowestView, StabilityView, fit_budget,
+    FlakyTestView, FlakyView, HistoryEntryView, HistoryView, OutcomeRecordedView, RegressionView,
+    RegressionsView, SessionDetailView, SessionFinishedView, SessionListView, SessionStartedView,
+    SessionView, SlowestView, StabilityView, fit_budget,
 };
 use super::{PytestMcp, structured, tool_failure};
 use crate::error::{Error, Result};
 use crate::model::{SessionRef, Source, Summary, TestOutcome};
 use crate::store::fingerprint::Fingerprint;
-use crate::store::{OutcomeFilter, SessionFilter, flakiness_verdict};
+use crate::store::{OutcomeFilter, RegressionRule, SessionFilter, flakiness_verdict};
 
 /// Most failures of one session that `get_failure_clusters` reads.
 const CLUSTER_FAILURES_MAX: usize = 20_000;
@@ -228,6 +228,66 @@ impl PytestMcp {
         answer(
             async {
                 let view = clusters(self, &a).await?;
+                done(&view, view.render())
+            }
+            .await,
+        )
+    }
+
+    /// Tests of a session (default latest) that took much longer than usual:
+    /// more than `ratio` times the median of their passing durations over the
+    /// earlier sessions of the same project and branch, and `floor_seconds`
+    /// over it. The largest excess first.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<RegressionsView>()
+    )]
+    async fn duration_regressions(&self, Parameters(a): Parameters<RegressionArgs>) -> ToolResult {
+        answer(
+            async {
+                let session = session_ref(a.session.as_deref(), "session")?;
+                let ratio = a.ratio.unwrap_or(3.0);
+                let floor = a.floor_seconds.unwrap_or(0.25);
+                crate::model::validate_duration(floor, "floor_seconds")?;
+                if !(ratio.is_finite() && ratio >= 1.0) {
+                    return Err(Error::invalid(
+                        "ratio",
+                        format!("must be a number of at least 1, got {ratio}"),
+                    ));
+                }
+                let rule = RegressionRule {
+                    window: page(a.window, 10, 100),
+                    ratio,
+                    floor,
+                    min_runs: page(a.min_runs, 3, 100),
+                };
+                let found = self.store.duration_regressions(session, rule).await?;
+                let limit = page(a.limit, 20, 200);
+                let mut view = RegressionsView {
+                    session: (&found.session).into(),
+                    baseline_sessions: found.baseline.len() as u64,
+                    ratio,
+                    floor_seconds: floor,
+                    total: found.slower.len() as u64,
+                    truncated: found.slower.len() > limit,
+                    slower: found
+                        .slower
+                        .iter()
+                        .take(limit)
+                        .map(|r| RegressionView {
+                            nodeid: r.nodeid.clone(),
+                            subtest: Some(r.subtest.clone()).filter(|s| !s.is_empty()),
+                            duration: r.duration,
+                            median: r.median,
+                            // A median of 0 s (a test too fast to time) keeps the ratio finite.
+                            ratio: r.duration / r.median.max(1e-6),
+                            runs: r.runs as u64,
+                        })
+                        .collect(),
+                };
+                if fit_budget(&mut view, |v| &mut v.slower) > 0 {
+                    view.truncated = true;
+                }
                 done(&view, view.render())
             }
             .await,

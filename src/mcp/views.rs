@@ -513,6 +513,69 @@ impl ClustersView {
     }
 }
 
+/// A test that ran much slower than usual.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RegressionView {
+    /// pytest node id.
+    pub nodeid: String,
+    /// The subtest, when the entry is one.
+    pub subtest: Option<String>,
+    /// Seconds in this session.
+    pub duration: f64,
+    /// Median seconds of its passing runs in the earlier sessions.
+    pub median: f64,
+    /// `duration / median`.
+    pub ratio: f64,
+    /// Earlier passing runs the median is of.
+    pub runs: u64,
+}
+
+/// Answer of `duration_regressions`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RegressionsView {
+    /// The session.
+    pub session: SessionView,
+    /// Earlier sessions compared with (same project, same branch when known).
+    pub baseline_sessions: u64,
+    /// The rule: more than `ratio` times the median and `floor_seconds` over it.
+    pub ratio: f64,
+    /// See `ratio`.
+    pub floor_seconds: f64,
+    /// Slower tests found in all.
+    pub total: u64,
+    /// The largest excess over the median first.
+    pub slower: Vec<RegressionView>,
+    /// Whether tests were left off (raise `limit`) or cut to the size budget.
+    pub truncated: bool,
+}
+
+impl RegressionsView {
+    /// Text rendering.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{}
+{} tests slower than {}x their median over {} earlier sessions (and {:.2}s over it)",
+            self.session.line(),
+            self.total,
+            self.ratio,
+            self.baseline_sessions,
+            self.floor_seconds
+        );
+        for r in &self.slower {
+            let _ = write!(
+                out,
+                "\n{:>9.3}s vs {:.3}s median ({:.1}x, {} runs) {}",
+                r.duration,
+                r.median,
+                r.ratio,
+                r.runs,
+                display_name(&r.nodeid, r.subtest.as_deref().unwrap_or_default())
+            );
+        }
+        budget_text(out)
+    }
+}
+
 /// Pass/fail statistics behind a verdict.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct StabilityView {

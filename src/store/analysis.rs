@@ -487,6 +487,171 @@ impl Store {
     }
 }
 
+/// A test that ran much slower than it usually does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Regression {
+    /// The test.
+    pub nodeid: String,
+    /// The subtest ("" for the test itself).
+    pub subtest: String,
+    /// Seconds in the session looked at.
+    pub duration: f64,
+    /// The median of its passing durations in the earlier sessions.
+    pub median: f64,
+    /// How many earlier passing runs the median is of.
+    pub runs: usize,
+}
+
+/// What `duration_regressions` found.
+#[derive(Debug, Clone)]
+pub struct Regressions {
+    /// The session looked at.
+    pub session: Session,
+    /// The earlier sessions its tests were measured against, newest first.
+    pub baseline: Vec<Session>,
+    /// Slower tests, the largest excess over the median first.
+    pub slower: Vec<Regression>,
+}
+
+/// How a regression is told from noise.
+#[derive(Debug, Clone, Copy)]
+pub struct RegressionRule {
+    /// Earlier sessions of the same project (and branch, when known) to look at.
+    pub window: usize,
+    /// Slower means more than `ratio` times the median...
+    pub ratio: f64,
+    /// ...and more than `floor` seconds over it, so millisecond tests do not flap.
+    pub floor: f64,
+    /// Earlier passing runs a test needs before it can be judged.
+    pub min_runs: usize,
+}
+
+/// The median of `values` (not empty).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// The tests of `head` that passed and took longer than the rule allows
+/// compared with the median of their passing durations in `earlier`.
+pub fn regressions_of(
+    head: &[(TestKey, Final)],
+    earlier: &[Vec<(TestKey, Final)>],
+    rule: RegressionRule,
+) -> Vec<(TestKey, f64, f64, usize)> {
+    let mut past: HashMap<TestKey, Vec<f64>> = HashMap::new();
+    for finals in earlier {
+        for (key, f) in finals {
+            if f.outcome == TestOutcome::Passed {
+                past.entry(*key).or_default().push(f.duration);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (key, f) in head {
+        if f.outcome != TestOutcome::Passed {
+            continue;
+        }
+        let Some(durations) = past.get_mut(key) else {
+            continue;
+        };
+        if durations.len() < rule.min_runs.max(1) {
+            continue;
+        }
+        let runs = durations.len();
+        let m = median(durations);
+        if f.duration > m * rule.ratio && f.duration - m > rule.floor {
+            out.push((*key, f.duration, m, runs));
+        }
+    }
+    out
+}
+
+impl Store {
+    /// Tests of `session` that ran much slower than the median of their
+    /// passing runs in the earlier sessions of its project (on its branch,
+    /// when it has one), as `rule` says.
+    pub async fn duration_regressions(
+        &self,
+        session: SessionRef,
+        rule: RegressionRule,
+    ) -> Result<Regressions> {
+        let head = self
+            .backend()
+            .session_finals(session)
+            .await
+            .map_err(|e| rename_field(e, "session"))?;
+        let h = &head.session;
+        let filter = crate::store::SessionFilter {
+            statuses: Vec::new(),
+            project: Some(h.environment.project.clone()).filter(|p| !p.is_empty()),
+        };
+        // Earlier closed sessions of the project, on the same branch when known.
+        let mut baseline = Vec::new();
+        let mut cursor = None;
+        'pages: loop {
+            let page = self.list_sessions(filter.clone(), 200, cursor).await?;
+            for s in page.items {
+                if baseline.len() == rule.window {
+                    break 'pages;
+                }
+                let same_branch = h.environment.git_branch.is_empty()
+                    || s.environment.git_branch == h.environment.git_branch;
+                let earlier = (s.started_at, s.id) < (h.started_at, h.id);
+                if earlier && same_branch && s.status.is_closed() && s.id != h.id {
+                    baseline.push(s);
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let mut earlier = Vec::with_capacity(baseline.len());
+        for s in &baseline {
+            earlier.push(
+                self.backend()
+                    .session_finals(SessionRef::Id(s.id))
+                    .await?
+                    .finals,
+            );
+        }
+        let found = regressions_of(&head.finals, &earlier, rule);
+        let names = self
+            .backend()
+            .test_names(found.iter().map(|(k, ..)| *k).collect())
+            .await?;
+        let mut slower: Vec<Regression> = found
+            .into_iter()
+            .map(|(key, duration, median, runs)| {
+                let (nodeid, subtest) = names.get(&key).cloned().unwrap_or_default();
+                Regression {
+                    nodeid,
+                    subtest,
+                    duration,
+                    median,
+                    runs,
+                }
+            })
+            .collect();
+        slower.sort_by(|a, b| {
+            (b.duration - b.median)
+                .total_cmp(&(a.duration - a.median))
+                .then_with(|| a.nodeid.cmp(&b.nodeid))
+        });
+        Ok(Regressions {
+            session: head.session,
+            baseline,
+            slower,
+        })
+    }
+}
+
 /// Re-labels a not-found error from `session_id` to the argument that named it.
 fn rename_field(e: crate::error::Error, field: &str) -> crate::error::Error {
     match e {
@@ -501,6 +666,54 @@ fn rename_field(e: crate::error::Error, field: &str) -> crate::error::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_test_five_times_slower_is_a_regression_and_millisecond_noise_is_not() {
+        let passed = |d: f64| Final {
+            outcome: TestOutcome::Passed,
+            duration: d,
+        };
+        let earlier: Vec<Vec<(TestKey, Final)>> = (0..5)
+            .map(|i| {
+                vec![
+                    (1, passed(0.2 + 0.01 * f64::from(i))),
+                    (2, passed(0.001)),
+                    (3, passed(0.3)),
+                    (4, passed(0.2)),
+                ]
+            })
+            .collect();
+        let head = vec![
+            (1, passed(1.1)),   // 5x its median of 0.22, 0.88 s over: slower
+            (2, passed(0.006)), // 6x, but 5 ms over: noise
+            (
+                3,
+                Final {
+                    outcome: TestOutcome::Failed,
+                    duration: 9.0,
+                },
+            ), // not a passing run
+            (4, passed(0.25)),  // barely slower
+            (5, passed(3.0)),   // new: nothing to compare with
+        ];
+        let rule = RegressionRule {
+            window: 10,
+            ratio: 3.0,
+            floor: 0.25,
+            min_runs: 3,
+        };
+        let found = regressions_of(&head, &earlier, rule);
+        assert_eq!(found.len(), 1);
+        let (key, duration, median, runs) = found[0];
+        assert_eq!((key, duration, runs), (1, 1.1, 5));
+        assert!((median - 0.22).abs() < 1e-9);
+        // Too few earlier runs: not judged.
+        let few = RegressionRule {
+            min_runs: 6,
+            ..rule
+        };
+        assert!(regressions_of(&head, &earlier, few).is_empty());
+    }
     use crate::model::{Environment, Timestamp};
     use crate::store::StoreConfig;
     use uuid::Uuid;

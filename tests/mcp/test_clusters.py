@@ -100,3 +100,36 @@ async def test_clusters_name_the_field_of_a_bad_argument(server: Server):
     async with client("http", server, "2026-07-28") as c:
         bad = await c.call_tool("get_failure_clusters", {"session": "yesterday"})
     assert bad.is_error and "session" in bad.content[0].text
+
+
+async def test_a_test_five_times_slower_is_a_duration_regression_and_noise_is_not(server: Server):
+    from conftest import passed, stream_plugin_session
+
+    def run(slow: float, fast: float) -> str:
+        return stream_plugin_session(server, [
+            {**passed("tests/test_t.py::test_slow"), "duration": slow},
+            {**passed("tests/test_t.py::test_fast"), "duration": fast},
+            {**passed("tests/test_t.py::test_steady"), "duration": 0.5},
+        ])
+
+    for i in range(5):
+        run(0.2 + 0.01 * i, 0.001)
+    head = run(1.1, 0.006)  # 5x slower; the fast one 6x but 5 ms over: noise
+    async with client("http", server, "2026-07-28") as c:
+        result = await c.call_tool("duration_regressions", {})
+        assert not result.is_error, result.content
+        got = result.structured_content
+        assert got["session"]["id"] == head
+        assert got["baseline_sessions"] == 5
+        assert got["total"] == 1
+        [slow] = got["slower"]
+        assert slow["nodeid"] == "tests/test_t.py::test_slow"
+        assert slow["duration"] == 1.1 and abs(slow["median"] - 0.22) < 1e-9
+        assert 4.9 < slow["ratio"] < 5.1 and slow["runs"] == 5
+        assert "tests/test_t.py::test_slow" in result.content[0].text
+        # A lower floor catches the millisecond test too; a bad ratio names its field.
+        lower = (await c.call_tool("duration_regressions", {"floor_seconds": 0.001})).structured_content
+        assert {r["nodeid"] for r in lower["slower"]} == {"tests/test_t.py::test_slow",
+                                                           "tests/test_t.py::test_fast"}
+        bad = await c.call_tool("duration_regressions", {"ratio": 0.5})
+        assert bad.is_error and "ratio" in bad.content[0].text
