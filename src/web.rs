@@ -54,6 +54,8 @@ const ICON: &str = include_str!("web/assets/icon.svg");
 const GRID_SESSIONS: usize = 20;
 const GRID_ROWS: usize = 50;
 const TREND_SESSIONS: usize = 60;
+/// Failures of each session read to tell new causes from fixed ones.
+const CAUSE_FAILURES_MAX: usize = 20_000;
 
 /// Sessions per page of the list; outcomes per page of a session.
 const PAGE: usize = 50;
@@ -608,7 +610,17 @@ async fn compare_page(State(web): State<Web>, Query(q): Query<CompareQuery>) -> 
                 b => SessionRef::parse(b, "base")?,
             };
             let c = web.store.compare_sessions(base, head, 1.5, 0.1).await?;
-            Ok(pages::compare(&ComparisonView::new(&c, 500)))
+            let (_, base_failures) = web
+                .store
+                .session_failures(SessionRef::Id(c.base.id), CAUSE_FAILURES_MAX)
+                .await?;
+            let (_, head_failures) = web
+                .store
+                .session_failures(SessionRef::Id(c.head.id), CAUSE_FAILURES_MAX)
+                .await?;
+            let view =
+                ComparisonView::new(&c, 500).with_causes(&base_failures, &head_failures, 100);
+            Ok(pages::compare(&view))
         }
         .await,
     )

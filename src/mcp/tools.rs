@@ -21,7 +21,7 @@ use super::views::{
 use super::{PytestMcp, structured, tool_failure};
 use crate::error::{Error, Result};
 use crate::model::{SessionRef, Source, Summary, TestOutcome};
-use crate::store::fingerprint::Fingerprint;
+use crate::store::fingerprint::clusters as clusters_of;
 use crate::store::{OutcomeFilter, RegressionRule, SessionFilter, flakiness_verdict};
 
 /// Most failures of one session that `get_failure_clusters` reads.
@@ -395,7 +395,19 @@ impl PytestMcp {
                     .compare_sessions(base, head, min_ratio, min_seconds)
                     .await?;
                 let limit = page(a.limit, 50, 500);
-                let mut view = ComparisonView::new(&c, limit);
+                let (_, base_failures) = self
+                    .store
+                    .session_failures(SessionRef::Id(c.base.id), CLUSTER_FAILURES_MAX)
+                    .await?;
+                let (_, head_failures) = self
+                    .store
+                    .session_failures(SessionRef::Id(c.head.id), CLUSTER_FAILURES_MAX)
+                    .await?;
+                let mut view = ComparisonView::new(&c, limit).with_causes(
+                    &base_failures,
+                    &head_failures,
+                    limit,
+                );
                 // Cut the longest lists first until the answer fits.
                 while views::json_len(&view) > views::BUDGET_BYTES {
                     let lens = [
@@ -508,52 +520,12 @@ async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<ClustersView> {
     let limit = page(a.limit, 20, 100);
     let per_cluster = page(a.tests_per_cluster, 10, 100);
     let traceback_bytes = page(a.traceback_bytes, 2000, 16_000);
-    let filter = OutcomeFilter {
-        outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
-        nodeid_contains: None,
-    };
-    // Every failure of the session, page by page (bounded).
-    let mut failures = Vec::new();
-    let mut cursor = None;
-    let s = loop {
-        let (s, p) = mcp
-            .store
-            .list_outcomes(session, filter.clone(), 1000, cursor)
-            .await
-            .map_err(|e| rename(e, "session"))?;
-        failures.extend(p.items);
-        match p.next {
-            Some(next) if failures.len() < CLUSTER_FAILURES_MAX => cursor = Some(next),
-            _ => break s,
-        }
-    };
-    struct Group {
-        fingerprint: Fingerprint,
-        first: usize,
-        failures: u64,
-        tests: Vec<String>,
-    }
-    let mut groups: Vec<Group> = Vec::new();
-    let mut by_key: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (i, o) in failures.iter().enumerate() {
-        let fingerprint = Fingerprint::of(o);
-        let at = *by_key.entry(fingerprint.key()).or_insert_with(|| {
-            groups.push(Group {
-                fingerprint,
-                first: i,
-                failures: 0,
-                tests: Vec::new(),
-            });
-            groups.len() - 1
-        });
-        let g = &mut groups[at];
-        g.failures += 1;
-        if !g.tests.contains(&o.nodeid) {
-            g.tests.push(o.nodeid.clone());
-        }
-    }
-    // Largest first; among equals, the one that failed first.
-    groups.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.first.cmp(&b.first)));
+    let (s, failures) = mcp
+        .store
+        .session_failures(session, CLUSTER_FAILURES_MAX)
+        .await
+        .map_err(|e| rename(e, "session"))?;
+    let groups = clusters_of(&failures);
     let clusters_total = groups.len() as u64;
     let mut view = ClustersView {
         session: (&s).into(),

@@ -807,6 +807,21 @@ pub struct SlowerView {
     pub head: f64,
 }
 
+/// A cause of failures, in brief.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CauseView {
+    /// The fingerprint's stable key.
+    pub fingerprint: String,
+    /// The cause in words: `Type in file::function: message`.
+    pub cause: String,
+    /// Failing outcomes of it.
+    pub failures: u64,
+    /// Tests it broke, in all.
+    pub tests_total: u64,
+    /// The first few of them.
+    pub tests: Vec<String>,
+}
+
 /// How many tests fall in each list of a comparison (before any cut).
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ComparisonCounts {
@@ -833,6 +848,10 @@ pub struct ComparisonView {
     pub head: SessionView,
     /// Totals of each list.
     pub counts: ComparisonCounts,
+    /// Causes of head's failures that base did not fail of (see `get_failure_clusters`).
+    pub new_causes: Vec<CauseView>,
+    /// Causes of base's failures that head no longer fails of.
+    pub fixed_causes: Vec<CauseView>,
     /// Failing in head, not failing (or absent) in base.
     pub new_failures: Vec<ComparedTestView>,
     /// Failing in base, passing in head.
@@ -893,9 +912,27 @@ impl ComparisonView {
                     head: d.head,
                 })
                 .collect(),
+            new_causes: Vec::new(),
+            fixed_causes: Vec::new(),
             truncated,
             note: None,
         }
+    }
+
+    /// Adds the causes that are new in head and those fixed since base.
+    pub fn with_causes(mut self, base: &[Outcome], head: &[Outcome], limit: usize) -> Self {
+        let (new, fixed) = crate::store::fingerprint::changed_causes(base, head);
+        let view = |c: &crate::store::fingerprint::Cluster| CauseView {
+            fingerprint: c.fingerprint.key(),
+            cause: c.fingerprint.describe(),
+            failures: c.failures,
+            tests_total: c.tests.len() as u64,
+            tests: c.tests.iter().take(5).cloned().collect(),
+        };
+        self.truncated |= new.len() > limit || fixed.len() > limit;
+        self.new_causes = new.iter().take(limit).map(view).collect();
+        self.fixed_causes = fixed.iter().take(limit).map(view).collect();
+        self
     }
 
     /// Text rendering.
@@ -912,6 +949,14 @@ impl ComparisonView {
             c.removed,
             c.slower
         );
+        for (label, list) in [
+            ("NEW CAUSE", &self.new_causes),
+            ("FIXED CAUSE", &self.fixed_causes),
+        ] {
+            for c in list {
+                let _ = write!(out, "\n{label} ({} tests): {}", c.tests_total, c.cause);
+            }
+        }
         for (label, list) in [
             ("NEW", &self.new_failures),
             ("FIXED", &self.fixed),

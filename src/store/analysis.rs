@@ -487,6 +487,36 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A session's failures and errors in the order they happened, at most
+    /// `max` of them (read page by page).
+    pub async fn session_failures(
+        &self,
+        session: SessionRef,
+        max: usize,
+    ) -> Result<(Session, Vec<Outcome>)> {
+        let filter = crate::store::OutcomeFilter {
+            outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
+            nodeid_contains: None,
+        };
+        let mut failures = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (s, page) = self
+                .list_outcomes(session, filter.clone(), 1000.min(max.max(1)), cursor)
+                .await?;
+            failures.extend(page.items);
+            match page.next {
+                Some(next) if failures.len() < max => cursor = Some(next),
+                _ => {
+                    failures.truncate(max);
+                    return Ok((s, failures));
+                }
+            }
+        }
+    }
+}
+
 /// A test that ran much slower than it usually does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Regression {

@@ -73,6 +73,65 @@ impl Fingerprint {
     }
 }
 
+/// Failures that share a fingerprint.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Their fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The index of the first of them in the outcomes given.
+    pub first: usize,
+    /// How many failing outcomes.
+    pub failures: u64,
+    /// The tests affected, each once, in the order they failed.
+    pub tests: Vec<String>,
+}
+
+/// Groups failing outcomes by fingerprint: the largest cluster first, and
+/// among equals the one that failed first.
+pub fn clusters(failures: &[Outcome]) -> Vec<Cluster> {
+    let mut out: Vec<Cluster> = Vec::new();
+    let mut by_key: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, o) in failures.iter().enumerate() {
+        let fingerprint = Fingerprint::of(o);
+        let at = *by_key.entry(fingerprint.key()).or_insert_with(|| {
+            out.push(Cluster {
+                fingerprint,
+                first: i,
+                failures: 0,
+                tests: Vec::new(),
+            });
+            out.len() - 1
+        });
+        let c = &mut out[at];
+        c.failures += 1;
+        if !c.tests.contains(&o.nodeid) {
+            c.tests.push(o.nodeid.clone());
+        }
+    }
+    out.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.first.cmp(&b.first)));
+    out
+}
+
+/// The causes of `head`'s failures that `base` did not fail of (new), and
+/// those of `base` that `head` no longer fails of (fixed), each as clusters
+/// of the session they are seen in.
+pub fn changed_causes(base: &[Outcome], head: &[Outcome]) -> (Vec<Cluster>, Vec<Cluster>) {
+    let (base, head) = (clusters(base), clusters(head));
+    let keys = |cs: &[Cluster]| -> std::collections::HashSet<String> {
+        cs.iter().map(|c| c.fingerprint.key()).collect()
+    };
+    let (in_base, in_head) = (keys(&base), keys(&head));
+    let new = head
+        .into_iter()
+        .filter(|c| !in_base.contains(&c.fingerprint.key()))
+        .collect();
+    let fixed = base
+        .into_iter()
+        .filter(|c| !in_head.contains(&c.fingerprint.key()))
+        .collect();
+    (new, fixed)
+}
+
 fn first_line(text: &str) -> &str {
     text.lines()
         .map(str::trim)

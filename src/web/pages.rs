@@ -442,6 +442,25 @@ pub fn compare(c: &ComparisonView) -> Markup {
                 }
             }
         }
+        @for (title, causes) in [("New causes", &c.new_causes), ("Fixed causes", &c.fixed_causes)] {
+            h2 { (title) " " span.muted { "(" (causes.len()) ")" } }
+            @if causes.is_empty() { p.empty { "None." } }
+            @else {
+                table {
+                    thead { tr { th { "cause" } th.num { "failures" } th.num { "tests" } th { "first tests" } } }
+                    tbody {
+                        @for cause in causes.iter() {
+                            tr {
+                                td.mono { (cause.cause) }
+                                td.num { (cause.failures) }
+                                td.num { (cause.tests_total) }
+                                td { @for t in &cause.tests { a.mono href=(test_href(t)) { (t) } " " } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         (list("New failures", &c.new_failures))
         (list("Fixed", &c.fixed))
         (list("Still failing", &c.still_failing))

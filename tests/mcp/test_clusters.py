@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 # Thirty tests fail through one broken fixture, each message with its own
 # port, run id and temporary directory; five fail for five other reasons.
 SUITE = '''
-import random, uuid
+import os, random, uuid
 import pytest
 
 @pytest.fixture
@@ -35,10 +35,16 @@ def test_arithmetic():
     assert 1 + 1 == 3
 
 def test_lookup():
-    {}["missing"]
+    if not os.environ.get("FIXED"):
+        {}["missing"]
 
 def test_parse():
-    raise ValueError("bad value 7")
+    if not os.environ.get("FIXED"):
+        raise ValueError("bad value 7")
+
+def test_new_cause():
+    if os.environ.get("NEW_CAUSE"):
+        raise TimeoutError("the queue did not drain in 30 s")
 
 def test_attribute():
     None.name
@@ -48,18 +54,19 @@ def test_convert():
 '''
 
 
-def run_suite(server: Server, tmp_path: Path) -> str:
+def run_suite(server: Server, tmp_path: Path, **flags: str) -> str:
     suite = tmp_path / "suite"
-    suite.mkdir()
+    suite.mkdir(exist_ok=True)
     (suite / "test_causes.py").write_text(textwrap.dedent(SUITE))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(flags)
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:randomly",
          "--mcp", "--mcp-address", server.grpc_addr, "test_causes.py"],
         cwd=suite, env=env, capture_output=True, text=True, timeout=90,
     )
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "5 failed" in run.stdout and "30 errors" in run.stdout, run.stdout
+    assert "30 errors" in run.stdout, run.stdout
     return run.stdout
 
 
@@ -67,7 +74,8 @@ def run_suite(server: Server, tmp_path: Path) -> str:
 async def test_thirty_failures_of_one_broken_fixture_are_one_cluster_of_six(
     server: Server, tmp_path: Path, transport: str
 ):
-    run_suite(server, tmp_path)
+    out = run_suite(server, tmp_path)
+    assert "5 failed" in out, out
     async with client(transport, server, "2026-07-28") as c:
         result = await c.call_tool("get_failure_clusters", {})
         assert not result.is_error, result.content
@@ -133,3 +141,31 @@ async def test_a_test_five_times_slower_is_a_duration_regression_and_noise_is_no
                                                            "tests/test_t.py::test_fast"}
         bad = await c.call_tool("duration_regressions", {"ratio": 0.5})
         assert bad.is_error and "ratio" in bad.content[0].text
+
+
+async def test_compare_names_the_causes_fixed_and_the_new_one(server: Server, tmp_path: Path):
+    run_suite(server, tmp_path)
+    # Two of the causes fixed: compare names them, and no new cause.
+    out = run_suite(server, tmp_path, FIXED="1")
+    assert "3 failed" in out, out
+    async with client("http", server, "2026-07-28") as c:
+        got = (await c.call_tool("compare_sessions", {})).structured_content
+        assert got["new_causes"] == []
+        fixed = sorted(got["fixed_causes"], key=lambda c: c["cause"])
+        assert [c["cause"].split(" in ")[0] for c in fixed] == ["KeyError", "ValueError"]
+        assert [c["tests"] for c in fixed] == [["test_causes.py::test_lookup"],
+                                               ["test_causes.py::test_parse"]]
+        # The broken fixture's thirty failures are still one known cause, not new.
+        assert all("ConnectionRefusedError" not in c["cause"] for c in got["fixed_causes"])
+    # A new cause: reported as new.
+    out = run_suite(server, tmp_path, FIXED="1", NEW_CAUSE="1")
+    assert "4 failed" in out, out
+    async with client("http", server, "2026-07-28") as c:
+        result = await c.call_tool("compare_sessions", {})
+        got = result.structured_content
+        [new] = got["new_causes"]
+        assert new["cause"] == ("TimeoutError in test_causes.py::test_new_cause: "
+                                "the queue did not drain in <n> s")
+        assert new["tests"] == ["test_causes.py::test_new_cause"]
+        assert got["fixed_causes"] == []
+        assert "NEW CAUSE (1 tests): TimeoutError" in result.content[0].text

@@ -163,7 +163,10 @@ def test_a_tests_page_has_one_cell_per_run_and_compare_shows_a_new_failure(brows
     page.goto(f"{base}compare")
     new = page.locator("h2", has_text="New failures")
     assert "(1)" in new.inner_text()
-    assert nodeid in page.locator("table").nth(1).inner_text()
+    assert nodeid in page.locator("h2:has-text('New failures') + table").inner_text()
+    # Its cause is new too: the session before had no failure.
+    causes = page.locator("h2:has-text('New causes') + table").inner_text()
+    assert "AssertionError in tests/test_w.py::test: flaked" in causes  # def test() in its traceback
     w.shot("compare")
 
     page.goto(f"{base}flaky")
