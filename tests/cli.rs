@@ -323,6 +323,11 @@ async fn sessions_and_show_print_what_a_person_needs(db: TestDb) {
         "{text}"
     );
     assert!(text.contains("  | E       assert 3 == 4"), "{text}");
+    // Failures come grouped by cause, each cause named once above its failures.
+    assert!(text.contains("\ncause     "), "{text}");
+    let cause = text.find("\ncause     ").unwrap_or(usize::MAX);
+    let failure = text.find("\nFAILED ").unwrap_or(0);
+    assert!(cause < failure, "{text}");
     assert!(
         text.contains("ERROR tests/test_b.py::test_fixture [setup]"),
         "{text}"

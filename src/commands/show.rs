@@ -1,11 +1,12 @@
-//! `pytest-mcp show`: a session's summary and every failure with its traceback.
+//! `pytest-mcp show`: a session's summary and every failure with its
+//! traceback, grouped by cause (the failure fingerprints of
+//! [`crate::store::fingerprint`]), the largest cause first.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use crate::cli::ShowArgs;
-use crate::model::{SessionRef, TestOutcome};
-use crate::store::OutcomeFilter;
+use crate::model::SessionRef;
 
 /// Prints the session and its failures.
 pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
@@ -87,18 +88,39 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             expected
         )?;
     }
-    let filter = OutcomeFilter {
-        outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
-        nodeid_contains: None,
-    };
-    let mut cursor = None;
+    // Failures grouped by cause, the largest cause first; within a cause, in
+    // the order they happened.
+    let (_, failures) = store
+        .session_failures(SessionRef::Id(s.id), usize::MAX)
+        .await?;
+    let causes = crate::store::fingerprint::clusters(&failures);
+    let keys: Vec<String> = failures
+        .iter()
+        .map(|o| crate::store::fingerprint::Fingerprint::of(o).key())
+        .collect();
     let mut shown = 0usize;
     let mut rerun: Vec<String> = Vec::new();
-    loop {
-        let (_, page) = store
-            .list_outcomes(SessionRef::Id(s.id), filter.clone(), 500, cursor)
-            .await?;
-        for o in &page.items {
+    for cause in &causes {
+        let key = cause.fingerprint.key();
+        writeln!(
+            out,
+            "\ncause     {} ({} {}, {} {}): {}",
+            key,
+            cause.failures,
+            if cause.failures == 1 {
+                "failure"
+            } else {
+                "failures"
+            },
+            cause.tests.len(),
+            if cause.tests.len() == 1 {
+                "test"
+            } else {
+                "tests"
+            },
+            cause.fingerprint.describe()
+        )?;
+        for (o, _) in failures.iter().zip(&keys).filter(|(_, k)| **k == key) {
             shown += 1;
             rerun.push(o.nodeid.clone());
             writeln!(out)?;
@@ -128,10 +150,6 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             for line in o.longrepr.lines() {
                 writeln!(out, "  | {line}")?;
             }
-        }
-        match page.next {
-            Some(n) => cursor = Some(n),
-            None => break,
         }
     }
     if shown > 0 {

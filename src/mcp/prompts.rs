@@ -1,12 +1,14 @@
-//! The `triage_failures` prompt: hands the agent a session's failures (as
-//! `get_failures` renders them) and the questions worth asking about them.
+//! The `triage_failures` prompt: hands the agent a session's failures
+//! grouped by cause (as `get_failure_clusters` renders them), its first
+//! failures with tracebacks (as `get_failures` does), and the questions worth
+//! asking about them.
 
 use rmcp::ErrorData;
 use rmcp::model::{
     GetPromptRequestParams, GetPromptResult, Prompt, PromptArgument, PromptMessage, Role,
 };
 
-use super::args::FailuresArgs;
+use super::args::{ClustersArgs, FailuresArgs};
 use super::{PytestMcp, protocol_error};
 
 const NAME: &str = "triage_failures";
@@ -41,9 +43,20 @@ pub(super) async fn get(
         .and_then(|a| a.get("session"))
         .and_then(|v| v.as_str())
         .map(str::to_string);
+    let causes = super::tools::clusters(
+        mcp,
+        &ClustersArgs {
+            session: session.clone(),
+            limit: Some(10),
+            tests_per_cluster: Some(5),
+            traceback_bytes: Some(1500),
+        },
+    )
+    .await
+    .map_err(protocol_error)?;
     let args = FailuresArgs {
         session,
-        limit: Some(20),
+        limit: Some(10),
         ..FailuresArgs::default()
     };
     let view = super::tools::failures(mcp, &args)
@@ -51,15 +64,16 @@ pub(super) async fn get(
         .map_err(protocol_error)?;
     let id = &view.session.id;
     let mut text = format!(
-        "Triage the failures of pytest session {id}.\n\n{}\n\n",
+        "Triage the failures of pytest session {id}.\n\nTheir causes, largest first (get_failure_clusters):\n{}\n\nThe first failures (get_failures):\n{}\n\n",
+        causes.render(),
         view.render()
     );
     text.push_str(&format!(
-        "For each failure, answer:\n\
+        "Start from the causes: one fix may clear a whole cluster. For each cause, answer:\n\
          1. What does the traceback point at: the test, the code under test, or the environment (setup/teardown errors, missing services)?\n\
-         2. Is it new? Call compare_sessions with head {id} to see whether it also failed in the previous session.\n\
-         3. Is it flaky? Call get_test_history with its nodeid; a `flaky` verdict means it passed and failed on the same commit or flips often.\n\
-         4. Do several failures share one cause (same exception, same module)? Group them.\n\
+         2. Is it new? Call compare_sessions with head {id}: it lists the causes new in this session and those fixed since the previous one, and which tests newly fail.\n\
+         3. Is it flaky? Call get_test_history with a nodeid of it; a `flaky` verdict means it passed and failed on the same commit or flips often.\n\
+         4. Did tests also get slower? duration_regressions with session {id} compares each test with its usual duration.\n\
          5. What is the smallest change that fixes it, and which command reruns exactly the affected tests?\n\
          Use get_failures with session {id} and the next cursor for more failures, or a larger traceback_bytes for a cut traceback.\n"
     ));

@@ -514,8 +514,8 @@ pub(super) async fn session_detail(
     })
 }
 
-/// `get_failure_clusters`' answer.
-async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<ClustersView> {
+/// `get_failure_clusters`' answer; shared with the prompt.
+pub(super) async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<ClustersView> {
     let session = session_ref(a.session.as_deref(), "session")?;
     let limit = page(a.limit, 20, 100);
     let per_cluster = page(a.tests_per_cluster, 10, 100);

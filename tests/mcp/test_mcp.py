@@ -306,6 +306,9 @@ async def test_resources_and_the_triage_prompt_show_the_latest_failures(server: 
         text = prompt.messages[0].content.text
         assert "tests/test_e.py::test_x" in text and "KeyError" in text
         assert "get_test_history" in text
+        # It starts from the causes.
+        assert text.index("1 failures in 1 clusters") < text.index("The first failures")
+        assert "in tests/test_e.py::test: KeyError: '<value>'" in text
 
 
 def post(url: str, headers: dict[str, str]) -> int:
