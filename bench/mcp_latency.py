@@ -23,7 +23,8 @@ What it does:
    of each read tool, one after the other: `list_sessions`, `get_session`,
    `get_failures`, `get_test_history` (of a flaky test and of a test that
    always passes), `find_flaky_tests`, `compare_sessions` and
-   `slowest_tests`, with the arguments an agent sends most (the defaults).
+   `slowest_tests`, `get_failure_clusters` and `duration_regressions`, with
+   the arguments an agent sends most (the defaults).
    A call is timed from sending the request to having read the whole
    response; decoding and checking the answer happen outside the timed span.
    Every answer is checked against what the generator knows (counts,
@@ -440,6 +441,26 @@ def check_compare(e: Expected, result: dict) -> None:
     assert c["added"] == c["removed"] == 0, c
 
 
+def check_clusters(e: Expected, result: dict) -> None:
+    assert not result.get("isError"), result
+    s = result["structuredContent"]
+    assert s["session"]["id"] == session_id(e.latest)
+    assert s["failures"] == len(e.failing(e.latest)), (s["failures"], len(e.failing(e.latest)))
+    # Every generated failure has one cause: an AssertionError in the shop's client.
+    assert s["clusters_total"] == 1, [c["cause"] for c in s["clusters"]]
+    [c] = s["clusters"]
+    assert c["frame"] == "src/shop/api/client.py::fetch" and c["failures"] == s["failures"], c["cause"]
+
+
+def check_regressions(e: Expected, result: dict) -> None:
+    assert not result.get("isError"), result
+    s = result["structuredContent"]
+    assert s["session"]["id"] == session_id(e.latest)
+    assert s["baseline_sessions"] == 10, s["baseline_sessions"]
+    for r in s["slower"]:
+        assert r["duration"] > 3 * r["median"] and r["duration"] - r["median"] > 0.25, r
+
+
 def check_slowest(e: Expected, result: dict) -> None:
     assert not result.get("isError"), result
     s = result["structuredContent"]
@@ -473,7 +494,8 @@ def measure(client: McpHttp, name: str, arguments: dict, check, warmup: int,
         if i >= warmup:
             times.append(elapsed)
         s = result["structuredContent"]
-        kind = next((k for k in ("failures", "entries", "sessions", "tests", "new_failures") if k in s), "")
+        kind = next((k for k in ("failures", "entries", "sessions", "tests", "new_failures", "clusters",
+                                 "slower") if isinstance(s.get(k), list)), "")
         answer = (f"{len(s[kind])} {kind.replace('_', ' ')}, " if kind else "") + f"{len(data) / 1024:.1f} KB"
     return sorted(times), answer
 
@@ -536,6 +558,8 @@ def main() -> int:
         ("find_flaky_tests", {}, lambda r: check_flaky(e, r)),
         ("compare_sessions", {}, lambda r: check_compare(e, r)),
         ("slowest_tests", {}, lambda r: check_slowest(e, r)),
+        ("get_failure_clusters", {}, lambda r: check_clusters(e, r)),
+        ("duration_regressions", {}, lambda r: check_regressions(e, r)),
     ]
 
     server = Server(args.bin, args.db)
