@@ -206,7 +206,8 @@ fn innermost_frame(longrepr: &str, nodeid: &str) -> String {
         let function = match rest.strip_prefix("in ") {
             Some(f) => f.trim().to_string(),
             // The last frame names the exception, not the function: take the
-            // nearest `def name(` above it, as pytest prints the source.
+            // nearest `def name(` above it, as pytest prints the source, or
+            // else, in the test's own file, the test.
             None => lines[..i]
                 .iter()
                 .rev()
@@ -218,9 +219,14 @@ fn innermost_frame(longrepr: &str, nodeid: &str) -> String {
                         .next()
                         .map(str::to_string)
                 })
+                .or_else(|| test_function(nodeid, path))
                 .unwrap_or_default(),
         };
-        frame = Some(format!("{path}::{function}"));
+        frame = Some(if function.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}::{function}")
+        });
     }
     frame.unwrap_or_else(|| {
         // No traceback: the test itself, without its parameters.
@@ -231,6 +237,14 @@ fn innermost_frame(longrepr: &str, nodeid: &str) -> String {
             String::new()
         }
     })
+}
+
+/// The test's function (no class, no parameters) when `path` is its file.
+fn test_function(nodeid: &str, path: &str) -> Option<String> {
+    let (file, rest) = nodeid.split_once("::")?;
+    (file == path).then_some(())?;
+    let last = rest.rsplit("::").next().unwrap_or(rest);
+    Some(last.split('[').next().unwrap_or(last).to_string())
 }
 
 fn strip_exception<'a>(message: &'a str, exception: &str) -> &'a str {
@@ -464,6 +478,25 @@ mod tests {
             f.message,
             "unsupported operand type(s) for +: '<value>' and '<value>'"
         );
+    }
+
+    #[test]
+    fn a_frame_without_its_source_falls_back_to_the_test_or_the_file() {
+        let tail = "\n    value = client.fetch(order_id=7)\n\nsrc/shop/client.py:40: in fetch\n\
+                    E   AssertionError: assert 3 == 2\n\ntests/test_shop.py:12: AssertionError";
+        let o = outcome(
+            "tests/test_shop.py::TestShop::test_order[sqlite-3]",
+            "AssertionError: assert 3 == 2",
+            tail,
+        );
+        assert_eq!(Fingerprint::of(&o).frame, "tests/test_shop.py::test_order");
+        let elsewhere = "E   AssertionError: boom\n\nsrc/shop/client.py:40: AssertionError";
+        let o = outcome(
+            "tests/test_shop.py::test_x",
+            "AssertionError: boom",
+            elsewhere,
+        );
+        assert_eq!(Fingerprint::of(&o).frame, "src/shop/client.py");
     }
 
     #[test]
