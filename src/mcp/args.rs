@@ -323,6 +323,19 @@ pub struct FailuresArgs {
     /// (default 4000, at most 16000).
     #[serde(default)]
     pub traceback_bytes: Option<u32>,
+    /// `cluster`: the failures ordered by cause, the largest cause first, each
+    /// with its `cause` (see `get_failure_clusters`); by default, in the order
+    /// they happened.
+    #[serde(default)]
+    pub group_by: Option<GroupBy>,
+}
+
+/// How `get_failures` orders its failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// By cause, the largest first.
+    Cluster,
 }
 
 /// Arguments of `get_failure_clusters`.

@@ -8,9 +8,9 @@ use rmcp::{ErrorData, RoleServer, tool, tool_router};
 use uuid::Uuid;
 
 use super::args::{
-    ClustersArgs, CompareArgs, FailuresArgs, FlakyArgs, HistoryArgs, ListSessionsArgs, Parameters,
-    RegressionArgs, SessionArgs, SessionFinishArgs, SessionStartArgs, SlowestArgs, TestOutcomeArgs,
-    page, session_id, session_ref,
+    ClustersArgs, CompareArgs, FailuresArgs, FlakyArgs, GroupBy, HistoryArgs, ListSessionsArgs,
+    Parameters, RegressionArgs, SessionArgs, SessionFinishArgs, SessionStartArgs, SlowestArgs,
+    TestOutcomeArgs, page, session_id, session_ref,
 };
 use super::views::{
     self, ClusterView, ClustersView, ComparisonView, FailureBrief, FailureView, FailuresView,
@@ -558,11 +558,87 @@ pub(super) async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<Cluste
     Ok(view)
 }
 
+/// `get_failures` with `group_by: "cluster"`: every failure (bounded) read,
+/// grouped by cause, and paged by position (`c<offset>` cursors).
+async fn failures_by_cause(
+    mcp: &PytestMcp,
+    a: &FailuresArgs,
+    session: SessionRef,
+    limit: usize,
+    traceback_bytes: usize,
+) -> Result<FailuresView> {
+    let offset: usize = match a.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => c
+            .strip_prefix('c')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "cursor",
+                    format!("{c:?} is not a cursor of failures grouped by cause"),
+                )
+            })?,
+        None => 0,
+    };
+    let (s, mut all) = mcp
+        .store
+        .session_failures(session, CLUSTER_FAILURES_MAX)
+        .await
+        .map_err(|e| rename(e, "session"))?;
+    if let Some(text) = a.nodeid_contains.as_deref().filter(|t| !t.is_empty()) {
+        all.retain(|o| o.nodeid.contains(text));
+    }
+    let causes = clusters_of(&all);
+    let keys: Vec<String> = all
+        .iter()
+        .map(|o| crate::store::fingerprint::Fingerprint::of(o).key())
+        .collect();
+    // Each cause's failures in the order they happened, the largest cause first.
+    let ordered: Vec<(usize, String)> = causes
+        .iter()
+        .flat_map(|c| {
+            let key = c.fingerprint.key();
+            let cause = c.fingerprint.describe();
+            keys.iter()
+                .enumerate()
+                .filter(move |(_, k)| **k == key)
+                .map(move |(i, _)| (i, cause.clone()))
+        })
+        .collect();
+    let mut view = FailuresView {
+        session: (&s).into(),
+        failures: ordered
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(i, cause)| {
+                let mut f = FailureView::new(&all[*i], traceback_bytes);
+                f.cause = Some(cause.clone());
+                f
+            })
+            .collect(),
+        total_failures: s.counts.failed + s.counts.errors,
+        rerun_command: String::new(),
+        truncated: false,
+        next_cursor: None,
+    };
+    fit_budget(&mut view, |v| &mut v.failures);
+    let next = offset + view.failures.len();
+    if next < ordered.len() {
+        view.next_cursor = Some(format!("c{next}"));
+        view.truncated = view.failures.len() < limit;
+    }
+    view.rerun_command = views::rerun_command(view.failures.iter().map(|f| f.nodeid.as_str()));
+    Ok(view)
+}
+
 /// `get_failures`' answer; shared with the failures resource and the prompt.
 pub(super) async fn failures(mcp: &PytestMcp, a: &FailuresArgs) -> Result<FailuresView> {
     let session = session_ref(a.session.as_deref(), "session")?;
     let limit = page(a.limit, 10, 100);
     let traceback_bytes = page(a.traceback_bytes, 4000, 16_000);
+    if a.group_by == Some(GroupBy::Cluster) {
+        return failures_by_cause(mcp, a, session, limit, traceback_bytes).await;
+    }
     let filter = OutcomeFilter {
         outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
         nodeid_contains: a.nodeid_contains.clone().filter(|t| !t.is_empty()),

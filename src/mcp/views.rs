@@ -309,6 +309,10 @@ pub struct FailureView {
     pub attempt: u32,
     /// Properties the test recorded (`record_property`).
     pub user_properties: Vec<PropertyView>,
+    /// Its cause in words, when the failures are grouped by cause
+    /// (`group_by: "cluster"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 impl FailureView {
@@ -339,6 +343,7 @@ impl FailureView {
             duration: o.duration,
             attempt: o.attempt,
             user_properties: properties(o),
+            cause: None,
         }
     }
 }

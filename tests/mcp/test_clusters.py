@@ -169,3 +169,29 @@ async def test_compare_names_the_causes_fixed_and_the_new_one(server: Server, tm
         assert new["tests"] == ["test_causes.py::test_new_cause"]
         assert got["fixed_causes"] == []
         assert "NEW CAUSE (1 tests): TimeoutError" in result.content[0].text
+
+
+async def test_get_failures_grouped_by_cause_pages_through_every_failure_once(
+    server: Server, tmp_path: Path
+):
+    run_suite(server, tmp_path)
+    async with client("http", server, "2026-07-28") as c:
+        seen, causes, cursor = [], [], None
+        while True:
+            args = {"group_by": "cluster", "limit": 8}
+            if cursor:
+                args["cursor"] = cursor
+            page = (await c.call_tool("get_failures", args)).structured_content
+            seen += [f["nodeid"] for f in page["failures"]]
+            causes += [f["cause"] for f in page["failures"]]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        assert len(seen) == len(set(seen)) == 35
+        # The broken fixture's thirty first, then one failure per other cause.
+        assert len(set(causes[:30])) == 1 and "ConnectionRefusedError" in causes[0]
+        assert len(set(causes[30:])) == 5
+        bad = await c.call_tool("get_failures", {"group_by": "module"})
+        assert bad.is_error and "group_by" in bad.content[0].text
+        bad = await c.call_tool("get_failures", {"group_by": "cluster", "cursor": "12"})
+        assert bad.is_error and "cursor" in bad.content[0].text
