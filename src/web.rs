@@ -610,14 +610,8 @@ async fn compare_page(State(web): State<Web>, Query(q): Query<CompareQuery>) -> 
                 b => SessionRef::parse(b, "base")?,
             };
             let c = web.store.compare_sessions(base, head, 1.5, 0.1).await?;
-            let (_, base_failures) = web
-                .store
-                .session_failures(SessionRef::Id(c.base.id), CAUSE_FAILURES_MAX)
-                .await?;
-            let (_, head_failures) = web
-                .store
-                .session_failures(SessionRef::Id(c.head.id), CAUSE_FAILURES_MAX)
-                .await?;
+            let (base_failures, head_failures) =
+                web.store.compared_failures(&c, CAUSE_FAILURES_MAX).await?;
             let view =
                 ComparisonView::new(&c, 500).with_causes(&base_failures, &head_failures, 100);
             Ok(pages::compare(&view))

@@ -395,13 +395,9 @@ impl PytestMcp {
                     .compare_sessions(base, head, min_ratio, min_seconds)
                     .await?;
                 let limit = page(a.limit, 50, 500);
-                let (_, base_failures) = self
+                let (base_failures, head_failures) = self
                     .store
-                    .session_failures(SessionRef::Id(c.base.id), CLUSTER_FAILURES_MAX)
-                    .await?;
-                let (_, head_failures) = self
-                    .store
-                    .session_failures(SessionRef::Id(c.head.id), CLUSTER_FAILURES_MAX)
+                    .compared_failures(&c, CLUSTER_FAILURES_MAX)
                     .await?;
                 let mut view = ComparisonView::new(&c, limit).with_causes(
                     &base_failures,

@@ -488,6 +488,22 @@ impl Store {
 }
 
 impl Store {
+    /// The failures of a comparison's two sessions (base, head), at most
+    /// `max` of each: what new and fixed causes are told from.
+    pub async fn compared_failures(
+        &self,
+        c: &Comparison,
+        max: usize,
+    ) -> Result<(Vec<Outcome>, Vec<Outcome>)> {
+        let (_, base) = self
+            .session_failures(SessionRef::Id(c.base.id), max)
+            .await?;
+        let (_, head) = self
+            .session_failures(SessionRef::Id(c.head.id), max)
+            .await?;
+        Ok((base, head))
+    }
+
     /// A session's failures and errors in the order they happened, at most
     /// `max` of them (read page by page).
     pub async fn session_failures(

@@ -366,24 +366,9 @@ mod tests {
 
     fn outcome(nodeid: &str, message: &str, longrepr: &str) -> Outcome {
         Outcome {
-            seq: 1,
-            nodeid: nodeid.into(),
-            outcome: TestOutcome::Failed,
-            phase: None,
-            duration: 0.1,
             message: message.into(),
             longrepr: longrepr.into(),
-            stdout: String::new(),
-            stderr: String::new(),
-            log: String::new(),
-            file: String::new(),
-            line: None,
-            markers: Vec::new(),
-            worker: String::new(),
-            attempt: 1,
-            started_at: None,
-            subtest: String::new(),
-            user_properties: Vec::new(),
+            ..Outcome::new(1, nodeid, TestOutcome::Failed)
         }
     }
 
