@@ -28,6 +28,7 @@ pub mod retention;
 pub mod rules;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -328,13 +329,56 @@ impl Store {
         finished_at: Option<Timestamp>,
     ) -> Result<Session> {
         crate::model::validate_duration(summary.duration, "summary.duration")?;
-        self.backend()
+        let session = self
+            .backend()
             .finish_session(
                 id,
                 summary,
                 outcomes_sent,
                 finished_at.unwrap_or_else(Timestamp::now),
             )
+            .await?;
+        // The finish is committed whatever happens here: a cause left
+        // unrecorded only makes it look new next time.
+        if let Err(e) = self.record_causes(&session).await {
+            tracing::warn!(error = %e, session = %session.id, "recording the causes of a session's failures");
+        }
+        Ok(session)
+    }
+
+    /// Records the causes (failure fingerprints) of a finished session's
+    /// failures under its project, so that later sessions can tell a known
+    /// cause from a new one.
+    async fn record_causes(&self, session: &Session) -> Result<()> {
+        let (_, failures) = self
+            .session_failures(SessionRef::Id(session.id), CAUSES_MAX_FAILURES)
+            .await?;
+        let causes = fingerprint::clusters(&failures)
+            .iter()
+            .map(|c| backend::CauseRecord {
+                key: c.fingerprint.key(),
+                cause: c.fingerprint.describe(),
+                failures: c.failures,
+            })
+            .collect();
+        self.backend()
+            .record_causes(
+                session.id,
+                session.environment.project.clone(),
+                session.started_at,
+                causes,
+            )
+            .await
+    }
+
+    /// Of these cause keys of `session`'s project, those seen in other sessions.
+    pub async fn known_causes(
+        &self,
+        session: &Session,
+        keys: Vec<String>,
+    ) -> Result<HashMap<String, backend::KnownCause>> {
+        self.backend()
+            .known_causes(session.environment.project.clone(), keys, session.id)
             .await
     }
 
@@ -414,6 +458,9 @@ impl Store {
         self.backend().storage_stats().await
     }
 }
+
+/// Most failures of one session whose causes are recorded at its finish.
+const CAUSES_MAX_FAILURES: usize = 20_000;
 
 /// A `A.B` page token (e.g. start time and pk) this server issued.
 pub(crate) fn decode_cursor_pair(text: &str, field: &str) -> Result<(i64, i64)> {

@@ -523,6 +523,12 @@ pub(super) async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<Cluste
         .map_err(|e| rename(e, "session"))?;
     let groups = clusters_of(&failures);
     let clusters_total = groups.len() as u64;
+    let shown_keys: Vec<String> = groups
+        .iter()
+        .take(limit)
+        .map(|g| g.fingerprint.key())
+        .collect();
+    let known = mcp.store.known_causes(&s, shown_keys).await?;
     let mut view = ClustersView {
         session: (&s).into(),
         failures: failures.len() as u64,
@@ -544,6 +550,11 @@ pub(super) async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<Cluste
                     rerun_command: views::rerun_command(named.iter().map(String::as_str)),
                     tests: named,
                     representative: FailureView::new(&failures[g.first], traceback_bytes),
+                    new: !known.contains_key(&g.fingerprint.key()),
+                    first_seen: known
+                        .get(&g.fingerprint.key())
+                        .map(|k| k.first_seen.to_rfc3339()),
+                    seen_in_sessions: known.get(&g.fingerprint.key()).map_or(0, |k| k.sessions),
                 }
             })
             .collect(),

@@ -467,6 +467,12 @@ pub struct ClusterView {
     pub representative: FailureView,
     /// A `pytest` command rerunning the tests named.
     pub rerun_command: String,
+    /// Whether no other session of the project failed of this cause.
+    pub new: bool,
+    /// When it was first seen in another session of the project (RFC 3339).
+    pub first_seen: Option<String>,
+    /// Other sessions of the project that failed of it.
+    pub seen_in_sessions: u64,
 }
 
 /// Answer of `get_failure_clusters`.
@@ -488,19 +494,24 @@ impl ClustersView {
     /// Text rendering.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "{}
-{} failures in {} clusters",
+            "{}\n{} failures in {} clusters",
             self.session.line(),
             self.failures,
             self.clusters_total
         );
         for c in &self.clusters {
+            let seen = match &c.first_seen {
+                Some(first) if !c.new => {
+                    format!(
+                        "known since {first}, in {} other sessions",
+                        c.seen_in_sessions
+                    )
+                }
+                _ => "NEW".to_string(),
+            };
             let _ = write!(
                 out,
-                "
-
-{} failures, {} tests: {}
-  {}",
+                "\n\n{} failures, {} tests ({seen}): {}\n  {}",
                 c.failures,
                 c.tests_total,
                 c.cause,
@@ -558,8 +569,7 @@ impl RegressionsView {
     /// Text rendering.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "{}
-{} tests slower than {}x their median over {} earlier sessions (and {:.2}s over it)",
+            "{}\n{} tests slower than {}x their median over {} earlier sessions (and {:.2}s over it)",
             self.session.line(),
             self.total,
             self.ratio,

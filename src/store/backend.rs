@@ -95,6 +95,26 @@ pub struct StorageStats {
     pub can_shrink: bool,
 }
 
+/// One cause of a closed session's failures, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CauseRecord {
+    /// The fingerprint's key ([`crate::store::fingerprint::Fingerprint::key`]).
+    pub key: String,
+    /// The fingerprint in words.
+    pub cause: String,
+    /// Failing outcomes of it in the session.
+    pub failures: u64,
+}
+
+/// What was recorded of a cause in sessions other than the one asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownCause {
+    /// The start of the first session it was seen in.
+    pub first_seen: Timestamp,
+    /// How many sessions it was seen in.
+    pub sessions: u64,
+}
+
 /// A storage backend; see the module docs for what it may and may not decide.
 pub trait Backend: Send + Sync + 'static {
     // ---- writes: each commits before its future resolves ----
@@ -128,6 +148,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stores one audit row and returns its id.
     fn record_audit(&self, entry: AuditEntry) -> Fut<u64>;
+
+    /// Records the causes of a closed session's failures under its project;
+    /// recording a session again replaces what it recorded. Kept when the
+    /// session is pruned: a cause stays known.
+    fn record_causes(
+        &self,
+        session: Uuid,
+        project: String,
+        started_at: Timestamp,
+        causes: Vec<CauseRecord>,
+    ) -> Fut<()>;
 
     /// Pins or unpins a session and returns it.
     fn set_pinned(&self, session: SessionRef, pinned: bool) -> Fut<Session>;
@@ -211,6 +242,15 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The newest session from `source` that is still running.
     fn latest_running(&self, source: Source) -> Fut<Option<Session>>;
+
+    /// Of these cause keys of `project`, those recorded for sessions other
+    /// than `session`, with when and how often.
+    fn known_causes(
+        &self,
+        project: String,
+        keys: Vec<String>,
+        session: Uuid,
+    ) -> Fut<HashMap<String, KnownCause>>;
 
     /// The session of the same project started just before `head`.
     fn previous_session(&self, head: Session) -> Fut<Option<Session>>;

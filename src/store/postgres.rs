@@ -26,6 +26,7 @@ mod rows;
 mod schema;
 mod writes;
 
+use crate::store::backend::{CauseRecord, KnownCause};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -451,6 +452,20 @@ impl Backend for PgBackend {
         })
     }
 
+    fn record_causes(
+        &self,
+        session: Uuid,
+        project: String,
+        started_at: Timestamp,
+        causes: Vec<CauseRecord>,
+    ) -> Fut<()> {
+        let (project, causes) = (Arc::new(project), Arc::new(causes));
+        self.write(move |tx, _| {
+            let (project, causes) = (project.clone(), causes.clone());
+            boxed!(async move { writes::causes(tx, session, &project, started_at, &causes).await })
+        })
+    }
+
     fn set_pinned(&self, session: SessionRef, pinned: bool) -> Fut<Session> {
         self.write(move |tx, _| boxed!(async move { writes::pin(tx, session, pinned).await }))
     }
@@ -592,6 +607,19 @@ impl Backend for PgBackend {
 
     fn recent_audit(&self, limit: usize) -> Fut<Vec<AuditEntry>> {
         self.read(move |tx| boxed!(async move { reads::recent_audit(tx, limit).await }))
+    }
+
+    fn known_causes(
+        &self,
+        project: String,
+        keys: Vec<String>,
+        session: Uuid,
+    ) -> Fut<HashMap<String, KnownCause>> {
+        let (project, keys) = (Arc::new(project), Arc::new(keys));
+        self.read(move |tx| {
+            let (project, keys) = (project.clone(), keys.clone());
+            boxed!(async move { reads::known_causes(tx, &project, &keys, session).await })
+        })
     }
 
     fn session_metas(&self) -> Fut<Vec<SessionMeta>> {

@@ -15,6 +15,7 @@ mod rows;
 mod schema;
 mod writer;
 
+use crate::store::backend::{CauseRecord, KnownCause};
 use rusqlite::{Connection, OpenFlags};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -227,6 +228,23 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn record_causes(
+        &self,
+        session: Uuid,
+        project: String,
+        started_at: Timestamp,
+        causes: Vec<CauseRecord>,
+    ) -> Fut<()> {
+        let recorded = self.write(move |reply| WriteCmd::Causes {
+            session,
+            project,
+            started_at,
+            causes,
+            reply,
+        });
+        Box::pin(async move { recorded.await.map(drop) })
+    }
+
     fn set_pinned(&self, session: SessionRef, pinned: bool) -> Fut<Session> {
         self.write(move |reply| WriteCmd::Pin {
             session,
@@ -336,6 +354,15 @@ impl Backend for SqliteBackend {
 
     fn recent_audit(&self, limit: usize) -> Fut<Vec<AuditEntry>> {
         self.read(move |c| reads::recent_audit(c, limit))
+    }
+
+    fn known_causes(
+        &self,
+        project: String,
+        keys: Vec<String>,
+        session: Uuid,
+    ) -> Fut<HashMap<String, KnownCause>> {
+        self.read(move |c| reads::known_causes(c, &project, &keys, session))
     }
 
     fn session_metas(&self) -> Fut<Vec<SessionMeta>> {

@@ -92,6 +92,9 @@ async def test_thirty_failures_of_one_broken_fixture_are_one_cluster_of_six(
     assert "ConnectionRefusedError" in big["representative"]["traceback"]
     assert big["rerun_command"].startswith("pytest ")
     assert [c["failures"] for c in rest] == [1, 1, 1, 1, 1]
+    # The project's first run: every cause is new.
+    assert all(c["new"] and c["first_seen"] is None and c["seen_in_sessions"] == 0
+               for c in got["clusters"])
     assert {c["exception"] for c in rest} == {"AssertionError", "KeyError", "ValueError",
                                              "AttributeError"}
     assert {c["frame"] for c in rest} == {
@@ -195,3 +198,25 @@ async def test_get_failures_grouped_by_cause_pages_through_every_failure_once(
         assert bad.is_error and "group_by" in bad.content[0].text
         bad = await c.call_tool("get_failures", {"group_by": "cluster", "cursor": "12"})
         assert bad.is_error and "cursor" in bad.content[0].text
+
+
+async def test_a_cause_seen_in_an_earlier_run_is_known_and_a_new_one_is_new(
+    server: Server, tmp_path: Path
+):
+    run_suite(server, tmp_path)
+    async with client("http", server, "2026-07-28") as c:
+        first = (await c.call_tool("get_session", {})).structured_content["session"]
+    run_suite(server, tmp_path, NEW_CAUSE="1")
+    async with client("http", server, "2026-07-28") as c:
+        result = await c.call_tool("get_failure_clusters", {"limit": 10})
+        got = result.structured_content
+    assert got["clusters_total"] == 7
+    by_exception = {c["exception"]: c for c in got["clusters"]}
+    new = by_exception["TimeoutError"]
+    assert new["new"] and new["seen_in_sessions"] == 0 and new["first_seen"] is None
+    known = [c for c in got["clusters"] if c["exception"] != "TimeoutError"]
+    assert len(known) == 6
+    assert all(not c["new"] and c["seen_in_sessions"] == 1 for c in known)
+    assert {c["first_seen"] for c in known} == {first["started_at"]}
+    assert "(NEW): TimeoutError" in result.content[0].text
+    assert "known since " + first["started_at"] in result.content[0].text

@@ -13,7 +13,7 @@ use super::rows::{OUTCOME_COLUMNS, OUTCOME_JOINS, SESSION_COLUMNS, session_from_
 use crate::error::{Error, Result};
 use crate::model::{Outcome, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp};
 use crate::store::backend::{
-    FlakyInput, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
+    FlakyInput, KnownCause, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
 };
 use crate::store::codes::{kind_code, kind_of};
 use crate::store::digest::{self, Digest};
@@ -541,6 +541,41 @@ pub async fn previous_session(tx: &Tx<'_>, head: &Session) -> Result<Option<Sess
 }
 
 /// The newest `limit` audit rows, newest first.
+/// Of `keys` of `project`, those recorded for sessions other than `session`.
+pub async fn known_causes(
+    tx: &Tx<'_>,
+    project: &str,
+    keys: &[String],
+    session: Uuid,
+) -> Result<HashMap<String, KnownCause>> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT c.key, MIN(cs.started_at), COUNT(*) FROM causes c
+             JOIN cause_sessions cs ON cs.cause_pk = c.pk
+             WHERE c.project = $1 AND c.key = ANY($2) AND cs.session <> $3
+             GROUP BY c.key",
+        )
+        .await?;
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    Ok(tx
+        .query(&stmt, &[&project, &keys, &session])
+        .await?
+        .iter()
+        .map(|r| {
+            let key: String = r.get(0);
+            let first: i64 = r.get(1);
+            let n: i64 = r.get(2);
+            (
+                key,
+                KnownCause {
+                    first_seen: Timestamp(first),
+                    sessions: u64::try_from(n).unwrap_or(0),
+                },
+            )
+        })
+        .collect())
+}
+
 pub async fn recent_audit(tx: &Tx<'_>, limit: usize) -> Result<Vec<AuditEntry>> {
     let stmt = tx
         .prepare_cached(

@@ -132,6 +132,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);
     INSERT INTO meta (key, value) VALUES ('tests_generation', 0);
     "#,
+    // 2: the causes of failures each closed session had, by project (see
+    // SQLite's migration 4); kept when the session is pruned.
+    r#"
+    CREATE TABLE causes (
+        pk      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        project text NOT NULL,
+        key     text NOT NULL,
+        cause   text NOT NULL,
+        UNIQUE (project, key)
+    );
+    CREATE TABLE cause_sessions (
+        cause_pk   bigint NOT NULL REFERENCES causes (pk),
+        session    uuid NOT NULL,
+        started_at bigint NOT NULL,
+        failures   bigint NOT NULL,
+        PRIMARY KEY (cause_pk, session)
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -22,7 +22,7 @@ use crate::model::{Session, SessionRef, SessionStatus, Summary, Timestamp};
 use crate::policy::Decision;
 use crate::policy::gate::{Count, Decide, Key};
 use crate::store::audit::{self, AuditEntry};
-use crate::store::backend::Reclaimed;
+use crate::store::backend::{CauseRecord, Reclaimed};
 use crate::store::codes::{kind_code, phase_code};
 use crate::store::detail::NewOutcome;
 use crate::store::digest;
@@ -676,6 +676,51 @@ pub async fn finish(
 }
 
 /// Stores one audit row and returns its id.
+/// Records a session's causes, replacing what it recorded before.
+pub async fn causes(
+    tx: &Tx<'_>,
+    session: Uuid,
+    project: &str,
+    started_at: Timestamp,
+    causes: &[CauseRecord],
+) -> Result<()> {
+    let forget = tx
+        .prepare_cached(
+            "DELETE FROM cause_sessions WHERE session = $1 AND cause_pk IN
+                 (SELECT pk FROM causes WHERE project = $2)",
+        )
+        .await?;
+    tx.execute(&forget, &[&session, &project]).await?;
+    let name = tx
+        .prepare_cached(
+            "INSERT INTO causes (project, key, cause) VALUES ($1, $2, $3)
+             ON CONFLICT (project, key) DO NOTHING",
+        )
+        .await?;
+    let seen = tx
+        .prepare_cached(
+            "INSERT INTO cause_sessions (cause_pk, session, started_at, failures)
+             SELECT pk, $3, $4, $5 FROM causes WHERE project = $1 AND key = $2",
+        )
+        .await?;
+    for c in causes {
+        tx.execute(&name, &[&project, &c.key, &c.cause]).await?;
+        let failures = i64::try_from(c.failures).unwrap_or(i64::MAX);
+        tx.execute(
+            &seen,
+            &[
+                &project,
+                &c.key,
+                &session,
+                &started_at.as_micros(),
+                &failures,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 pub async fn audit(tx: &Tx<'_>, entry: &AuditEntry) -> Result<u64> {
     let stmt = tx
         .prepare_cached(

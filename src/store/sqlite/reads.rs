@@ -6,6 +6,7 @@
 //! as soon as the page is full and never looking at sessions older than the
 //! test itself (`tests.first_pk`).
 
+use crate::store::backend::KnownCause;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::HashMap;
@@ -550,6 +551,38 @@ pub fn previous_session(c: &Connection, head: &Session) -> Result<Option<Session
 }
 
 /// The newest `limit` audit rows, newest first.
+/// Of `keys` of `project`, those recorded for sessions other than `session`.
+pub fn known_causes(
+    c: &Connection,
+    project: &str,
+    keys: &[String],
+    session: Uuid,
+) -> Result<HashMap<String, KnownCause>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT MIN(cs.started_at), COUNT(*) FROM causes c
+         JOIN cause_sessions cs ON cs.cause_pk = c.pk
+         WHERE c.project = ?1 AND c.key = ?2 AND cs.session <> ?3",
+    )?;
+    let session = session.to_string();
+    let mut out = HashMap::new();
+    for key in keys {
+        let (first, n): (Option<i64>, i64) = stmt
+            .query_row(params![project, key, session], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        if let Some(first) = first.filter(|_| n > 0) {
+            out.insert(
+                key.clone(),
+                KnownCause {
+                    first_seen: Timestamp(first),
+                    sessions: u64::try_from(n).unwrap_or(0),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
 pub fn recent_audit(c: &Connection, limit: usize) -> Result<Vec<AuditEntry>> {
     let mut stmt = c.prepare_cached(
         "SELECT id, at, grant_name, transport, tool, decision, result, reason, duration_us

@@ -29,6 +29,10 @@
 //!   its outcomes' rowid range) is never reused; `doomed` holds the pks of
 //!   deleted sessions whose rows are still being removed in steps.
 //! - `auto_vacuum = INCREMENTAL` lets pruning give the space back in steps.
+//! - Since version 4, `causes` names each failure fingerprint of a project
+//!   once and `cause_sessions` says which sessions (by id) failed of it, when
+//!   and how often; both are written when a session finishes and outlive
+//!   pruning, so that a cause stays known ([`crate::store::fingerprint`]).
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::collections::HashMap;
@@ -126,6 +130,27 @@ const MIGRATIONS: &[Migration] = &[
     // 3: interned tests, narrow outcome rows, compressed details, pinning and
     // pruning (see the module docs).
     Migration::Code(to_interned_outcomes),
+    // 4: the causes of failures (failure fingerprints) each closed session
+    // had, by project. Keyed by the session's id, not its pk: what was seen
+    // stays known when the session is pruned.
+    Migration::Sql(
+        r#"
+    CREATE TABLE causes (
+        pk      INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,
+        key     TEXT NOT NULL,   -- the fingerprint's key
+        cause   TEXT NOT NULL,   -- the fingerprint in words
+        UNIQUE (project, key)
+    );
+    CREATE TABLE cause_sessions (
+        cause_pk   INTEGER NOT NULL REFERENCES causes (pk),
+        session    TEXT NOT NULL,      -- the session's id
+        started_at INTEGER NOT NULL,   -- its start, microseconds since the Unix epoch
+        failures   INTEGER NOT NULL,
+        PRIMARY KEY (cause_pk, session)
+    ) WITHOUT ROWID;
+    "#,
+    ),
 ];
 
 /// The schema version this binary writes.

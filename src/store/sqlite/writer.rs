@@ -17,6 +17,7 @@
 //!   rolled-back savepoint added is forgotten, and the whole cache is dropped
 //!   when another writer removed tests (the `tests_generation` in `meta`).
 
+use crate::store::backend::CauseRecord;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::HashMap;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -82,6 +83,19 @@ pub enum WriteCmd {
         finished_at: Timestamp,
         /// Where the result goes.
         reply: oneshot::Sender<Result<Session>>,
+    },
+    /// Record the causes of a closed session's failures.
+    Causes {
+        /// The session.
+        session: Uuid,
+        /// Its project.
+        project: String,
+        /// Its start.
+        started_at: Timestamp,
+        /// Its causes.
+        causes: Vec<CauseRecord>,
+        /// Receives how many were recorded.
+        reply: oneshot::Sender<Result<u64>>,
     },
     /// Store one audit row.
     Audit {
@@ -188,6 +202,7 @@ impl WriteCmd {
             WriteCmd::Append { reply, .. }
             | WriteCmd::AppendNext { reply, .. }
             | WriteCmd::Audit { reply, .. }
+            | WriteCmd::Causes { reply, .. }
             | WriteCmd::RemoveTests { reply, .. }
             | WriteCmd::Shrink { reply, .. } => {
                 let _ = reply.send(number(result));
@@ -606,6 +621,19 @@ impl Ctx<'_> {
                 *finished_at,
             )?)),
             WriteCmd::Audit { entry, .. } => Answer::Number(insert_audit(self.conn, entry)?),
+            WriteCmd::Causes {
+                session,
+                project,
+                started_at,
+                causes,
+                ..
+            } => Answer::Number(insert_causes(
+                self.conn,
+                *session,
+                project,
+                *started_at,
+                causes,
+            )?),
             WriteCmd::Pin {
                 session, pinned, ..
             } => Answer::Session(Box::new(self.pin(*session, *pinned)?)),
@@ -975,6 +1003,41 @@ fn shrink(conn: &Connection, max_bytes: u64) -> Result<u64> {
     while rows.next()?.is_some() {}
     let after: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
     Ok(u64::try_from((before - after) * page_size).unwrap_or(0))
+}
+
+/// Records a session's causes, replacing what it recorded before.
+fn insert_causes(
+    conn: &Connection,
+    session: Uuid,
+    project: &str,
+    started_at: Timestamp,
+    causes: &[CauseRecord],
+) -> Result<u64> {
+    let session = session.to_string();
+    conn.prepare_cached(
+        "DELETE FROM cause_sessions WHERE session = ?1 AND cause_pk IN
+             (SELECT pk FROM causes WHERE project = ?2)",
+    )?
+    .execute(params![session, project])?;
+    for c in causes {
+        conn.prepare_cached(
+            "INSERT INTO causes (project, key, cause) VALUES (?1, ?2, ?3)
+             ON CONFLICT (project, key) DO NOTHING",
+        )?
+        .execute(params![project, c.key, c.cause])?;
+        conn.prepare_cached(
+            "INSERT INTO cause_sessions (cause_pk, session, started_at, failures)
+             SELECT pk, ?3, ?4, ?5 FROM causes WHERE project = ?1 AND key = ?2",
+        )?
+        .execute(params![
+            project,
+            c.key,
+            session,
+            started_at.as_micros(),
+            i64::try_from(c.failures).unwrap_or(i64::MAX)
+        ])?;
+    }
+    Ok(causes.len() as u64)
 }
 
 fn insert_audit(conn: &Connection, entry: &AuditEntry) -> Result<u64> {
