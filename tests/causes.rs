@@ -1,0 +1,112 @@
+//! Failure causes recorded at a session's finish, on every backend: a
+//! repeated finish counts a session once, and a cause stays known after the
+//! sessions that had it are pruned.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use pytest_mcp::model::{
+    Environment, Outcome, SessionRef, Source, Summary, TestOutcome, Timestamp,
+};
+use pytest_mcp::store::fingerprint::Fingerprint;
+use pytest_mcp::store::retention::Policy;
+use pytest_mcp::store::{Location, Store, StoreConfig};
+use support::{TestDb, backend_tests};
+use uuid::Uuid;
+
+backend_tests! {
+    async fn a_cause_is_known_from_other_sessions_once_each_and_outlives_pruning;
+}
+
+fn failure(seq: u64, port: u16) -> Outcome {
+    let mut o = Outcome::new(seq, "tests/test_db.py::test_query", TestOutcome::Failed);
+    o.message = format!("ConnectionRefusedError: cannot reach 127.0.0.1:{port}");
+    o.longrepr = format!(
+        "    def db():\n>       return connect({port})\nE   ConnectionRefusedError: cannot reach \
+         127.0.0.1:{port}\n\ntests/conftest.py:9: ConnectionRefusedError"
+    );
+    o
+}
+
+async fn run(store: &Store, start: i64, port: u16) -> Uuid {
+    let id = Uuid::new_v4();
+    let env = Environment {
+        os: "Linux".into(),
+        python_version: "3.12.1".into(),
+        project: "shop".into(),
+        ..Environment::default()
+    };
+    store
+        .start_session(id, Source::Plugin, env, Some(Timestamp(start)))
+        .await
+        .unwrap();
+    store
+        .append_outcomes(id, vec![failure(1, port)])
+        .await
+        .unwrap();
+    let summary = Summary {
+        total_tests: 1,
+        failed: 1,
+        exitstatus: 1,
+        ..Summary::default()
+    };
+    store
+        .finish_session(id, summary.clone(), 1, None)
+        .await
+        .unwrap();
+    // A repeated finish (a retrying client) must not count the session twice.
+    store.finish_session(id, summary, 1, None).await.unwrap();
+    id
+}
+
+async fn a_cause_is_known_from_other_sessions_once_each_and_outlives_pruning(db: TestDb) {
+    let location = Location::parse(db.arg().to_str().unwrap().as_ref()).unwrap();
+    let store = Store::open(StoreConfig::new(location)).await.unwrap();
+    let key = Fingerprint::of(&failure(1, 5433)).key();
+    assert_eq!(
+        key,
+        Fingerprint::of(&failure(1, 6012)).key(),
+        "ports differ, cause does not"
+    );
+
+    let first = run(&store, 1_000_000, 5433).await;
+    let first_session = store.get_session(SessionRef::Id(first)).await.unwrap();
+    // Only its own session had it: not known from another.
+    let known = store
+        .known_causes(&first_session, vec![key.clone()])
+        .await
+        .unwrap();
+    assert!(known.is_empty(), "{known:?}");
+
+    let second = run(&store, 2_000_000, 6012).await;
+    let third = run(&store, 3_000_000, 7001).await;
+    let third_session = store.get_session(SessionRef::Id(third)).await.unwrap();
+    let known = store
+        .known_causes(&third_session, vec![key.clone()])
+        .await
+        .unwrap();
+    let k = known.get(&key).unwrap();
+    assert_eq!(k.sessions, 2, "the two earlier sessions, each once");
+    assert_eq!(k.first_seen, Timestamp(1_000_000));
+
+    // Prune all but the newest: the cause stays known, with its history.
+    let policy = Policy {
+        keep_sessions: Some(1),
+        older_than: None,
+        project: None,
+    };
+    let report = store.prune(&policy, false).await.unwrap();
+    assert!(
+        store.get_session(SessionRef::Id(second)).await.is_err(),
+        "{report:?}"
+    );
+    let known = store
+        .known_causes(&third_session, vec![key.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        known.get(&key).map(|k| (k.sessions, k.first_seen)),
+        Some((2, Timestamp(1_000_000)))
+    );
+    store.shutdown().await;
+}
