@@ -54,6 +54,8 @@ const ICON: &str = include_str!("web/assets/icon.svg");
 const GRID_SESSIONS: usize = 20;
 const GRID_ROWS: usize = 50;
 const TREND_SESSIONS: usize = 60;
+/// Causes listed on a session's page.
+const CAUSES_SHOWN: usize = 50;
 /// Failures of each session read to tell new causes from fixed ones.
 const CAUSE_FAILURES_MAX: usize = 20_000;
 
@@ -400,6 +402,29 @@ async fn session_page(
                 .list_outcomes(SessionRef::Id(s.id), filter, OUTCOMES_PAGE, cursor)
                 .await?;
             let grant = web.store.session_grant(s.id).await.unwrap_or(None);
+            let (_, all_failures) = web
+                .store
+                .session_failures(SessionRef::Id(s.id), CAUSE_FAILURES_MAX)
+                .await?;
+            let clusters = crate::store::fingerprint::clusters(&all_failures);
+            let shown: Vec<_> = clusters.iter().take(CAUSES_SHOWN).collect();
+            let known = web
+                .store
+                .known_causes(&s, shown.iter().map(|c| c.fingerprint.key()).collect())
+                .await?;
+            let causes = shown
+                .iter()
+                .map(|c| {
+                    let k = known.get(&c.fingerprint.key());
+                    pages::CauseRow {
+                        cause: c.fingerprint.describe(),
+                        failures: c.failures,
+                        tests: c.tests.len() as u64,
+                        first_seen: k.map(|k| k.first_seen.to_rfc3339()),
+                        sessions: k.map_or(0, |k| k.sessions),
+                    }
+                })
+                .collect();
             let failures: Vec<FailureView> = failures
                 .items
                 .iter()
@@ -414,6 +439,7 @@ async fn session_page(
                 session: SessionView::from(&s),
                 environment: EnvironmentView::from(&s.environment),
                 grant,
+                causes,
                 more_failures: failures.len() >= FAILURES_SHOWN,
                 failures,
                 rerun_all,

@@ -103,6 +103,8 @@ pub struct SessionPage {
     pub environment: EnvironmentView,
     /// Who recorded it (the token's grant), when known.
     pub grant: Option<String>,
+    /// The causes of its failures, the largest first.
+    pub causes: Vec<CauseRow>,
     /// Its failures and errors, in the order they happened.
     pub failures: Vec<FailureView>,
     /// Failures beyond those shown.
@@ -117,6 +119,20 @@ pub struct SessionPage {
     pub search: String,
     /// The next page's cursor.
     pub next: Option<String>,
+}
+
+/// One cause of a session's failures.
+pub struct CauseRow {
+    /// The cause in words.
+    pub cause: String,
+    /// Failing outcomes of it.
+    pub failures: u64,
+    /// Tests it broke.
+    pub tests: u64,
+    /// When another session of the project first failed of it, if one did.
+    pub first_seen: Option<String>,
+    /// Other sessions of the project that failed of it.
+    pub sessions: u64,
 }
 
 /// One session: environment, summary, failures first, then every outcome.
@@ -185,6 +201,27 @@ pub fn session(p: &SessionPage) -> Markup {
             }
             (bar(&s.counts))
             (counts(s))
+            @if !p.causes.is_empty() {
+                h2 { "Causes " span.muted { "(" (p.causes.len()) ")" } }
+                table.causes {
+                    thead { tr { th { "cause" } th.num { "failures" } th.num { "tests" } th { "seen before" } } }
+                    tbody {
+                        @for c in &p.causes {
+                            tr {
+                                td.mono { (c.cause) }
+                                td.num { (c.failures) }
+                                td.num { (c.tests) }
+                                td {
+                                    @match &c.first_seen {
+                                        Some(first) => { "in " (c.sessions) " other sessions, first " (ago(first)) }
+                                        None => { span.status.new { "new" } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             h2 { "Failures"
                 " "
                 button type="button" data-field="rerun-all" data-copy=(p.rerun_all) hidden[p.rerun_all.is_empty()] {

@@ -137,6 +137,13 @@ def test_the_pages_follow_a_real_run_while_it_is_held_open(browser, server: Serv
         assert cells.count() == 3
         assert {cells.nth(i).get_attribute("class") for i in range(3)} == {"failed"}
         assert "assert 3 == 2" in page.inner_text("main")
+        # The newest session's page names the cause, known from the two before.
+        page.goto(f"{base}sessions/latest")
+        causes = page.locator("table.causes tbody tr")
+        assert causes.count() == 1
+        row = causes.first.inner_text()
+        assert "AssertionError in test_demo.py::test_fails: assert <n> == <n>" in row
+        assert "in 2 other sessions" in row
     finally:
         release.touch()
         if run.poll() is None:
