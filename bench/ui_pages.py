@@ -18,8 +18,11 @@ What it does:
    the trends. A request is timed from sending it to having read the whole
    body; each answer is checked to be the page asked for (status 200 and a
    marker of its content), so an error page cannot pass as a fast one.
-4. Prints p50 / p99 / max per page and whether the session's first page is
-   under the target (200 ms), with the load average and the command to rerun it.
+4. Over MCP (one streamable HTTP session), times `get_failure_clusters` on
+   that newest session, which has about 2,400 failures.
+5. Prints p50 / p99 / max per page and whether the session's first page is
+   under the target (200 ms), the clusters tool's p50 / p99 against its
+   target (20 ms), the load average and the command to rerun it.
 
 Rerun: .venv/bin/python bench/ui_pages.py   (--help for options)
 """
@@ -112,8 +115,21 @@ def main() -> int:
         load_before = data.loadavg()
         results = [(name, path, *measure(conn, path, marker, args.warmup, args.requests))
                    for name, path, marker in pages]
-        load_after = data.loadavg()
         conn.close()
+        # The same session's causes over MCP: the failure-clusters tool on a
+        # session with thousands of failures.
+        mcp = data.McpHttp(server.url)
+        mcp.initialize()
+
+        def check_clusters(result: dict) -> None:
+            assert not result.get("isError"), result
+            got = result["structuredContent"]
+            assert got["session"]["id"] == newest and got["failures"] > 1000, got["failures"]
+
+        cluster_times, cluster_answer = data.measure(
+            mcp, "get_failure_clusters", {}, check_clusters, args.warmup, args.requests)
+        mcp.close()
+        load_after = data.loadavg()
     finally:
         server.stop()
 
@@ -137,6 +153,10 @@ def main() -> int:
     print()
     print(f"target: a session of {SUITE:,} outcomes renders its first page in under "
           f"{TARGET_MS:g} ms (p99 {p99:.1f} ms): {'met' if p99 < TARGET_MS else 'NOT met'}")
+    c99 = data.percentile(cluster_times, 99)
+    print(f"get_failure_clusters on that session over MCP ({cluster_answer}): "
+          f"p50 {data.percentile(cluster_times, 50):.1f} ms, p99 {c99:.1f} ms "
+          f"(target 20 ms: {'met' if c99 < 20 else 'NOT met'})")
     print(f"rerun: {shlex.join(cmd)}")
     return 0
 
