@@ -18,6 +18,7 @@ mod audit;
 pub mod backend;
 mod blob;
 mod budget;
+pub mod changes;
 pub mod codes;
 pub mod detail;
 pub mod digest;
@@ -356,7 +357,7 @@ impl Store {
         let causes = fingerprint::clusters(&failures)
             .iter()
             .map(|c| backend::CauseRecord {
-                key: c.fingerprint.key(),
+                key: c.key.clone(),
                 cause: c.fingerprint.describe(),
                 failures: c.failures,
             })

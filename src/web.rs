@@ -410,12 +410,12 @@ async fn session_page(
             let shown: Vec<_> = clusters.iter().take(CAUSES_SHOWN).collect();
             let known = web
                 .store
-                .known_causes(&s, shown.iter().map(|c| c.fingerprint.key()).collect())
+                .known_causes(&s, shown.iter().map(|c| c.key.clone()).collect())
                 .await?;
             let causes = shown
                 .iter()
                 .map(|c| {
-                    let k = known.get(&c.fingerprint.key());
+                    let k = known.get(&c.key);
                     pages::CauseRow {
                         cause: c.fingerprint.describe(),
                         failures: c.failures,

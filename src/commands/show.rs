@@ -94,18 +94,13 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
         .session_failures(SessionRef::Id(s.id), usize::MAX)
         .await?;
     let causes = crate::store::fingerprint::clusters(&failures);
-    let keys: Vec<String> = failures
-        .iter()
-        .map(|o| crate::store::fingerprint::Fingerprint::of(o).key())
-        .collect();
     let mut shown = 0usize;
     let mut rerun: Vec<String> = Vec::new();
     for cause in &causes {
-        let key = cause.fingerprint.key();
         writeln!(
             out,
             "\ncause     {} ({} {}, {} {}): {}",
-            key,
+            cause.key,
             cause.failures,
             if cause.failures == 1 {
                 "failure"
@@ -120,7 +115,7 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             },
             cause.fingerprint.describe()
         )?;
-        for (o, _) in failures.iter().zip(&keys).filter(|(_, k)| **k == key) {
+        for o in cause.members.iter().map(|&i| &failures[i]) {
             shown += 1;
             rerun.push(o.nodeid.clone());
             writeln!(out)?;

@@ -24,8 +24,9 @@ use rmcp::service::{SubscriptionContext, SubscriptionSendError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::resources::{Changes, Target, Watched, newest_session, snapshot};
+use super::resources::{Target, Watched, newest_session, snapshot};
 use crate::store::Store;
+use crate::store::changes::Changes;
 
 /// Longest a shutdown waits for open listens to send their final result.
 const DRAIN: Duration = Duration::from_secs(2);

@@ -8,7 +8,7 @@
 //! A subscribed client is sent `notifications/resources/updated` when the
 //! session it names changes (new outcomes, a finish; for `latest`, also a
 //! newer session), at most a few times a second: commits are coalesced for
-//! [`COALESCE`] so a fast run does not flood the client, and
+//! [`crate::store::changes::COALESCE`] so a fast run does not flood the client, and
 //! `notifications/resources/list_changed` when a session starts. Handshake-era
 //! clients subscribe with `resources/subscribe` ([`Subscriptions`], one
 //! watcher task per MCP session); 2026-07-28 clients with
@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rmcp::model::{
     ListResourceTemplatesResult, ListResourcesResult, ReadResourceResult, Resource,
@@ -31,7 +30,6 @@ use rmcp::model::{
 };
 use rmcp::service::Peer;
 use rmcp::{ErrorData, RoleServer};
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -39,16 +37,11 @@ use super::args::FailuresArgs;
 use super::{PytestMcp, protocol_error};
 use crate::error::Error;
 use crate::model::{SessionRef, SessionStatus};
-use crate::store::{SessionFilter, Store, StoreEvent};
+use crate::store::changes::Changes;
+use crate::store::{SessionFilter, Store};
 
 const PREFIX: &str = "pytest://sessions/";
 const JSON: &str = "application/json";
-
-/// How long changes are gathered before subscribers are told.
-const COALESCE: Duration = Duration::from_millis(200);
-
-/// How often subscribed resources are looked at even without a local commit.
-const POLL: Duration = Duration::from_secs(1);
 
 /// Recent sessions listed as concrete resources (the rest via the templates).
 const LISTED_SESSIONS: usize = 10;
@@ -216,52 +209,6 @@ pub(super) async fn newest_session(store: &Store) -> Option<Uuid> {
         Err(e) => {
             tracing::debug!(error = %e, "cannot look at the newest session");
             None
-        }
-    }
-}
-
-/// When to look at watched resources again: soon after this process commits
-/// something, and every [`POLL`] (which also catches changes written by
-/// another process sharing the database).
-pub(super) struct Changes {
-    events: broadcast::Receiver<StoreEvent>,
-    poll: tokio::time::Interval,
-}
-
-impl Changes {
-    /// Changes of `store` from now on.
-    pub(super) fn new(store: &Store) -> Self {
-        let mut poll = tokio::time::interval(POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self {
-            events: store.subscribe(),
-            poll,
-        }
-    }
-
-    /// Waits for the next time to look: a poll tick, or a burst of commits
-    /// that has settled for [`COALESCE`], so that a fast run does not flood
-    /// the client. False once the store has shut down.
-    pub(super) async fn next(&mut self) -> bool {
-        tokio::select! {
-            _ = self.poll.tick() => return true,
-            event = self.events.recv() => {
-                if matches!(event, Err(broadcast::error::RecvError::Closed)) {
-                    return false;
-                }
-            }
-        }
-        let window = tokio::time::sleep(COALESCE);
-        tokio::pin!(window);
-        loop {
-            tokio::select! {
-                _ = &mut window => return true,
-                more = self.events.recv() => {
-                    if matches!(more, Err(broadcast::error::RecvError::Closed)) {
-                        return false;
-                    }
-                }
-            }
         }
     }
 }

@@ -523,11 +523,7 @@ pub(super) async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<Cluste
         .map_err(|e| rename(e, "session"))?;
     let groups = clusters_of(&failures);
     let clusters_total = groups.len() as u64;
-    let shown_keys: Vec<String> = groups
-        .iter()
-        .take(limit)
-        .map(|g| g.fingerprint.key())
-        .collect();
+    let shown_keys: Vec<String> = groups.iter().take(limit).map(|g| g.key.clone()).collect();
     let known = mcp.store.known_causes(&s, shown_keys).await?;
     let mut view = ClustersView {
         session: (&s).into(),
@@ -540,7 +536,7 @@ pub(super) async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<Cluste
             .map(|g| {
                 let named: Vec<String> = g.tests.iter().take(per_cluster).cloned().collect();
                 ClusterView {
-                    fingerprint: g.fingerprint.key(),
+                    fingerprint: g.key.clone(),
                     cause: g.fingerprint.describe(),
                     exception: g.fingerprint.exception.clone(),
                     frame: g.fingerprint.frame.clone(),
@@ -549,12 +545,10 @@ pub(super) async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<Cluste
                     tests_total: g.tests.len() as u64,
                     rerun_command: views::rerun_command(named.iter().map(String::as_str)),
                     tests: named,
-                    representative: FailureView::new(&failures[g.first], traceback_bytes),
-                    new: !known.contains_key(&g.fingerprint.key()),
-                    first_seen: known
-                        .get(&g.fingerprint.key())
-                        .map(|k| k.first_seen.to_rfc3339()),
-                    seen_in_sessions: known.get(&g.fingerprint.key()).map_or(0, |k| k.sessions),
+                    representative: FailureView::new(&failures[g.first()], traceback_bytes),
+                    new: !known.contains_key(&g.key),
+                    first_seen: known.get(&g.key).map(|k| k.first_seen.to_rfc3339()),
+                    seen_in_sessions: known.get(&g.key).map_or(0, |k| k.sessions),
                 }
             })
             .collect(),
@@ -595,20 +589,12 @@ async fn failures_by_cause(
         all.retain(|o| o.nodeid.contains(text));
     }
     let causes = clusters_of(&all);
-    let keys: Vec<String> = all
-        .iter()
-        .map(|o| crate::store::fingerprint::Fingerprint::of(o).key())
-        .collect();
     // Each cause's failures in the order they happened, the largest cause first.
     let ordered: Vec<(usize, String)> = causes
         .iter()
         .flat_map(|c| {
-            let key = c.fingerprint.key();
             let cause = c.fingerprint.describe();
-            keys.iter()
-                .enumerate()
-                .filter(move |(_, k)| **k == key)
-                .map(move |(i, _)| (i, cause.clone()))
+            c.members.iter().map(move |&i| (i, cause.clone()))
         })
         .collect();
     let mut view = FailuresView {

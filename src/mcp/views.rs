@@ -938,7 +938,7 @@ impl ComparisonView {
     pub fn with_causes(mut self, base: &[Outcome], head: &[Outcome], limit: usize) -> Self {
         let (new, fixed) = crate::store::fingerprint::changed_causes(base, head);
         let view = |c: &crate::store::fingerprint::Cluster| CauseView {
-            fingerprint: c.fingerprint.key(),
+            fingerprint: c.key.clone(),
             cause: c.fingerprint.describe(),
             failures: c.failures,
             tests_total: c.tests.len() as u64,

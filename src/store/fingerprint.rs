@@ -78,12 +78,21 @@ impl Fingerprint {
 pub struct Cluster {
     /// Their fingerprint.
     pub fingerprint: Fingerprint,
-    /// The index of the first of them in the outcomes given.
-    pub first: usize,
+    /// Its key ([`Fingerprint::key`]).
+    pub key: String,
+    /// The indexes of its failures in the outcomes given, in order.
+    pub members: Vec<usize>,
     /// How many failing outcomes.
     pub failures: u64,
     /// The tests affected, each once, in the order they failed.
     pub tests: Vec<String>,
+}
+
+impl Cluster {
+    /// The index of its first failure.
+    pub fn first(&self) -> usize {
+        self.members[0]
+    }
 }
 
 /// Groups failing outcomes by fingerprint: the largest cluster first, and
@@ -93,22 +102,25 @@ pub fn clusters(failures: &[Outcome]) -> Vec<Cluster> {
     let mut by_key: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, o) in failures.iter().enumerate() {
         let fingerprint = Fingerprint::of(o);
-        let at = *by_key.entry(fingerprint.key()).or_insert_with(|| {
+        let key = fingerprint.key();
+        let at = *by_key.entry(key.clone()).or_insert_with(|| {
             out.push(Cluster {
                 fingerprint,
-                first: i,
+                key,
+                members: Vec::new(),
                 failures: 0,
                 tests: Vec::new(),
             });
             out.len() - 1
         });
         let c = &mut out[at];
+        c.members.push(i);
         c.failures += 1;
         if !c.tests.contains(&o.nodeid) {
             c.tests.push(o.nodeid.clone());
         }
     }
-    out.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.first.cmp(&b.first)));
+    out.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.first().cmp(&b.first())));
     out
 }
 
@@ -118,16 +130,16 @@ pub fn clusters(failures: &[Outcome]) -> Vec<Cluster> {
 pub fn changed_causes(base: &[Outcome], head: &[Outcome]) -> (Vec<Cluster>, Vec<Cluster>) {
     let (base, head) = (clusters(base), clusters(head));
     let keys = |cs: &[Cluster]| -> std::collections::HashSet<String> {
-        cs.iter().map(|c| c.fingerprint.key()).collect()
+        cs.iter().map(|c| c.key.clone()).collect()
     };
     let (in_base, in_head) = (keys(&base), keys(&head));
     let new = head
         .into_iter()
-        .filter(|c| !in_base.contains(&c.fingerprint.key()))
+        .filter(|c| !in_base.contains(&c.key))
         .collect();
     let fixed = base
         .into_iter()
-        .filter(|c| !in_head.contains(&c.fingerprint.key()))
+        .filter(|c| !in_head.contains(&c.key))
         .collect();
     (new, fixed)
 }

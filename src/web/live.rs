@@ -10,12 +10,10 @@
 //! - `/events`: `changed` whenever anything is stored (coalesced), for the
 //!   sessions list to refetch itself.
 //!
-//! Both follow the store's events (coalesced for [`COALESCE`]) and look
-//! every [`POLL`] as well, for writes by another process on the same
-//! database.
+//! Both follow the store's changes as MCP subscriptions do
+//! ([`crate::store::changes`]).
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Serialize;
@@ -27,13 +25,8 @@ use uuid::Uuid;
 use super::components::{bar, failure, pass_rate};
 use crate::mcp::views::{FailureView, SessionView, rerun_command};
 use crate::model::{SessionRef, TestOutcome};
+use crate::store::changes::{COALESCE, Changes};
 use crate::store::{OutcomeFilter, Store};
-
-/// How long a burst of commits is gathered into one event.
-const COALESCE: Duration = Duration::from_millis(200);
-
-/// How often the store is looked at without an event of this process.
-const POLL: Duration = Duration::from_secs(1);
 
 /// Outcomes read per look while catching up.
 const BATCH: usize = 1000;
@@ -54,31 +47,11 @@ struct Progress {
 
 /// Waits for the next time to look; false when the store has shut down or
 /// `stop` was cancelled.
-async fn next_look(
-    events: &mut broadcast::Receiver<crate::store::StoreEvent>,
-    poll: &mut tokio::time::Interval,
-    stop: &CancellationToken,
-) -> bool {
+async fn next_look(changes: &mut Changes, stop: &CancellationToken) -> bool {
     tokio::select! {
-        _ = stop.cancelled() => return false,
-        _ = poll.tick() => return true,
-        e = events.recv() => if matches!(e, Err(broadcast::error::RecvError::Closed)) { return false },
+        _ = stop.cancelled() => false,
+        more = changes.next() => more,
     }
-    let window = tokio::time::sleep(COALESCE);
-    tokio::pin!(window);
-    loop {
-        tokio::select! {
-            _ = &mut window => return true,
-            _ = stop.cancelled() => return false,
-            e = events.recv() => if matches!(e, Err(broadcast::error::RecvError::Closed)) { return false },
-        }
-    }
-}
-
-fn poll() -> tokio::time::Interval {
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    poll
 }
 
 /// A session's progress from `after` on.
@@ -100,8 +73,7 @@ async fn follow_session(
     stop: CancellationToken,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
-    let mut events = store.subscribe();
-    let mut poll = poll();
+    let mut looks = Changes::new(&store);
     let mut last_status = String::new();
     loop {
         let s = match store.get_session(SessionRef::Id(id)).await {
@@ -184,7 +156,7 @@ async fn follow_session(
                 break;
             }
         }
-        if !next_look(&mut events, &mut poll, &stop).await {
+        if !next_look(&mut looks, &stop).await {
             break;
         }
     }
