@@ -36,8 +36,9 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 pub use analysis::{
-    ComparedTest, Comparison, DurationChange, Final, FlakyTest, Regression, RegressionRule,
-    Regressions, Run, Stability, Verdict, flakiness_verdict, regressions_of, stability_of,
+    Causes, ChangedCauses, ComparedTest, Comparison, Described, DurationChange, Final, FlakyTest,
+    Regression, RegressionRule, Regressions, Run, Stability, Verdict, flakiness_verdict,
+    regressions_of, stability_of,
 };
 pub use audit::AuditEntry;
 pub use backend::{Backend, SessionMeta, StorageStats};
@@ -305,8 +306,9 @@ impl Store {
         outcomes: Vec<Outcome>,
     ) -> Result<backend::Fut<u64>> {
         let budget = self.inner.budget.take(&outcomes).await;
-        // Encoded here, on the thread that received them, not on the
-        // backend's writer: compressing tracebacks runs beside the writes.
+        // Encoded (and failures fingerprinted) here, on the thread that
+        // received them, not on the backend's writer: compressing tracebacks
+        // runs beside the writes.
         let outcomes = outcomes.into_iter().map(detail::split).collect();
         self.backend().enqueue_append(id, outcomes, budget).await
     }
@@ -330,44 +332,12 @@ impl Store {
         finished_at: Option<Timestamp>,
     ) -> Result<Session> {
         crate::model::validate_duration(summary.duration, "summary.duration")?;
-        let session = self
-            .backend()
+        self.backend()
             .finish_session(
                 id,
                 summary,
                 outcomes_sent,
                 finished_at.unwrap_or_else(Timestamp::now),
-            )
-            .await?;
-        // The finish is committed whatever happens here: a cause left
-        // unrecorded only makes it look new next time.
-        if let Err(e) = self.record_causes(&session).await {
-            tracing::warn!(error = %e, session = %session.id, "recording the causes of a session's failures");
-        }
-        Ok(session)
-    }
-
-    /// Records the causes (failure fingerprints) of a finished session's
-    /// failures under its project, so that later sessions can tell a known
-    /// cause from a new one.
-    async fn record_causes(&self, session: &Session) -> Result<()> {
-        let (_, failures) = self
-            .session_failures(SessionRef::Id(session.id), CAUSES_MAX_FAILURES)
-            .await?;
-        let causes = fingerprint::clusters(&failures)
-            .iter()
-            .map(|c| backend::CauseRecord {
-                key: c.key.clone(),
-                cause: c.fingerprint.describe(),
-                failures: c.failures,
-            })
-            .collect();
-        self.backend()
-            .record_causes(
-                session.id,
-                session.environment.project.clone(),
-                session.started_at,
-                causes,
             )
             .await
     }
@@ -459,9 +429,6 @@ impl Store {
         self.backend().storage_stats().await
     }
 }
-
-/// Most failures of one session whose causes are recorded at its finish.
-const CAUSES_MAX_FAILURES: usize = 20_000;
 
 /// A `A.B` page token (e.g. start time and pk) this server issued.
 pub(crate) fn decode_cursor_pair(text: &str, field: &str) -> Result<(i64, i64)> {

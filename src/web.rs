@@ -56,8 +56,6 @@ const GRID_ROWS: usize = 50;
 const TREND_SESSIONS: usize = 60;
 /// Causes listed on a session's page.
 const CAUSES_SHOWN: usize = 50;
-/// Failures of each session read to tell new causes from fixed ones.
-const CAUSE_FAILURES_MAX: usize = 20_000;
 
 /// Sessions per page of the list; outcomes per page of a session.
 const PAGE: usize = 50;
@@ -402,24 +400,21 @@ async fn session_page(
                 .list_outcomes(SessionRef::Id(s.id), filter, OUTCOMES_PAGE, cursor)
                 .await?;
             let grant = web.store.session_grant(s.id).await.unwrap_or(None);
-            let (_, all_failures) = web
-                .store
-                .session_failures(SessionRef::Id(s.id), CAUSE_FAILURES_MAX)
-                .await?;
-            let clusters = crate::store::fingerprint::clusters(&all_failures);
-            let shown: Vec<_> = clusters.iter().take(CAUSES_SHOWN).collect();
+            let all = web.store.session_causes(SessionRef::Id(s.id), None).await?;
+            let shown = &all.clusters[..all.clusters.len().min(CAUSES_SHOWN)];
+            let described = web.store.describe(s.id, shown).await?;
             let known = web
                 .store
                 .known_causes(&s, shown.iter().map(|c| c.key.clone()).collect())
                 .await?;
-            let causes = shown
+            let causes = described
                 .iter()
-                .map(|c| {
-                    let k = known.get(&c.key);
+                .map(|d| {
+                    let k = known.get(&d.cluster.key);
                     pages::CauseRow {
-                        cause: c.fingerprint.describe(),
-                        failures: c.failures,
-                        tests: c.tests.len() as u64,
+                        cause: d.fingerprint.describe(),
+                        failures: d.cluster.failures(),
+                        tests: d.cluster.tests.len() as u64,
                         first_seen: k.map(|k| k.first_seen.to_rfc3339()),
                         sessions: k.map_or(0, |k| k.sessions),
                     }
@@ -636,10 +631,8 @@ async fn compare_page(State(web): State<Web>, Query(q): Query<CompareQuery>) -> 
                 b => SessionRef::parse(b, "base")?,
             };
             let c = web.store.compare_sessions(base, head, 1.5, 0.1).await?;
-            let (base_failures, head_failures) =
-                web.store.compared_failures(&c, CAUSE_FAILURES_MAX).await?;
-            let view =
-                ComparisonView::new(&c, 500).with_causes(&base_failures, &head_failures, 100);
+            let changed = web.store.changed_causes(&c, 100).await?;
+            let view = ComparisonView::new(&c, 500).with_causes(&changed);
             Ok(pages::compare(&view))
         }
         .await,

@@ -1,6 +1,7 @@
 //! Failure causes recorded at a session's finish, on every backend: a
 //! repeated finish counts a session once, and a cause stays known after the
-//! sessions that had it are pruned.
+//! sessions that had it are pruned; failures a release stored before it
+//! kept causes get theirs when the database is upgraded.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 backend_tests! {
     async fn a_cause_is_known_from_other_sessions_once_each_and_outlives_pruning;
+    async fn failures_stored_before_causes_were_kept_are_fingerprinted_by_the_upgrade;
 }
 
 fn failure(seq: u64, port: u16) -> Outcome {
@@ -108,5 +110,61 @@ async fn a_cause_is_known_from_other_sessions_once_each_and_outlives_pruning(db:
         known.get(&key).map(|k| (k.sessions, k.first_seen)),
         Some((2, Timestamp(1_000_000)))
     );
+    store.shutdown().await;
+}
+
+/// Takes the database back to the schema before failures' causes were
+/// stored, as the previous release left it: no `cause` column, no recorded
+/// causes.
+fn downgrade_to_unkeyed_failures(db: &TestDb) {
+    let common = "DELETE FROM cause_sessions; DELETE FROM causes;
+        DROP INDEX cause_sessions_by_session; ALTER TABLE outcomes DROP COLUMN cause";
+    match db.backend() {
+        support::Backend::Sqlite => db.execute(&format!("{common}; PRAGMA user_version = 4")),
+        support::Backend::Postgres => db.execute(&format!(
+            "{common}; UPDATE pytest_mcp_schema SET version = 2"
+        )),
+    }
+}
+
+async fn failures_stored_before_causes_were_kept_are_fingerprinted_by_the_upgrade(db: TestDb) {
+    let location = Location::parse(db.arg().to_str().unwrap().as_ref()).unwrap();
+    let store = Store::open(StoreConfig::new(location.clone()))
+        .await
+        .unwrap();
+    let first = run(&store, 1_000_000, 5433).await;
+    let second = run(&store, 2_000_000, 6012).await;
+    store.shutdown().await;
+    drop(store);
+    downgrade_to_unkeyed_failures(&db);
+
+    let store = Store::open(StoreConfig::new(location)).await.unwrap();
+    let key = Fingerprint::of(&failure(1, 5433)).key();
+    let causes = store
+        .session_causes(SessionRef::Id(second), None)
+        .await
+        .unwrap();
+    assert_eq!(causes.failures, 1);
+    assert_eq!(
+        causes
+            .clusters
+            .iter()
+            .map(|c| c.key.clone())
+            .collect::<Vec<_>>(),
+        vec![key.clone()]
+    );
+    // The upgrade recorded the older session's causes: the newer one's is known.
+    let known = store
+        .known_causes(&causes.session, vec![key.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        known.get(&key).map(|k| (k.sessions, k.first_seen)),
+        Some((1, Timestamp(1_000_000))),
+        "{known:?}"
+    );
+    let first = store.get_session(SessionRef::Id(first)).await.unwrap();
+    let known = store.known_causes(&first, vec![key.clone()]).await.unwrap();
+    assert_eq!(known.get(&key).map(|k| k.sessions), Some(1));
     store.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! A database written by the release before schema 3 opens, migrates in
 //! place, and reads back what that release read back: every session through
-//! `export` (JSON and JUnit), `show`, gRPC (grpcurl) and the audit trail.
+//! `export` (JSON and JUnit), `show`, gRPC (grpcurl) and the audit trail;
+//! and its failures' causes are filled in.
 //! See tests/fixtures/v2/make-expected.sh for how the file and the expected
 //! reads were made.
 #![allow(clippy::unwrap_used)]
@@ -119,6 +120,49 @@ fn a_database_written_by_the_previous_release_migrates_and_reads_back_identicall
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
+    // Schema 5 fingerprinted every failure the old release stored, and
+    // recorded the causes of each closed session that had failures: a cause
+    // both runs of the suite failed of is known from two sessions.
+    let (failures, unkeyed): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(*) - count(cause) FROM outcomes WHERE kind IN (2, 4)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(failures >= 20, "{failures} failures");
+    assert_eq!(unkeyed, 0, "failures left without a cause");
+    let recorded: Vec<(String, i64)> = conn
+        .prepare(
+            "SELECT session, sum(failures) FROM cause_sessions GROUP BY session ORDER BY session",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let closed_with_failures: Vec<(String, i64)> = conn
+        .prepare(
+            "SELECT id, n_failed + n_errors FROM sessions
+             WHERE status IN ('finished', 'interrupted') AND n_failed + n_errors > 0 ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(recorded, closed_with_failures);
+    let most_sessions: i64 = conn
+        .query_row(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM cause_sessions GROUP BY cause_pk)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        most_sessions, 2,
+        "no cause is known from both runs of the suite"
+    );
     // The upgraded file can give pruned space back to the file system.
     let auto_vacuum: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))

@@ -90,10 +90,27 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     }
     // Failures grouped by cause, the largest cause first; within a cause, in
     // the order they happened.
-    let (_, failures) = store
-        .session_failures(SessionRef::Id(s.id), usize::MAX)
-        .await?;
-    let causes = crate::store::fingerprint::clusters(&failures);
+    let causes = store.session_causes(SessionRef::Id(s.id), None).await?;
+    let failures: std::collections::HashMap<u64, _> = store
+        .outcomes_at(
+            s.id,
+            causes
+                .clusters
+                .iter()
+                .flat_map(|c| c.seqs.clone())
+                .collect(),
+        )
+        .await?
+        .into_iter()
+        .map(|o| (o.seq, o))
+        .collect();
+    let named: std::collections::HashMap<String, String> = store
+        .describe(s.id, &causes.clusters)
+        .await?
+        .into_iter()
+        .map(|d| (d.cluster.key, d.fingerprint.describe()))
+        .collect();
+    let causes = causes.clusters;
     let mut shown = 0usize;
     let mut rerun: Vec<String> = Vec::new();
     for cause in &causes {
@@ -101,8 +118,8 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             out,
             "\ncause     {} ({} {}, {} {}): {}",
             cause.key,
-            cause.failures,
-            if cause.failures == 1 {
+            cause.failures(),
+            if cause.failures() == 1 {
                 "failure"
             } else {
                 "failures"
@@ -113,9 +130,9 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             } else {
                 "tests"
             },
-            cause.fingerprint.describe()
+            named.get(&cause.key).map_or("", String::as_str)
         )?;
-        for o in cause.members.iter().map(|&i| &failures[i]) {
+        for o in cause.seqs.iter().filter_map(|seq| failures.get(seq)) {
             shown += 1;
             rerun.push(o.nodeid.clone());
             writeln!(out)?;

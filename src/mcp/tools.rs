@@ -1,6 +1,8 @@
 //! The tools: three record tools compatible with the original Node server,
 //! and the read tools. Each is small: parse, call the store, convert.
 
+use std::collections::HashMap;
+
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::model::CallToolResult;
 use rmcp::service::RequestContext;
@@ -20,12 +22,8 @@ use super::views::{
 };
 use super::{PytestMcp, structured, tool_failure};
 use crate::error::{Error, Result};
-use crate::model::{SessionRef, Source, Summary, TestOutcome};
-use crate::store::fingerprint::clusters as clusters_of;
+use crate::model::{Outcome, SessionRef, Source, Summary, TestOutcome};
 use crate::store::{OutcomeFilter, RegressionRule, SessionFilter, flakiness_verdict};
-
-/// Most failures of one session that `get_failure_clusters` reads.
-const CLUSTER_FAILURES_MAX: usize = 20_000;
 
 type ToolResult = std::result::Result<CallToolResult, ErrorData>;
 
@@ -395,15 +393,8 @@ impl PytestMcp {
                     .compare_sessions(base, head, min_ratio, min_seconds)
                     .await?;
                 let limit = page(a.limit, 50, 500);
-                let (base_failures, head_failures) = self
-                    .store
-                    .compared_failures(&c, CLUSTER_FAILURES_MAX)
-                    .await?;
-                let mut view = ComparisonView::new(&c, limit).with_causes(
-                    &base_failures,
-                    &head_failures,
-                    limit,
-                );
+                let changed = self.store.changed_causes(&c, limit).await?;
+                let mut view = ComparisonView::new(&c, limit).with_causes(&changed);
                 // Cut the longest lists first until the answer fits.
                 while views::json_len(&view) > views::BUDGET_BYTES {
                     let lens = [
@@ -516,36 +507,39 @@ pub(super) async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<Cluste
     let limit = page(a.limit, 20, 100);
     let per_cluster = page(a.tests_per_cluster, 10, 100);
     let traceback_bytes = page(a.traceback_bytes, 2000, 16_000);
-    let (s, failures) = mcp
+    let causes = mcp
         .store
-        .session_failures(session, CLUSTER_FAILURES_MAX)
+        .session_causes(session, None)
         .await
         .map_err(|e| rename(e, "session"))?;
-    let groups = clusters_of(&failures);
-    let clusters_total = groups.len() as u64;
-    let shown_keys: Vec<String> = groups.iter().take(limit).map(|g| g.key.clone()).collect();
-    let known = mcp.store.known_causes(&s, shown_keys).await?;
+    let s = &causes.session;
+    let shown = &causes.clusters[..causes.clusters.len().min(limit)];
+    let described = mcp.store.describe(s.id, shown).await?;
+    let known = mcp
+        .store
+        .known_causes(s, shown.iter().map(|c| c.key.clone()).collect())
+        .await?;
     let mut view = ClustersView {
-        session: (&s).into(),
-        failures: failures.len() as u64,
-        clusters_total,
-        truncated: groups.len() > limit,
-        clusters: groups
-            .into_iter()
-            .take(limit)
-            .map(|g| {
+        session: s.into(),
+        failures: causes.failures,
+        clusters_total: causes.clusters.len() as u64,
+        truncated: causes.clusters.len() > limit,
+        clusters: described
+            .iter()
+            .map(|d| {
+                let (g, f) = (&d.cluster, &d.fingerprint);
                 let named: Vec<String> = g.tests.iter().take(per_cluster).cloned().collect();
                 ClusterView {
                     fingerprint: g.key.clone(),
-                    cause: g.fingerprint.describe(),
-                    exception: g.fingerprint.exception.clone(),
-                    frame: g.fingerprint.frame.clone(),
-                    message: g.fingerprint.message.clone(),
-                    failures: g.failures,
+                    cause: f.describe(),
+                    exception: f.exception.clone(),
+                    frame: f.frame.clone(),
+                    message: f.message.clone(),
+                    failures: g.failures(),
                     tests_total: g.tests.len() as u64,
                     rerun_command: views::rerun_command(named.iter().map(String::as_str)),
                     tests: named,
-                    representative: FailureView::new(&failures[g.first()], traceback_bytes),
+                    representative: FailureView::new(&d.representative, traceback_bytes),
                     new: !known.contains_key(&g.key),
                     first_seen: known.get(&g.key).map(|k| k.first_seen.to_rfc3339()),
                     seen_in_sessions: known.get(&g.key).map_or(0, |k| k.sessions),
@@ -580,33 +574,49 @@ async fn failures_by_cause(
             })?,
         None => 0,
     };
-    let (s, mut all) = mcp
+    let causes = mcp
         .store
-        .session_failures(session, CLUSTER_FAILURES_MAX)
+        .session_causes(session, a.nodeid_contains.as_deref())
         .await
         .map_err(|e| rename(e, "session"))?;
-    if let Some(text) = a.nodeid_contains.as_deref().filter(|t| !t.is_empty()) {
-        all.retain(|o| o.nodeid.contains(text));
-    }
-    let causes = clusters_of(&all);
-    // Each cause's failures in the order they happened, the largest cause first.
-    let ordered: Vec<(usize, String)> = causes
+    let s = &causes.session;
+    // Each cause's failures in the order they happened, the largest cause
+    // first: (cluster, seq).
+    let ordered: Vec<(usize, u64)> = causes
+        .clusters
         .iter()
-        .flat_map(|c| {
-            let cause = c.fingerprint.describe();
-            c.members.iter().map(move |&i| (i, cause.clone()))
-        })
+        .enumerate()
+        .flat_map(|(i, c)| c.seqs.iter().map(move |&seq| (i, seq)))
+        .collect();
+    let page: Vec<(usize, u64)> = ordered.iter().skip(offset).take(limit).copied().collect();
+    let mut on_page: Vec<usize> = page.iter().map(|(i, _)| *i).collect();
+    on_page.dedup();
+    let shown: Vec<_> = on_page
+        .iter()
+        .map(|&i| causes.clusters[i].clone())
+        .collect();
+    let named: HashMap<String, String> = mcp
+        .store
+        .describe(s.id, &shown)
+        .await?
+        .into_iter()
+        .map(|d| (d.cluster.key, d.fingerprint.describe()))
+        .collect();
+    let outcomes: HashMap<u64, Outcome> = mcp
+        .store
+        .outcomes_at(s.id, page.iter().map(|(_, seq)| *seq).collect())
+        .await?
+        .into_iter()
+        .map(|o| (o.seq, o))
         .collect();
     let mut view = FailuresView {
-        session: (&s).into(),
-        failures: ordered
+        session: s.into(),
+        failures: page
             .iter()
-            .skip(offset)
-            .take(limit)
-            .map(|(i, cause)| {
-                let mut f = FailureView::new(&all[*i], traceback_bytes);
-                f.cause = Some(cause.clone());
-                f
+            .filter_map(|(i, seq)| {
+                let mut f = FailureView::new(outcomes.get(seq)?, traceback_bytes);
+                f.cause = named.get(&causes.clusters[*i].key).cloned();
+                Some(f)
             })
             .collect(),
         total_failures: s.counts.failed + s.counts.errors,

@@ -935,18 +935,18 @@ impl ComparisonView {
     }
 
     /// Adds the causes that are new in head and those fixed since base.
-    pub fn with_causes(mut self, base: &[Outcome], head: &[Outcome], limit: usize) -> Self {
-        let (new, fixed) = crate::store::fingerprint::changed_causes(base, head);
-        let view = |c: &crate::store::fingerprint::Cluster| CauseView {
-            fingerprint: c.key.clone(),
-            cause: c.fingerprint.describe(),
-            failures: c.failures,
-            tests_total: c.tests.len() as u64,
-            tests: c.tests.iter().take(5).cloned().collect(),
+    pub fn with_causes(mut self, changed: &crate::store::ChangedCauses) -> Self {
+        let view = |d: &crate::store::Described| CauseView {
+            fingerprint: d.cluster.key.clone(),
+            cause: d.fingerprint.describe(),
+            failures: d.cluster.failures(),
+            tests_total: d.cluster.tests.len() as u64,
+            tests: d.cluster.tests.iter().take(5).cloned().collect(),
         };
-        self.truncated |= new.len() > limit || fixed.len() > limit;
-        self.new_causes = new.iter().take(limit).map(view).collect();
-        self.fixed_causes = fixed.iter().take(limit).map(view).collect();
+        self.truncated |=
+            changed.new_total > changed.new.len() || changed.fixed_total > changed.fixed.len();
+        self.new_causes = changed.new.iter().map(view).collect();
+        self.fixed_causes = changed.fixed.iter().map(view).collect();
         self
     }
 

@@ -11,9 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
+use uuid::Uuid;
 
 use super::Store;
 use super::backend::{SessionKey, TestKey};
+use super::fingerprint::{self, Cluster, Fingerprint, StoredCause};
 use crate::error::Result;
 use crate::model::{Outcome, Session, SessionRef, Source, TestOutcome};
 
@@ -487,49 +489,131 @@ impl Store {
     }
 }
 
-impl Store {
-    /// The failures of a comparison's two sessions (base, head), at most
-    /// `max` of each: what new and fixed causes are told from.
-    pub async fn compared_failures(
-        &self,
-        c: &Comparison,
-        max: usize,
-    ) -> Result<(Vec<Outcome>, Vec<Outcome>)> {
-        let (_, base) = self
-            .session_failures(SessionRef::Id(c.base.id), max)
-            .await?;
-        let (_, head) = self
-            .session_failures(SessionRef::Id(c.head.id), max)
-            .await?;
-        Ok((base, head))
-    }
+/// A session's failures grouped by cause.
+#[derive(Debug, Clone)]
+pub struct Causes {
+    /// The session.
+    pub session: Session,
+    /// How many failures were grouped.
+    pub failures: u64,
+    /// Their clusters, the largest first.
+    pub clusters: Vec<Cluster>,
+}
 
-    /// A session's failures and errors in the order they happened, at most
-    /// `max` of them (read page by page).
-    pub async fn session_failures(
+/// A cluster with the failure it is shown by (its first) and its fingerprint.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// Its cause, in parts.
+    pub fingerprint: Fingerprint,
+    /// Its first failure, whole.
+    pub representative: Outcome,
+}
+
+/// The causes of head's failures that base did not fail of, and those of
+/// base that head no longer fails of.
+#[derive(Debug, Clone, Default)]
+pub struct ChangedCauses {
+    /// New in head, the largest first, at most the limit asked for.
+    pub new: Vec<Described>,
+    /// How many causes are new.
+    pub new_total: usize,
+    /// Fixed since base, the largest first, at most the limit asked for.
+    pub fixed: Vec<Described>,
+    /// How many causes are fixed.
+    pub fixed_total: usize,
+}
+
+/// Outcomes read by seq in one read, at most.
+const OUTCOMES_PER_READ: usize = 500;
+
+impl Store {
+    /// A session's failures and errors grouped by cause, the largest cluster
+    /// first; with `nodeid_contains`, only the failures of tests whose
+    /// nodeid contains it. Reads each failure's stored key, not its text.
+    pub async fn session_causes(
         &self,
         session: SessionRef,
-        max: usize,
-    ) -> Result<(Session, Vec<Outcome>)> {
-        let filter = crate::store::OutcomeFilter {
-            outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
-            nodeid_contains: None,
-        };
-        let mut failures = Vec::new();
-        let mut cursor = None;
-        loop {
-            let (s, page) = self
-                .list_outcomes(session, filter.clone(), 1000.min(max.max(1)), cursor)
-                .await?;
-            failures.extend(page.items);
-            match page.next {
-                Some(next) if failures.len() < max => cursor = Some(next),
-                _ => {
-                    failures.truncate(max);
-                    return Ok((s, failures));
-                }
+        nodeid_contains: Option<&str>,
+    ) -> Result<Causes> {
+        let (s, mut keyed) = self.backend().failure_keys(session).await?;
+        if let Some(text) = nodeid_contains.filter(|t| !t.is_empty()) {
+            keyed.retain(|f| f.nodeid.contains(text));
+        }
+        // A failure stored without its key (there should be none once a
+        // database is migrated) is fingerprinted from its text now.
+        let missing: Vec<u64> = keyed
+            .iter()
+            .filter(|f| f.key.is_none())
+            .map(|f| f.seq)
+            .collect();
+        if !missing.is_empty() {
+            let keys: HashMap<u64, String> = self
+                .outcomes_at(s.id, missing)
+                .await?
+                .iter()
+                .filter_map(|o| StoredCause::of(o).map(|c| (o.seq, c.key)))
+                .collect();
+            for f in keyed.iter_mut().filter(|f| f.key.is_none()) {
+                f.key = keys.get(&f.seq).cloned();
             }
         }
+        Ok(Causes {
+            failures: keyed.len() as u64,
+            clusters: fingerprint::clusters(&keyed),
+            session: s,
+        })
+    }
+
+    /// These outcomes of a session, whole, in seq order.
+    pub async fn outcomes_at(&self, session: Uuid, seqs: Vec<u64>) -> Result<Vec<Outcome>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(OUTCOMES_PER_READ) {
+            out.extend(self.backend().outcomes_at(session, chunk.to_vec()).await?);
+        }
+        out.sort_by_key(|o| o.seq);
+        Ok(out)
+    }
+
+    /// Each cluster with its first failure and fingerprint, in one read.
+    pub async fn describe(&self, session: Uuid, clusters: &[Cluster]) -> Result<Vec<Described>> {
+        let firsts: HashMap<u64, Outcome> = self
+            .outcomes_at(session, clusters.iter().map(Cluster::first).collect())
+            .await?
+            .into_iter()
+            .map(|o| (o.seq, o))
+            .collect();
+        Ok(clusters
+            .iter()
+            .filter_map(|c| {
+                let representative = firsts.get(&c.first())?.clone();
+                Some(Described {
+                    fingerprint: Fingerprint::of(&representative),
+                    representative,
+                    cluster: c.clone(),
+                })
+            })
+            .collect())
+    }
+
+    /// The causes new in a comparison's head and fixed since its base, at
+    /// most `limit` of each described.
+    pub async fn changed_causes(&self, c: &Comparison, limit: usize) -> Result<ChangedCauses> {
+        let base = self.session_causes(SessionRef::Id(c.base.id), None).await?;
+        let head = self.session_causes(SessionRef::Id(c.head.id), None).await?;
+        let (new, fixed) = fingerprint::changed_causes(&base.clusters, &head.clusters);
+        let (new_total, fixed_total) = (new.len(), fixed.len());
+        Ok(ChangedCauses {
+            new: self
+                .describe(c.head.id, &new[..new.len().min(limit)])
+                .await?,
+            new_total,
+            fixed: self
+                .describe(c.base.id, &fixed[..fixed.len().min(limit)])
+                .await?,
+            fixed_total,
+        })
     }
 }
 

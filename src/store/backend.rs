@@ -21,6 +21,7 @@ use super::analysis::{Final, Run};
 use super::audit::AuditEntry;
 use super::budget::QueuedBytes;
 use super::detail::NewOutcome;
+use super::fingerprint::KeyedFailure;
 use super::rules::NewSession;
 use super::{HistoryEntry, OutcomeFilter, Page, SessionFilter};
 use crate::error::Result;
@@ -95,17 +96,6 @@ pub struct StorageStats {
     pub can_shrink: bool,
 }
 
-/// One cause of a closed session's failures, as recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CauseRecord {
-    /// The fingerprint's key ([`crate::store::fingerprint::Fingerprint::key`]).
-    pub key: String,
-    /// The fingerprint in words.
-    pub cause: String,
-    /// Failing outcomes of it in the session.
-    pub failures: u64,
-}
-
 /// What was recorded of a cause in sessions other than the one asked about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownCause {
@@ -148,17 +138,6 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stores one audit row and returns its id.
     fn record_audit(&self, entry: AuditEntry) -> Fut<u64>;
-
-    /// Records the causes of a closed session's failures under its project;
-    /// recording a session again replaces what it recorded. Kept when the
-    /// session is pruned: a cause stays known.
-    fn record_causes(
-        &self,
-        session: Uuid,
-        project: String,
-        started_at: Timestamp,
-        causes: Vec<CauseRecord>,
-    ) -> Fut<()>;
 
     /// Pins or unpins a session and returns it.
     fn set_pinned(&self, session: SessionRef, pinned: bool) -> Fut<Session>;
@@ -236,6 +215,14 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         of: Vec<(SessionKey, TestKey)>,
     ) -> Fut<HashMap<(SessionKey, TestKey), String>>;
+
+    /// A session's failures and errors in seq order, each with its
+    /// cause's key (stored with it when it was written).
+    fn failure_keys(&self, session: SessionRef) -> Fut<(Session, Vec<KeyedFailure>)>;
+
+    /// These outcomes of a session, whole, in seq order; seqs it does not
+    /// hold are left out.
+    fn outcomes_at(&self, session: Uuid, seqs: Vec<u64>) -> Fut<Vec<Outcome>>;
 
     /// A session's `limit` slowest outcomes, slowest first.
     fn slowest(&self, session: SessionRef, limit: usize) -> Fut<(Session, Vec<Outcome>)>;

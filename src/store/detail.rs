@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 
 use super::blob::{VarintError, put_varint, read_varint, unzip};
+use super::fingerprint::StoredCause;
 use crate::error::{Error, Result};
 use crate::model::Outcome;
 
@@ -141,6 +142,9 @@ pub struct NewOutcome {
     pub outcome: Outcome,
     /// The encoded large text, if it has any.
     pub detail: Option<Vec<u8>>,
+    /// A failure's cause, computed here from its full text, once: what
+    /// clusters and new causes are counted from.
+    pub cause: Option<StoredCause>,
 }
 
 impl AsRef<Outcome> for NewOutcome {
@@ -149,8 +153,10 @@ impl AsRef<Outcome> for NewOutcome {
     }
 }
 
-/// Moves the outcome's large text into its blob.
+/// Moves the outcome's large text into its blob, after fingerprinting a
+/// failure from it.
 pub fn split(mut outcome: Outcome) -> NewOutcome {
+    let cause = StoredCause::of(&outcome);
     let detail = ENCODER.with(|e| e.borrow_mut().encode(&outcome));
     if detail.is_some() {
         if outcome.message.len() > INLINE_MESSAGE_BYTES {
@@ -162,7 +168,11 @@ pub fn split(mut outcome: Outcome) -> NewOutcome {
         outcome.log = String::new();
         outcome.user_properties = Vec::new();
     }
-    NewOutcome { outcome, detail }
+    NewOutcome {
+        outcome,
+        detail,
+        cause,
+    }
 }
 
 fn damaged(why: &str) -> Error {

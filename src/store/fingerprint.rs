@@ -13,6 +13,8 @@
 //!
 //! Pure functions, no storage: the same input gives the same fingerprint in
 //! every process and release, and [`Fingerprint::key`] is a stable hash of it.
+//! Each failure's key is computed once, when it is stored ([`StoredCause`]),
+//! so that counting a session's clusters reads keys, not tracebacks.
 
 use std::fmt::Write as _;
 
@@ -73,73 +75,112 @@ impl Fingerprint {
     }
 }
 
-/// Failures that share a fingerprint.
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    /// Their fingerprint.
-    pub fingerprint: Fingerprint,
-    /// Its key ([`Fingerprint::key`]).
+/// A failure's cause as it is stored beside the failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCause {
+    /// The fingerprint's key.
     pub key: String,
-    /// The indexes of its failures in the outcomes given, in order.
-    pub members: Vec<usize>,
-    /// How many failing outcomes.
-    pub failures: u64,
+    /// The fingerprint in words.
+    pub cause: String,
+}
+
+impl StoredCause {
+    /// The cause of a failing or erroring outcome (with its full text);
+    /// `None` for any other outcome.
+    pub fn of(o: &Outcome) -> Option<Self> {
+        o.outcome.is_failure().then(|| {
+            let f = Fingerprint::of(o);
+            StoredCause {
+                key: f.key(),
+                cause: f.describe(),
+            }
+        })
+    }
+}
+
+/// A stored failure, with the key of its cause when one was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedFailure {
+    /// Its seq in the session.
+    pub seq: u64,
+    /// Its test.
+    pub nodeid: String,
+    /// Its cause's key ([`Fingerprint::key`]); `None` only for a failure
+    /// stored without one, which the store fingerprints when it is read.
+    pub key: Option<String>,
+}
+
+/// Failures of one session that share a cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Their cause's key ([`Fingerprint::key`]).
+    pub key: String,
+    /// Their seqs, in the order they failed.
+    pub seqs: Vec<u64>,
     /// The tests affected, each once, in the order they failed.
     pub tests: Vec<String>,
 }
 
 impl Cluster {
-    /// The index of its first failure.
-    pub fn first(&self) -> usize {
-        self.members[0]
+    /// The seq of its first failure: the one shown for all of them.
+    pub fn first(&self) -> u64 {
+        self.seqs[0]
+    }
+
+    /// How many failing outcomes.
+    pub fn failures(&self) -> u64 {
+        self.seqs.len() as u64
     }
 }
 
-/// Groups failing outcomes by fingerprint: the largest cluster first, and
-/// among equals the one that failed first.
-pub fn clusters(failures: &[Outcome]) -> Vec<Cluster> {
+/// Groups keyed failures by cause: the largest cluster first, and among
+/// equals the one that failed first. A failure without a key is left out.
+pub fn clusters(failures: &[KeyedFailure]) -> Vec<Cluster> {
     let mut out: Vec<Cluster> = Vec::new();
-    let mut by_key: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (i, o) in failures.iter().enumerate() {
-        let fingerprint = Fingerprint::of(o);
-        let key = fingerprint.key();
-        let at = *by_key.entry(key.clone()).or_insert_with(|| {
+    let mut by_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for f in failures {
+        let Some(key) = f.key.as_deref() else {
+            continue;
+        };
+        let at = *by_key.entry(key).or_insert_with(|| {
             out.push(Cluster {
-                fingerprint,
-                key,
-                members: Vec::new(),
-                failures: 0,
+                key: key.to_string(),
+                seqs: Vec::new(),
                 tests: Vec::new(),
             });
             out.len() - 1
         });
         let c = &mut out[at];
-        c.members.push(i);
-        c.failures += 1;
-        if !c.tests.contains(&o.nodeid) {
-            c.tests.push(o.nodeid.clone());
+        c.seqs.push(f.seq);
+        if !c.tests.contains(&f.nodeid) {
+            c.tests.push(f.nodeid.clone());
         }
     }
-    out.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.first().cmp(&b.first())));
+    out.sort_by(|a, b| {
+        b.seqs
+            .len()
+            .cmp(&a.seqs.len())
+            .then(a.first().cmp(&b.first()))
+    });
     out
 }
 
-/// The causes of `head`'s failures that `base` did not fail of (new), and
-/// those of `base` that `head` no longer fails of (fixed), each as clusters
-/// of the session they are seen in.
-pub fn changed_causes(base: &[Outcome], head: &[Outcome]) -> (Vec<Cluster>, Vec<Cluster>) {
-    let (base, head) = (clusters(base), clusters(head));
+/// The clusters of `head` whose cause `base` did not fail of (new), and
+/// those of `base` whose cause `head` no longer fails of (fixed).
+pub fn changed_causes(base: &[Cluster], head: &[Cluster]) -> (Vec<Cluster>, Vec<Cluster>) {
     let keys = |cs: &[Cluster]| -> std::collections::HashSet<String> {
         cs.iter().map(|c| c.key.clone()).collect()
     };
-    let (in_base, in_head) = (keys(&base), keys(&head));
+    let (in_base, in_head) = (keys(base), keys(head));
     let new = head
-        .into_iter()
+        .iter()
         .filter(|c| !in_base.contains(&c.key))
+        .cloned()
         .collect();
     let fixed = base
-        .into_iter()
+        .iter()
         .filter(|c| !in_head.contains(&c.key))
+        .cloned()
         .collect();
     (new, fixed)
 }
@@ -540,5 +581,39 @@ mod tests {
             Fingerprint::of(&bare).describe(),
             "a failure in t.py::test_z: something odd"
         );
+    }
+
+    #[test]
+    fn clusters_count_stored_keys_largest_first_and_changed_causes_compare_keys() {
+        let f = |seq: u64, nodeid: &str, key: Option<&str>| KeyedFailure {
+            seq,
+            nodeid: nodeid.into(),
+            key: key.map(str::to_string),
+        };
+        let head = clusters(&[
+            f(1, "t.py::a", Some("k1")),
+            f(2, "t.py::b", Some("k2")),
+            f(3, "t.py::b", Some("k2")),
+            f(4, "t.py::c", Some("k2")),
+            f(5, "t.py::d", None),
+            f(6, "t.py::e", Some("k3")),
+        ]);
+        let summary: Vec<(&str, Vec<u64>, usize)> = head
+            .iter()
+            .map(|c| (c.key.as_str(), c.seqs.clone(), c.tests.len()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("k2", vec![2, 3, 4], 2),
+                ("k1", vec![1], 1),
+                ("k3", vec![6], 1)
+            ]
+        );
+        let base = clusters(&[f(9, "t.py::a", Some("k1")), f(10, "t.py::z", Some("k9"))]);
+        let (new, fixed) = changed_causes(&base, &head);
+        let keys = |cs: &[Cluster]| cs.iter().map(|c| c.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&new), ["k2", "k3"]);
+        assert_eq!(keys(&fixed), ["k9"]);
     }
 }

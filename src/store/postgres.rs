@@ -26,7 +26,8 @@ mod rows;
 mod schema;
 mod writes;
 
-use crate::store::backend::{CauseRecord, KnownCause};
+use crate::store::backend::KnownCause;
+use crate::store::fingerprint::KeyedFailure;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -452,20 +453,6 @@ impl Backend for PgBackend {
         })
     }
 
-    fn record_causes(
-        &self,
-        session: Uuid,
-        project: String,
-        started_at: Timestamp,
-        causes: Vec<CauseRecord>,
-    ) -> Fut<()> {
-        let (project, causes) = (Arc::new(project), Arc::new(causes));
-        self.write(move |tx, _| {
-            let (project, causes) = (project.clone(), causes.clone());
-            boxed!(async move { writes::causes(tx, session, &project, started_at, &causes).await })
-        })
-    }
-
     fn set_pinned(&self, session: SessionRef, pinned: bool) -> Fut<Session> {
         self.write(move |tx, _| boxed!(async move { writes::pin(tx, session, pinned).await }))
     }
@@ -591,6 +578,18 @@ impl Backend for PgBackend {
         of: Vec<(SessionKey, TestKey)>,
     ) -> Fut<HashMap<(SessionKey, TestKey), String>> {
         self.read(move |tx| boxed!(async move { reads::failure_messages(tx, &of).await }))
+    }
+
+    fn failure_keys(&self, session: SessionRef) -> Fut<(Session, Vec<KeyedFailure>)> {
+        self.read(move |tx| boxed!(async move { reads::failure_keys(tx, session).await }))
+    }
+
+    fn outcomes_at(&self, session: Uuid, seqs: Vec<u64>) -> Fut<Vec<Outcome>> {
+        let seqs = Arc::new(seqs);
+        self.read(move |tx| {
+            let seqs = seqs.clone();
+            boxed!(async move { reads::outcomes_at(tx, session, &seqs).await })
+        })
     }
 
     fn slowest(&self, session: SessionRef, limit: usize) -> Fut<(Session, Vec<Outcome>)> {

@@ -15,7 +15,8 @@ mod rows;
 mod schema;
 mod writer;
 
-use crate::store::backend::{CauseRecord, KnownCause};
+use crate::store::backend::KnownCause;
+use crate::store::fingerprint::KeyedFailure;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -228,23 +229,6 @@ impl Backend for SqliteBackend {
         })
     }
 
-    fn record_causes(
-        &self,
-        session: Uuid,
-        project: String,
-        started_at: Timestamp,
-        causes: Vec<CauseRecord>,
-    ) -> Fut<()> {
-        let recorded = self.write(move |reply| WriteCmd::Causes {
-            session,
-            project,
-            started_at,
-            causes,
-            reply,
-        });
-        Box::pin(async move { recorded.await.map(drop) })
-    }
-
     fn set_pinned(&self, session: SessionRef, pinned: bool) -> Fut<Session> {
         self.write(move |reply| WriteCmd::Pin {
             session,
@@ -338,6 +322,14 @@ impl Backend for SqliteBackend {
         of: Vec<(SessionKey, TestKey)>,
     ) -> Fut<HashMap<(SessionKey, TestKey), String>> {
         self.read(move |c| reads::failure_messages(c, &of))
+    }
+
+    fn failure_keys(&self, session: SessionRef) -> Fut<(Session, Vec<KeyedFailure>)> {
+        self.read(move |c| reads::failure_keys(c, session))
+    }
+
+    fn outcomes_at(&self, session: Uuid, seqs: Vec<u64>) -> Fut<Vec<Outcome>> {
+        self.read(move |c| reads::outcomes_at(c, session, &seqs))
     }
 
     fn slowest(&self, session: SessionRef, limit: usize) -> Fut<(Session, Vec<Outcome>)> {

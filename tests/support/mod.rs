@@ -187,6 +187,26 @@ const PG_DIGEST: &str = r#"
     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"#;
 
 impl TestDb {
+    /// Runs SQL on the database directly (SQLite: a batch; PostgreSQL: one
+    /// psql command, in one transaction), as an older release or an
+    /// operator would; panics if it fails.
+    #[allow(dead_code)]
+    pub fn execute(&self, sql: &str) {
+        match &self.pg {
+            None => rusqlite::Connection::open(&self.arg)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            Some(_) => {
+                psql(
+                    self.arg.to_str().unwrap(),
+                    &format!("BEGIN; {sql}; COMMIT"),
+                    "run SQL",
+                );
+            }
+        }
+    }
+
     /// What the database holds, to compare before and after: the file's
     /// bytes, or a digest of the rows of every table.
     pub fn snapshot(&self) -> Vec<u8> {

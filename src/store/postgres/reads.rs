@@ -17,6 +17,7 @@ use crate::store::backend::{
 };
 use crate::store::codes::{kind_code, kind_of};
 use crate::store::digest::{self, Digest};
+use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
     AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, decode_cursor_number,
     decode_cursor_pair,
@@ -484,6 +485,51 @@ pub async fn failure_messages(
 }
 
 /// A session's `limit` slowest outcomes, slowest first.
+/// A session's failures and errors in seq order, with their causes' keys.
+pub async fn failure_keys(
+    tx: &Tx<'_>,
+    session: SessionRef,
+) -> Result<(Session, Vec<KeyedFailure>)> {
+    let (pk, s) = resolve(tx, session).await?;
+    let stmt = tx
+        .prepare_cached(
+            "SELECT o.seq, t.nodeid, o.cause FROM outcomes o JOIN tests t ON t.id = o.test_id
+             WHERE o.session_pk = $1 AND o.kind IN (2, 4) ORDER BY o.seq",
+        )
+        .await?;
+    let keyed = tx
+        .query(&stmt, &[&pk])
+        .await?
+        .iter()
+        .map(|r| KeyedFailure {
+            seq: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+            nodeid: r.get(1),
+            key: r.get(2),
+        })
+        .collect();
+    Ok((s, keyed))
+}
+
+/// These outcomes of a session, in seq order.
+pub async fn outcomes_at(tx: &Tx<'_>, session: Uuid, seqs: &[u64]) -> Result<Vec<Outcome>> {
+    let (pk, s) = resolve(tx, SessionRef::Id(session)).await?;
+    let seqs: Vec<i64> = seqs
+        .iter()
+        .map(|&q| i64::try_from(q).unwrap_or(i64::MAX))
+        .collect();
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {OUTCOME_COLUMNS} FROM outcomes o {OUTCOME_JOINS}
+             WHERE o.session_pk = $1 AND o.seq = ANY($2) ORDER BY o.seq"
+        ))
+        .await?;
+    tx.query(&stmt, &[&pk, &seqs])
+        .await?
+        .iter()
+        .map(|r| super::rows::outcome_from_row(r, 0, s.started_at))
+        .collect()
+}
+
 pub async fn slowest(
     tx: &Tx<'_>,
     session: SessionRef,

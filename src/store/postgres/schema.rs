@@ -150,7 +150,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cause_pk, session)
     );
     "#,
+    // 3: each failure's cause stored beside it (see SQLite's migration 5);
+    // the failures stored before are fingerprinted by `to_stored_causes`,
+    // in the same transaction.
+    r#"
+    ALTER TABLE outcomes ADD COLUMN cause text;                 -- a failure's cause key
+    CREATE INDEX cause_sessions_by_session ON cause_sessions (session);
+    "#,
 ];
+
+/// The migration after which [`to_stored_causes`] runs.
+const STORED_CAUSES: usize = 3;
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -192,6 +202,9 @@ async fn migrate_locked(client: &mut Client) -> Result<()> {
     {
         let tx = client.transaction().await?;
         tx.batch_execute(sql).await?;
+        if i + 1 == STORED_CAUSES {
+            to_stored_causes(&tx).await?;
+        }
         let next = i32::try_from(i + 1).unwrap_or(i32::MAX);
         tx.execute("DELETE FROM pytest_mcp_schema", &[]).await?;
         tx.execute(
@@ -201,6 +214,58 @@ async fn migrate_locked(client: &mut Client) -> Result<()> {
         .await?;
         tx.commit().await?;
         tracing::info!(version = next, "database schema migrated");
+    }
+    Ok(())
+}
+
+/// Migration 3's code: fingerprints every stored failure from its full text
+/// into the new `cause` column, names each cause, and records the causes of
+/// each closed session; one session at a time.
+async fn to_stored_causes(tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+    let sessions = tx
+        .query(
+            "SELECT pk, COALESCE(project, ''), status FROM sessions ORDER BY pk",
+            &[],
+        )
+        .await?;
+    let read = tx
+        .prepare(
+            "SELECT o.seq, o.kind, o.message, t.nodeid, o.detail FROM outcomes o
+             JOIN tests t ON t.id = o.test_id
+             WHERE o.session_pk = $1 AND o.kind IN (2, 4)",
+        )
+        .await?;
+    let set = tx
+        .prepare("UPDATE outcomes SET cause = $3 WHERE session_pk = $1 AND seq = $2")
+        .await?;
+    let name = tx
+        .prepare(
+            "INSERT INTO causes (project, key, cause) VALUES ($1, $2, $3)
+             ON CONFLICT (project, key) DO NOTHING",
+        )
+        .await?;
+    for session in sessions {
+        let (pk, project, status): (i64, String, String) =
+            (session.get(0), session.get(1), session.get(2));
+        for r in tx.query(&read, &[&pk]).await? {
+            let seq: i64 = r.get(0);
+            let kind: i16 = r.get(1);
+            let kind = crate::store::codes::kind_of(i64::from(kind)).ok_or_else(|| {
+                Error::Internal(format!("outcome {seq} of session {pk} has kind {kind}"))
+            })?;
+            let mut o = crate::model::Outcome::new(1, r.get::<_, String>(3), kind);
+            o.message = r.get::<_, Option<String>>(2).unwrap_or_default();
+            if let Some(blob) = r.get::<_, Option<Vec<u8>>>(4) {
+                crate::store::detail::decode_into(&blob, &mut o)?;
+            }
+            if let Some(c) = crate::store::fingerprint::StoredCause::of(&o) {
+                tx.execute(&set, &[&pk, &seq, &c.key]).await?;
+                tx.execute(&name, &[&project, &c.key, &c.cause]).await?;
+            }
+        }
+        if matches!(status.as_str(), "finished" | "interrupted") {
+            super::writes::record_cause_sessions(tx, pk).await?;
+        }
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use crate::model::{Session, SessionRef, SessionStatus, Summary, Timestamp};
 use crate::policy::Decision;
 use crate::policy::gate::{Count, Decide, Key};
 use crate::store::audit::{self, AuditEntry};
-use crate::store::backend::{CauseRecord, Reclaimed};
+use crate::store::backend::Reclaimed;
 use crate::store::codes::{kind_code, phase_code};
 use crate::store::detail::NewOutcome;
 use crate::store::digest;
@@ -219,6 +219,7 @@ async fn append_locked(
     let test_ids = intern_tests(tx, shared, pk, new, &mut learned).await?;
     let marker_ids = intern_markers(tx, shared, new, &mut learned).await?;
     insert_outcomes(tx, pk, session.started_at, new, &test_ids, &marker_ids).await?;
+    name_causes(tx, &session.environment.project, new).await?;
     let c = plan.counts;
     let update = tx
         .prepare_cached(
@@ -472,9 +473,9 @@ async fn intern_markers(
 
 /// The outcome columns, in the order both bulk paths write them.
 const OUTCOME_INSERT_COLUMNS: &str = "session_pk, seq, test_id, kind, phase, duration, attempt, \
-     line, start_us, markers, message, worker, file, detail";
+     line, start_us, markers, message, worker, file, detail, cause";
 
-const OUTCOME_TYPES: [Type; 14] = [
+const OUTCOME_TYPES: [Type; 15] = [
     Type::INT8,
     Type::INT8,
     Type::INT8,
@@ -489,6 +490,7 @@ const OUTCOME_TYPES: [Type; 14] = [
     Type::TEXT,
     Type::TEXT,
     Type::BYTEA,
+    Type::TEXT,
 ];
 
 /// One outcome row, ready to send.
@@ -506,6 +508,7 @@ struct Row<'o> {
     worker: Option<&'o str>,
     file: Option<&'o str>,
     detail: Option<&'o [u8]>,
+    cause: Option<&'o str>,
 }
 
 async fn insert_outcomes(
@@ -536,6 +539,7 @@ async fn insert_outcomes(
                 worker: nullable(&o.worker),
                 file: crate::store::codes::file_column(&o.nodeid, &o.file),
                 detail: n.detail.as_deref(),
+                cause: n.cause.as_ref().map(|c| c.key.as_str()),
             }
         })
         .collect();
@@ -548,7 +552,7 @@ async fn insert_outcomes(
         let writer = BinaryCopyInWriter::new(sink, &OUTCOME_TYPES);
         pin_mut!(writer);
         for r in &rows {
-            let values: [&(dyn ToSql + Sync); 14] = [
+            let values: [&(dyn ToSql + Sync); 15] = [
                 &pk,
                 &r.seq,
                 &r.test_id,
@@ -563,6 +567,7 @@ async fn insert_outcomes(
                 &r.worker,
                 &r.file,
                 &r.detail,
+                &r.cause,
             ];
             writer.as_mut().write(&values).await?;
         }
@@ -573,7 +578,7 @@ async fn insert_outcomes(
                 "INSERT INTO outcomes ({OUTCOME_INSERT_COLUMNS})
                  SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::int2[], $5::int2[],
                      $6::float8[], $7::int4[], $8::int4[], $9::int8[], $10::int8[],
-                     $11::text[], $12::text[], $13::text[], $14::bytea[])"
+                     $11::text[], $12::text[], $13::text[], $14::bytea[], $15::text[])"
             ))
             .await?;
         let seq: Vec<i64> = rows.iter().map(|r| r.seq).collect();
@@ -589,11 +594,12 @@ async fn insert_outcomes(
         let worker: Vec<Option<&str>> = rows.iter().map(|r| r.worker).collect();
         let file: Vec<Option<&str>> = rows.iter().map(|r| r.file).collect();
         let detail: Vec<Option<&[u8]>> = rows.iter().map(|r| r.detail).collect();
+        let cause: Vec<Option<&str>> = rows.iter().map(|r| r.cause).collect();
         tx.execute(
             &stmt,
             &[
                 &pk, &seq, &test, &kind, &phase, &duration, &attempt, &line, &start, &markers,
-                &message, &worker, &file, &detail,
+                &message, &worker, &file, &detail, &cause,
             ],
         )
         .await?;
@@ -601,8 +607,57 @@ async fn insert_outcomes(
     Ok(())
 }
 
+/// Names the causes of these outcomes' failures under the project, each
+/// once (by the first transaction to store it; others find it named).
+async fn name_causes(tx: &Tx<'_>, project: &str, outcomes: &[NewOutcome]) -> Result<()> {
+    // In key order, so that two replicas naming the same causes at once
+    // take the index's locks in the same order.
+    let named: std::collections::BTreeMap<&str, &str> = outcomes
+        .iter()
+        .filter_map(|n| n.cause.as_ref())
+        .map(|c| (c.key.as_str(), c.cause.as_str()))
+        .collect();
+    if named.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = named.keys().copied().collect();
+    let causes: Vec<&str> = named.values().copied().collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO causes (project, key, cause)
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[])
+             ON CONFLICT (project, key) DO NOTHING",
+        )
+        .await?;
+    tx.execute(&stmt, &[&project, &keys, &causes]).await?;
+    Ok(())
+}
+
+/// Records which causes a closed session failed of and how often (under
+/// its project, by its id), replacing what it recorded before.
+pub async fn record_cause_sessions(tx: &Tx<'_>, pk: i64) -> Result<()> {
+    let forget = tx
+        .prepare_cached(
+            "DELETE FROM cause_sessions WHERE session = (SELECT id FROM sessions WHERE pk = $1)",
+        )
+        .await?;
+    tx.execute(&forget, &[&pk]).await?;
+    let record = tx
+        .prepare_cached(
+            "INSERT INTO cause_sessions (cause_pk, session, started_at, failures)
+             SELECT c.pk, s.id, s.started_at, COUNT(*) FROM outcomes o
+             JOIN sessions s ON s.pk = o.session_pk
+             JOIN causes c ON c.project = COALESCE(s.project, '') AND c.key = o.cause
+             WHERE o.session_pk = $1 AND o.kind IN (2, 4)
+             GROUP BY c.pk, s.id, s.started_at",
+        )
+        .await?;
+    tx.execute(&record, &[&pk]).await?;
+    Ok(())
+}
+
 /// Writes what a closed session is read by: its `session_tests` and its
-/// digest, built from its rows.
+/// digest, built from its rows, and the causes it failed of.
 pub async fn index_closed_session(tx: &Tx<'_>, pk: i64) -> Result<()> {
     let clear = tx
         .prepare_cached("DELETE FROM session_tests WHERE session_pk = $1")
@@ -626,7 +681,7 @@ pub async fn index_closed_session(tx: &Tx<'_>, pk: i64) -> Result<()> {
         )
         .await?;
     tx.execute(&store, &[&pk, &tests, &durations]).await?;
-    Ok(())
+    record_cause_sessions(tx, pk).await
 }
 
 /// Finishes a session.
@@ -676,51 +731,6 @@ pub async fn finish(
 }
 
 /// Stores one audit row and returns its id.
-/// Records a session's causes, replacing what it recorded before.
-pub async fn causes(
-    tx: &Tx<'_>,
-    session: Uuid,
-    project: &str,
-    started_at: Timestamp,
-    causes: &[CauseRecord],
-) -> Result<()> {
-    let forget = tx
-        .prepare_cached(
-            "DELETE FROM cause_sessions WHERE session = $1 AND cause_pk IN
-                 (SELECT pk FROM causes WHERE project = $2)",
-        )
-        .await?;
-    tx.execute(&forget, &[&session, &project]).await?;
-    let name = tx
-        .prepare_cached(
-            "INSERT INTO causes (project, key, cause) VALUES ($1, $2, $3)
-             ON CONFLICT (project, key) DO NOTHING",
-        )
-        .await?;
-    let seen = tx
-        .prepare_cached(
-            "INSERT INTO cause_sessions (cause_pk, session, started_at, failures)
-             SELECT pk, $3, $4, $5 FROM causes WHERE project = $1 AND key = $2",
-        )
-        .await?;
-    for c in causes {
-        tx.execute(&name, &[&project, &c.key, &c.cause]).await?;
-        let failures = i64::try_from(c.failures).unwrap_or(i64::MAX);
-        tx.execute(
-            &seen,
-            &[
-                &project,
-                &c.key,
-                &session,
-                &started_at.as_micros(),
-                &failures,
-            ],
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 pub async fn audit(tx: &Tx<'_>, entry: &AuditEntry) -> Result<u64> {
     let stmt = tx
         .prepare_cached(

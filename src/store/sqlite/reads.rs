@@ -25,6 +25,7 @@ use crate::store::backend::{
     FlakyInput, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
 };
 use crate::store::digest::{self, Digest};
+use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
     AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, decode_cursor_number,
     decode_cursor_pair, detail,
@@ -493,6 +494,41 @@ pub fn failure_messages(
         }
     }
     Ok(out)
+}
+
+/// A session's failures and errors in seq order, with their causes' keys.
+pub fn failure_keys(c: &Connection, session: SessionRef) -> Result<(Session, Vec<KeyedFailure>)> {
+    let (pk, s) = resolve(c, session)?;
+    let keyed = c
+        .prepare_cached(
+            "SELECT o.id, t.nodeid, o.cause FROM outcomes o INDEXED BY outcomes_failures
+             JOIN tests t ON t.id = o.test_id
+             WHERE o.session_pk = ?1 AND o.kind IN (2, 4) ORDER BY o.id",
+        )?
+        .query_map([pk], |r| {
+            Ok(KeyedFailure {
+                seq: seq_of(r.get(0)?),
+                nodeid: r.get(1)?,
+                key: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((s, keyed))
+}
+
+/// These outcomes of a session, in seq order.
+pub fn outcomes_at(c: &Connection, session: Uuid, seqs: &[u64]) -> Result<Vec<Outcome>> {
+    let (pk, s) = resolve(c, SessionRef::Id(session))?;
+    let sql = format!(
+        "SELECT {OUTCOME_COLUMNS} FROM outcomes o {OUTCOME_JOINS}
+         WHERE o.id IN rarray(?1) ORDER BY o.id"
+    );
+    let ids = id_array(seqs.iter().map(|&seq| outcome_rowid(pk, seq)));
+    let items = c
+        .prepare_cached(&sql)?
+        .query_map([ids], |r| rows::outcome_from_row(r, 0, s.started_at))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(items)
 }
 
 /// A session's `limit` slowest outcomes, slowest first.

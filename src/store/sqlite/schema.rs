@@ -33,6 +33,11 @@
 //!   once and `cause_sessions` says which sessions (by id) failed of it, when
 //!   and how often; both are written when a session finishes and outlive
 //!   pruning, so that a cause stays known ([`crate::store::fingerprint`]).
+//! - Since version 5, each failing outcome's row carries its cause's key
+//!   (`cause`), computed once when it is stored; the cause is named in
+//!   `causes` as it is first stored, and `cause_sessions` is written when a
+//!   session closes, from the keys. Counting a session's clusters reads
+//!   keys through the failures index, never a traceback.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::collections::HashMap;
@@ -41,6 +46,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::model::{Phase, TestOutcome};
 use crate::store::detail;
+use crate::store::fingerprint::StoredCause;
 
 /// One step of the schema's history.
 enum Migration {
@@ -151,6 +157,9 @@ const MIGRATIONS: &[Migration] = &[
     ) WITHOUT ROWID;
     "#,
     ),
+    // 5: each failure's cause stored beside it; the failures stored before
+    // are fingerprinted here, and closed sessions' causes recorded.
+    Migration::Code(to_stored_causes),
 ];
 
 /// The schema version this binary writes.
@@ -464,16 +473,89 @@ fn to_interned_outcomes(tx: &Transaction<'_>) -> Result<()> {
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for pk in closed {
-        index_closed_session(tx, pk)?;
+        index_session_tests(tx, pk)?;
     }
+    Ok(())
+}
+
+/// Migration 5: fingerprints every stored failure from its full text (the
+/// row's message and its details blob) into the new `cause` column, names
+/// each cause in `causes`, and records the causes of each closed session.
+fn to_stored_causes(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute_batch(
+        "ALTER TABLE outcomes ADD COLUMN cause TEXT;   -- a failure's cause key
+         CREATE INDEX cause_sessions_by_session ON cause_sessions (session);",
+    )?;
+    let sessions: Vec<(i64, Option<String>, String)> = tx
+        .prepare("SELECT pk, project, status FROM sessions ORDER BY pk")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut read = tx.prepare(
+        "SELECT o.id, o.kind, o.message, t.nodeid, d.data FROM outcomes o
+         JOIN tests t ON t.id = o.test_id LEFT JOIN details d ON d.id = o.id
+         WHERE o.session_pk = ?1 AND o.kind IN (2, 4)",
+    )?;
+    let mut set = tx.prepare("UPDATE outcomes SET cause = ?2 WHERE id = ?1")?;
+    let mut name = tx.prepare(
+        "INSERT INTO causes (project, key, cause) VALUES (?1, ?2, ?3)
+         ON CONFLICT (project, key) DO NOTHING",
+    )?;
+    for (pk, project, status) in sessions {
+        let project = project.unwrap_or_default();
+        let mut rows = read.query([pk])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let kind = kind_of(r.get(1)?)
+                .ok_or_else(|| Error::Internal(format!("outcome {id} has an unknown kind")))?;
+            let mut o = crate::model::Outcome::new(1, r.get::<_, String>(3)?, kind);
+            o.message = r.get::<_, Option<String>>(2)?.unwrap_or_default();
+            if let Some(blob) = r.get::<_, Option<Vec<u8>>>(4)? {
+                detail::decode_into(&blob, &mut o)?;
+            }
+            if let Some(c) = StoredCause::of(&o) {
+                set.execute(params![id, c.key])?;
+                name.execute(params![project, c.key, c.cause])?;
+            }
+        }
+        if matches!(status.as_str(), "finished" | "interrupted") {
+            record_cause_sessions(tx, pk)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records which causes a closed session failed of and how often (under
+/// its project, by its id), replacing what it recorded before.
+pub fn record_cause_sessions(conn: &Connection, pk: i64) -> Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM cause_sessions WHERE session = (SELECT id FROM sessions WHERE pk = ?1)",
+    )?
+    .execute([pk])?;
+    conn.prepare_cached(
+        "INSERT INTO cause_sessions (cause_pk, session, started_at, failures)
+         SELECT c.pk, s.id, s.started_at, COUNT(*) FROM outcomes o
+         JOIN sessions s ON s.pk = o.session_pk
+         JOIN causes c ON c.project = COALESCE(s.project, '') AND c.key = o.cause
+         WHERE o.session_pk = ?1 AND o.kind IN (2, 4)
+         GROUP BY c.pk",
+    )?
+    .execute([pk])?;
     Ok(())
 }
 
 /// Writes what a closed session (finished or interrupted: it takes no more
 /// outcomes) is read by: its digest and its `session_tests`, built from its
-/// rows. An incomplete session may still gain outcomes, so it is read from
-/// its rows until the missing ones arrive and close it.
+/// rows, and the causes it failed of. An incomplete session may still gain
+/// outcomes, so it is read from its rows until the missing ones arrive and
+/// close it.
 pub fn index_closed_session(conn: &Connection, pk: i64) -> Result<()> {
+    index_session_tests(conn, pk)?;
+    record_cause_sessions(conn, pk)
+}
+
+/// A closed session's digest and `session_tests` (what migration 3 builds,
+/// before causes were stored).
+fn index_session_tests(conn: &Connection, pk: i64) -> Result<()> {
     let (lo, hi) = super::rows::outcome_rowid_range(pk);
     conn.prepare_cached("DELETE FROM session_tests WHERE session_pk = ?1")?
         .execute([pk])?;

@@ -17,7 +17,6 @@
 //!   rolled-back savepoint added is forgotten, and the whole cache is dropped
 //!   when another writer removed tests (the `tests_generation` in `meta`).
 
-use crate::store::backend::CauseRecord;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::HashMap;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -26,7 +25,7 @@ use uuid::Uuid;
 use super::rows::{self, SESSION_COLUMNS, nullable, outcome_rowid, outcome_rowid_range};
 use super::schema::{self, file_column, kind_code, phase_code};
 use crate::error::{Error, Result};
-use crate::model::{Outcome, Session, SessionRef, SessionStatus, Summary, Timestamp};
+use crate::model::{Session, SessionRef, SessionStatus, Summary, Timestamp};
 use crate::store::StoreEvent;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::backend::Reclaimed;
@@ -83,19 +82,6 @@ pub enum WriteCmd {
         finished_at: Timestamp,
         /// Where the result goes.
         reply: oneshot::Sender<Result<Session>>,
-    },
-    /// Record the causes of a closed session's failures.
-    Causes {
-        /// The session.
-        session: Uuid,
-        /// Its project.
-        project: String,
-        /// Its start.
-        started_at: Timestamp,
-        /// Its causes.
-        causes: Vec<CauseRecord>,
-        /// Receives how many were recorded.
-        reply: oneshot::Sender<Result<u64>>,
     },
     /// Store one audit row.
     Audit {
@@ -202,7 +188,6 @@ impl WriteCmd {
             WriteCmd::Append { reply, .. }
             | WriteCmd::AppendNext { reply, .. }
             | WriteCmd::Audit { reply, .. }
-            | WriteCmd::Causes { reply, .. }
             | WriteCmd::RemoveTests { reply, .. }
             | WriteCmd::Shrink { reply, .. } => {
                 let _ = reply.send(number(result));
@@ -519,13 +504,13 @@ impl Writer {
 const ROWS_PER_INSERT: usize = 32;
 
 /// Columns of an outcome row, in [`insert_sql`]'s order.
-const COLUMNS: usize = 13;
+const COLUMNS: usize = 14;
 
 /// `INSERT INTO outcomes ... VALUES (...), (...)` for `rows` rows.
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO outcomes (id, session_pk, test_id, kind, phase, duration, attempt, \
-         line, start_us, markers, message, worker, file) VALUES ",
+         line, start_us, markers, message, worker, file, cause) VALUES ",
     );
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
@@ -555,6 +540,7 @@ struct Row<'o> {
     message: Option<&'o str>,
     worker: Option<&'o str>,
     file: Option<&'o str>,
+    cause: Option<&'o str>,
 }
 
 impl Row<'_> {
@@ -574,6 +560,7 @@ impl Row<'_> {
         stmt.raw_bind_parameter(at(10), self.message)?;
         stmt.raw_bind_parameter(at(11), self.worker)?;
         stmt.raw_bind_parameter(at(12), self.file)?;
+        stmt.raw_bind_parameter(at(13), self.cause)?;
         Ok(())
     }
 }
@@ -621,19 +608,6 @@ impl Ctx<'_> {
                 *finished_at,
             )?)),
             WriteCmd::Audit { entry, .. } => Answer::Number(insert_audit(self.conn, entry)?),
-            WriteCmd::Causes {
-                session,
-                project,
-                started_at,
-                causes,
-                ..
-            } => Answer::Number(insert_causes(
-                self.conn,
-                *session,
-                project,
-                *started_at,
-                causes,
-            )?),
             WriteCmd::Pin {
                 session, pinned, ..
             } => Answer::Session(Box::new(self.pin(*session, *pinned)?)),
@@ -713,7 +687,7 @@ impl Ctx<'_> {
         let mut last_markers: Option<(&[String], Option<i64>)> = None;
         for chunk in chunks.by_ref() {
             for (i, new) in chunk.iter().enumerate() {
-                let row = self.row(pk, started, &new.outcome, &mut last_markers)?;
+                let row = self.row(pk, started, new, &mut last_markers)?;
                 row.bind(&mut many, i * COLUMNS)?;
             }
             many.raw_execute()?;
@@ -725,12 +699,20 @@ impl Ctx<'_> {
         }
         let mut one = self.conn.prepare_cached(&insert_sql(1))?;
         for new in chunks.remainder() {
-            let row = self.row(pk, started, &new.outcome, &mut last_markers)?;
+            let row = self.row(pk, started, new, &mut last_markers)?;
             row.bind(&mut one, 0)?;
             one.raw_execute()?;
             if let Some(blob) = &new.detail {
                 insert_detail.execute(params![outcome_rowid(pk, new.outcome.seq), blob])?;
             }
+        }
+        // Each cause is named once per project, as it is first stored.
+        let mut name_cause = self.conn.prepare_cached(
+            "INSERT INTO causes (project, key, cause) VALUES (?1, ?2, ?3)
+             ON CONFLICT (project, key) DO NOTHING",
+        )?;
+        for c in new_outcomes.iter().filter_map(|n| n.cause.as_ref()) {
+            name_cause.execute(params![session.environment.project, c.key, c.cause])?;
         }
         let c = plan.counts;
         self.conn
@@ -769,9 +751,10 @@ impl Ctx<'_> {
         &mut self,
         pk: i64,
         session_started: i64,
-        o: &'o Outcome,
+        new: &'o NewOutcome,
         last_markers: &mut Option<(&'o [String], Option<i64>)>,
     ) -> Result<Row<'o>> {
+        let o = &new.outcome;
         let test_id = self
             .interned
             .test_id(self.conn, &o.nodeid, &o.subtest, pk)?;
@@ -797,6 +780,7 @@ impl Ctx<'_> {
             message: nullable(&o.message),
             worker: nullable(&o.worker),
             file: file_column(&o.nodeid, &o.file),
+            cause: new.cause.as_ref().map(|c| c.key.as_str()),
         })
     }
 
@@ -1006,40 +990,6 @@ fn shrink(conn: &Connection, max_bytes: u64) -> Result<u64> {
 }
 
 /// Records a session's causes, replacing what it recorded before.
-fn insert_causes(
-    conn: &Connection,
-    session: Uuid,
-    project: &str,
-    started_at: Timestamp,
-    causes: &[CauseRecord],
-) -> Result<u64> {
-    let session = session.to_string();
-    conn.prepare_cached(
-        "DELETE FROM cause_sessions WHERE session = ?1 AND cause_pk IN
-             (SELECT pk FROM causes WHERE project = ?2)",
-    )?
-    .execute(params![session, project])?;
-    for c in causes {
-        conn.prepare_cached(
-            "INSERT INTO causes (project, key, cause) VALUES (?1, ?2, ?3)
-             ON CONFLICT (project, key) DO NOTHING",
-        )?
-        .execute(params![project, c.key, c.cause])?;
-        conn.prepare_cached(
-            "INSERT INTO cause_sessions (cause_pk, session, started_at, failures)
-             SELECT pk, ?3, ?4, ?5 FROM causes WHERE project = ?1 AND key = ?2",
-        )?
-        .execute(params![
-            project,
-            c.key,
-            session,
-            started_at.as_micros(),
-            i64::try_from(c.failures).unwrap_or(i64::MAX)
-        ])?;
-    }
-    Ok(causes.len() as u64)
-}
-
 fn insert_audit(conn: &Connection, entry: &AuditEntry) -> Result<u64> {
     conn.prepare_cached(
         "INSERT INTO audit (at, grant_name, transport, tool, decision, result, reason, duration_us)
