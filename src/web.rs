@@ -35,7 +35,7 @@ use crate::mcp::views::{
     rerun_command,
 };
 use crate::model::{SessionRef, SessionStatus, TestOutcome};
-use crate::store::{OutcomeFilter, SessionFilter, Store, flakiness_verdict};
+use crate::store::{OutcomeFilter, RegressionRule, SessionFilter, Store, flakiness_verdict};
 use components::Cell;
 
 /// The policy every page is sent with: only this server's own script and
@@ -632,7 +632,13 @@ async fn compare_page(State(web): State<Web>, Query(q): Query<CompareQuery>) -> 
             };
             let c = web.store.compare_sessions(base, head, 1.5, 0.1).await?;
             let changed = web.store.changed_causes(&c, 100).await?;
-            let view = ComparisonView::new(&c, 500).with_causes(&changed);
+            let regressions = web
+                .store
+                .duration_regressions(SessionRef::Id(c.head.id), RegressionRule::default())
+                .await?;
+            let view = ComparisonView::new(&c, 500)
+                .with_causes(&changed)
+                .with_regressions(&regressions, 100);
             Ok(pages::compare(&view))
         }
         .await,

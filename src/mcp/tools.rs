@@ -272,15 +272,7 @@ impl PytestMcp {
                         .slower
                         .iter()
                         .take(limit)
-                        .map(|r| RegressionView {
-                            nodeid: r.nodeid.clone(),
-                            subtest: Some(r.subtest.clone()).filter(|s| !s.is_empty()),
-                            duration: r.duration,
-                            median: r.median,
-                            // A median of 0 s (a test too fast to time) keeps the ratio finite.
-                            ratio: r.duration / r.median.max(1e-6),
-                            runs: r.runs as u64,
-                        })
+                        .map(RegressionView::from)
                         .collect(),
                 };
                 if fit_budget(&mut view, |v| &mut v.slower) > 0 {
@@ -394,7 +386,13 @@ impl PytestMcp {
                     .await?;
                 let limit = page(a.limit, 50, 500);
                 let changed = self.store.changed_causes(&c, limit).await?;
-                let mut view = ComparisonView::new(&c, limit).with_causes(&changed);
+                let regressions = self
+                    .store
+                    .duration_regressions(SessionRef::Id(c.head.id), RegressionRule::default())
+                    .await?;
+                let mut view = ComparisonView::new(&c, limit)
+                    .with_causes(&changed)
+                    .with_regressions(&regressions, limit);
                 // Cut the longest lists first until the answer fits.
                 while views::json_len(&view) > views::BUDGET_BYTES {
                     let lens = [
@@ -404,6 +402,7 @@ impl PytestMcp {
                         view.still_failing.len(),
                         view.fixed.len(),
                         view.new_failures.len(),
+                        view.duration_regressions.len(),
                     ];
                     let Some((i, n)) = lens.iter().copied().enumerate().max_by_key(|(_, n)| *n)
                     else {
@@ -419,7 +418,8 @@ impl PytestMcp {
                         2 => view.slower.truncate(keep),
                         3 => view.still_failing.truncate(keep),
                         4 => view.fixed.truncate(keep),
-                        _ => view.new_failures.truncate(keep),
+                        5 => view.new_failures.truncate(keep),
+                        _ => view.duration_regressions.truncate(keep),
                     }
                     view.truncated = true;
                 }

@@ -546,6 +546,20 @@ pub struct RegressionView {
     pub runs: u64,
 }
 
+impl From<&crate::store::Regression> for RegressionView {
+    fn from(r: &crate::store::Regression) -> Self {
+        RegressionView {
+            nodeid: r.nodeid.clone(),
+            subtest: non_empty(&r.subtest),
+            duration: r.duration,
+            median: r.median,
+            // A median of 0 s (a test too fast to time) keeps the ratio finite.
+            ratio: r.duration / r.median.max(1e-6),
+            runs: r.runs as u64,
+        }
+    }
+}
+
 /// Answer of `duration_regressions`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct RegressionsView {
@@ -852,6 +866,8 @@ pub struct ComparisonCounts {
     pub removed: u64,
     /// Slower.
     pub slower: u64,
+    /// Slower in head than their median over earlier sessions.
+    pub duration_regressions: u64,
 }
 
 /// Answer of `compare_sessions`.
@@ -879,6 +895,10 @@ pub struct ComparisonView {
     pub removed: Vec<String>,
     /// Passing in both and slower in head, largest growth first.
     pub slower: Vec<SlowerView>,
+    /// Tests that ran in head much slower than their median over the
+    /// project's earlier sessions (`duration_regressions` with its
+    /// defaults), the largest excess first.
+    pub duration_regressions: Vec<RegressionView>,
     /// Whether lists were cut (see `counts` for their totals).
     pub truncated: bool,
     /// How to see what was cut.
@@ -895,6 +915,7 @@ impl ComparisonView {
             added: c.added.len() as u64,
             removed: c.removed.len() as u64,
             slower: c.slower.len() as u64,
+            duration_regressions: 0,
         };
         let tests = |v: &[ComparedTest]| v.iter().take(limit).map(Into::into).collect();
         let truncated = [
@@ -929,9 +950,18 @@ impl ComparisonView {
                 .collect(),
             new_causes: Vec::new(),
             fixed_causes: Vec::new(),
+            duration_regressions: Vec::new(),
             truncated,
             note: None,
         }
+    }
+
+    /// Adds head's duration regressions.
+    pub fn with_regressions(mut self, r: &crate::store::Regressions, limit: usize) -> Self {
+        self.counts.duration_regressions = r.slower.len() as u64;
+        self.truncated |= r.slower.len() > limit;
+        self.duration_regressions = r.slower.iter().take(limit).map(Into::into).collect();
+        self
     }
 
     /// Adds the causes that are new in head and those fixed since base.
@@ -991,6 +1021,17 @@ impl ComparisonView {
                 out,
                 "\nSLOWER {}: {:.3}s -> {:.3}s",
                 d.nodeid, d.base, d.head
+            );
+        }
+        for r in &self.duration_regressions {
+            let _ = write!(
+                out,
+                "\nREGRESSED {}: {:.3}s, {:.1}x its median {:.3}s over {} runs",
+                display_name(&r.nodeid, r.subtest.as_deref().unwrap_or_default()),
+                r.duration,
+                r.ratio,
+                r.median,
+                r.runs
             );
         }
         if let Some(n) = &self.note {

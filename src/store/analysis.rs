@@ -656,6 +656,18 @@ pub struct RegressionRule {
     pub min_runs: usize,
 }
 
+impl Default for RegressionRule {
+    /// The last 10 sessions; 3 times the median and 0.25 s over it; 3 runs.
+    fn default() -> Self {
+        RegressionRule {
+            window: 10,
+            ratio: 3.0,
+            floor: 0.25,
+            min_runs: 3,
+        }
+    }
+}
+
 /// The median of `values` (not empty).
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);

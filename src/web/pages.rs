@@ -511,6 +511,14 @@ pub fn compare(c: &ComparisonView) -> Markup {
                 tbody { @for t in &c.slower { tr { td.mono { a href=(test_href(&t.nodeid)) { (t.nodeid) } } td.num { (seconds(t.base)) } td.num { (seconds(t.head)) } } } }
             }
         }
+        h2 { "Slower than usual " span.muted { "(" (c.counts.duration_regressions) ", against each test's median over earlier runs)" } }
+        @if c.duration_regressions.is_empty() { p.empty { "None." } }
+        @else {
+            table {
+                thead { tr { th { "test" } th.num { "head" } th.num { "median" } th.num { "ratio" } th.num { "runs" } } }
+                tbody { @for r in &c.duration_regressions { tr { td.mono { a href=(test_href(&r.nodeid)) { (r.nodeid) } } td.num { (seconds(r.duration)) } td.num { (seconds(r.median)) } td.num { (format!("{:.1}×", r.ratio)) } td.num { (r.runs) } } } }
+            }
+        }
         @if let Some(note) = &c.note { p.muted { (note) } }
     };
     layout("Compare", body)

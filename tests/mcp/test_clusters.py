@@ -144,6 +144,14 @@ async def test_a_test_five_times_slower_is_a_duration_regression_and_noise_is_no
                                                            "tests/test_t.py::test_fast"}
         bad = await c.call_tool("duration_regressions", {"ratio": 0.5})
         assert bad.is_error and "ratio" in bad.content[0].text
+        # compare_sessions has the same section, for head against its history.
+        compared = await c.call_tool("compare_sessions", {})
+        assert not compared.is_error, compared.content
+        cmp = compared.structured_content
+        assert cmp["head"]["id"] == head and cmp["counts"]["duration_regressions"] == 1
+        assert [(r["nodeid"], r["duration"]) for r in cmp["duration_regressions"]] == [
+            ("tests/test_t.py::test_slow", 1.1)]
+        assert "REGRESSED tests/test_t.py::test_slow: 1.100s, 5.0x" in compared.content[0].text
 
 
 async def test_compare_names_the_causes_fixed_and_the_new_one(server: Server, tmp_path: Path):
