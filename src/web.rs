@@ -631,11 +631,11 @@ async fn compare_page(State(web): State<Web>, Query(q): Query<CompareQuery>) -> 
                 b => SessionRef::parse(b, "base")?,
             };
             let c = web.store.compare_sessions(base, head, 1.5, 0.1).await?;
-            let changed = web.store.changed_causes(&c, 100).await?;
-            let regressions = web
-                .store
-                .duration_regressions(SessionRef::Id(c.head.id), RegressionRule::default())
-                .await?;
+            let (changed, regressions) = tokio::try_join!(
+                web.store.changed_causes(&c, 100),
+                web.store
+                    .duration_regressions(SessionRef::Id(c.head.id), RegressionRule::default())
+            )?;
             let view = ComparisonView::new(&c, 500)
                 .with_causes(&changed)
                 .with_regressions(&regressions, 100);

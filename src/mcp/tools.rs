@@ -385,11 +385,12 @@ impl PytestMcp {
                     .compare_sessions(base, head, min_ratio, min_seconds)
                     .await?;
                 let limit = page(a.limit, 50, 500);
-                let changed = self.store.changed_causes(&c, limit).await?;
-                let regressions = self
-                    .store
-                    .duration_regressions(SessionRef::Id(c.head.id), RegressionRule::default())
-                    .await?;
+                // Both read beside each other.
+                let (changed, regressions) = tokio::try_join!(
+                    self.store.changed_causes(&c, limit),
+                    self.store
+                        .duration_regressions(SessionRef::Id(c.head.id), RegressionRule::default())
+                )?;
                 let mut view = ComparisonView::new(&c, limit)
                     .with_causes(&changed)
                     .with_regressions(&regressions, limit);

@@ -600,8 +600,10 @@ impl Store {
     /// The causes new in a comparison's head and fixed since its base, at
     /// most `limit` of each described.
     pub async fn changed_causes(&self, c: &Comparison, limit: usize) -> Result<ChangedCauses> {
-        let base = self.session_causes(SessionRef::Id(c.base.id), None).await?;
-        let head = self.session_causes(SessionRef::Id(c.head.id), None).await?;
+        let (base, head) = tokio::try_join!(
+            self.session_causes(SessionRef::Id(c.base.id), None),
+            self.session_causes(SessionRef::Id(c.head.id), None)
+        )?;
         let (new, fixed) = fingerprint::changed_causes(&base.clusters, &head.clusters);
         let (new_total, fixed_total) = (new.len(), fixed.len());
         Ok(ChangedCauses {
@@ -754,15 +756,17 @@ impl Store {
                 None => break,
             }
         }
-        let mut earlier = Vec::with_capacity(baseline.len());
-        for s in &baseline {
-            earlier.push(
-                self.backend()
-                    .session_finals(SessionRef::Id(s.id))
-                    .await?
-                    .finals,
-            );
-        }
+        // The earlier sessions' finals are read side by side, on as many
+        // read connections as the backend gives.
+        let earlier: Vec<_> = futures_util::future::try_join_all(
+            baseline
+                .iter()
+                .map(|s| self.backend().session_finals(SessionRef::Id(s.id))),
+        )
+        .await?
+        .into_iter()
+        .map(|f| f.finals)
+        .collect();
         let found = regressions_of(&head.finals, &earlier, rule);
         let names = self
             .backend()
