@@ -247,49 +247,44 @@ fn is_project_path(path: &str) -> bool {
 }
 
 fn innermost_frame(longrepr: &str, nodeid: &str) -> String {
-    let lines: Vec<&str> = longrepr.lines().collect();
-    let mut frame = None;
-    for (i, line) in lines.iter().enumerate() {
-        let Some((path, rest)) = split_location(line.trim()) else {
-            continue;
-        };
-        if !is_project_path(path) {
-            continue;
-        }
-        let function = match rest.strip_prefix("in ") {
-            Some(f) => f.trim().to_string(),
-            // The last frame names the exception, not the function: take the
-            // nearest `def name(` above it, as pytest prints the source, or
-            // else, in the test's own file, the test.
-            None => lines[..i]
-                .iter()
-                .rev()
-                .find_map(|l| {
-                    let l = l.trim_start_matches(['>', ' ']);
-                    let l = l.strip_prefix("async ").unwrap_or(l);
-                    l.strip_prefix("def ")?
-                        .split('(')
-                        .next()
-                        .map(str::to_string)
-                })
-                .or_else(|| test_function(nodeid, path))
-                .unwrap_or_default(),
-        };
-        frame = Some(if function.is_empty() {
-            path.to_string()
-        } else {
-            format!("{path}::{function}")
-        });
-    }
-    frame.unwrap_or_else(|| {
+    // Read from the end: the innermost frame is the last location line in
+    // the project's code, and the source pytest printed for it is above it.
+    let mut lines = longrepr.lines().rev();
+    let found = lines.by_ref().find_map(|line| {
+        let (path, rest) = split_location(line.trim())?;
+        is_project_path(path).then_some((path, rest))
+    });
+    let Some((path, rest)) = found else {
         // No traceback: the test itself, without its parameters.
         let base = nodeid.split('[').next().unwrap_or(nodeid);
-        if longrepr.trim().is_empty() {
+        return if longrepr.trim().is_empty() {
             base.to_string()
         } else {
             String::new()
-        }
-    })
+        };
+    };
+    let function = match rest.strip_prefix("in ") {
+        Some(f) => f.trim().to_string(),
+        // The last frame names the exception, not the function: take the
+        // nearest `def name(` above it, as pytest prints the source, or
+        // else, in the test's own file, the test.
+        None => lines
+            .find_map(|l| {
+                let l = l.trim_start_matches(['>', ' ']);
+                let l = l.strip_prefix("async ").unwrap_or(l);
+                l.strip_prefix("def ")?
+                    .split('(')
+                    .next()
+                    .map(str::to_string)
+            })
+            .or_else(|| test_function(nodeid, path))
+            .unwrap_or_default(),
+    };
+    if function.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}::{function}")
+    }
 }
 
 /// The test's function (no class, no parameters) when `path` is its file.
@@ -391,8 +386,15 @@ fn temp_path_len(chars: &[char]) -> Option<usize> {
         "/private/var/folders/",
         "/var/tmp/",
     ];
-    let text: String = chars.iter().take(24).collect();
-    let windows_temp = text.len() > 3
+    // Called at every position of a message: decide without allocating
+    // unless the text starts like a path.
+    let starts_with = |prefix: &str| {
+        let mut at = chars.iter();
+        prefix.chars().all(|p| at.next() == Some(&p))
+    };
+    let unix_temp = chars.first() == Some(&'/') && ROOTS.iter().any(|r| starts_with(r));
+    let windows_temp = !unix_temp
+        && chars.len() > 3
         && chars[1] == ':'
         && chars[2] == '\\'
         && chars
@@ -401,7 +403,7 @@ fn temp_path_len(chars: &[char]) -> Option<usize> {
             .collect::<String>()
             .to_ascii_lowercase()
             .contains("\\temp\\");
-    if !ROOTS.iter().any(|r| text.starts_with(r)) && !windows_temp {
+    if !unix_temp && !windows_temp {
         return None;
     }
     Some(
