@@ -1110,6 +1110,12 @@ impl Recorder for Sink {
     ) -> Result<Response<Self::WatchSessionStream>, Status> {
         Err(Status::unimplemented("the sink only streams"))
     }
+    async fn list_quarantine(
+        &self,
+        _: Request<pb::ListQuarantineRequest>,
+    ) -> Result<Response<pb::ListQuarantineResponse>, Status> {
+        Err(Status::unimplemented("the sink only streams"))
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::auth::{Grant, Tokens};
 use crate::error::Error;
-use crate::model::{SessionRef, SessionStatus, parse_session_id};
+use crate::model::{SessionRef, SessionStatus, Timestamp, parse_session_id};
 use crate::store::{OutcomeFilter, SessionFilter, Store};
 
 /// Generated protobuf types and service traits for `pytest_mcp.v1`.
@@ -318,6 +318,21 @@ impl pb::recorder_server::Recorder for RecorderService {
     }
 
     type WatchSessionStream = BoxStream<pb::WatchSessionResponse>;
+
+    async fn list_quarantine(
+        &self,
+        request: Request<pb::ListQuarantineRequest>,
+    ) -> Result<Response<pb::ListQuarantineResponse>, Status> {
+        let req = request.into_inner();
+        let project = opt(req.project);
+        let entries = self
+            .store
+            .quarantine_list(project.as_deref(), false, Timestamp::now())
+            .await?;
+        Ok(Response::new(pb::ListQuarantineResponse {
+            entries: entries.iter().map(convert::quarantine_to_pb).collect(),
+        }))
+    }
 
     async fn watch_session(
         &self,

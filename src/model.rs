@@ -315,6 +315,24 @@ impl OutcomeCounts {
     }
 }
 
+/// One quarantine entry: tests it matches still run, and their failures do
+/// not fail the run of a plugin that asked for the quarantine list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    /// A nodeid, or an `fnmatch` pattern of nodeids (`*`, `?`, `[seq]`, `[!seq]`).
+    pub pattern: String,
+    /// The project it applies to; empty for every project.
+    pub project: String,
+    /// Why the test is quarantined.
+    pub reason: String,
+    /// Who quarantined it (an MCP grant, a CLI user).
+    pub added_by: String,
+    /// When it was added or last renewed.
+    pub added_at: Timestamp,
+    /// When it stops applying.
+    pub expires_at: Timestamp,
+}
+
 /// One recorded session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
@@ -384,6 +402,10 @@ pub struct Outcome {
     /// Properties the test recorded (`record_property`, `user_properties`),
     /// as (name, value) pairs in order; bounded by [`Outcome::validate_and_bound`].
     pub user_properties: Vec<(String, String)>,
+    /// The test was quarantined when it ran: its real outcome is stored, but
+    /// pytest was told a failure does not fail the run.
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
 impl AsRef<Outcome> for Outcome {
@@ -426,6 +448,7 @@ impl Outcome {
             started_at: None,
             subtest: String::new(),
             user_properties: Vec::new(),
+            quarantined: false,
         }
     }
 

@@ -77,6 +77,8 @@ struct SpoolOutcome {
     subtest: String,
     #[serde(default)]
     user_properties: Vec<(String, String)>,
+    #[serde(default)]
+    quarantined: bool,
 }
 
 impl SpoolOutcome {
@@ -100,6 +102,7 @@ impl SpoolOutcome {
             started_at: self.started_at,
             subtest: self.subtest,
             user_properties: self.user_properties,
+            quarantined: self.quarantined,
         }
     }
 }

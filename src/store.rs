@@ -25,6 +25,7 @@ pub mod digest;
 pub mod fingerprint;
 pub mod location;
 pub mod postgres;
+pub mod quarantine;
 pub mod retention;
 pub mod rules;
 pub mod sqlite;

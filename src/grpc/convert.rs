@@ -4,8 +4,8 @@
 use super::pb;
 use crate::error::{Error, Result};
 use crate::model::{
-    Environment, Outcome, OutcomeCounts, Phase, Session, SessionStatus, Source, Summary,
-    TestOutcome, Timestamp,
+    Environment, Outcome, OutcomeCounts, Phase, QuarantineEntry, Session, SessionStatus, Source,
+    Summary, TestOutcome, Timestamp,
 };
 
 /// Model timestamp to protobuf.
@@ -240,6 +240,18 @@ pub fn session_to_pb(s: &Session) -> pb::Session {
     }
 }
 
+/// Model quarantine entry to protobuf.
+pub fn quarantine_to_pb(e: &QuarantineEntry) -> pb::QuarantineEntry {
+    pb::QuarantineEntry {
+        pattern: e.pattern.clone(),
+        project: e.project.clone(),
+        reason: e.reason.clone(),
+        added_by: e.added_by.clone(),
+        added_at: Some(timestamp_to_pb(e.added_at)),
+        expires_at: Some(timestamp_to_pb(e.expires_at)),
+    }
+}
+
 /// Model outcome to protobuf.
 pub fn outcome_to_pb(session_id: &str, o: &Outcome) -> pb::Outcome {
     pb::Outcome {
@@ -269,6 +281,7 @@ pub fn outcome_to_pb(session_id: &str, o: &Outcome) -> pb::Outcome {
                 value: value.clone(),
             })
             .collect(),
+        quarantined: o.quarantined,
     }
 }
 
@@ -303,5 +316,6 @@ pub fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome> {
             .into_iter()
             .map(|p| (p.name, p.value))
             .collect(),
+        quarantined: o.quarantined,
     })
 }

@@ -25,7 +25,9 @@ use super::fingerprint::KeyedFailure;
 use super::rules::NewSession;
 use super::{HistoryEntry, OutcomeFilter, Page, SessionFilter};
 use crate::error::Result;
-use crate::model::{Outcome, Session, SessionRef, SessionStatus, Source, Summary, Timestamp};
+use crate::model::{
+    Outcome, QuarantineEntry, Session, SessionRef, SessionStatus, Source, Summary, Timestamp,
+};
 use crate::policy::Decision;
 use crate::policy::gate::{Decide, Key as CounterKey};
 
@@ -148,6 +150,13 @@ pub trait Backend: Send + Sync + 'static {
     /// it was deleted (false: refused, or gone already).
     fn delete_session(&self, id: Uuid) -> Fut<bool>;
 
+    /// Stores a quarantine entry, replacing the one for the same project
+    /// and pattern; returns whether one was replaced.
+    fn put_quarantine(&self, entry: QuarantineEntry) -> Fut<bool>;
+
+    /// Removes the quarantine entry for `project` and `pattern` and returns it.
+    fn delete_quarantine(&self, project: String, pattern: String) -> Fut<Option<QuarantineEntry>>;
+
     /// Removes up to `max_rows` rows of deleted sessions.
     fn reclaim(&self, max_rows: usize) -> Fut<Reclaimed>;
 
@@ -241,6 +250,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The session of the same project started just before `head`.
     fn previous_session(&self, head: Session) -> Fut<Option<Session>>;
+
+    /// The stored quarantine entries, expired ones too: those for `project`
+    /// and for every project, or every entry when `None`.
+    fn quarantine_entries(&self, project: Option<String>) -> Fut<Vec<QuarantineEntry>>;
 
     /// The newest `limit` audit rows, newest first.
     fn recent_audit(&self, limit: usize) -> Fut<Vec<AuditEntry>>;

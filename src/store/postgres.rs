@@ -47,7 +47,7 @@ use super::{
     budget::QueuedBytes, detail::NewOutcome, rules::NewSession,
 };
 use crate::error::{Error, Result};
-use crate::model::{Outcome, Session, SessionRef, Source, Summary, Timestamp};
+use crate::model::{Outcome, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp};
 use crate::policy::Decision;
 use crate::policy::gate::{Decide, Key as CounterKey};
 
@@ -457,6 +457,22 @@ impl Backend for PgBackend {
         self.write(move |tx, _| boxed!(async move { writes::pin(tx, session, pinned).await }))
     }
 
+    fn put_quarantine(&self, entry: QuarantineEntry) -> Fut<bool> {
+        let entry = Arc::new(entry);
+        self.write(move |tx, _| {
+            let entry = entry.clone();
+            boxed!(async move { writes::put_quarantine(tx, &entry).await })
+        })
+    }
+
+    fn delete_quarantine(&self, project: String, pattern: String) -> Fut<Option<QuarantineEntry>> {
+        let key = Arc::new((project, pattern));
+        self.write(move |tx, _| {
+            let key = key.clone();
+            boxed!(async move { writes::delete_quarantine(tx, &key.0, &key.1).await })
+        })
+    }
+
     fn delete_session(&self, id: Uuid) -> Fut<bool> {
         self.write(move |tx, _| boxed!(async move { writes::delete(tx, id).await }))
     }
@@ -602,6 +618,13 @@ impl Backend for PgBackend {
 
     fn previous_session(&self, head: Session) -> Fut<Option<Session>> {
         self.read(move |tx| boxed!(async move { reads::previous_session(tx, &head).await }))
+    }
+
+    fn quarantine_entries(&self, project: Option<String>) -> Fut<Vec<QuarantineEntry>> {
+        self.read(move |tx| {
+            let project = project.clone();
+            boxed!(async move { reads::quarantine_entries(tx, project.as_deref()).await })
+        })
     }
 
     fn recent_audit(&self, limit: usize) -> Fut<Vec<AuditEntry>> {

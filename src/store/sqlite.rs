@@ -35,7 +35,7 @@ use super::{
     budget::QueuedBytes, detail::NewOutcome, rules::NewSession,
 };
 use crate::error::{Error, Result};
-use crate::model::{Outcome, Session, SessionRef, Source, Summary, Timestamp};
+use crate::model::{Outcome, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp};
 use writer::{Queued, WriteCmd};
 
 pub(crate) use reads::resolve;
@@ -237,6 +237,21 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn put_quarantine(&self, entry: QuarantineEntry) -> Fut<bool> {
+        self.write(move |reply| WriteCmd::PutQuarantine {
+            entry: Box::new(entry),
+            reply,
+        })
+    }
+
+    fn delete_quarantine(&self, project: String, pattern: String) -> Fut<Option<QuarantineEntry>> {
+        self.write(move |reply| WriteCmd::DeleteQuarantine {
+            project,
+            pattern,
+            reply,
+        })
+    }
+
     fn delete_session(&self, id: Uuid) -> Fut<bool> {
         self.write(move |reply| WriteCmd::Delete { id, reply })
     }
@@ -355,6 +370,10 @@ impl Backend for SqliteBackend {
         session: Uuid,
     ) -> Fut<HashMap<String, KnownCause>> {
         self.read(move |c| reads::known_causes(c, &project, &keys, session))
+    }
+
+    fn quarantine_entries(&self, project: Option<String>) -> Fut<Vec<QuarantineEntry>> {
+        self.read(move |c| reads::quarantine_entries(c, project.as_deref()))
     }
 
     fn session_metas(&self) -> Fut<Vec<SessionMeta>> {

@@ -11,7 +11,9 @@ use uuid::Uuid;
 
 use super::rows::{OUTCOME_COLUMNS, OUTCOME_JOINS, SESSION_COLUMNS, session_from_row};
 use crate::error::{Error, Result};
-use crate::model::{Outcome, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp};
+use crate::model::{
+    Outcome, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp,
+};
 use crate::store::backend::{
     FlakyInput, KnownCause, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
 };
@@ -620,6 +622,24 @@ pub async fn known_causes(
             )
         })
         .collect())
+}
+
+/// The quarantine entries for `project` and for every project (all when `None`).
+pub async fn quarantine_entries(
+    tx: &Tx<'_>,
+    project: Option<&str>,
+) -> Result<Vec<QuarantineEntry>> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {} FROM quarantine WHERE $1::text IS NULL OR project IN ('', $1)",
+            super::rows::QUARANTINE_COLUMNS
+        ))
+        .await?;
+    tx.query(&stmt, &[&project])
+        .await?
+        .iter()
+        .map(super::rows::quarantine_from_row)
+        .collect()
 }
 
 pub async fn recent_audit(tx: &Tx<'_>, limit: usize) -> Result<Vec<AuditEntry>> {

@@ -4,7 +4,9 @@
 use tokio_postgres::Row;
 
 use crate::error::{Error, Result};
-use crate::model::{Environment, Outcome, OutcomeCounts, Session, Summary, Timestamp};
+use crate::model::{
+    Environment, Outcome, OutcomeCounts, QuarantineEntry, Session, Summary, Timestamp,
+};
 use crate::store::codes::{kind_of, phase_of};
 use crate::store::detail;
 
@@ -16,7 +18,8 @@ pub const SESSION_COLUMNS: &str = "s.pk, s.id, s.source, s.status, s.started_at,
 /// Columns that [`outcome_from_row`] reads, in order, from `outcomes o`
 /// joined with `tests t` and `marker_sets m`.
 pub const OUTCOME_COLUMNS: &str = "o.seq, o.kind, o.phase, o.duration, o.attempt, o.line, \
-     o.start_us, o.message, o.worker, o.file, t.nodeid, t.subtest, m.markers, o.detail";
+     o.start_us, o.message, o.worker, o.file, t.nodeid, t.subtest, m.markers, o.detail, \
+     o.quarantined";
 
 /// The joins [`OUTCOME_COLUMNS`] need, after `FROM outcomes o`.
 pub const OUTCOME_JOINS: &str =
@@ -105,5 +108,21 @@ pub fn outcome_from_row(row: &Row, offset: usize, session_started: Timestamp) ->
     if let Some(blob) = row.try_get::<_, Option<Vec<u8>>>(c(13))? {
         detail::decode_into(&blob, &mut o)?;
     }
+    o.quarantined = row.try_get(c(14))?;
     Ok(o)
+}
+
+/// Columns of `quarantine` that [`quarantine_from_row`] reads, in order.
+pub const QUARANTINE_COLUMNS: &str = "project, pattern, reason, added_by, added_at, expires_at";
+
+/// Reads a quarantine entry laid out as [`QUARANTINE_COLUMNS`].
+pub fn quarantine_from_row(row: &Row) -> Result<QuarantineEntry> {
+    Ok(QuarantineEntry {
+        project: row.try_get(0)?,
+        pattern: row.try_get(1)?,
+        reason: row.try_get(2)?,
+        added_by: row.try_get(3)?,
+        added_at: Timestamp(row.try_get(4)?),
+        expires_at: Timestamp(row.try_get(5)?),
+    })
 }

@@ -157,6 +157,20 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outcomes ADD COLUMN cause text;                 -- a failure's cause key
     CREATE INDEX cause_sessions_by_session ON cause_sessions (session);
     "#,
+    // 4: quarantine entries, and whether an outcome's test was quarantined
+    // when it ran (see SQLite's migration 6).
+    r#"
+    CREATE TABLE quarantine (
+        project    text NOT NULL,      -- '' for every project
+        pattern    text NOT NULL,      -- a nodeid or an fnmatch pattern of nodeids
+        reason     text NOT NULL,
+        added_by   text NOT NULL,
+        added_at   bigint NOT NULL,    -- microseconds since the Unix epoch
+        expires_at bigint NOT NULL,
+        PRIMARY KEY (project, pattern)
+    );
+    ALTER TABLE outcomes ADD COLUMN quarantined boolean NOT NULL DEFAULT false;
+    "#,
 ];
 
 /// The migration after which [`to_stored_causes`] runs.

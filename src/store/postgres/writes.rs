@@ -18,7 +18,7 @@ use super::rows::{SESSION_COLUMNS, session_from_row};
 use super::schema::{CHANNEL, TESTS_LOCK};
 use super::{Shared, reads};
 use crate::error::{Error, Result};
-use crate::model::{Session, SessionRef, SessionStatus, Summary, Timestamp};
+use crate::model::{QuarantineEntry, Session, SessionRef, SessionStatus, Summary, Timestamp};
 use crate::policy::Decision;
 use crate::policy::gate::{Count, Decide, Key};
 use crate::store::audit::{self, AuditEntry};
@@ -473,9 +473,9 @@ async fn intern_markers(
 
 /// The outcome columns, in the order both bulk paths write them.
 const OUTCOME_INSERT_COLUMNS: &str = "session_pk, seq, test_id, kind, phase, duration, attempt, \
-     line, start_us, markers, message, worker, file, detail, cause";
+     line, start_us, markers, message, worker, file, detail, cause, quarantined";
 
-const OUTCOME_TYPES: [Type; 15] = [
+const OUTCOME_TYPES: [Type; 16] = [
     Type::INT8,
     Type::INT8,
     Type::INT8,
@@ -491,6 +491,7 @@ const OUTCOME_TYPES: [Type; 15] = [
     Type::TEXT,
     Type::BYTEA,
     Type::TEXT,
+    Type::BOOL,
 ];
 
 /// One outcome row, ready to send.
@@ -509,6 +510,7 @@ struct Row<'o> {
     file: Option<&'o str>,
     detail: Option<&'o [u8]>,
     cause: Option<&'o str>,
+    quarantined: bool,
 }
 
 async fn insert_outcomes(
@@ -540,6 +542,7 @@ async fn insert_outcomes(
                 file: crate::store::codes::file_column(&o.nodeid, &o.file),
                 detail: n.detail.as_deref(),
                 cause: n.cause.as_ref().map(|c| c.key.as_str()),
+                quarantined: o.quarantined,
             }
         })
         .collect();
@@ -552,7 +555,7 @@ async fn insert_outcomes(
         let writer = BinaryCopyInWriter::new(sink, &OUTCOME_TYPES);
         pin_mut!(writer);
         for r in &rows {
-            let values: [&(dyn ToSql + Sync); 15] = [
+            let values: [&(dyn ToSql + Sync); 16] = [
                 &pk,
                 &r.seq,
                 &r.test_id,
@@ -568,6 +571,7 @@ async fn insert_outcomes(
                 &r.file,
                 &r.detail,
                 &r.cause,
+                &r.quarantined,
             ];
             writer.as_mut().write(&values).await?;
         }
@@ -578,7 +582,8 @@ async fn insert_outcomes(
                 "INSERT INTO outcomes ({OUTCOME_INSERT_COLUMNS})
                  SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::int2[], $5::int2[],
                      $6::float8[], $7::int4[], $8::int4[], $9::int8[], $10::int8[],
-                     $11::text[], $12::text[], $13::text[], $14::bytea[], $15::text[])"
+                     $11::text[], $12::text[], $13::text[], $14::bytea[], $15::text[],
+                     $16::bool[])"
             ))
             .await?;
         let seq: Vec<i64> = rows.iter().map(|r| r.seq).collect();
@@ -595,11 +600,26 @@ async fn insert_outcomes(
         let file: Vec<Option<&str>> = rows.iter().map(|r| r.file).collect();
         let detail: Vec<Option<&[u8]>> = rows.iter().map(|r| r.detail).collect();
         let cause: Vec<Option<&str>> = rows.iter().map(|r| r.cause).collect();
+        let quarantined: Vec<bool> = rows.iter().map(|r| r.quarantined).collect();
         tx.execute(
             &stmt,
             &[
-                &pk, &seq, &test, &kind, &phase, &duration, &attempt, &line, &start, &markers,
-                &message, &worker, &file, &detail, &cause,
+                &pk,
+                &seq,
+                &test,
+                &kind,
+                &phase,
+                &duration,
+                &attempt,
+                &line,
+                &start,
+                &markers,
+                &message,
+                &worker,
+                &file,
+                &detail,
+                &cause,
+                &quarantined,
             ],
         )
         .await?;
@@ -731,6 +751,53 @@ pub async fn finish(
 }
 
 /// Stores one audit row and returns its id.
+/// Stores a quarantine entry; returns whether it replaced one.
+pub async fn put_quarantine(tx: &Tx<'_>, e: &QuarantineEntry) -> Result<bool> {
+    // xmax is 0 for a row this statement inserted, not for one it updated.
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO quarantine (project, pattern, reason, added_by, added_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (project, pattern) DO UPDATE SET reason = excluded.reason,
+                 added_by = excluded.added_by, added_at = excluded.added_at,
+                 expires_at = excluded.expires_at
+             RETURNING xmax <> 0",
+        )
+        .await?;
+    let row = tx
+        .query_one(
+            &stmt,
+            &[
+                &e.project,
+                &e.pattern,
+                &e.reason,
+                &e.added_by,
+                &e.added_at.as_micros(),
+                &e.expires_at.as_micros(),
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Removes a quarantine entry and returns it.
+pub async fn delete_quarantine(
+    tx: &Tx<'_>,
+    project: &str,
+    pattern: &str,
+) -> Result<Option<QuarantineEntry>> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "DELETE FROM quarantine WHERE project = $1 AND pattern = $2 RETURNING {}",
+            super::rows::QUARANTINE_COLUMNS
+        ))
+        .await?;
+    tx.query_opt(&stmt, &[&project, &pattern])
+        .await?
+        .map(|r| super::rows::quarantine_from_row(&r))
+        .transpose()
+}
+
 pub async fn audit(tx: &Tx<'_>, entry: &AuditEntry) -> Result<u64> {
     let stmt = tx
         .prepare_cached(

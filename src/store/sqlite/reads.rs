@@ -20,7 +20,9 @@ use super::rows::{
 };
 use super::schema::{kind_code, kind_of};
 use crate::error::{Error, Result};
-use crate::model::{Outcome, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp};
+use crate::model::{
+    Outcome, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp,
+};
 use crate::store::backend::{
     FlakyInput, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
 };
@@ -617,6 +619,19 @@ pub fn known_causes(
         }
     }
     Ok(out)
+}
+
+/// The quarantine entries for `project` and for every project (all when `None`).
+pub fn quarantine_entries(c: &Connection, project: Option<&str>) -> Result<Vec<QuarantineEntry>> {
+    let sql = format!(
+        "SELECT {} FROM quarantine WHERE ?1 IS NULL OR project IN ('', ?1)",
+        rows::QUARANTINE_COLUMNS
+    );
+    let entries = c
+        .prepare_cached(&sql)?
+        .query_map([project], rows::quarantine_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(entries)
 }
 
 pub fn recent_audit(c: &Connection, limit: usize) -> Result<Vec<AuditEntry>> {

@@ -5,7 +5,9 @@ use rusqlite::Row;
 use uuid::Uuid;
 
 use super::schema::{file_from_column, kind_of, phase_of};
-use crate::model::{Environment, Outcome, OutcomeCounts, Session, Summary, Timestamp};
+use crate::model::{
+    Environment, Outcome, OutcomeCounts, QuarantineEntry, Session, Summary, Timestamp,
+};
 use crate::store::detail;
 
 /// Columns of `sessions` that [`session_from_row`] reads, in order.
@@ -16,7 +18,8 @@ pub const SESSION_COLUMNS: &str = "s.pk, s.id, s.source, s.status, s.started_at,
 /// Columns that [`outcome_from_row`] reads, in order, from `outcomes o`
 /// joined with `tests t`, `marker_sets m` and `details d`.
 pub const OUTCOME_COLUMNS: &str = "o.id, o.kind, o.phase, o.duration, o.attempt, o.line, \
-     o.start_us, o.message, o.worker, o.file, t.nodeid, t.subtest, m.markers, d.data";
+     o.start_us, o.message, o.worker, o.file, t.nodeid, t.subtest, m.markers, d.data, \
+     o.quarantined";
 
 /// The joins [`OUTCOME_COLUMNS`] need, after `FROM outcomes o`.
 pub const OUTCOME_JOINS: &str = "JOIN tests t ON t.id = o.test_id \
@@ -131,7 +134,23 @@ pub fn outcome_from_row(
     if let Some(blob) = row.get::<_, Option<Vec<u8>>>(c(13))? {
         detail::decode_into(&blob, &mut o).map_err(|e| conversion_error(c(13), e.to_string()))?;
     }
+    o.quarantined = row.get::<_, i64>(c(14))? != 0;
     Ok(o)
+}
+
+/// Columns of `quarantine` that [`quarantine_from_row`] reads, in order.
+pub const QUARANTINE_COLUMNS: &str = "project, pattern, reason, added_by, added_at, expires_at";
+
+/// Reads a quarantine entry laid out as [`QUARANTINE_COLUMNS`].
+pub fn quarantine_from_row(row: &Row<'_>) -> rusqlite::Result<QuarantineEntry> {
+    Ok(QuarantineEntry {
+        project: row.get(0)?,
+        pattern: row.get(1)?,
+        reason: row.get(2)?,
+        added_by: row.get(3)?,
+        added_at: Timestamp(row.get(4)?),
+        expires_at: Timestamp(row.get(5)?),
+    })
 }
 
 /// `None` for an empty string, so absent text is NULL in SQL.

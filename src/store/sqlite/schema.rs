@@ -160,6 +160,23 @@ const MIGRATIONS: &[Migration] = &[
     // 5: each failure's cause stored beside it; the failures stored before
     // are fingerprinted here, and closed sessions' causes recorded.
     Migration::Code(to_stored_causes),
+    // 6: quarantine entries, and whether an outcome's test was quarantined
+    // when it ran. Entries are keyed by what they name, not by a session:
+    // they outlive every session they applied to.
+    Migration::Sql(
+        r#"
+    CREATE TABLE quarantine (
+        project    TEXT NOT NULL,      -- '' for every project
+        pattern    TEXT NOT NULL,      -- a nodeid or an fnmatch pattern of nodeids
+        reason     TEXT NOT NULL,
+        added_by   TEXT NOT NULL,
+        added_at   INTEGER NOT NULL,   -- microseconds since the Unix epoch
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (project, pattern)
+    ) WITHOUT ROWID;
+    ALTER TABLE outcomes ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
+    "#,
+    ),
 ];
 
 /// The schema version this binary writes.

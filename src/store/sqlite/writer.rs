@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::rows::{self, SESSION_COLUMNS, nullable, outcome_rowid, outcome_rowid_range};
 use super::schema::{self, file_column, kind_code, phase_code};
 use crate::error::{Error, Result};
-use crate::model::{Session, SessionRef, SessionStatus, Summary, Timestamp};
+use crate::model::{QuarantineEntry, Session, SessionRef, SessionStatus, Summary, Timestamp};
 use crate::store::StoreEvent;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::backend::Reclaimed;
@@ -99,6 +99,22 @@ pub enum WriteCmd {
         /// Receives the session.
         reply: oneshot::Sender<Result<Session>>,
     },
+    /// Store a quarantine entry, replacing the one for its project and pattern.
+    PutQuarantine {
+        /// The entry.
+        entry: Box<QuarantineEntry>,
+        /// Whether one was replaced.
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    /// Remove a quarantine entry.
+    DeleteQuarantine {
+        /// Its project ("" for every project).
+        project: String,
+        /// Its pattern.
+        pattern: String,
+        /// The entry removed.
+        reply: oneshot::Sender<Result<Option<QuarantineEntry>>>,
+    },
     /// Delete a session for readers, leaving its rows to `Reclaim`.
     Delete {
         /// The session.
@@ -156,6 +172,7 @@ enum Answer {
     Number(u64),
     Flag(bool),
     Reclaimed(Reclaimed),
+    Entry(Option<Box<QuarantineEntry>>),
 }
 
 fn unexpected<T>() -> Result<T> {
@@ -192,7 +209,14 @@ impl WriteCmd {
             | WriteCmd::Shrink { reply, .. } => {
                 let _ = reply.send(number(result));
             }
-            WriteCmd::Delete { reply, .. } => {
+            WriteCmd::DeleteQuarantine { reply, .. } => {
+                let _ = reply.send(match result {
+                    Ok(Answer::Entry(e)) => Ok(e.map(|e| *e)),
+                    Ok(_) => unexpected(),
+                    Err(e) => Err(e),
+                });
+            }
+            WriteCmd::Delete { reply, .. } | WriteCmd::PutQuarantine { reply, .. } => {
                 let _ = reply.send(match result {
                     Ok(Answer::Flag(f)) => Ok(f),
                     Ok(_) => unexpected(),
@@ -504,13 +528,13 @@ impl Writer {
 const ROWS_PER_INSERT: usize = 32;
 
 /// Columns of an outcome row, in [`insert_sql`]'s order.
-const COLUMNS: usize = 14;
+const COLUMNS: usize = 15;
 
 /// `INSERT INTO outcomes ... VALUES (...), (...)` for `rows` rows.
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO outcomes (id, session_pk, test_id, kind, phase, duration, attempt, \
-         line, start_us, markers, message, worker, file, cause) VALUES ",
+         line, start_us, markers, message, worker, file, cause, quarantined) VALUES ",
     );
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
@@ -541,6 +565,7 @@ struct Row<'o> {
     worker: Option<&'o str>,
     file: Option<&'o str>,
     cause: Option<&'o str>,
+    quarantined: bool,
 }
 
 impl Row<'_> {
@@ -561,6 +586,7 @@ impl Row<'_> {
         stmt.raw_bind_parameter(at(11), self.worker)?;
         stmt.raw_bind_parameter(at(12), self.file)?;
         stmt.raw_bind_parameter(at(13), self.cause)?;
+        stmt.raw_bind_parameter(at(14), self.quarantined)?;
         Ok(())
     }
 }
@@ -612,6 +638,12 @@ impl Ctx<'_> {
                 session, pinned, ..
             } => Answer::Session(Box::new(self.pin(*session, *pinned)?)),
             WriteCmd::Delete { id, .. } => Answer::Flag(self.delete(*id)?),
+            WriteCmd::PutQuarantine { entry, .. } => {
+                Answer::Flag(put_quarantine(self.conn, entry)?)
+            }
+            WriteCmd::DeleteQuarantine {
+                project, pattern, ..
+            } => Answer::Entry(delete_quarantine(self.conn, project, pattern)?.map(Box::new)),
             WriteCmd::Reclaim { max_rows, .. } => Answer::Reclaimed(self.reclaim(*max_rows)?),
             WriteCmd::RemoveTests {
                 candidates,
@@ -781,6 +813,7 @@ impl Ctx<'_> {
             worker: nullable(&o.worker),
             file: file_column(&o.nodeid, &o.file),
             cause: new.cause.as_ref().map(|c| c.key.as_str()),
+            quarantined: o.quarantined,
         })
     }
 
@@ -990,6 +1023,45 @@ fn shrink(conn: &Connection, max_bytes: u64) -> Result<u64> {
 }
 
 /// Records a session's causes, replacing what it recorded before.
+/// Stores a quarantine entry; returns whether it replaced one.
+fn put_quarantine(conn: &Connection, e: &QuarantineEntry) -> Result<bool> {
+    let existed = conn
+        .prepare_cached("SELECT 1 FROM quarantine WHERE project = ?1 AND pattern = ?2")?
+        .exists(params![e.project, e.pattern])?;
+    conn.prepare_cached(
+        "INSERT INTO quarantine (project, pattern, reason, added_by, added_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (project, pattern) DO UPDATE SET reason = excluded.reason,
+             added_by = excluded.added_by, added_at = excluded.added_at,
+             expires_at = excluded.expires_at",
+    )?
+    .execute(params![
+        e.project,
+        e.pattern,
+        e.reason,
+        e.added_by,
+        e.added_at.as_micros(),
+        e.expires_at.as_micros()
+    ])?;
+    Ok(existed)
+}
+
+/// Removes a quarantine entry and returns it.
+fn delete_quarantine(
+    conn: &Connection,
+    project: &str,
+    pattern: &str,
+) -> Result<Option<QuarantineEntry>> {
+    let sql = format!(
+        "DELETE FROM quarantine WHERE project = ?1 AND pattern = ?2 RETURNING {}",
+        rows::QUARANTINE_COLUMNS
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![project, pattern], rows::quarantine_from_row)
+        .optional()?)
+}
+
 fn insert_audit(conn: &Connection, entry: &AuditEntry) -> Result<u64> {
     conn.prepare_cached(
         "INSERT INTO audit (at, grant_name, transport, tool, decision, result, reason, duration_us)

@@ -57,6 +57,11 @@ class RecorderStub:
                 request_serializer=pytest__mcp_dot_v1_dot_recorder__pb2.WatchSessionRequest.SerializeToString,
                 response_deserializer=pytest__mcp_dot_v1_dot_recorder__pb2.WatchSessionResponse.FromString,
                 _registered_method=True)
+        self.ListQuarantine = channel.unary_unary(
+                '/pytest_mcp.v1.Recorder/ListQuarantine',
+                request_serializer=pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineRequest.SerializeToString,
+                response_deserializer=pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineResponse.FromString,
+                _registered_method=True)
 
 
 class RecorderServicer:
@@ -130,6 +135,16 @@ class RecorderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQuarantine(self, request, context):
+        """Returns the quarantine entries that apply now to a project: a quarantined
+        test still runs, and the plugin (with --mcp-quarantine) reports its
+        failure as "quarantined" instead of failing the run. Expired entries are
+        left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecorderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +187,11 @@ def add_RecorderServicer_to_server(servicer, server):
                     servicer.WatchSession,
                     request_deserializer=pytest__mcp_dot_v1_dot_recorder__pb2.WatchSessionRequest.FromString,
                     response_serializer=pytest__mcp_dot_v1_dot_recorder__pb2.WatchSessionResponse.SerializeToString,
+            ),
+            'ListQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantine,
+                    request_deserializer=pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineRequest.FromString,
+                    response_serializer=pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +411,33 @@ class Recorder:
             '/pytest_mcp.v1.Recorder/WatchSession',
             pytest__mcp_dot_v1_dot_recorder__pb2.WatchSessionRequest.SerializeToString,
             pytest__mcp_dot_v1_dot_recorder__pb2.WatchSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pytest_mcp.v1.Recorder/ListQuarantine',
+            pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineRequest.SerializeToString,
+            pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineResponse.FromString,
             options,
             channel_credentials,
             insecure,

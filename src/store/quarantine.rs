@@ -1,0 +1,492 @@
+//! Quarantine: tests whose failures should not fail a run while they are
+//! being fixed.
+//!
+//! An entry names a nodeid or an `fnmatch` pattern of nodeids, why, who
+//! added it, and when it stops applying. The rules live here once, above
+//! the backends (which only store and fetch entries): how long an entry
+//! may last, what a pattern matches (Python's `fnmatch.fnmatchcase`, so the
+//! plugin and the server agree), that an expired entry no longer applies,
+//! and when an entry's tests have passed long enough to be released.
+//!
+//! Adding an entry that exists (same project and pattern) renews it: the new
+//! reason, author and expiry replace the old.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::{SessionFilter, Store};
+use crate::error::{Error, Result};
+use crate::model::{MAX_NODEID_BYTES, QuarantineEntry, SessionRef, Timestamp, validate_nodeid};
+
+/// How long an entry lasts when no duration is given, in days.
+pub const DEFAULT_DAYS: u32 = 14;
+
+/// The longest an entry may last, in days: a quarantine is a fix in
+/// progress, not a way to forget a test.
+pub const MAX_DAYS: u32 = 90;
+
+/// Passing runs in a row after which a quarantined test is suggested for release.
+pub const RELEASE_AFTER: usize = 10;
+
+/// Longest reason kept, in bytes.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// Most tests a pattern's status lists (and checks for release).
+const MAX_PATTERN_TESTS: usize = 50;
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// A quarantine entry as asked for, before it is checked.
+#[derive(Debug, Clone, Default)]
+pub struct NewQuarantine {
+    /// A nodeid or an `fnmatch` pattern.
+    pub pattern: String,
+    /// The project it is for; empty for every project.
+    pub project: String,
+    /// Why.
+    pub reason: String,
+    /// Who asks.
+    pub added_by: String,
+    /// How many days it lasts; [`DEFAULT_DAYS`] when not given.
+    pub days: Option<u32>,
+}
+
+impl NewQuarantine {
+    /// Checks the request and makes the entry it asks for, added at `now`.
+    /// Errors name the field: `nodeid`, `reason`, `days`, `project`.
+    pub fn entry(self, now: Timestamp) -> Result<QuarantineEntry> {
+        validate_nodeid(&self.pattern, "nodeid")?;
+        let reason = self.reason.trim();
+        if reason.is_empty() {
+            return Err(Error::invalid(
+                "reason",
+                "must not be empty: say why the test is quarantined",
+            ));
+        }
+        if reason.len() > MAX_REASON_BYTES {
+            return Err(Error::invalid(
+                "reason",
+                format!("{} bytes, the limit is {MAX_REASON_BYTES}", reason.len()),
+            ));
+        }
+        if self.project.len() > MAX_NODEID_BYTES {
+            return Err(Error::invalid(
+                "project",
+                format!(
+                    "{} bytes, the limit is {MAX_NODEID_BYTES}",
+                    self.project.len()
+                ),
+            ));
+        }
+        let days = self.days.unwrap_or(DEFAULT_DAYS);
+        if days == 0 || days > MAX_DAYS {
+            return Err(Error::invalid(
+                "days",
+                format!("{days} is out of range: an entry lasts 1 to {MAX_DAYS} days"),
+            ));
+        }
+        let added_by = match self.added_by.trim() {
+            "" => "unknown".to_string(),
+            by => by.chars().take(256).collect(),
+        };
+        Ok(QuarantineEntry {
+            pattern: self.pattern,
+            project: self.project,
+            reason: reason.to_string(),
+            added_by,
+            added_at: now,
+            expires_at: Timestamp(now.as_micros() + i64::from(days) * MICROS_PER_DAY),
+        })
+    }
+}
+
+/// Whether an entry still applies at `now`.
+pub fn is_active(entry: &QuarantineEntry, now: Timestamp) -> bool {
+    entry.expires_at > now
+}
+
+/// Whether an entry is for `project` (an entry without one is for all).
+pub fn is_for(entry: &QuarantineEntry, project: &str) -> bool {
+    entry.project.is_empty() || entry.project == project
+}
+
+/// Whether `pattern` has `fnmatch` wildcards (else it is one nodeid).
+pub fn is_pattern(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+/// Whether `nodeid` matches `pattern` as Python's `fnmatch.fnmatchcase`
+/// decides: `*` is any run of characters (`/` and `::` included), `?` one
+/// character, `[seq]` one of seq (ranges like `a-z`), `[!seq]` one not in
+/// it; a `[` without its `]` is itself. Case matters.
+pub fn matches(pattern: &str, nodeid: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = nodeid.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    // Where the last `*` was, and how much of the name it has taken.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(pi + 1),
+            Some('[') => match class(&p, pi, n[ni]) {
+                Some((end, true)) => Some(end),
+                Some((_, false)) => None,
+                None => (n[ni] == '[').then_some(pi + 1),
+            },
+            Some(&c) => (c == n[ni]).then_some(pi + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                pi = next;
+                ni += 1;
+            }
+            (None, Some((sp, sn))) => {
+                // Let the last `*` take one more character and try again.
+                star = Some((sp, sn + 1));
+                pi = sp + 1;
+                ni = sn + 1;
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// The character class opening at `p[start]` (a `[`): the index after its
+/// `]` and whether `c` is in it; `None` when it never closes.
+fn class(p: &[char], start: usize, c: char) -> Option<(usize, bool)> {
+    let mut i = start + 1;
+    let negate = p.get(i) == Some(&'!');
+    if negate {
+        i += 1;
+    }
+    let mut hit = false;
+    let mut first = true;
+    loop {
+        let &here = p.get(i)?;
+        if here == ']' && !first {
+            return Some((i + 1, hit != negate));
+        }
+        first = false;
+        match (p.get(i + 1), p.get(i + 2)) {
+            (Some('-'), Some(&hi)) if hi != ']' => {
+                hit |= here <= c && c <= hi;
+                i += 3;
+            }
+            _ => {
+                hit |= here == c;
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The entry among `entries` that quarantines `nodeid` of `project` at
+/// `now`, if any: an exact nodeid before a pattern.
+pub fn entry_for<'e>(
+    entries: &'e [QuarantineEntry],
+    project: &str,
+    nodeid: &str,
+    now: Timestamp,
+) -> Option<&'e QuarantineEntry> {
+    let live = || {
+        entries
+            .iter()
+            .filter(move |e| is_active(e, now) && is_for(e, project))
+    };
+    live()
+        .find(|e| e.pattern == nodeid)
+        .or_else(|| live().find(|e| is_pattern(&e.pattern) && matches(&e.pattern, nodeid)))
+}
+
+/// What adding an entry did.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    /// The entry as stored.
+    pub entry: QuarantineEntry,
+    /// Whether it replaced one for the same project and pattern.
+    pub renewed: bool,
+}
+
+/// How one quarantined test has done lately.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QuarantinedTest {
+    /// The test.
+    pub nodeid: String,
+    /// Its newest pass/fail runs looked at (at most [`RELEASE_AFTER`]).
+    pub runs: usize,
+    /// How many of the newest of them passed in a row.
+    pub passed_in_a_row: usize,
+}
+
+/// An active entry, its tests, and whether it can be released.
+#[derive(Debug, Clone)]
+pub struct QuarantineStatus {
+    /// The entry.
+    pub entry: QuarantineEntry,
+    /// The tests it quarantines: its nodeid, or for a pattern the tests of
+    /// the project's latest session that match it (at most 50).
+    pub tests: Vec<QuarantinedTest>,
+    /// Every one of its tests passed its last [`RELEASE_AFTER`] runs.
+    pub release_suggested: bool,
+}
+
+impl Store {
+    /// Quarantines a nodeid or pattern (or renews its entry).
+    pub async fn quarantine(&self, new: NewQuarantine) -> Result<Quarantined> {
+        let entry = new.entry(Timestamp::now())?;
+        let renewed = self.backend().put_quarantine(entry.clone()).await?;
+        Ok(Quarantined { entry, renewed })
+    }
+
+    /// Ends the quarantine of `pattern` in `project` ("" for the entry for
+    /// every project) and returns the entry removed; NOT_FOUND names
+    /// `nodeid` and says where entries for it exist.
+    pub async fn release(&self, pattern: &str, project: &str) -> Result<QuarantineEntry> {
+        validate_nodeid(pattern, "nodeid")?;
+        if let Some(gone) = self
+            .backend()
+            .delete_quarantine(project.to_string(), pattern.to_string())
+            .await?
+        {
+            return Ok(gone);
+        }
+        let elsewhere: Vec<String> = self
+            .backend()
+            .quarantine_entries(None)
+            .await?
+            .into_iter()
+            .filter(|e| e.pattern == pattern)
+            .map(|e| format!("{:?}", e.project))
+            .collect();
+        let scope = if project.is_empty() {
+            "for every project".to_string()
+        } else {
+            format!("for project {project:?}")
+        };
+        let hint = if elsewhere.is_empty() {
+            String::new()
+        } else {
+            format!("; it is quarantined for project {}", elsewhere.join(", "))
+        };
+        Err(Error::not_found(
+            "nodeid",
+            format!("{pattern:?} is not quarantined {scope}{hint}"),
+        ))
+    }
+
+    /// The entries for `project` (every entry when `None`), active at
+    /// `now` unless `with_expired`; exact nodeids first, then by pattern.
+    pub async fn quarantine_list(
+        &self,
+        project: Option<&str>,
+        with_expired: bool,
+        now: Timestamp,
+    ) -> Result<Vec<QuarantineEntry>> {
+        let mut entries = self
+            .backend()
+            .quarantine_entries(project.map(str::to_string))
+            .await?;
+        entries.retain(|e| {
+            (with_expired || is_active(e, now)) && project.is_none_or(|p| is_for(e, p))
+        });
+        entries.sort_by(|a, b| {
+            (is_pattern(&a.pattern), &a.pattern, &a.project).cmp(&(
+                is_pattern(&b.pattern),
+                &b.pattern,
+                &b.project,
+            ))
+        });
+        Ok(entries)
+    }
+
+    /// The active entries for `project` (all when `None`) with how their
+    /// tests did lately and whether each can be released.
+    pub async fn quarantine_status(
+        &self,
+        project: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Vec<QuarantineStatus>> {
+        let entries = self.quarantine_list(project, false, now).await?;
+        let mut latest_tests: HashMap<String, Vec<String>> = HashMap::new();
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let nodeids = if is_pattern(&entry.pattern) {
+                let scope = project.unwrap_or(&entry.project).to_string();
+                if !latest_tests.contains_key(&scope) {
+                    let tests = self.latest_nodeids(&scope).await?;
+                    latest_tests.insert(scope.clone(), tests);
+                }
+                latest_tests[&scope]
+                    .iter()
+                    .filter(|n| matches(&entry.pattern, n))
+                    .take(MAX_PATTERN_TESTS)
+                    .cloned()
+                    .collect()
+            } else {
+                vec![entry.pattern.clone()]
+            };
+            let mut tests = Vec::with_capacity(nodeids.len());
+            for nodeid in nodeids {
+                let runs = self
+                    .backend()
+                    .test_runs(nodeid.clone(), RELEASE_AFTER)
+                    .await?;
+                let passed_in_a_row = runs.iter().rev().take_while(|r| !r.failed).count();
+                tests.push(QuarantinedTest {
+                    nodeid,
+                    runs: runs.len(),
+                    passed_in_a_row,
+                });
+            }
+            let release_suggested =
+                !tests.is_empty() && tests.iter().all(|t| t.passed_in_a_row >= RELEASE_AFTER);
+            out.push(QuarantineStatus {
+                entry,
+                tests,
+                release_suggested,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The nodeids of the newest session of `project` ("" for any project).
+    async fn latest_nodeids(&self, project: &str) -> Result<Vec<String>> {
+        let filter = SessionFilter {
+            project: (!project.is_empty()).then(|| project.to_string()),
+            ..SessionFilter::default()
+        };
+        let Some(latest) = self.list_sessions(filter, 1, None).await?.items.pop() else {
+            return Ok(Vec::new());
+        };
+        let finals = self
+            .backend()
+            .session_finals(SessionRef::Id(latest.id))
+            .await?;
+        let keys = finals.finals.iter().map(|(k, _)| *k).collect();
+        let names = self.backend().test_names(keys).await?;
+        let mut nodeids: Vec<String> = names
+            .into_values()
+            .filter(|(_, subtest)| subtest.is_empty())
+            .map(|(nodeid, _)| nodeid)
+            .collect();
+        nodeids.sort();
+        nodeids.dedup();
+        Ok(nodeids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_as_pythons_fnmatchcase_does() {
+        // (pattern, nodeid, fnmatch.fnmatchcase's answer)
+        let cases = [
+            ("tests/test_a.py::test_x", "tests/test_a.py::test_x", true),
+            ("tests/test_a.py::test_x", "tests/test_a.py::test_xy", false),
+            ("tests/test_a.py::*", "tests/test_a.py::test_x", true),
+            ("tests/*", "tests/sub/test_b.py::TestC::test_d", true),
+            ("*::test_x", "tests/test_a.py::test_x", true),
+            ("*::test_x", "tests/test_a.py::test_x2", false),
+            ("*test_?", "tests/t.py::test_1", true),
+            ("*test_?", "tests/t.py::test_12", false),
+            ("*[[]1[]]", "tests/t.py::test_p[1]", true),
+            ("*[[]2[]]", "tests/t.py::test_p[1]", false),
+            ("*[0-9]", "t.py::test_7", true),
+            ("*[!0-9]", "t.py::test_7", false),
+            ("*[!0-9]", "t.py::test_x", true),
+            ("t.py::test_[", "t.py::test_[", true),
+            ("[]]x", "]x", true),
+            ("[!]]x", "ax", true),
+            ("[!]]x", "]x", false),
+            ("T.py::*", "t.py::test", false),
+            ("*", "", true),
+            ("", "", true),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+            ("*é*", "t.py::test_é", true),
+        ];
+        for (pattern, nodeid, want) in cases {
+            assert_eq!(matches(pattern, nodeid), want, "{pattern:?} vs {nodeid:?}");
+        }
+    }
+
+    fn new(pattern: &str, days: Option<u32>) -> NewQuarantine {
+        NewQuarantine {
+            pattern: pattern.into(),
+            reason: "flaky on CI".into(),
+            added_by: "alice".into(),
+            days,
+            ..NewQuarantine::default()
+        }
+    }
+
+    #[test]
+    fn an_entry_lasts_fourteen_days_unless_told_and_never_past_ninety() {
+        let now = Timestamp(1_000_000);
+        let e = new("t.py::test", None).entry(now).unwrap();
+        assert_eq!(
+            e.expires_at.as_micros() - now.as_micros(),
+            14 * MICROS_PER_DAY
+        );
+        let e = new("t.py::test", Some(90)).entry(now).unwrap();
+        assert_eq!(
+            e.expires_at.as_micros() - now.as_micros(),
+            90 * MICROS_PER_DAY
+        );
+        for days in [0, 91] {
+            let err = new("t.py::test", Some(days)).entry(now).unwrap_err();
+            assert!(err.to_string().starts_with("days:"), "{err}");
+        }
+        let mut no_reason = new("t.py::test", None);
+        no_reason.reason = "  ".into();
+        assert!(
+            no_reason
+                .entry(now)
+                .unwrap_err()
+                .to_string()
+                .starts_with("reason:")
+        );
+        assert!(
+            new("", None)
+                .entry(now)
+                .unwrap_err()
+                .to_string()
+                .starts_with("nodeid:")
+        );
+    }
+
+    #[test]
+    fn an_expired_entry_or_another_projects_entry_does_not_apply() {
+        let now = Timestamp(10 * MICROS_PER_DAY);
+        let mut exact = new("t.py::test_a", Some(1)).entry(Timestamp(0)).unwrap();
+        exact.project = "shop".into();
+        let pattern = new("t.py::*", Some(30)).entry(Timestamp(0)).unwrap();
+        let entries = vec![pattern.clone(), exact.clone()];
+        // The exact entry has expired (1 day from 0); the pattern still applies.
+        assert_eq!(
+            entry_for(&entries, "shop", "t.py::test_a", now),
+            Some(&pattern)
+        );
+        let earlier = Timestamp(MICROS_PER_DAY / 2);
+        assert_eq!(
+            entry_for(&entries, "shop", "t.py::test_a", earlier),
+            Some(&exact)
+        );
+        // Another project sees only the entry for every project.
+        assert_eq!(
+            entry_for(&entries, "blog", "t.py::test_a", earlier),
+            Some(&pattern)
+        );
+        assert_eq!(entry_for(&entries, "shop", "u.py::test_a", earlier), None);
+    }
+}
