@@ -53,6 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(args) => commands::prune::run(args).await,
         Command::Pin(args) => commands::pin::run(args, true).await,
         Command::Unpin(args) => commands::pin::run(args, false).await,
+        Command::Quarantine(args) => commands::quarantine::run(args).await,
     }
 }
 

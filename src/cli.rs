@@ -63,6 +63,80 @@ pub enum Command {
     Pin(PinArgs),
     /// Let pruning delete a pinned session again.
     Unpin(PinArgs),
+    /// Quarantine tests: they still run, but in `pytest --mcp --mcp-quarantine`
+    /// their failures do not fail the run.
+    Quarantine(QuarantineArgs),
+}
+
+/// `quarantine` subcommands.
+#[derive(Debug, Args)]
+pub struct QuarantineArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: QuarantineAction,
+}
+
+/// What `quarantine` does.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineAction {
+    /// Quarantine a test (a nodeid or an fnmatch pattern), or renew its entry.
+    Add(QuarantineAddArgs),
+    /// List the entries that apply now, and which can be released.
+    List(QuarantineListArgs),
+    /// End a test's quarantine.
+    Remove(QuarantineRemoveArgs),
+}
+
+/// `quarantine add` options.
+#[derive(Debug, Args)]
+pub struct QuarantineAddArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The test's nodeid, or an fnmatch pattern of nodeids ('tests/test_db.py::*').
+    #[arg(value_name = "NODEID|PATTERN")]
+    pub nodeid: String,
+    /// Why it is quarantined.
+    #[arg(long)]
+    pub reason: String,
+    /// How many days it lasts (1 to 90); it stops applying by itself then.
+    #[arg(long, default_value_t = crate::store::quarantine::DEFAULT_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::store::quarantine::MAX_DAYS)))]
+    pub days: u32,
+    /// Only for this project (the rootdir's name) [default: every project].
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Who is adding it [default: $USER].
+    #[arg(long)]
+    pub by: Option<String>,
+}
+
+/// `quarantine list` options.
+#[derive(Debug, Args)]
+pub struct QuarantineListArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Only the entries that apply to this project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Show expired entries too.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `quarantine remove` options.
+#[derive(Debug, Args)]
+pub struct QuarantineRemoveArgs {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The nodeid or pattern exactly as it was added.
+    #[arg(value_name = "NODEID|PATTERN")]
+    pub nodeid: String,
+    /// The project it was added for [default: the entry for every project].
+    #[arg(long)]
+    pub project: Option<String>,
 }
 
 /// `prune` options.

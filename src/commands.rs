@@ -6,6 +6,7 @@ pub mod export;
 pub mod import;
 pub mod pin;
 pub mod prune;
+pub mod quarantine;
 pub mod sessions;
 pub mod show;
 

@@ -411,6 +411,41 @@ pub struct FlakyArgs {
     pub limit: Option<u32>,
 }
 
+/// Arguments of `quarantine_test`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct QuarantineArgs {
+    /// The test's pytest node id, or an fnmatch pattern of node ids
+    /// (`tests/test_db.py::*`; `*`, `?`, `[seq]`, `[!seq]`, case-sensitive).
+    pub nodeid: String,
+    /// Why it is quarantined (shown to everyone whose run it affects).
+    pub reason: String,
+    /// How many days the quarantine lasts (default 14, at most 90); it stops
+    /// applying by itself then.
+    #[serde(default)]
+    pub days: Option<u32>,
+    /// Only for this project (the rootdir's name); by default every project.
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+/// Arguments of `release_test`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct ReleaseArgs {
+    /// The node id or pattern exactly as it was quarantined.
+    pub nodeid: String,
+    /// The project it was quarantined for; by default the entry for every project.
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+/// Arguments of `list_quarantine`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct QuarantineListArgs {
+    /// Only entries that apply to this project (its own and those for every project).
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
 /// Arguments of `compare_sessions`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct CompareArgs {

@@ -11,18 +11,21 @@ use uuid::Uuid;
 
 use super::args::{
     ClustersArgs, CompareArgs, FailuresArgs, FlakyArgs, GroupBy, HistoryArgs, ListSessionsArgs,
-    Parameters, RegressionArgs, SessionArgs, SessionFinishArgs, SessionStartArgs, SlowestArgs,
-    TestOutcomeArgs, page, session_id, session_ref,
+    Parameters, QuarantineArgs, QuarantineListArgs, RegressionArgs, ReleaseArgs, SessionArgs,
+    SessionFinishArgs, SessionStartArgs, SlowestArgs, TestOutcomeArgs, page, session_id,
+    session_ref,
 };
 use super::views::{
     self, ClusterView, ClustersView, ComparisonView, FailureBrief, FailureView, FailuresView,
-    FlakyTestView, FlakyView, HistoryEntryView, HistoryView, OutcomeRecordedView, RegressionView,
-    RegressionsView, SessionDetailView, SessionFinishedView, SessionListView, SessionStartedView,
+    FlakyTestView, FlakyView, HistoryEntryView, HistoryView, OutcomeRecordedView,
+    QuarantineListView, QuarantineStatusView, QuarantinedView, RegressionView, RegressionsView,
+    ReleasedView, SessionDetailView, SessionFinishedView, SessionListView, SessionStartedView,
     SessionView, SlowestView, StabilityView, fit_budget,
 };
 use super::{PytestMcp, structured, tool_failure};
 use crate::error::{Error, Result};
-use crate::model::{Outcome, SessionRef, Source, Summary, TestOutcome};
+use crate::model::{Outcome, SessionRef, Source, Summary, TestOutcome, Timestamp};
+use crate::store::quarantine::{self, NewQuarantine};
 use crate::store::{OutcomeFilter, RegressionRule, SessionFilter, flakiness_verdict};
 
 type ToolResult = std::result::Result<CallToolResult, ErrorData>;
@@ -150,6 +153,98 @@ impl PytestMcp {
                 };
                 let text = format!("finished: {}", view.session.line());
                 done(&view, text)
+            }
+            .await,
+        )
+    }
+
+    /// Quarantine a test (a node id, or an fnmatch pattern of node ids) while
+    /// it is being fixed: it still runs and its real outcome is recorded, but
+    /// in runs with `pytest --mcp --mcp-quarantine` its failure does not fail
+    /// the run. Lasts 14 days unless `days` says otherwise (at most 90), then
+    /// stops applying by itself; quarantining it again renews it.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<QuarantinedView>()
+    )]
+    async fn quarantine_test(
+        &self,
+        Parameters(a): Parameters<QuarantineArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        answer(
+            async {
+                let added = self
+                    .store
+                    .quarantine(NewQuarantine {
+                        pattern: a.nodeid,
+                        project: a.project.unwrap_or_default(),
+                        reason: a.reason,
+                        added_by: format!("mcp:{}", self.grant_of(&context)),
+                        days: a.days,
+                    })
+                    .await?;
+                let view = QuarantinedView {
+                    entry: (&added.entry).into(),
+                    renewed: added.renewed,
+                };
+                let text = format!(
+                    "{}: {}",
+                    if view.renewed {
+                        "quarantine renewed"
+                    } else {
+                        "quarantined"
+                    },
+                    view.entry.line()
+                );
+                done(&view, text)
+            }
+            .await,
+        )
+    }
+
+    /// End a test's quarantine: its failures fail runs again. Name the node id
+    /// or pattern exactly as it was quarantined (see list_quarantine).
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<ReleasedView>()
+    )]
+    async fn release_test(&self, Parameters(a): Parameters<ReleaseArgs>) -> ToolResult {
+        answer(
+            async {
+                let gone = self
+                    .store
+                    .release(&a.nodeid, a.project.as_deref().unwrap_or_default())
+                    .await?;
+                let view = ReleasedView {
+                    entry: (&gone).into(),
+                };
+                let text = format!("released: {}", view.entry.line());
+                done(&view, text)
+            }
+            .await,
+        )
+    }
+
+    /// The quarantine entries that apply now, with how each one's tests did
+    /// lately; `release_suggested` marks those whose tests passed their last
+    /// 10 runs.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<QuarantineListView>()
+    )]
+    async fn list_quarantine(&self, Parameters(a): Parameters<QuarantineListArgs>) -> ToolResult {
+        answer(
+            async {
+                let project = a.project.filter(|p| !p.is_empty());
+                let statuses = self
+                    .store
+                    .quarantine_status(project.as_deref(), Timestamp::now())
+                    .await?;
+                let view = QuarantineListView {
+                    entries: statuses.iter().map(QuarantineStatusView::from).collect(),
+                };
+                done(&view, view.render())
             }
             .await,
         )
@@ -341,15 +436,29 @@ impl PytestMcp {
             async {
                 let window = page(a.window_sessions, 30, 1000);
                 let limit = page(a.limit, 20, 100);
-                let (total, found) = self
-                    .store
-                    .flaky_tests(window, a.project.filter(|p| !p.is_empty()), limit)
-                    .await?;
+                let project = a.project.filter(|p| !p.is_empty());
+                let now = Timestamp::now();
+                let (flaky, statuses) = tokio::try_join!(
+                    self.store.flaky_tests(window, project.clone(), limit),
+                    self.store.quarantine_status(project.as_deref(), now),
+                )?;
+                let (total, found) = flaky;
+                let entries: Vec<_> = statuses.iter().map(|s| s.entry.clone()).collect();
+                let tests = found
+                    .iter()
+                    .map(|f| FlakyTestView {
+                        quarantined: entries
+                            .iter()
+                            .any(|e| quarantine::covers(&e.pattern, &f.nodeid)),
+                        ..FlakyTestView::from(f)
+                    })
+                    .collect();
                 let mut view = FlakyView {
                     window_sessions: window as u64,
                     total: total as u64,
-                    tests: found.iter().map(FlakyTestView::from).collect(),
+                    tests,
                     truncated: total > found.len(),
+                    quarantine: statuses.iter().map(QuarantineStatusView::from).collect(),
                 };
                 if fit_budget(&mut view, |v| &mut v.tests) > 0 {
                     view.truncated = true;
@@ -486,7 +595,12 @@ pub(super) async fn session_detail(
         )
         .await
         .map_err(|e| rename(e, "session"))?;
+    let quarantine = mcp
+        .store
+        .quarantine_status(Some(&s.environment.project), Timestamp::now())
+        .await?;
     Ok(SessionDetailView {
+        quarantine: quarantine.iter().map(QuarantineStatusView::from).collect(),
         session: (&s).into(),
         environment: (&s.environment).into(),
         first_failures: p
@@ -497,6 +611,7 @@ pub(super) async fn session_detail(
                 subtest: (!o.subtest.is_empty()).then(|| o.subtest.clone()),
                 outcome: o.outcome.to_string(),
                 message: o.message.chars().take(300).collect(),
+                quarantined: o.quarantined,
             })
             .collect(),
     })

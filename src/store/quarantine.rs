@@ -188,6 +188,13 @@ fn class(p: &[char], start: usize, c: char) -> Option<(usize, bool)> {
     }
 }
 
+/// Whether an entry's `pattern` names `nodeid`: the nodeid itself, or an
+/// `fnmatch` pattern it matches. Equality comes first because a
+/// parametrized nodeid (`test_p[1]`) read as a pattern would not match itself.
+pub fn covers(pattern: &str, nodeid: &str) -> bool {
+    pattern == nodeid || matches(pattern, nodeid)
+}
+
 /// The entry among `entries` that quarantines `nodeid` of `project` at
 /// `now`, if any: an exact nodeid before a pattern.
 pub fn entry_for<'e>(
@@ -326,7 +333,7 @@ impl Store {
                 }
                 latest_tests[&scope]
                     .iter()
-                    .filter(|n| matches(&entry.pattern, n))
+                    .filter(|n| covers(&entry.pattern, n))
                     .take(MAX_PATTERN_TESTS)
                     .cloned()
                     .collect()
