@@ -321,6 +321,8 @@ pub struct FailureView {
     /// (`group_by: "cluster"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// The test was quarantined when it ran: this failure did not fail the run.
+    pub quarantined: bool,
 }
 
 impl FailureView {
@@ -352,6 +354,7 @@ impl FailureView {
             attempt: o.attempt,
             user_properties: properties(o),
             cause: None,
+            quarantined: o.quarantined,
         }
     }
 }
@@ -426,8 +429,9 @@ impl FailuresView {
         for f in &self.failures {
             let _ = write!(
                 out,
-                "\n\n{} {} ({}, {})\n  {}",
+                "\n\n{}{} {} ({}, {})\n  {}",
                 f.outcome.to_uppercase(),
+                if f.quarantined { " (quarantined)" } else { "" },
                 display_name(&f.nodeid, f.subtest.as_deref().unwrap_or_default()),
                 f.location,
                 f.phase.as_deref().unwrap_or("?"),

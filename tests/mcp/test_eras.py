@@ -22,8 +22,9 @@ TRANSPORTS = ["stdio", "http"]
 MODES = [("legacy", "2025-11-25"), ("auto", "2026-07-28"), ("2026-07-28", "2026-07-28")]
 
 READ_TOOLS = {"list_sessions", "get_session", "get_failures", "get_failure_clusters", "duration_regressions", "get_test_history",
-              "find_flaky_tests", "compare_sessions", "slowest_tests"}
-WRITE_TOOLS = {"record_session_start", "record_test_outcome", "record_session_finish"}
+              "find_flaky_tests", "compare_sessions", "slowest_tests", "list_quarantine"}
+WRITE_TOOLS = {"record_session_start", "record_test_outcome", "record_session_finish",
+               "quarantine_test", "release_test"}
 
 
 def text_of(result: types.CallToolResult) -> str:

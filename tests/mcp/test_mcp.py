@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 TRANSPORTS = ["stdio", "http"]
 
 READ_TOOLS = {"list_sessions", "get_session", "get_failures", "get_failure_clusters", "duration_regressions", "get_test_history",
-              "find_flaky_tests", "compare_sessions", "slowest_tests"}
-WRITE_TOOLS = {"record_session_start", "record_test_outcome", "record_session_finish"}
+              "find_flaky_tests", "compare_sessions", "slowest_tests", "list_quarantine"}
+WRITE_TOOLS = {"record_session_start", "record_test_outcome", "record_session_finish",
+               "quarantine_test", "release_test"}
 
 
 def text_of(result: types.CallToolResult) -> str:
@@ -48,7 +49,8 @@ async def test_initialize_lists_tools_resources_templates_and_prompts(server: Se
             assert tools[name].output_schema is not None, name
         for name in WRITE_TOOLS:
             assert tools[name].annotations.read_only_hint is False, name
-            assert tools[name].annotations.destructive_hint is False, name
+            # Releasing a quarantine removes what someone decided; the rest only add.
+            assert tools[name].annotations.destructive_hint is (name == "release_test"), name
         start = tools["record_session_start"].input_schema
         assert start["required"] == ["environment"]
         outcome = tools["record_test_outcome"].input_schema
