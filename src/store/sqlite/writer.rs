@@ -18,7 +18,7 @@
 //!   when another writer removed tests (the `tests_generation` in `meta`).
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -31,6 +31,7 @@ use crate::store::audit::{self, AuditEntry};
 use crate::store::backend::Reclaimed;
 use crate::store::budget::QueuedBytes;
 use crate::store::detail::NewOutcome;
+use crate::store::fingerprint::StoredCause;
 use crate::store::rules::{self, FinishPlan, NewSession};
 
 /// Upper bound on outcomes committed in one transaction, so one group never
@@ -39,6 +40,9 @@ const MAX_GROUP_OUTCOMES: usize = 50_000;
 
 /// Most bytes of nodeids the test-id cache holds before it starts over.
 const MAX_CACHED_TEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most cause keys the writer remembers having named.
+const MAX_CACHED_CAUSES: usize = 100_000;
 
 /// A write the writer thread performs.
 pub enum WriteCmd {
@@ -260,6 +264,12 @@ struct Interned {
     /// What the current savepoint added, to forget if it is rolled back.
     added_tests: Vec<Box<str>>,
     added_markers: Vec<Box<str>>,
+    /// (project, cause key) pairs named in `causes`. Causes are never
+    /// deleted (they outlive pruning), so a committed entry stays true; a
+    /// suite failing the same way run after run names nothing again.
+    causes: HashMap<Box<str>, HashSet<Box<str>>>,
+    cause_count: usize,
+    added_causes: Vec<(Box<str>, Box<str>)>,
     generation: i64,
 }
 
@@ -270,6 +280,9 @@ impl Interned {
         self.test_bytes = 0;
         self.added_tests.clear();
         self.added_markers.clear();
+        self.causes.clear();
+        self.cause_count = 0;
+        self.added_causes.clear();
     }
 
     fn rollback(&mut self) {
@@ -279,11 +292,42 @@ impl Interned {
         for m in self.added_markers.drain(..) {
             self.markers.remove(&m);
         }
+        for (project, key) in self.added_causes.drain(..) {
+            if let Some(keys) = self.causes.get_mut(&project) {
+                keys.remove(&key);
+            }
+        }
     }
 
     fn keep(&mut self) {
         self.added_tests.clear();
         self.added_markers.clear();
+        self.added_causes.clear();
+    }
+
+    /// Names a cause of `project` in `causes` unless this writer did already.
+    fn name_cause(&mut self, conn: &Connection, project: &str, cause: &StoredCause) -> Result<()> {
+        if self
+            .causes
+            .get(project)
+            .is_some_and(|keys| keys.contains(cause.key.as_str()))
+        {
+            return Ok(());
+        }
+        if self.cause_count >= MAX_CACHED_CAUSES {
+            self.causes.clear();
+            self.cause_count = 0;
+        }
+        conn.prepare_cached(
+            "INSERT INTO causes (project, key, cause) VALUES (?1, ?2, ?3)
+             ON CONFLICT (project, key) DO NOTHING",
+        )?
+        .execute(params![project, cause.key, cause.cause])?;
+        let key: Box<str> = cause.key.as_str().into();
+        self.added_causes.push((project.into(), key.clone()));
+        self.causes.entry(project.into()).or_default().insert(key);
+        self.cause_count += 1;
+        Ok(())
     }
 
     /// The id of (nodeid, subtest), stored if new; moves its `first_pk`
@@ -739,12 +783,9 @@ impl Ctx<'_> {
             }
         }
         // Each cause is named once per project, as it is first stored.
-        let mut name_cause = self.conn.prepare_cached(
-            "INSERT INTO causes (project, key, cause) VALUES (?1, ?2, ?3)
-             ON CONFLICT (project, key) DO NOTHING",
-        )?;
         for c in new_outcomes.iter().filter_map(|n| n.cause.as_ref()) {
-            name_cause.execute(params![session.environment.project, c.key, c.cause])?;
+            self.interned
+                .name_cause(self.conn, &session.environment.project, c)?;
         }
         let c = plan.counts;
         self.conn
