@@ -448,6 +448,7 @@ async fn session_page(
                         outcome: o.outcome.to_string(),
                         duration: o.duration,
                         message: o.message.clone(),
+                        quarantined: o.quarantined,
                     })
                     .collect(),
                 outcome_filter: q.outcome.clone(),

@@ -93,6 +93,8 @@ pub struct OutcomeRow {
     pub duration: f64,
     /// One-line message.
     pub message: String,
+    /// The test ran under quarantine.
+    pub quarantined: bool,
 }
 
 /// One session.
@@ -258,7 +260,7 @@ pub fn session(p: &SessionPage) -> Markup {
                         tr {
                             td.num { (o.seq) }
                             td.mono { a href=(test_href(&o.nodeid)) { (o.nodeid) } @if !o.subtest.is_empty() { " " (o.subtest) } }
-                            td { span.status.(o.outcome) { (o.outcome) } }
+                            td { span.status.(o.outcome) { (o.outcome) } @if o.quarantined { " " span.quarantined title="quarantined: this failure did not fail the run" { "quarantined" } } }
                             td.num { (seconds(o.duration)) }
                             td { (o.message) }
                         }

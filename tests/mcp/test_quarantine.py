@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,12 @@ async def test_a_test_quarantined_by_an_agent_no_longer_fails_the_run_until_it_i
     [entry] = detail["quarantine"]
     assert entry["entry"]["reason"] == "answer is off by one, fix in #42"
     assert entry["release_suggested"] is False
+    # The session page marks the row too.
+    base = server.mcp_url.removesuffix("/mcp")
+    sid = detail["session"]["id"]
+    with urllib.request.urlopen(f"{base}/sessions/{sid}?outcome=failed", timeout=20) as page:
+        html = page.read().decode()
+    assert 'class="quarantined"' in html and FAILING in html, html
 
     # Without --mcp-quarantine the run fails as it always did.
     assert run_suite(server, tmp_path).returncode == 1
