@@ -238,7 +238,8 @@ get_session (default latest), get_failure_clusters (many failures grouped by cau
 there when many tests fail), get_failures (tracebacks and a rerun command), \
 compare_sessions (new failures vs. the previous run), get_test_history and find_flaky_tests \
 (is it flaky?), slowest_tests. To record a run yourself: record_session_start, \
-record_test_outcome for each test, record_session_finish. Resources pytest://sessions/latest, \
+record_test_outcome for each test, record_session_finish. To keep a known-broken test from \
+failing runs while it is fixed: quarantine_test (release_test ends it; list_quarantine). Resources pytest://sessions/latest, \
 pytest://sessions/{id} and pytest://sessions/{id}/failures tell of each change while a run \
 is in progress: subscribe with subscriptions/listen (MCP 2026-07-28) or resources/subscribe.";
 
