@@ -21,9 +21,11 @@ def test_help_lists_the_options_in_their_own_group(pytester):
     text = result.stdout.str()
     group = text[text.index("pytest-mcp (record results in a pytest-mcp server):") :]
     group = group[: group.index("\n\n")]
-    for option in ("--mcp ", "--mcp-address", "--mcp-token", "--mcp-spool", "--mcp-timeout"):
+    for option in ("--mcp ", "--mcp-address", "--mcp-token", "--mcp-spool", "--mcp-timeout",
+                   "--mcp-quarantine"):
         assert option in group
-    for ini in ("mcp (bool)", "mcp_address (string)", "mcp_spool (string)", "mcp_timeout (string)"):
+    for ini in ("mcp (bool)", "mcp_address (string)", "mcp_spool (string)", "mcp_timeout (string)",
+                "mcp_quarantine (bool)"):
         assert ini in text
 
 

@@ -21,6 +21,7 @@ ATTEMPT = 13
 STARTED = 14  # seconds since the epoch, or None
 SUBTEST = 15  # the subtest's label, e.g. "[even] (i=1)"; "" for the test itself
 PROPERTIES = 16  # (name, value) text pairs from record_property; () for none
+QUARANTINED = 17  # True when the test ran under quarantine (--mcp-quarantine)
 
 # Captured output: kept only for outcomes that did not pass, unless the
 # recorder asks for passing tests' output too.

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 from . import _environment
+from . import _quarantine
 from . import _records as R
 from ._sender import Sender
 
@@ -53,6 +54,8 @@ class Settings:
     #: No address was configured: when nothing answers at the default one,
     #: the run is stored in the default local database by the bundled binary.
     record_locally: bool = False
+    #: Fetch the quarantine list at session start (--mcp-quarantine).
+    quarantine: bool = False
 
 
 @dataclass
@@ -131,8 +134,10 @@ def _crash_message(longrepr: Any) -> str:
 
 
 def _kind(report: Any) -> str:
-    """The outcome a setup/call/teardown report stands for, as pytest counts it."""
-    outcome = report.outcome
+    """The outcome a setup/call/teardown report stands for, as pytest counts it
+    (for a quarantined failure: the failure, not what pytest was told)."""
+    real = report.__dict__.get(_quarantine.REAL)
+    outcome = real[0] if real else report.outcome
     if outcome == "passed":
         return "xpassed" if "wasxfail" in report.__dict__ else "passed"
     if outcome == "skipped":
@@ -149,6 +154,9 @@ def _detail(report: Any, kind: str):
         return _one_line(report.wasxfail or ""), ""
     if kind == "skipped":
         return _crash_message(report.longrepr), ""
+    real = report.__dict__.get(_quarantine.REAL)
+    if real:
+        return _crash_message(real[1]), real[2]
     text = report.longreprtext
     if kind == "xfailed":
         return _one_line(report.wasxfail or "") or _crash_message(report.longrepr), text
@@ -257,6 +265,41 @@ class Reporter:
 
         self._hold_warning = self.settings.record_locally and _binary.bundled() is not None
         self._sender.start()
+        if self.settings.quarantine:
+            self._start_quarantine()
+
+    def _start_quarantine(self) -> None:
+        """Fetches the quarantine list; on any failure nothing is quarantined
+        and one warning line says why."""
+        addresses = self.settings.addresses
+        try:
+            project = _environment.project_name(str(self.config.rootpath))
+            entries, problem, unreachable = _quarantine.fetch(
+                addresses, self.settings.token, self.settings.tls_ca, project)
+        except Exception as e:  # never let quarantine break the run
+            entries, problem, unreachable = [], str(e), False
+        if problem is not None:
+            at = ", ".join(addresses)
+            if unreachable:
+                # The sender is about to find the same: one warning says both.
+                self._warned = True
+                text = (
+                    f"pytest-mcp: warning: cannot reach the recorder at {at} ({problem}): "
+                    "no test is quarantined; the run goes on, results are kept and spooled "
+                    "if it stays away"
+                )
+            else:
+                text = (
+                    f"pytest-mcp: warning: could not fetch the quarantine list from {at} "
+                    f"({problem}); no test is quarantined"
+                )
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(text, yellow=True)
+            else:
+                sys.stderr.write(text + "\n")
+            return
+        self.config.pluginmanager.register(_quarantine.Quarantine(entries), "mcp-quarantine")
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -326,6 +369,9 @@ class Reporter:
                 counts[kind] = sum(
                     1 for r in stats.get(kind, ()) if getattr(r, "count_towards_summary", True)
                 )
+            # Quarantined failures count as what they were (the stored outcomes do).
+            for r in stats.get("quarantined", ()):
+                counts[_kind(r)] += 1
         summary = {_STATS_KEYS.get(k, k): n for k, n in counts.items()}
         summary["total_tests"] = sum(counts.values())
         summary["exitstatus"] = exitstatus
@@ -357,7 +403,7 @@ class Reporter:
         path = nodeid.split("::", 1)[0] if nodeid != "." else ""
         self._record(
             (nodeid, kind, "collect", 0.0, message, text, "", "", "", path, None, (),
-             report.__dict__.get("worker_id", ""), 1, None, "", ())
+             report.__dict__.get("worker_id", ""), 1, None, "", (), False)
         )
 
     @pytest.hookimpl(trylast=True)
@@ -420,9 +466,10 @@ class Reporter:
             # A second counted result (a teardown error): its own duration, so
             # durations still add up to the test's time.
             duration -= sum(r.duration for r in extras)
+        quarantined = _quarantine.REAL in decided.__dict__
         self._record(
             (key[0], kind, decided.when, duration, message, text, out, err, log, path, line,
-             markers, worker, attempt, state[0], "", props)
+             markers, worker, attempt, state[0], "", props, quarantined)
         )
         if extras:
             for extra in extras:
@@ -430,14 +477,15 @@ class Reporter:
                 message, text = _detail(extra, extra_kind)
                 self._record(
                     (key[0], extra_kind, extra.when, extra.duration, message, text, "", "", "",
-                     path, line, markers, worker, attempt, state[0], "", props)
+                     path, line, markers, worker, attempt, state[0], "", props, quarantined)
                 )
 
     def _subtest(self, report) -> None:
         d = report.__dict__
         worker = d.get("worker_id", "")
         parent = report.nodeid
-        outcome = report.outcome
+        real = d.get(_quarantine.REAL)
+        outcome = real[0] if real else report.outcome
         if outcome == "failed":
             kind = "failed"
         elif outcome == "skipped":
@@ -454,7 +502,8 @@ class Reporter:
             (parent, kind, "call", report.duration, message, text, out, err, log, path, line,
              d.get("mcp_markers") or self._markers.get(parent), worker,
              self._attempts.get((parent, worker), 0) + 1, d.get("start"),
-             _subtest_label(report, bool(worker)), _user_properties(report))
+             _subtest_label(report, bool(worker)), _user_properties(report),
+             _quarantine.REAL in d)
         )
 
     def _sender_drops_passing_output(self) -> bool:

@@ -703,6 +703,8 @@ class Sender:
                         o.worker = r[R.WORKER]
                     if r[R.SUBTEST]:
                         o.subtest = r[R.SUBTEST]
+                    if r[R.QUARANTINED]:
+                        o.quarantined = True
                     if r[R.PROPERTIES]:
                         prop = o.user_properties.add
                         for name, value in r[R.PROPERTIES]:

@@ -61,6 +61,8 @@ def outcome_line(session_id: str, seq: int, r: Tuple, keep_passing_output: bool 
         line["markers"] = list(r[R.MARKERS])
     if r[R.PROPERTIES]:
         line["user_properties"] = [list(p) for p in r[R.PROPERTIES]]
+    if r[R.QUARANTINED]:
+        line["quarantined"] = True
     return line
 
 

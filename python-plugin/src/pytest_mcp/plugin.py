@@ -71,7 +71,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="how long the end of the run may wait for the recorder's acknowledgements "
         f"before spooling the rest (env PYTEST_MCP_TIMEOUT, ini mcp_timeout; default {DEFAULT_TIMEOUT:g})",
     )
+    group.addoption(
+        "--mcp-quarantine",
+        action="store_true",
+        default=None,
+        help="fetch the recorder's quarantine list at the start: a quarantined test still runs "
+        "and is recorded, but its failure does not fail the run "
+        "(env PYTEST_MCP_QUARANTINE=1, ini mcp_quarantine = true)",
+    )
     parser.addini("mcp", type="bool", default=False, help="record results with pytest-mcp")
+    parser.addini(
+        "mcp_quarantine", type="bool", default=False,
+        help="pytest-mcp: let quarantined tests' failures not fail the run",
+    )
     parser.addini(
         "mcp_address",
         default="",
@@ -120,6 +132,21 @@ def parse_addresses(text: str) -> Tuple[str, ...]:
         if address not in addresses:
             addresses.append(address)
     return tuple(addresses)
+
+
+def _switch(config: pytest.Config, option: str, env_name: str, ini: str) -> bool:
+    """An on/off setting: the flag, else the environment (1/0, true/false, ...), else the ini."""
+    if config.getoption(option):
+        return True
+    env = os.environ.get(env_name)
+    if env is not None:
+        text = env.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise pytest.UsageError(f"{env_name}={env!r}: expected 1/0, true/false, yes/no or on/off")
+    return bool(config.getini(ini))
 
 
 def is_enabled(config: pytest.Config) -> bool:
@@ -206,6 +233,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # An address someone configured is where the results belong: spool
         # for it. With none, a run that finds no recorder is stored locally.
         record_locally=address is None,
+        quarantine=_switch(config, "mcp_quarantine", "PYTEST_MCP_QUARANTINE", "mcp_quarantine"),
         token=_setting(config, "mcp_token", "PYTEST_MCP_TOKEN", None),
         tls_ca=tls_ca,
         spool_dir=_setting(config, "mcp_spool", "PYTEST_MCP_SPOOL", "mcp_spool"),
