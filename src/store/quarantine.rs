@@ -213,6 +213,15 @@ pub fn entry_for<'e>(
         .or_else(|| live().find(|e| is_pattern(&e.pattern) && matches(&e.pattern, nodeid)))
 }
 
+/// `for every project` or `for project "shop"`.
+fn scope_of(project: &str) -> String {
+    if project.is_empty() {
+        "for every project".to_string()
+    } else {
+        format!("for project {project:?}")
+    }
+}
+
 /// What adding an entry did.
 #[derive(Debug, Clone)]
 pub struct Quarantined {
@@ -271,18 +280,14 @@ impl Store {
             .await?
             .into_iter()
             .filter(|e| e.pattern == pattern)
-            .map(|e| format!("{:?}", e.project))
+            .map(|e| scope_of(&e.project))
             .collect();
-        let scope = if project.is_empty() {
-            "for every project".to_string()
-        } else {
-            format!("for project {project:?}")
-        };
         let hint = if elsewhere.is_empty() {
             String::new()
         } else {
-            format!("; it is quarantined for project {}", elsewhere.join(", "))
+            format!("; it is quarantined {}", elsewhere.join(", "))
         };
+        let scope = scope_of(project);
         Err(Error::not_found(
             "nodeid",
             format!("{pattern:?} is not quarantined {scope}{hint}"),
