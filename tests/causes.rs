@@ -90,6 +90,8 @@ async fn a_cause_is_known_from_other_sessions_once_each_and_outlives_pruning(db:
     let k = known.get(&key).unwrap();
     assert_eq!(k.sessions, 2, "the two earlier sessions, each once");
     assert_eq!(k.first_seen, Timestamp(1_000_000));
+    assert_eq!(k.last_seen, Timestamp(2_000_000));
+    assert_eq!(k.failures, 2, "one failure in each");
 
     // Prune all but the newest: the cause stays known, with its history.
     let policy = Policy {

@@ -659,6 +659,8 @@ pub(super) async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<Cluste
                     new: !known.contains_key(&g.key),
                     first_seen: known.get(&g.key).map(|k| k.first_seen.to_rfc3339()),
                     seen_in_sessions: known.get(&g.key).map_or(0, |k| k.sessions),
+                    last_seen: known.get(&g.key).map(|k| k.last_seen.to_rfc3339()),
+                    failures_in_other_sessions: known.get(&g.key).map_or(0, |k| k.failures),
                 }
             })
             .collect(),

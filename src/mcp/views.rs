@@ -485,6 +485,10 @@ pub struct ClusterView {
     pub first_seen: Option<String>,
     /// Other sessions of the project that failed of it.
     pub seen_in_sessions: u64,
+    /// When it was last seen in another session of the project (RFC 3339).
+    pub last_seen: Option<String>,
+    /// Failing outcomes of it in those other sessions.
+    pub failures_in_other_sessions: u64,
 }
 
 /// Answer of `get_failure_clusters`.
@@ -515,8 +519,10 @@ impl ClustersView {
             let seen = match &c.first_seen {
                 Some(first) if !c.new => {
                     format!(
-                        "known since {first}, in {} other sessions",
-                        c.seen_in_sessions
+                        "known since {first}, in {} other sessions ({} failures), last {}",
+                        c.seen_in_sessions,
+                        c.failures_in_other_sessions,
+                        c.last_seen.as_deref().unwrap_or(first)
                     )
                 }
                 _ => "NEW".to_string(),

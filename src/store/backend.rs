@@ -105,6 +105,10 @@ pub struct KnownCause {
     pub first_seen: Timestamp,
     /// How many sessions it was seen in.
     pub sessions: u64,
+    /// The start of the newest session it was seen in.
+    pub last_seen: Timestamp,
+    /// Failing outcomes of it in those sessions.
+    pub failures: u64,
 }
 
 /// A storage backend; see the module docs for what it may and may not decide.

@@ -226,5 +226,9 @@ async def test_a_cause_seen_in_an_earlier_run_is_known_and_a_new_one_is_new(
     assert len(known) == 6
     assert all(not c["new"] and c["seen_in_sessions"] == 1 for c in known)
     assert {c["first_seen"] for c in known} == {first["started_at"]}
+    # Only one earlier session: it is both the first and the last to have it.
+    assert {c["last_seen"] for c in known} == {first["started_at"]}
+    # The big fixture cause broke 30 tests there, each other cause one.
+    assert sorted(c["failures_in_other_sessions"] for c in known) == [1, 1, 1, 1, 1, 30]
     assert "(NEW): TimeoutError" in result.content[0].text
     assert "known since " + first["started_at"] in result.content[0].text

@@ -598,7 +598,8 @@ pub async fn known_causes(
 ) -> Result<HashMap<String, KnownCause>> {
     let stmt = tx
         .prepare_cached(
-            "SELECT c.key, MIN(cs.started_at), COUNT(*) FROM causes c
+            "SELECT c.key, MIN(cs.started_at), COUNT(*), MAX(cs.started_at),
+                 SUM(cs.failures)::int8 FROM causes c
              JOIN cause_sessions cs ON cs.cause_pk = c.pk
              WHERE c.project = $1 AND c.key = ANY($2) AND cs.session <> $3
              GROUP BY c.key",
@@ -613,11 +614,15 @@ pub async fn known_causes(
             let key: String = r.get(0);
             let first: i64 = r.get(1);
             let n: i64 = r.get(2);
+            let last: i64 = r.get(3);
+            let failures: i64 = r.get(4);
             (
                 key,
                 KnownCause {
                     first_seen: Timestamp(first),
                     sessions: u64::try_from(n).unwrap_or(0),
+                    last_seen: Timestamp(last),
+                    failures: u64::try_from(failures).unwrap_or(0),
                 },
             )
         })

@@ -597,16 +597,16 @@ pub fn known_causes(
     session: Uuid,
 ) -> Result<HashMap<String, KnownCause>> {
     let mut stmt = c.prepare_cached(
-        "SELECT MIN(cs.started_at), COUNT(*) FROM causes c
+        "SELECT MIN(cs.started_at), COUNT(*), MAX(cs.started_at), SUM(cs.failures) FROM causes c
          JOIN cause_sessions cs ON cs.cause_pk = c.pk
          WHERE c.project = ?1 AND c.key = ?2 AND cs.session <> ?3",
     )?;
     let session = session.to_string();
     let mut out = HashMap::new();
     for key in keys {
-        let (first, n): (Option<i64>, i64) = stmt
+        let (first, n, last, failures): (Option<i64>, i64, Option<i64>, Option<i64>) = stmt
             .query_row(params![project, key, session], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?;
         if let Some(first) = first.filter(|_| n > 0) {
             out.insert(
@@ -614,6 +614,8 @@ pub fn known_causes(
                 KnownCause {
                     first_seen: Timestamp(first),
                     sessions: u64::try_from(n).unwrap_or(0),
+                    last_seen: Timestamp(last.unwrap_or(first)),
+                    failures: u64::try_from(failures.unwrap_or(0)).unwrap_or(0),
                 },
             );
         }
