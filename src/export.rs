@@ -77,6 +77,7 @@ pub fn outcome_json(o: &Outcome) -> Value {
             .iter()
             .map(|(name, value)| [name, value])
             .collect::<Vec<_>>(),
+        "quarantined": o.quarantined,
     })
 }
 

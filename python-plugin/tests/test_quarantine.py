@@ -236,3 +236,40 @@ def test_junit_xml_xdist_and_maxfail_work_with_quarantined_failures(
     assert flags["test_suite.py::test_flaky"] == (pb.TEST_OUTCOME_FAILED, True)
     assert flags["test_suite.py::test_needs_db"] == (pb.TEST_OUTCOME_ERROR, True)
     assert flags["test_suite.py::test_ok"] == (pb.TEST_OUTCOME_PASSED, False)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_stop_on_first_failure_skips_quarantined_failures_but_not_real_ones(
+    pytester, server, run_mcp, workers
+):
+    # Quarantined failures first: with -x, neither the run nor a worker may
+    # stop on them; the real failure after them still stops the run.
+    pytester.makepyfile(test_order="""
+        def test_a_quarantined():
+            assert 0, "known"
+
+        def test_b_quarantined():
+            assert 0, "known too"
+
+        def test_c_passes():
+            pass
+    """)
+    quarantine(server, "test_order.py::test_?_quarantined")
+    args = ["--mcp-quarantine", "-x", "-p", "no:randomly"]
+    if workers != "0":
+        args += ["-n", workers]
+    result = run_mcp(*args)
+    assert result.ret == 0, result.stdout.str()
+    assert counts(result) == {"passed": 1, "quarantined": 2}
+
+    pytester.makepyfile(test_order="""
+        def test_a_real():
+            assert 0, "real"
+
+        def test_b_quarantined():
+            assert 0, "known"
+    """)
+    result = run_mcp(*args)
+    # xdist reports a stop on -x as an interruption (2), as it does without the plugin.
+    assert result.ret == (1 if workers == "0" else 2), result.stdout.str()
+    assert counts(result).get("failed") == 1

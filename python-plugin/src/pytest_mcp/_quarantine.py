@@ -9,7 +9,11 @@ its own category ("quarantined", ``Q``), so it fails neither the run nor
 says so: the run then fails exactly as it would without the plugin.
 
 Runs on the xdist controller (and without xdist, in the only process): the
-reports of every worker pass through its ``pytest_runtest_logreport``.
+reports of every worker pass through its ``pytest_runtest_logreport``. An
+xdist worker's own session counts failures too, to stop for ``-x``: the
+controller hands the list to each worker (``workerinput``), whose
+``WorkerQuarantine`` keeps quarantined failures out of that count. The
+reports travel to the controller unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ FETCH_DEADLINE = 2.0
 
 #: What the original outcome is kept as on a report this plugin changed.
 REAL = "mcp_quarantined"
+
+#: The key of the (pattern, reason) list in an xdist worker's ``workerinput``.
+WORKER_INPUT = "mcp_quarantine"
 
 
 class Entry:
@@ -106,6 +113,10 @@ class Quarantine:
     def __len__(self) -> int:
         return len(self._exact) + len(self._patterns)
 
+    def pairs(self) -> List[Tuple[str, str]]:
+        """(pattern, reason) of every entry, for an xdist worker."""
+        return [(e.pattern, e.reason) for e in (*self._exact.values(), *self._patterns)]
+
     def entry_for(self, nodeid: str) -> Optional[Entry]:
         try:
             return self._memo[nodeid]
@@ -172,6 +183,35 @@ class Quarantine:
             terminalreporter.write_line(f"QUARANTINED {name}{phase}: {reason}")
             if crash:
                 terminalreporter.write_line(f"    {crash}")
+
+
+class WorkerQuarantine:
+    """On an xdist worker: a quarantined failure does not count towards the
+    worker session's ``-x`` / ``--maxfail``. The report itself is sent to the
+    controller as it is; the controller shows and records it."""
+
+    def __init__(self, pairs) -> None:
+        self._quarantine = Quarantine([Entry(p, r) for p, r in pairs])
+        self._session: Optional[pytest.Session] = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._session = session
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_logreport(self, report):
+        session = self._session
+        counted = (
+            session is not None
+            and report.outcome == "failed"
+            and "wasxfail" not in report.__dict__
+            and self._quarantine.entry_for(report.nodeid) is not None
+        )
+        if counted:
+            # The session adds one for this failure inside the wrapper and
+            # then compares with --maxfail (a decision pytest cannot take
+            # back): taken off beforehand, the count stays where it was.
+            session.testsfailed -= 1
+        yield
 
 
 def _subtest(report: Any) -> str:

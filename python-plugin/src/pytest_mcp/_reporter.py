@@ -241,6 +241,8 @@ class Reporter:
         self._printed = False
         self._warned = False
         self._hold_warning = False
+        self._quarantine: Optional[_quarantine.Quarantine] = None
+        self._quarantine_tried = False
 
     # ---- session lifecycle -------------------------------------------------
 
@@ -268,9 +270,22 @@ class Reporter:
         if self.settings.quarantine:
             self._start_quarantine()
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:
+        """xdist: each worker gets the list, for its own ``-x`` count."""
+        if not self.settings.quarantine:
+            return
+        # xdist may set its workers up before this plugin's sessionstart.
+        self._start_quarantine()
+        if self._quarantine is not None and len(self._quarantine):
+            node.workerinput[_quarantine.WORKER_INPUT] = self._quarantine.pairs()
+
     def _start_quarantine(self) -> None:
-        """Fetches the quarantine list; on any failure nothing is quarantined
-        and one warning line says why."""
+        """Fetches the quarantine list, once; on any failure nothing is
+        quarantined and one warning line says why."""
+        if self._quarantine_tried:
+            return
+        self._quarantine_tried = True
         addresses = self.settings.addresses
         try:
             project = _environment.project_name(str(self.config.rootpath))
@@ -299,7 +314,8 @@ class Reporter:
             else:
                 sys.stderr.write(text + "\n")
             return
-        self.config.pluginmanager.register(_quarantine.Quarantine(entries), "mcp-quarantine")
+        self._quarantine = _quarantine.Quarantine(entries)
+        self.config.pluginmanager.register(self._quarantine, "mcp-quarantine")
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -207,6 +207,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         # An xdist worker: its reports reach the controller, which sends them.
         config.pluginmanager.register(WorkerMarkers(), "mcp-markers")
+        pairs = config.workerinput.get("mcp_quarantine")
+        if pairs:
+            from ._quarantine import WorkerQuarantine
+
+            config.pluginmanager.register(WorkerQuarantine(pairs), "mcp-quarantine")
         return
 
     from ._reporter import Reporter, Settings
