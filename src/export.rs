@@ -55,7 +55,7 @@ pub fn session_json(s: &Session) -> Value {
 
 /// One element of the JSON export's `outcomes` array.
 pub fn outcome_json(o: &Outcome) -> Value {
-    json!({
+    let mut value = json!({
         "seq": o.seq,
         "nodeid": o.nodeid,
         "outcome": o.outcome.as_str(),
@@ -77,8 +77,13 @@ pub fn outcome_json(o: &Outcome) -> Value {
             .iter()
             .map(|(name, value)| [name, value])
             .collect::<Vec<_>>(),
-        "quarantined": o.quarantined,
-    })
+    });
+    if o.quarantined {
+        // Only when set, as in the spool format: exports of runs without
+        // quarantine keep the shape they always had.
+        value["quarantined"] = Value::Bool(true);
+    }
+    value
 }
 
 fn io_err(e: std::io::Error) -> Error {

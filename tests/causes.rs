@@ -92,6 +92,8 @@ async fn a_cause_is_known_from_other_sessions_once_each_and_outlives_pruning(db:
     assert_eq!(k.first_seen, Timestamp(1_000_000));
     assert_eq!(k.last_seen, Timestamp(2_000_000));
     assert_eq!(k.failures, 2, "one failure in each");
+    assert_eq!(k.tests, 1);
+    assert_eq!(k.some_tests, ["tests/test_db.py::test_query"]);
 
     // Prune all but the newest: the cause stays known, with its history.
     let policy = Policy {
@@ -119,7 +121,8 @@ async fn a_cause_is_known_from_other_sessions_once_each_and_outlives_pruning(db:
 /// stored, as the previous release left it: no `cause` column, no recorded
 /// causes (and no quarantine, which came after).
 fn downgrade_to_unkeyed_failures(db: &TestDb) {
-    let common = "DROP TABLE quarantine; ALTER TABLE outcomes DROP COLUMN quarantined;
+    let common = "DROP TABLE cause_tests;
+        DROP TABLE quarantine; ALTER TABLE outcomes DROP COLUMN quarantined;
         DELETE FROM cause_sessions; DELETE FROM causes;
         DROP INDEX cause_sessions_by_session; ALTER TABLE outcomes DROP COLUMN cause";
     match db.backend() {
@@ -166,6 +169,8 @@ async fn failures_stored_before_causes_were_kept_are_fingerprinted_by_the_upgrad
         Some((1, Timestamp(1_000_000))),
         "{known:?}"
     );
+    // And which tests the cause broke, from the failures already stored.
+    assert_eq!(known[&key].some_tests, ["tests/test_db.py::test_query"]);
     let first = store.get_session(SessionRef::Id(first)).await.unwrap();
     let known = store.known_causes(&first, vec![key.clone()]).await.unwrap();
     assert_eq!(known.get(&key).map(|k| k.sessions), Some(1));

@@ -163,6 +163,19 @@ fn a_database_written_by_the_previous_release_migrates_and_reads_back_identicall
         most_sessions, 2,
         "no cause is known from both runs of the suite"
     );
+    // Which tests each cause broke: every failing test of a closed session, once.
+    let (pairs, expected): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM cause_tests),
+                    (SELECT count(*) FROM (SELECT DISTINCT o.cause, t.nodeid FROM outcomes o
+                     JOIN tests t ON t.id = o.test_id JOIN sessions s ON s.pk = o.session_pk
+                     WHERE o.kind IN (2, 4) AND s.status IN ('finished', 'interrupted')))",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(pairs > 0);
+    assert_eq!(pairs, expected);
     // The upgraded file can give pruned space back to the file system.
     let auto_vacuum: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))

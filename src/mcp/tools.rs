@@ -661,6 +661,11 @@ pub(super) async fn clusters(mcp: &PytestMcp, a: &ClustersArgs) -> Result<Cluste
                     seen_in_sessions: known.get(&g.key).map_or(0, |k| k.sessions),
                     last_seen: known.get(&g.key).map(|k| k.last_seen.to_rfc3339()),
                     failures_in_other_sessions: known.get(&g.key).map_or(0, |k| k.failures),
+                    tests_ever: known.get(&g.key).map_or(0, |k| k.tests),
+                    tests_ever_named: known
+                        .get(&g.key)
+                        .map(|k| k.some_tests.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect(),

@@ -489,6 +489,11 @@ pub struct ClusterView {
     pub last_seen: Option<String>,
     /// Failing outcomes of it in those other sessions.
     pub failures_in_other_sessions: u64,
+    /// For a known cause: how many tests it has broken in the project's
+    /// recorded sessions (0 for a new one).
+    pub tests_ever: u64,
+    /// The first of those tests by nodeid (at most 10).
+    pub tests_ever_named: Vec<String>,
 }
 
 /// Answer of `get_failure_clusters`.
@@ -519,9 +524,10 @@ impl ClustersView {
             let seen = match &c.first_seen {
                 Some(first) if !c.new => {
                     format!(
-                        "known since {first}, in {} other sessions ({} failures), last {}",
+                        "known since {first}, in {} other sessions ({} failures, {} tests), last {}",
                         c.seen_in_sessions,
                         c.failures_in_other_sessions,
+                        c.tests_ever,
                         c.last_seen.as_deref().unwrap_or(first)
                     )
                 }

@@ -99,7 +99,7 @@ pub struct StorageStats {
 }
 
 /// What was recorded of a cause in sessions other than the one asked about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownCause {
     /// The start of the first session it was seen in.
     pub first_seen: Timestamp,
@@ -109,7 +109,14 @@ pub struct KnownCause {
     pub last_seen: Timestamp,
     /// Failing outcomes of it in those sessions.
     pub failures: u64,
+    /// How many tests it has broken in the project's closed sessions.
+    pub tests: u64,
+    /// The first of them by nodeid (at most [`KNOWN_TESTS_NAMED`]).
+    pub some_tests: Vec<String>,
 }
+
+/// Most tests a known cause names.
+pub const KNOWN_TESTS_NAMED: usize = 10;
 
 /// A storage backend; see the module docs for what it may and may not decide.
 pub trait Backend: Send + Sync + 'static {

@@ -230,5 +230,10 @@ async def test_a_cause_seen_in_an_earlier_run_is_known_and_a_new_one_is_new(
     assert {c["last_seen"] for c in known} == {first["started_at"]}
     # The big fixture cause broke 30 tests there, each other cause one.
     assert sorted(c["failures_in_other_sessions"] for c in known) == [1, 1, 1, 1, 1, 30]
+    # Which tests each known cause broke: the fixture's thirty, one for each other.
+    assert sorted(c["tests_ever"] for c in known) == [1, 1, 1, 1, 1, 30]
+    big = max(known, key=lambda c: c["tests_ever"])
+    assert len(big["tests_ever_named"]) == 10 and big["tests_ever_named"] == sorted(big["tests_ever_named"])
+    assert new["tests_ever"] == 0 and new["tests_ever_named"] == []
     assert "(NEW): TimeoutError" in result.content[0].text
     assert "known since " + first["started_at"] in result.content[0].text

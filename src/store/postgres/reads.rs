@@ -15,7 +15,8 @@ use crate::model::{
     Outcome, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp,
 };
 use crate::store::backend::{
-    FlakyInput, KnownCause, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
+    FlakyInput, KNOWN_TESTS_NAMED, KnownCause, SessionFinals, SessionKey, SessionMeta,
+    StorageStats, TestKey,
 };
 use crate::store::codes::{kind_code, kind_of};
 use crate::store::digest::{self, Digest};
@@ -606,7 +607,7 @@ pub async fn known_causes(
         )
         .await?;
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    Ok(tx
+    let mut out: HashMap<String, KnownCause> = tx
         .query(&stmt, &[&project, &keys, &session])
         .await?
         .iter()
@@ -623,10 +624,28 @@ pub async fn known_causes(
                     sessions: u64::try_from(n).unwrap_or(0),
                     last_seen: Timestamp(last),
                     failures: u64::try_from(failures).unwrap_or(0),
+                    tests: 0,
+                    some_tests: Vec::new(),
                 },
             )
         })
-        .collect())
+        .collect();
+    let named = tx
+        .prepare_cached(
+            "SELECT c.key, COUNT(*), (array_agg(ct.nodeid ORDER BY ct.nodeid))[1:$3]
+             FROM causes c JOIN cause_tests ct ON ct.cause_pk = c.pk
+             WHERE c.project = $1 AND c.key = ANY($2) GROUP BY c.key",
+        )
+        .await?;
+    let limit = KNOWN_TESTS_NAMED as i32;
+    for r in tx.query(&named, &[&project, &keys, &limit]).await? {
+        let key: String = r.get(0);
+        if let Some(known) = out.get_mut(&key) {
+            known.tests = u64::try_from(r.get::<_, i64>(1)).unwrap_or(0);
+            known.some_tests = r.get(2);
+        }
+    }
+    Ok(out)
 }
 
 /// The quarantine entries for `project` and for every project (all when `None`).

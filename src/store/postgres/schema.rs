@@ -171,6 +171,22 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE outcomes ADD COLUMN quarantined boolean NOT NULL DEFAULT false;
     "#,
+    // 5: which tests each cause has broken (see SQLite's migration 7).
+    r#"
+    CREATE TABLE cause_tests (
+        cause_pk bigint NOT NULL REFERENCES causes (pk),
+        nodeid   text NOT NULL,
+        PRIMARY KEY (cause_pk, nodeid)
+    );
+    INSERT INTO cause_tests (cause_pk, nodeid)
+        SELECT DISTINCT c.pk, t.nodeid FROM outcomes o
+        JOIN sessions s ON s.pk = o.session_pk
+        JOIN tests t ON t.id = o.test_id
+        JOIN causes c ON c.project = COALESCE(s.project, '') AND c.key = o.cause
+        WHERE o.kind IN (2, 4) AND o.cause IS NOT NULL
+          AND EXISTS (SELECT 1 FROM cause_sessions cs WHERE cs.session = s.id)
+        ON CONFLICT DO NOTHING;
+    "#,
 ];
 
 /// The migration after which [`to_stored_causes`] runs.

@@ -676,6 +676,24 @@ pub async fn record_cause_sessions(tx: &Tx<'_>, pk: i64) -> Result<()> {
     Ok(())
 }
 
+/// Records which tests a closed session's causes broke (migration 5's table;
+/// migration 3 runs before it exists, so this is apart).
+pub async fn record_cause_tests(tx: &Tx<'_>, pk: i64) -> Result<()> {
+    let tests = tx
+        .prepare_cached(
+            "INSERT INTO cause_tests (cause_pk, nodeid)
+             SELECT DISTINCT c.pk, t.nodeid FROM outcomes o
+             JOIN sessions s ON s.pk = o.session_pk
+             JOIN tests t ON t.id = o.test_id
+             JOIN causes c ON c.project = COALESCE(s.project, '') AND c.key = o.cause
+             WHERE o.session_pk = $1 AND o.kind IN (2, 4)
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    tx.execute(&tests, &[&pk]).await?;
+    Ok(())
+}
+
 /// Writes what a closed session is read by: its `session_tests` and its
 /// digest, built from its rows, and the causes it failed of.
 pub async fn index_closed_session(tx: &Tx<'_>, pk: i64) -> Result<()> {
@@ -701,7 +719,8 @@ pub async fn index_closed_session(tx: &Tx<'_>, pk: i64) -> Result<()> {
         )
         .await?;
     tx.execute(&store, &[&pk, &tests, &durations]).await?;
-    record_cause_sessions(tx, pk).await
+    record_cause_sessions(tx, pk).await?;
+    record_cause_tests(tx, pk).await
 }
 
 /// Finishes a session.

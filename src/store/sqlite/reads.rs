@@ -6,7 +6,7 @@
 //! as soon as the page is full and never looking at sessions older than the
 //! test itself (`tests.first_pk`).
 
-use crate::store::backend::KnownCause;
+use crate::store::backend::{KNOWN_TESTS_NAMED, KnownCause};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::HashMap;
@@ -616,8 +616,23 @@ pub fn known_causes(
                     sessions: u64::try_from(n).unwrap_or(0),
                     last_seen: Timestamp(last.unwrap_or(first)),
                     failures: u64::try_from(failures.unwrap_or(0)).unwrap_or(0),
+                    tests: 0,
+                    some_tests: Vec::new(),
                 },
             );
+        }
+    }
+    let mut named = c.prepare_cached(
+        "SELECT ct.nodeid FROM causes c JOIN cause_tests ct ON ct.cause_pk = c.pk
+         WHERE c.project = ?1 AND c.key = ?2 ORDER BY ct.nodeid",
+    )?;
+    for (key, known) in out.iter_mut() {
+        let mut rows = named.query(params![project, key])?;
+        while let Some(row) = rows.next()? {
+            if known.some_tests.len() < KNOWN_TESTS_NAMED {
+                known.some_tests.push(row.get(0)?);
+            }
+            known.tests += 1;
         }
     }
     Ok(out)

@@ -177,6 +177,25 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE outcomes ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
     "#,
     ),
+    // 7: which tests each cause has broken, by nodeid (tests may be removed
+    // when pruned; what a cause broke is kept like the cause), filled in
+    // from the closed sessions recorded so far.
+    Migration::Sql(
+        r#"
+    CREATE TABLE cause_tests (
+        cause_pk INTEGER NOT NULL REFERENCES causes (pk),
+        nodeid   TEXT NOT NULL,
+        PRIMARY KEY (cause_pk, nodeid)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO cause_tests (cause_pk, nodeid)
+        SELECT DISTINCT c.pk, t.nodeid FROM outcomes o
+        JOIN sessions s ON s.pk = o.session_pk
+        JOIN tests t ON t.id = o.test_id
+        JOIN causes c ON c.project = COALESCE(s.project, '') AND c.key = o.cause
+        WHERE o.kind IN (2, 4) AND o.cause IS NOT NULL
+          AND EXISTS (SELECT 1 FROM cause_sessions cs WHERE cs.session = s.id);
+    "#,
+    ),
 ];
 
 /// The schema version this binary writes.
@@ -560,6 +579,21 @@ pub fn record_cause_sessions(conn: &Connection, pk: i64) -> Result<()> {
     Ok(())
 }
 
+/// Records which tests a closed session's causes broke (migration 7's table;
+/// migration 5 runs before it exists, so this is apart).
+pub fn record_cause_tests(conn: &Connection, pk: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO cause_tests (cause_pk, nodeid)
+         SELECT DISTINCT c.pk, t.nodeid FROM outcomes o
+         JOIN sessions s ON s.pk = o.session_pk
+         JOIN tests t ON t.id = o.test_id
+         JOIN causes c ON c.project = COALESCE(s.project, '') AND c.key = o.cause
+         WHERE o.session_pk = ?1 AND o.kind IN (2, 4)",
+    )?
+    .execute([pk])?;
+    Ok(())
+}
+
 /// Writes what a closed session (finished or interrupted: it takes no more
 /// outcomes) is read by: its digest and its `session_tests`, built from its
 /// rows, and the causes it failed of. An incomplete session may still gain
@@ -567,7 +601,8 @@ pub fn record_cause_sessions(conn: &Connection, pk: i64) -> Result<()> {
 /// close it.
 pub fn index_closed_session(conn: &Connection, pk: i64) -> Result<()> {
     index_session_tests(conn, pk)?;
-    record_cause_sessions(conn, pk)
+    record_cause_sessions(conn, pk)?;
+    record_cause_tests(conn, pk)
 }
 
 /// A closed session's digest and `session_tests` (what migration 3 builds,
