@@ -443,13 +443,12 @@ impl PytestMcp {
                     self.store.quarantine_status(project.as_deref(), now),
                 )?;
                 let (total, found) = flaky;
-                let entries: Vec<_> = statuses.iter().map(|s| s.entry.clone()).collect();
                 let tests = found
                     .iter()
                     .map(|f| FlakyTestView {
-                        quarantined: entries
+                        quarantined: statuses
                             .iter()
-                            .any(|e| quarantine::covers(&e.pattern, &f.nodeid)),
+                            .any(|s| quarantine::covers(&s.entry.pattern, &f.nodeid)),
                         ..FlakyTestView::from(f)
                     })
                     .collect();

@@ -13,8 +13,6 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
-
 use super::{SessionFilter, Store};
 use crate::error::{Error, Result};
 use crate::model::{MAX_NODEID_BYTES, QuarantineEntry, SessionRef, Timestamp, validate_nodeid};
@@ -195,24 +193,6 @@ pub fn covers(pattern: &str, nodeid: &str) -> bool {
     pattern == nodeid || matches(pattern, nodeid)
 }
 
-/// The entry among `entries` that quarantines `nodeid` of `project` at
-/// `now`, if any: an exact nodeid before a pattern.
-pub fn entry_for<'e>(
-    entries: &'e [QuarantineEntry],
-    project: &str,
-    nodeid: &str,
-    now: Timestamp,
-) -> Option<&'e QuarantineEntry> {
-    let live = || {
-        entries
-            .iter()
-            .filter(move |e| is_active(e, now) && is_for(e, project))
-    };
-    live()
-        .find(|e| e.pattern == nodeid)
-        .or_else(|| live().find(|e| is_pattern(&e.pattern) && matches(&e.pattern, nodeid)))
-}
-
 /// `for every project` or `for project "shop"`.
 fn scope_of(project: &str) -> String {
     if project.is_empty() {
@@ -232,7 +212,7 @@ pub struct Quarantined {
 }
 
 /// How one quarantined test has done lately.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuarantinedTest {
     /// The test.
     pub nodeid: String,
@@ -475,6 +455,24 @@ mod tests {
                 .to_string()
                 .starts_with("nodeid:")
         );
+    }
+
+    /// The entry that quarantines `nodeid` of `project` at `now`, as the
+    /// plugin picks it: an exact nodeid before a pattern.
+    fn entry_for<'e>(
+        entries: &'e [QuarantineEntry],
+        project: &str,
+        nodeid: &str,
+        now: Timestamp,
+    ) -> Option<&'e QuarantineEntry> {
+        let live = || {
+            entries
+                .iter()
+                .filter(move |e| is_active(e, now) && is_for(e, project))
+        };
+        live()
+            .find(|e| e.pattern == nodeid)
+            .or_else(|| live().find(|e| covers(&e.pattern, nodeid)))
     }
 
     #[test]

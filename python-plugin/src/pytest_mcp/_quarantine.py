@@ -218,9 +218,3 @@ def _subtest(report: Any) -> str:
     context = report.__dict__.get("context")
     msg = getattr(context, "msg", None)
     return f"[{msg}]" if msg is not None else ""
-
-
-def real_outcome(report: Any):
-    """``(outcome, longrepr, longreprtext)`` of a report this plugin changed;
-    ``None`` for a quarantined report left as it was; absent: not quarantined."""
-    return report.__dict__.get(REAL, False)

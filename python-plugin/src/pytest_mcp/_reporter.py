@@ -308,11 +308,7 @@ class Reporter:
                     f"pytest-mcp: warning: could not fetch the quarantine list from {at} "
                     f"({problem}); no test is quarantined"
                 )
-            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line(text, yellow=True)
-            else:
-                sys.stderr.write(text + "\n")
+            self._write_warning(text)
             return
         self._quarantine = _quarantine.Quarantine(entries)
         self.config.pluginmanager.register(self._quarantine, "mcp-quarantine")
@@ -399,11 +395,14 @@ class Reporter:
         if self._warned or sender.warning is None or self._hold_warning:
             return
         self._warned = True
+        self._write_warning(sender.warning)
+
+    def _write_warning(self, text: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line(sender.warning, yellow=True)
+            reporter.write_line(text, yellow=True)
         else:
-            sys.stderr.write(sender.warning + "\n")
+            sys.stderr.write(text + "\n")
 
     # ---- results -----------------------------------------------------------
 

@@ -151,17 +151,7 @@ def _switch(config: pytest.Config, option: str, env_name: str, ini: str) -> bool
 
 def is_enabled(config: pytest.Config) -> bool:
     """Whether --mcp, PYTEST_MCP or the ini switch asks for recording."""
-    if config.getoption("mcp"):
-        return True
-    env = os.environ.get("PYTEST_MCP")
-    if env is not None:
-        text = env.strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise pytest.UsageError(f"PYTEST_MCP={env!r}: expected 1/0, true/false, yes/no or on/off")
-    return bool(config.getini("mcp"))
+    return _switch(config, "mcp", "PYTEST_MCP", "mcp")
 
 
 class MarkerIndex:
