@@ -228,9 +228,31 @@ pub struct ImportArgs {
     /// Spool files (JSON lines, see docs/spool.md).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// The source new sessions are recorded as: `import` (a replay), or
+    /// `plugin` (the plugin's own local recording, when no recorder listened).
+    #[arg(long, value_enum, default_value = "import", hide = true)]
+    pub source: ImportSource,
     /// What is kept of captured output.
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// What `import` records new sessions as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportSource {
+    /// Replayed from a spool file.
+    Import,
+    /// The plugin's own run, stored locally because no recorder was listening.
+    Plugin,
+}
+
+impl From<ImportSource> for crate::model::Source {
+    fn from(s: ImportSource) -> Self {
+        match s {
+            ImportSource::Import => crate::model::Source::Import,
+            ImportSource::Plugin => crate::model::Source::Plugin,
+        }
+    }
 }
 
 /// `watch` options.

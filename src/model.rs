@@ -249,6 +249,10 @@ pub struct Environment {
     pub xdist_workers: u32,
     /// Free-form extra key/value pairs.
     pub extra: std::collections::BTreeMap<String, String>,
+    /// The code the run tested: the commit, plus `+` and a digest of the
+    /// working tree's changes when there are any; empty when unknown.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub code_state: String,
 }
 
 /// pytest's end-of-run counts.
@@ -541,6 +545,30 @@ pub fn validate_nodeid(nodeid: &str, field: &str) -> Result<(), Error> {
         return Err(Error::invalid(
             field,
             format!("{} bytes, the limit is {MAX_NODEID_BYTES}", nodeid.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest code state accepted, in bytes (a commit, `+`, a digest).
+pub const MAX_CODE_STATE_BYTES: usize = 256;
+
+/// Checks a code state: short, printable ASCII without spaces (it is an
+/// identifier, compared for equality and shown as is).
+pub fn validate_code_state(code_state: &str, field: &str) -> Result<(), Error> {
+    if code_state.len() > MAX_CODE_STATE_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{} bytes, the limit is {MAX_CODE_STATE_BYTES}",
+                code_state.len()
+            ),
+        ));
+    }
+    if let Some(c) = code_state.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(Error::invalid(
+            field,
+            format!("{c:?} is not allowed: printable ASCII without spaces only"),
         ));
     }
     Ok(())

@@ -150,6 +150,17 @@ struct SessionState {
 
 /// Replays one spool file into `store`.
 pub async fn import_file(store: &Store, path: &Path) -> Result<ImportReport, Error> {
+    import_file_as(store, path, Source::Import).await
+}
+
+/// Like [`import_file`], creating new sessions with `source`: the plugin's
+/// own local recording (no recorder was listening) is `plugin`, since the
+/// run was not replayed from a failed delivery.
+pub async fn import_file_as(
+    store: &Store,
+    path: &Path,
+    source: Source,
+) -> Result<ImportReport, Error> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::invalid("FILE", format!("cannot open {}: {e}", path.display())))?;
     let mut report = ImportReport::default();
@@ -200,7 +211,7 @@ pub async fn import_file(store: &Store, path: &Path) -> Result<ImportReport, Err
                             order: next,
                             ..Default::default()
                         });
-                        ensure_session(store, id, state, Some((started_at, environment))).await
+                        ensure_session(store, id, state, Some((started_at, environment)), source).await
                     }
                     Err(e) => Err(e),
                 }
@@ -279,13 +290,14 @@ pub async fn import_file(store: &Store, path: &Path) -> Result<ImportReport, Err
     Ok(report)
 }
 
-/// Makes sure the session exists, creating it (source `import`) from the
+/// Makes sure the session exists, creating it (as from `source`) from the
 /// start record when it does not; remembers how many outcomes it had before.
 async fn ensure_session(
     store: &Store,
     id: Uuid,
     state: &mut SessionState,
     start: Option<(Option<Timestamp>, Environment)>,
+    source: Source,
 ) -> Result<(), Error> {
     if state.known {
         return Ok(());
@@ -306,7 +318,7 @@ async fn ensure_session(
                 ));
             };
             match store
-                .start_session(id, Source::Import, environment, started_at)
+                .start_session(id, source, environment, started_at)
                 .await
             {
                 Ok(_) => {
@@ -337,7 +349,7 @@ async fn flush(
     if state.pending.is_empty() {
         return Ok(());
     }
-    ensure_session(store, id, state, None).await?;
+    ensure_session(store, id, state, None, Source::Import).await?;
     let mut pending = std::mem::take(&mut state.pending);
     pending.sort_by_key(|(_, o)| o.seq);
     pending.dedup_by_key(|(_, o)| o.seq);

@@ -247,6 +247,7 @@ impl Store {
         started_at: Option<Timestamp>,
         grant: Option<String>,
     ) -> Result<Session> {
+        crate::model::validate_code_state(&environment.code_state, "environment.code_state")?;
         self.backend()
             .start_session(NewSession {
                 id,

@@ -16,7 +16,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     for file in &args.files {
-        let report = crate::spool::import_file(&store, file).await?;
+        let report = crate::spool::import_file_as(&store, file, args.source.into()).await?;
         for s in &report.sessions {
             writeln!(
                 out,

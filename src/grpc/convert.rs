@@ -148,6 +148,7 @@ pub fn environment_to_pb(e: &Environment) -> pb::Environment {
         ci_provider: e.ci_provider.clone(),
         xdist_workers: e.xdist_workers,
         extra: e.extra.clone().into_iter().collect(),
+        code_state: e.code_state.clone(),
     }
 }
 
@@ -179,6 +180,7 @@ pub fn environment_from_pb(e: pb::Environment) -> Result<Environment> {
         ci_provider: e.ci_provider,
         xdist_workers: e.xdist_workers,
         extra: e.extra.into_iter().collect(),
+        code_state: e.code_state,
     })
 }
 

@@ -102,6 +102,11 @@ pub struct EnvironmentArg {
     /// pytest version.
     #[serde(default)]
     pub pytest_version: Option<String>,
+    /// The code the tests ran on: the git commit, plus `+` and a digest of
+    /// uncommitted changes when there are any. Runs are compared for
+    /// flakiness only on equal code states.
+    #[serde(default)]
+    pub code_state: Option<String>,
 }
 
 impl From<EnvironmentArg> for Environment {
@@ -113,6 +118,7 @@ impl From<EnvironmentArg> for Environment {
             git_commit: e.git_commit.unwrap_or_default(),
             git_branch: e.git_branch.unwrap_or_default(),
             pytest_version: e.pytest_version.unwrap_or_default(),
+            code_state: e.code_state.unwrap_or_default(),
             ..Environment::default()
         }
     }
