@@ -889,6 +889,7 @@ async fn run_store(
         let stored = client
             .get_session(pb::GetSessionRequest {
                 session_id: id.clone(),
+                ..Default::default()
             })
             .await
             .context("GetSession")?

@@ -41,12 +41,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Stdio(args) => stdio(args).await,
+        Command::Projects(args) => commands::projects::run(args).await,
         Command::Sessions(args) => commands::sessions::run(args).await,
         Command::Show(args) => commands::show::run(args).await,
+        Command::Flaky(args) => commands::flaky::run(args).await,
+        Command::Compare(args) => commands::compare::run(args).await,
+        Command::History(args) => commands::history::run(args).await,
+        Command::Causes(args) => commands::causes::run(args).await,
+        Command::Slowest(args) => commands::slowest::run(args).await,
+        Command::Regressions(args) => commands::regressions::run(args).await,
         Command::Export(args) => commands::export::run(args).await,
         Command::Import(args) => commands::import::run(args).await,
         Command::Watch(args) => {
-            crate::watch::watch(&args.grpc_addr, &args.session, args.token.as_deref()).await?;
+            let project = match &args.project {
+                Some(name) => name.clone(),
+                None => match crate::views::DefaultProject::of_current_directory() {
+                    crate::views::DefaultProject::Directory { name, .. } => name,
+                    _ => String::new(),
+                },
+            };
+            crate::watch::watch(
+                &args.grpc_addr,
+                &args.session,
+                &project,
+                args.token.as_deref(),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(args) => commands::audit::run(args).await,
@@ -160,6 +180,10 @@ fn http_options(args: &HttpArgs, guard: &Guard) -> Option<(SocketAddr, HttpOptio
                 any_host: !args.http_addr.ip().is_loopback() && guard.tokens.is_some(),
                 ui: !args.no_ui,
                 tls: guard.tls.is_some(),
+                default_project: match &args.project {
+                    Some(name) => crate::views::DefaultProject::Named(name.clone()),
+                    None => crate::views::DefaultProject::MostRecent,
+                },
             },
         )
     })
@@ -295,7 +319,17 @@ async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let served = crate::mcp::serve_stdio(store.clone(), guard.gate.clone(), shutdown.clone()).await;
+    let default_project = match &args.project {
+        Some(name) => crate::views::DefaultProject::Named(name.clone()),
+        None => crate::views::DefaultProject::of_current_directory(),
+    };
+    let served = crate::mcp::serve_stdio(
+        store.clone(),
+        guard.gate.clone(),
+        default_project,
+        shutdown.clone(),
+    )
+    .await;
     // Stopped by a signal rather than by the client closing stdin.
     let signalled = shutdown.is_cancelled();
     shutdown.cancel();

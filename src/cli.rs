@@ -45,10 +45,24 @@ pub enum Command {
     Serve(ServeArgs),
     /// Serve MCP on stdin/stdout for an agent that starts this process (plus the gRPC listener).
     Stdio(StdioArgs),
+    /// List the projects recorded, the most recently active first.
+    Projects(ProjectsArgs),
     /// List recent sessions as a table.
     Sessions(SessionsArgs),
     /// Show a session's summary and its failures with tracebacks.
     Show(ShowArgs),
+    /// Tests that passed and failed on the same code lately (as find_flaky_tests).
+    Flaky(FlakyArgs),
+    /// Compare two sessions: new failures, fixed, new causes, slower (as compare_sessions).
+    Compare(CompareArgs),
+    /// One test across the project's sessions, with its verdict (as get_test_history).
+    History(HistoryArgs),
+    /// A session's failures grouped by cause (as get_failure_clusters).
+    Causes(CausesArgs),
+    /// A session's slowest tests (as slowest_tests).
+    Slowest(SlowestArgs),
+    /// Tests that ran much slower than usual (as duration_regressions).
+    Regressions(RegressionsArgs),
     /// Export a session as JSON or JUnit XML.
     Export(ExportArgs),
     /// Replay spool files written by the pytest plugin into the database (idempotent).
@@ -114,12 +128,9 @@ pub struct QuarantineAddArgs {
 /// `quarantine list` options.
 #[derive(Debug, Args)]
 pub struct QuarantineListArgs {
-    /// Database location.
+    /// Database and the project whose entries (its own and those for every project) apply.
     #[command(flatten)]
-    pub db: DbArgs,
-    /// Only the entries that apply to this project.
-    #[arg(long)]
-    pub project: Option<String>,
+    pub scope: ScopeArgs,
     /// Show expired entries too.
     #[arg(long)]
     pub all: bool,
@@ -269,7 +280,12 @@ pub struct WatchArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
-    /// A session id, or `latest`.
+    /// The project whose `latest` to follow [default: the project of the
+    /// current directory, found as pytest finds its rootdir].
+    #[arg(long, env = "PYTEST_MCP_PROJECT", value_name = "NAME")]
+    pub project: Option<String>,
+    /// A session id (or its first 8+ hex digits), or `latest`: the
+    /// project's running session, else the next one to start.
     #[arg(default_value = "latest")]
     pub session: String,
 }
@@ -363,6 +379,10 @@ pub struct HttpArgs {
     /// A browser origin allowed to call the MCP endpoint besides loopback ones, as scheme://host:port (repeatable).
     #[arg(long = "allow-origin", env = "PYTEST_MCP_ALLOW_ORIGIN", value_delimiter = ',', value_name = "ORIGIN", value_parser = parse_origin)]
     pub allow_origins: Vec<String>,
+    /// The project MCP reads and the pages are about when they name none
+    /// [default: the most recently active project].
+    #[arg(long, env = "PYTEST_MCP_PROJECT", value_name = "NAME")]
+    pub project: Option<String>,
     /// Most MCP HTTP sessions open at once; more get 503.
     #[arg(long, env = "PYTEST_MCP_MAX_SESSIONS", default_value_t = 64)]
     pub max_sessions: usize,
@@ -383,6 +403,10 @@ pub struct StdioArgs {
     /// Serve MCP only, without the gRPC listener.
     #[arg(long)]
     pub no_grpc: bool,
+    /// The project MCP reads are about when they name none [default: the
+    /// project of the current directory, found as pytest finds its rootdir].
+    #[arg(long, env = "PYTEST_MCP_PROJECT", value_name = "NAME")]
+    pub project: Option<String>,
     /// Durability of each commit.
     #[arg(long, env = "PYTEST_MCP_SYNC", value_enum, default_value = "normal")]
     pub sync: SyncMode,
@@ -404,32 +428,179 @@ fn parse_origin(text: &str) -> Result<String, String> {
     crate::mcp::http::check_origin(text).map(|()| text.to_string())
 }
 
-/// `sessions` options.
-#[derive(Debug, Args)]
-pub struct SessionsArgs {
+/// How a reading command prints what it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people: the text the MCP tool answers with.
+    Text,
+    /// For programs: the MCP tool's structured result, as JSON.
+    Json,
+}
+
+/// The database and the project a reading command reads; shared by them all.
+#[derive(Debug, Clone, Args)]
+pub struct ScopeArgs {
     /// Database location.
     #[command(flatten)]
     pub db: DbArgs,
+    /// The project (its rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively) [default: the project of the current
+    /// directory, found as pytest finds its rootdir].
+    #[arg(long, env = "PYTEST_MCP_PROJECT", value_name = "NAME")]
+    pub project: Option<String>,
+}
+
+impl ScopeArgs {
+    /// The project reads default to when `--project` names none.
+    pub fn default_project(&self) -> crate::views::DefaultProject {
+        crate::views::DefaultProject::of_current_directory()
+    }
+}
+
+/// Options of the commands that render a view.
+#[derive(Debug, Clone, Args)]
+pub struct ViewArgs {
+    /// Database and project.
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+/// `projects` options.
+#[derive(Debug, Args)]
+pub struct ProjectsArgs {
+    /// Database and project.
+    #[command(flatten)]
+    pub view: ViewArgs,
+}
+
+/// `sessions` options.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// Database and project.
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// How many sessions to show.
     #[arg(long, short = 'n', default_value_t = 20)]
     pub limit: usize,
     /// Only sessions with this status.
     #[arg(long, value_parser = parse_status)]
     pub status: Option<crate::model::SessionStatus>,
-    /// Only sessions of this project.
-    #[arg(long)]
-    pub project: Option<String>,
+    /// Every project's sessions, not only one project's.
+    #[arg(long, conflicts_with = "project")]
+    pub all_projects: bool,
 }
 
 /// `show` options.
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// Database location.
+    /// Database and project.
     #[command(flatten)]
-    pub db: DbArgs,
-    /// A session id, or `latest`.
+    pub scope: ScopeArgs,
+    /// A session id (or its first 8+ hex digits), or `latest` of the project.
     #[arg(default_value = "latest")]
     pub session: String,
+    /// Most failures to print with their tracebacks; the rest are counted.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: usize,
+}
+
+/// `flaky` options.
+#[derive(Debug, Args)]
+pub struct FlakyArgs {
+    /// Database, project and format.
+    #[command(flatten)]
+    pub view: ViewArgs,
+    /// How many of the project's newest sessions to look at (at most 1000).
+    #[arg(long, default_value_t = 30)]
+    pub window: u32,
+    /// Most tests to list (at most 100).
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: u32,
+}
+
+/// `compare` options.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Database, project and format.
+    #[command(flatten)]
+    pub view: ViewArgs,
+    /// The older session [default: the one before HEAD, on its branch when it has one].
+    pub base: Option<String>,
+    /// The newer session [default: latest].
+    pub head: Option<String>,
+    /// Most entries per list (at most 500).
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub limit: u32,
+}
+
+/// `history` options.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Database, project and format.
+    #[command(flatten)]
+    pub view: ViewArgs,
+    /// The test's pytest node id.
+    pub nodeid: String,
+    /// Most runs to list, newest first (at most 200).
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: u32,
+    /// How many of the newest pass/fail runs the verdict is based on (at most 1000).
+    #[arg(long, default_value_t = 50)]
+    pub window: u32,
+}
+
+/// `causes` options.
+#[derive(Debug, Args)]
+pub struct CausesArgs {
+    /// Database, project and format.
+    #[command(flatten)]
+    pub view: ViewArgs,
+    /// A session id (or its first 8+ hex digits), or `latest` of the project.
+    #[arg(default_value = "latest")]
+    pub session: String,
+    /// Most causes to list, the largest first (at most 100).
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: u32,
+}
+
+/// `slowest` options.
+#[derive(Debug, Args)]
+pub struct SlowestArgs {
+    /// Database, project and format.
+    #[command(flatten)]
+    pub view: ViewArgs,
+    /// A session id (or its first 8+ hex digits), or `latest` of the project.
+    #[arg(default_value = "latest")]
+    pub session: String,
+    /// How many tests (at most 100).
+    #[arg(long, short = 'n', default_value_t = 10)]
+    pub limit: u32,
+}
+
+/// `regressions` options.
+#[derive(Debug, Args)]
+pub struct RegressionsArgs {
+    /// Database, project and format.
+    #[command(flatten)]
+    pub view: ViewArgs,
+    /// A session id (or its first 8+ hex digits), or `latest` of the project.
+    #[arg(default_value = "latest")]
+    pub session: String,
+    /// Slower means more than this many times a test's median...
+    #[arg(long, default_value_t = 3.0)]
+    pub ratio: f64,
+    /// ...and more than this many seconds over it.
+    #[arg(long, default_value_t = 0.25)]
+    pub floor: f64,
+    /// Earlier sessions (same project and branch) whose passing runs make the median.
+    #[arg(long, default_value_t = 10)]
+    pub window: u32,
+    /// Most tests to list (at most 200).
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: u32,
 }
 
 /// Export formats.

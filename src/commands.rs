@@ -2,15 +2,27 @@
 //! long-running servers (`serve`, `stdio`) are wired in [`crate::app`].
 
 pub mod audit;
+pub mod causes;
+pub mod compare;
 pub mod export;
+pub mod flaky;
+pub mod history;
 pub mod import;
 pub mod pin;
+pub mod projects;
 pub mod prune;
 pub mod quarantine;
+pub mod regressions;
 pub mod sessions;
 pub mod show;
+pub mod slowest;
 
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::cli::{Format, ScopeArgs};
 use crate::store::{Location, Store, StoreConfig};
+use crate::views::Scope;
 use anyhow::{Context, bail};
 
 /// Opens (creating if needed) the store; the error names the database
@@ -32,6 +44,31 @@ pub async fn open_existing(location: Location) -> anyhow::Result<Store> {
         );
     }
     open_store(StoreConfig::new(location)).await
+}
+
+/// Opens the database of a reading command and finds the project it reads.
+pub async fn open_scope(args: &ScopeArgs) -> anyhow::Result<(Store, Scope)> {
+    let store = open_existing(args.db.location()?).await?;
+    let scope = Scope::resolve(&store, args.project.as_deref(), &args.default_project()).await?;
+    Ok((store, scope))
+}
+
+/// Prints a view as its text rendering or as the JSON of the MCP tool's
+/// structured result.
+pub fn print_view<V: serde::Serialize>(
+    format: Format,
+    view: &V,
+    text: String,
+) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Text => writeln!(out, "{text}")?,
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, view)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `2026-11-24 09:14:38` (UTC).

@@ -26,6 +26,7 @@ use crate::auth::{Grant, Tokens};
 use crate::error::Error;
 use crate::model::{SessionRef, SessionStatus, Timestamp, parse_session_id};
 use crate::store::{OutcomeFilter, SessionFilter, Store};
+use crate::views::{DefaultProject, Scope};
 
 /// Generated protobuf types and service traits for `pytest_mcp.v1`.
 #[allow(missing_docs, clippy::all)]
@@ -58,6 +59,82 @@ impl RecorderService {
     /// A service over `store`; open streams end when `shutdown` is cancelled.
     pub fn new(store: Store, shutdown: CancellationToken) -> Self {
         Self { store, shutdown }
+    }
+
+    /// The project a read names (an unknown one is NOT_FOUND naming the
+    /// ones there are), else the most recently active one.
+    async fn scope(&self, project: Option<&str>) -> Result<Scope, Error> {
+        Scope::resolve(&self.store, project, &DefaultProject::MostRecent).await
+    }
+
+    /// A session argument, `latest` of `project` when one is named (the
+    /// newest of any project when not), with the scope it was read in.
+    async fn session_ref(
+        &self,
+        text: &str,
+        project: String,
+    ) -> Result<(SessionRef, Option<Scope>), Error> {
+        let session = SessionRef::parse(text, "session_id")?;
+        // An id names the same session in every project.
+        let latest = matches!(session, SessionRef::Latest(_));
+        match opt(project).filter(|_| latest) {
+            Some(name) => {
+                let scope = self.scope(Some(&name)).await?;
+                Ok((session.scoped(&scope.project), Some(scope)))
+            }
+            None => Ok((session, None)),
+        }
+    }
+
+    /// The newest session of `project` (any project when empty), which need
+    /// not have a session yet: what a watch for the next session waits on.
+    async fn latest_of(&self, project: String) -> Result<SessionRef, Error> {
+        match opt(project) {
+            Some(name) => {
+                let scope = Scope::resolve(&self.store, None, &DefaultProject::Named(name)).await?;
+                Ok(SessionRef::Latest(Some(scope.project)))
+            }
+            None => Ok(SessionRef::Latest(None)),
+        }
+    }
+
+    /// Waits for a session newer than `latest` names now, and returns it.
+    async fn next_session(
+        &self,
+        latest: SessionRef,
+        events: &mut broadcast::Receiver<crate::store::StoreEvent>,
+    ) -> Result<crate::model::Session, Error> {
+        let before = match self.store.get_session(latest.clone()).await {
+            Ok(s) => Some(s.id),
+            Err(Error::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    return Err(Error::Unavailable("the server is shutting down".into()));
+                }
+                event = events.recv() => match event {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(Error::Unavailable("the store closed".into()));
+                    }
+                },
+            }
+            match self.store.get_session(latest.clone()).await {
+                Ok(s) if Some(s.id) != before => return Ok(s),
+                Ok(_) | Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Says which projects there are when `latest` of a named one finds nothing.
+fn explain(scope: Option<&Scope>, e: Error) -> Error {
+    match scope {
+        Some(scope) => scope.explain(e),
+        None => e,
     }
 }
 
@@ -216,8 +293,12 @@ impl pb::recorder_server::Recorder for RecorderService {
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let req = request.into_inner();
-        let session_ref = SessionRef::parse(&req.session_id, "session_id")?;
-        let session = self.store.get_session(session_ref).await?;
+        let (session_ref, scope) = self.session_ref(&req.session_id, req.project).await?;
+        let session = self
+            .store
+            .get_session(session_ref)
+            .await
+            .map_err(|e| explain(scope.as_ref(), e))?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(convert::session_to_pb(&session)),
         }))
@@ -234,10 +315,12 @@ impl pb::recorder_server::Recorder for RecorderService {
             .enumerate()
             .map(|(i, s)| convert::status_from_pb(*s, &format!("status[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        let filter = SessionFilter {
-            statuses,
-            project: opt(req.project),
+        // Empty: a listing of every project's sessions, each naming its own.
+        let project = match opt(req.project) {
+            Some(name) => Some(self.scope(Some(&name)).await?.project),
+            None => None,
         };
+        let filter = SessionFilter { statuses, project };
         let page = self
             .store
             .list_sessions(
@@ -257,7 +340,7 @@ impl pb::recorder_server::Recorder for RecorderService {
         request: Request<pb::ListOutcomesRequest>,
     ) -> Result<Response<pb::ListOutcomesResponse>, Status> {
         let req = request.into_inner();
-        let session_ref = SessionRef::parse(&req.session_id, "session_id")?;
+        let (session_ref, scope) = self.session_ref(&req.session_id, req.project).await?;
         let outcomes = req
             .outcomes
             .iter()
@@ -276,7 +359,8 @@ impl pb::recorder_server::Recorder for RecorderService {
                 page_size(req.page_size, 100, 10_000),
                 opt(req.page_token),
             )
-            .await?;
+            .await
+            .map_err(|e| explain(scope.as_ref(), e))?;
         let id = session.id.to_string();
         Ok(Response::new(pb::ListOutcomesResponse {
             outcomes: page
@@ -293,10 +377,12 @@ impl pb::recorder_server::Recorder for RecorderService {
         request: Request<pb::GetTestHistoryRequest>,
     ) -> Result<Response<pb::GetTestHistoryResponse>, Status> {
         let req = request.into_inner();
+        let scope = self.scope(opt(req.project).as_deref()).await?;
         let page = self
             .store
             .test_history(
                 req.nodeid,
+                &scope.project,
                 page_size(req.page_size, 50, 1000),
                 opt(req.page_token),
             )
@@ -339,11 +425,20 @@ impl pb::recorder_server::Recorder for RecorderService {
         request: Request<pb::WatchSessionRequest>,
     ) -> Result<Response<Self::WatchSessionStream>, Status> {
         let req = request.into_inner();
-        let session_ref = SessionRef::parse(&req.session_id, "session_id")?;
+        let next = req.session_id.trim().eq_ignore_ascii_case("next");
         // Subscribe before reading what is stored, so nothing committed in
         // between is missed.
-        let events = self.store.subscribe();
-        let session = self.store.get_session(session_ref).await?;
+        let mut events = self.store.subscribe();
+        let session = if next {
+            let latest = self.latest_of(req.project).await?;
+            self.next_session(latest, &mut events).await?
+        } else {
+            let (session_ref, scope) = self.session_ref(&req.session_id, req.project).await?;
+            self.store
+                .get_session(session_ref)
+                .await
+                .map_err(|e| explain(scope.as_ref(), e))?
+        };
         let (tx, rx) = mpsc::channel(64);
         let watcher = Watcher {
             store: self.store.clone(),

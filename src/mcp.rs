@@ -29,7 +29,6 @@ mod listen;
 mod prompts;
 mod resources;
 mod tools;
-pub mod views;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -55,6 +54,7 @@ use crate::error::Error;
 use crate::model::Timestamp;
 use crate::policy::{Decision, Gate};
 use crate::store::{AuditEntry, Store};
+use crate::views::{DefaultProject, Scope};
 
 pub use listen::Listeners;
 
@@ -80,6 +80,8 @@ pub struct PytestMcp {
     shutdown: CancellationToken,
     gate: Arc<Gate>,
     transport: Transport,
+    /// The project reads are about when they name none.
+    default_project: Arc<DefaultProject>,
 }
 
 /// The transport a handler serves, for the grant of calls that carry no
@@ -110,6 +112,7 @@ impl PytestMcp {
         gate: Arc<Gate>,
         transport: Transport,
         listeners: Arc<Listeners>,
+        default_project: Arc<DefaultProject>,
     ) -> Self {
         Self {
             store,
@@ -119,7 +122,13 @@ impl PytestMcp {
             listeners,
             gate,
             transport,
+            default_project,
         }
+    }
+
+    /// The project a read is about: `given`, else this server's default.
+    async fn scope(&self, given: Option<&str>) -> Result<Scope, Error> {
+        Scope::resolve(&self.store, given, &self.default_project).await
     }
 
     /// The names of every tool the server has, sorted; what a policy file
@@ -233,11 +242,14 @@ fn protocol_error(e: Error) -> ErrorData {
     }
 }
 
-const INSTRUCTIONS: &str = "pytest-mcp records pytest runs. To find out what happened: \
-get_session (default latest), get_failure_clusters (many failures grouped by cause: start \
+const INSTRUCTIONS: &str = "pytest-mcp records pytest runs, by project (the rootdir's name). Every \
+read is about one project: the `project` argument, else the server's (the directory stdio was \
+started in, or the most recently active one); list_projects names them. To find out what \
+happened: get_session (default latest), get_failure_clusters (many failures grouped by cause: start \
 there when many tests fail), get_failures (tracebacks and a rerun command), \
 compare_sessions (new failures vs. the previous run), get_test_history and find_flaky_tests \
-(is it flaky?), slowest_tests. To record a run yourself: record_session_start, \
+(is it flaky? only when it passed and failed on the same code), slowest_tests. Session ids may \
+be shortened to their first 8 hex digits. To record a run yourself: record_session_start, \
 record_test_outcome for each test, record_session_finish. To keep a known-broken test from \
 failing runs while it is fixed: quarantine_test (release_test ends it; list_quarantine). Resources pytest://sessions/latest, \
 pytest://sessions/{id} and pytest://sessions/{id}/failures tell of each change while a run \
@@ -268,8 +280,12 @@ impl ServerHandler for PytestMcp {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // A handshake-era client: tell it of new sessions from now on.
-        self.subscriptions
-            .start(&self.store, context.peer, &self.shutdown);
+        self.subscriptions.start(
+            &self.store,
+            &self.default_project,
+            context.peer,
+            &self.shutdown,
+        );
     }
 
     fn accepted_subscription_filter(
@@ -280,7 +296,7 @@ impl ServerHandler for PytestMcp {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
-        listen::run(&self.store, &self.listeners, context).await
+        listen::run(&self.store, &self.default_project, &self.listeners, context).await
     }
 
     async fn call_tool(
@@ -391,7 +407,7 @@ impl ServerHandler for PytestMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let mut result = resources::list(&self.store).await?;
+        let mut result = resources::list(&self.store, &self.default_project).await?;
         if cache_hinted(&context) {
             // It names running sessions, and a new one may start any moment.
             result.ttl_ms = Some(0);
@@ -439,7 +455,13 @@ impl ServerHandler for PytestMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         self.subscriptions
-            .subscribe(&self.store, &request.uri, context.peer, &self.shutdown)
+            .subscribe(
+                &self.store,
+                &self.default_project,
+                &request.uri,
+                context.peer,
+                &self.shutdown,
+            )
             .await
     }
 
@@ -480,11 +502,18 @@ impl ServerHandler for PytestMcp {
 pub async fn serve_stdio(
     store: Store,
     gate: Arc<Gate>,
+    default_project: DefaultProject,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listeners = Listeners::new(shutdown.clone());
     let stop = listeners.transport_token();
-    let handler = PytestMcp::new(store, gate, Transport::Stdio, listeners);
+    let handler = PytestMcp::new(
+        store,
+        gate,
+        Transport::Stdio,
+        listeners,
+        Arc::new(default_project),
+    );
     let service = match handler.serve_with_ct(rmcp::transport::stdio(), stop).await {
         Ok(service) => service,
         // Stopped (a signal) before the client initialized: not an error.

@@ -255,6 +255,20 @@ pub struct Environment {
     pub code_state: String,
 }
 
+impl Environment {
+    /// The code the run tested, as flakiness compares it: the code state
+    /// the plugin recorded, or for a client that sends none, the commit of
+    /// a checkout known to be clean. `None` when unknown: a dirty tree's
+    /// commit alone does not say what code ran.
+    pub fn code_identity(&self) -> Option<&str> {
+        if !self.code_state.is_empty() {
+            return Some(&self.code_state);
+        }
+        (self.git_dirty == Some(false) && !self.git_commit.is_empty())
+            .then_some(self.git_commit.as_str())
+    }
+}
+
 /// pytest's end-of-run counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -641,23 +655,176 @@ fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-/// Names a session: by id, or the most recently started one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A project as the store knows it: the rootdir name the plugin records.
+/// Names match case-insensitively, so one project may have been recorded
+/// under several spellings; every read of it covers them all.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Project {
+    /// Its name as shown: the spelling of its newest session, or the name
+    /// asked for when no session has it yet.
+    pub name: String,
+    /// Every spelling its sessions were recorded under (empty when none was).
+    pub spellings: Vec<String>,
+}
+
+impl Project {
+    /// A project known only by name (no session recorded under it yet, or
+    /// the caller knows its one spelling).
+    pub fn named(name: impl Into<String>) -> Self {
+        let name = name.into();
+        Project {
+            spellings: vec![name.clone()],
+            name,
+        }
+    }
+
+    /// Whether a session recorded under `project` belongs to this one.
+    pub fn holds(&self, project: &str) -> bool {
+        self.spellings.iter().any(|s| s == project)
+    }
+}
+
+impl fmt::Display for Project {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() {
+            f.write_str("(no project)")
+        } else {
+            f.write_str(&self.name)
+        }
+    }
+}
+
+/// Fewest hex digits a shortened session id may have: the pages print eight.
+pub const MIN_ID_PREFIX: usize = 8;
+
+/// The start of a session id: every id between `lo` and `hi` begins with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPrefix {
+    /// The hex digits given, lower case, without hyphens.
+    pub digits: String,
+    /// The smallest id with this prefix.
+    pub lo: Uuid,
+    /// The largest id with this prefix.
+    pub hi: Uuid,
+}
+
+impl IdPrefix {
+    /// Parses `8`-`31` hex digits (hyphens where a UUID has them are
+    /// allowed); `None` when `text` is not such a prefix.
+    pub fn parse(text: &str) -> Option<IdPrefix> {
+        let digits: String = text
+            .chars()
+            .filter(|c| *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if digits.len() < MIN_ID_PREFIX
+            || digits.len() >= 32
+            || !digits.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return None;
+        }
+        // Hyphens only where the UUID's own are (after digits 8, 12, 16, 20).
+        let mut seen = 0;
+        for c in text.chars() {
+            if c == '-' {
+                if ![8, 12, 16, 20].contains(&seen) {
+                    return None;
+                }
+            } else {
+                seen += 1;
+            }
+        }
+        let pad = |fill: char| {
+            let full: String = digits
+                .chars()
+                .chain(std::iter::repeat(fill))
+                .take(32)
+                .collect();
+            Uuid::parse_str(&full).ok()
+        };
+        Some(IdPrefix {
+            lo: pad('0')?,
+            hi: pad('f')?,
+            digits,
+        })
+    }
+}
+
+/// Names a session: by id, by the start of its id, or the most recently
+/// started one (of a project).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionRef {
     /// A session by UUID.
     Id(Uuid),
-    /// The most recently started session.
-    Latest,
+    /// The one session whose id starts with these digits.
+    Prefix(IdPrefix),
+    /// The most recently started session of a project; of every project
+    /// when `None` (which is the latest of the most recently active project).
+    Latest(Option<Project>),
 }
 
 impl SessionRef {
-    /// Parses `latest` or a UUID, naming `field` when neither.
+    /// Parses `latest`, a UUID, or the start of one (at least
+    /// [`MIN_ID_PREFIX`] hex digits), naming `field` when it is none of these.
     pub fn parse(text: &str, field: &str) -> Result<Self, Error> {
+        let text = text.trim();
         if text.eq_ignore_ascii_case("latest") {
-            Ok(SessionRef::Latest)
-        } else {
-            parse_session_id(text, field).map(SessionRef::Id)
+            return Ok(SessionRef::Latest(None));
         }
+        if let Ok(id) = Uuid::parse_str(text) {
+            return Ok(SessionRef::Id(id));
+        }
+        if let Some(prefix) = IdPrefix::parse(text) {
+            return Ok(SessionRef::Prefix(prefix));
+        }
+        if text.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        Err(Error::invalid(
+            field,
+            format!(
+                "{text:?} is not a session: give `latest`, a session id, or the start of one \
+                 ({MIN_ID_PREFIX} hex digits or more, as the pages and `pytest-mcp sessions` print them)"
+            ),
+        ))
+    }
+
+    /// `latest` of `project`; an id or a prefix names the same session in any project.
+    pub fn scoped(self, project: &Project) -> Self {
+        match self {
+            SessionRef::Latest(_) => SessionRef::Latest(Some(project.clone())),
+            other => other,
+        }
+    }
+
+    /// The error for a reference that names no stored session, naming `field`.
+    pub fn not_found(&self, field: &str) -> Error {
+        match self {
+            SessionRef::Id(id) => Error::not_found(field, format!("no session {id}")),
+            SessionRef::Prefix(p) => {
+                Error::not_found(field, format!("no session id starts with {}", p.digits))
+            }
+            SessionRef::Latest(None) => Error::not_found(field, "no sessions are recorded yet"),
+            SessionRef::Latest(Some(p)) => {
+                Error::not_found(field, format!("no session of project {p} is recorded yet"))
+            }
+        }
+    }
+
+    /// The error for a prefix that more than one stored session id starts with.
+    pub fn ambiguous(&self, field: &str, ids: &[Uuid]) -> Error {
+        let digits = match self {
+            SessionRef::Prefix(p) => p.digits.as_str(),
+            _ => "",
+        };
+        let shown: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        Error::invalid(
+            field,
+            format!(
+                "{digits} starts more than one session id ({}); give more of it",
+                shown.join(", ")
+            ),
+        )
     }
 }
 
@@ -665,7 +832,8 @@ impl fmt::Display for SessionRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SessionRef::Id(id) => write!(f, "{id}"),
-            SessionRef::Latest => f.write_str("latest"),
+            SessionRef::Prefix(p) => f.write_str(&p.digits),
+            SessionRef::Latest(_) => f.write_str("latest"),
         }
     }
 }

@@ -211,7 +211,8 @@ pub async fn import_file_as(
                             order: next,
                             ..Default::default()
                         });
-                        ensure_session(store, id, state, Some((started_at, environment)), source).await
+                        ensure_session(store, id, state, Some((started_at, environment)), source)
+                            .await
                     }
                     Err(e) => Err(e),
                 }

@@ -13,13 +13,14 @@
 //! Every write resolves only after it has committed; [`StoreEvent`]s are sent
 //! after commit too.
 
-mod analysis;
+pub(crate) mod analysis;
 mod audit;
 pub mod backend;
 mod blob;
 mod budget;
 pub mod changes;
 pub mod codes;
+pub mod counters;
 pub mod detail;
 pub mod digest;
 pub mod fingerprint;
@@ -37,19 +38,19 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 pub use analysis::{
-    Causes, ChangedCauses, ComparedTest, Comparison, Described, DurationChange, Final, FlakyTest,
-    Regression, RegressionRule, Regressions, Run, Stability, Verdict, flakiness_verdict,
-    regressions_of, stability_of,
+    Causes, Change, ChangedCauses, ComparedTest, Comparison, Described, DurationChange, Evidence,
+    Final, FlakyTest, Regression, RegressionRule, Regressions, Run, RunSession, Stability, Verdict,
+    flakiness_verdict, regressions_of, stability_of,
 };
 pub use audit::AuditEntry;
-pub use backend::{Backend, SessionMeta, StorageStats};
+pub use backend::{Backend, ProjectActivity, SessionMeta, StorageStats};
 pub use location::{Location, PgUrl};
 pub use sqlite::{SCHEMA_VERSION, Sync};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    DEFAULT_MAX_FIELD_BYTES, Environment, Outcome, Session, SessionRef, SessionStatus, Source,
-    Summary, TestOutcome, Timestamp,
+    DEFAULT_MAX_FIELD_BYTES, Environment, Outcome, Project, Session, SessionRef, SessionStatus,
+    Source, Summary, TestOutcome, Timestamp,
 };
 use budget::ByteBudget;
 use rules::NewSession;
@@ -105,8 +106,8 @@ pub struct StoreEvent {
 pub struct SessionFilter {
     /// Only these statuses; empty means all.
     pub statuses: Vec<SessionStatus>,
-    /// Only this project.
-    pub project: Option<String>,
+    /// Only this project (each of its spellings); every project when `None`.
+    pub project: Option<Project>,
 }
 
 /// Filters for [`Store::list_outcomes`].
@@ -125,6 +126,49 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Opaque cursor for the next page.
     pub next: Option<String>,
+}
+
+/// A project and how active it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectSummary {
+    /// The project, with every spelling of its name.
+    pub project: Project,
+    /// Sessions recorded of it.
+    pub sessions: u64,
+    /// The start of its newest session.
+    pub last_started: Timestamp,
+}
+
+impl ProjectSummary {
+    /// Groups spellings that match case-insensitively; the newest
+    /// session's spelling names the group. The most recently active first.
+    pub fn group(activity: Vec<ProjectActivity>) -> Vec<ProjectSummary> {
+        let mut groups: Vec<(String, ProjectSummary)> = Vec::new();
+        let mut sorted = activity;
+        sorted.sort_by(|a, b| {
+            b.last_started
+                .cmp(&a.last_started)
+                .then(a.name.cmp(&b.name))
+        });
+        for a in sorted {
+            let key = a.name.to_lowercase();
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, g)) => {
+                    g.project.spellings.push(a.name);
+                    g.sessions += a.sessions;
+                }
+                None => groups.push((
+                    key,
+                    ProjectSummary {
+                        project: Project::named(a.name),
+                        sessions: a.sessions,
+                        last_started: a.last_started,
+                    },
+                )),
+            }
+        }
+        groups.into_iter().map(|(_, g)| g).collect()
+    }
 }
 
 /// One entry of a test's history.
@@ -199,15 +243,14 @@ impl Store {
         self.backend().ping().await
     }
 
-    /// Decides a policy-gated call against counters shared through the
-    /// database (see [`Backend::count_calls`]); `None` when each process
-    /// counts its own.
+    /// Runs `update` on call counters shared through the database (see
+    /// [`Backend::count_calls`]); `None` when each process counts its own.
     pub fn count_calls(
         &self,
-        keys: Vec<crate::policy::gate::Key>,
-        decide: crate::policy::gate::Decide,
-    ) -> Option<backend::Fut<crate::policy::Decision>> {
-        self.backend().count_calls(keys, decide)
+        keys: Vec<counters::Key>,
+        update: counters::Update,
+    ) -> Option<backend::Fut<()>> {
+        self.backend().count_calls(keys, update)
     }
 
     /// The bound for large text fields, in bytes.
@@ -414,16 +457,27 @@ impl Store {
         Ok(page.items)
     }
 
-    /// One test's outcomes across sessions, newest session first; its
-    /// subtests' outcomes are included, labelled.
+    /// One test's outcomes across the sessions of `project`, newest
+    /// session first; its subtests' outcomes are included, labelled.
     pub async fn test_history(
         &self,
         nodeid: String,
+        project: &Project,
         limit: usize,
         cursor: Option<String>,
     ) -> Result<Page<HistoryEntry>> {
         crate::model::validate_nodeid(&nodeid, "nodeid")?;
-        self.backend().test_history(nodeid, limit, cursor).await
+        self.backend()
+            .test_history(nodeid, project.clone(), limit, cursor)
+            .await
+    }
+
+    /// Every project the database holds sessions of, each once however
+    /// many spellings of its name were recorded (names match
+    /// case-insensitively), the most recently active first.
+    pub async fn projects(&self) -> Result<Vec<ProjectSummary>> {
+        let activity = self.backend().projects().await?;
+        Ok(ProjectSummary::group(activity))
     }
 
     /// How large the stored data is.

@@ -53,9 +53,29 @@ impl Tally {
     }
 }
 
-/// Follows `session` (an id or `latest`) on the server at `addr` until it
+/// `request` with the bearer `token`, when there is one.
+fn with_token<T>(
+    mut request: tonic::Request<T>,
+    token: Option<&str>,
+) -> anyhow::Result<tonic::Request<T>> {
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--token: not usable in a gRPC header"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
+/// Follows `session` (an id, or `latest` of `project`: its running
+/// session, else the next one to start) on the server at `addr` until it
 /// ends, authenticating with `token` when given.
-pub async fn watch(addr: &str, session: &str, token: Option<&str>) -> anyhow::Result<()> {
+pub async fn watch(
+    addr: &str,
+    session: &str,
+    project: &str,
+    token: Option<&str>,
+) -> anyhow::Result<()> {
     let url = format!("http://{addr}");
     let mut client = pb::recorder_client::RecorderClient::connect(url)
         .await
@@ -64,15 +84,41 @@ pub async fn watch(addr: &str, session: &str, token: Option<&str>) -> anyhow::Re
                 "--grpc-addr: cannot reach the recorder at {addr}; is `pytest-mcp serve` running?"
             )
         })?;
-    let mut request = tonic::Request::new(pb::WatchSessionRequest {
-        session_id: session.to_string(),
-    });
-    if let Some(token) = token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--token: not usable in a gRPC header"))?;
-        request.metadata_mut().insert("authorization", value);
+    let authorized = |request| with_token(request, token);
+    let mut session = session.to_string();
+    if session.eq_ignore_ascii_case("latest") {
+        // A finished run is not what a person starting `watch` before their
+        // next run wants to see: wait for the next one instead.
+        let latest = client
+            .get_session(authorized(tonic::Request::new(pb::GetSessionRequest {
+                session_id: "latest".into(),
+                project: project.to_string(),
+            }))?)
+            .await;
+        session = match latest {
+            Ok(r) => match r.into_inner().session {
+                Some(s) if s.status() == pb::SessionStatus::Running => s.id,
+                _ => "next".into(),
+            },
+            Err(s) if s.code() == tonic::Code::NotFound => "next".into(),
+            Err(s) => anyhow::bail!("{}", s.message()),
+        };
+        if session == "next" {
+            let whose = if project.is_empty() {
+                String::new()
+            } else {
+                format!(" of project {project}")
+            };
+            eprintln!("pytest-mcp: waiting for the next session{whose} to start…");
+        }
     }
+    let request = with_token(
+        tonic::Request::new(pb::WatchSessionRequest {
+            session_id: session,
+            project: project.to_string(),
+        }),
+        token,
+    )?;
     let mut events = client
         .watch_session(request)
         .await

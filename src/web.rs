@@ -30,12 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Tokens;
 use crate::error::Error;
-use crate::mcp::views::{
-    ComparisonView, EnvironmentView, FailureView, SessionView, SlowestView, StabilityView,
-    rerun_command,
-};
 use crate::model::{SessionRef, SessionStatus, TestOutcome};
-use crate::store::{OutcomeFilter, RegressionRule, SessionFilter, Store, flakiness_verdict};
+use crate::store::{OutcomeFilter, SessionFilter, Store};
+use crate::views::{self, DefaultProject, EnvironmentView, Scope, SessionView};
 use components::Cell;
 
 /// The policy every page is sent with: only this server's own script and
@@ -61,9 +58,9 @@ const CAUSES_SHOWN: usize = 50;
 const PAGE: usize = 50;
 const OUTCOMES_PAGE: usize = 100;
 /// Failures shown in full on a session's page.
-const FAILURES_SHOWN: usize = 100;
+const FAILURES_SHOWN: u32 = 100;
 /// Runs on a test's page; runs per flaky test's strip.
-const HISTORY_RUNS: usize = 100;
+const HISTORY_RUNS: u32 = 100;
 const STRIP_RUNS: usize = 30;
 
 /// How the pages are guarded.
@@ -77,6 +74,8 @@ pub struct WebOptions {
     pub allowed_origins: Vec<String>,
     /// Mark the cookie `Secure` (the listener is HTTPS).
     pub secure_cookie: bool,
+    /// The project a page shows when its address names none.
+    pub default_project: DefaultProject,
 }
 
 #[derive(Clone)]
@@ -84,6 +83,18 @@ struct Web {
     store: Store,
     options: Arc<WebOptions>,
     shutdown: CancellationToken,
+}
+
+impl Web {
+    /// The project a page is about: the one its address names, else the default.
+    async fn scope(&self, project: &str) -> Result<Scope, Error> {
+        Scope::resolve(
+            &self.store,
+            Some(project).filter(|p| !p.trim().is_empty()),
+            &self.options.default_project,
+        )
+        .await
+    }
 }
 
 /// The pages' routes, guarded as the module says.
@@ -330,23 +341,25 @@ struct ListQuery {
 async fn sessions_page(State(web): State<Web>, Query(q): Query<ListQuery>) -> Response {
     page(
         async {
-            let statuses = match q.status.trim() {
-                "" => Vec::new(),
-                s => vec![s.parse::<SessionStatus>().map_err(|_| {
+            let scope = web.scope(&q.project).await?;
+            let status = match q.status.trim() {
+                "" => None,
+                s => Some(s.parse::<SessionStatus>().map_err(|_| {
                     Error::invalid("status", format!("{s:?} is not a session status"))
-                })?],
+                })?),
             };
-            let filter = SessionFilter {
-                statuses,
-                project: Some(q.project.trim().to_string()).filter(|p| !p.is_empty()),
+            let query = views::SessionsQuery {
+                limit: Some(PAGE as u32),
+                cursor: Some(q.cursor.clone()).filter(|c| !c.is_empty()),
+                status,
             };
-            let cursor = Some(q.cursor.clone()).filter(|c| !c.is_empty());
-            let found = web.store.list_sessions(filter, PAGE, cursor).await?;
+            let found = views::session::list_sessions(&web.store, &scope, &query).await?;
             Ok(pages::sessions(&pages::SessionsPage {
-                sessions: found.items.iter().map(SessionView::from).collect(),
-                project: q.project.clone(),
+                projects: scope.projects_view(),
+                sessions: found.sessions,
+                project: scope.project.name.clone(),
                 status: q.status.clone(),
-                next: found.next,
+                next: found.next_cursor,
             }))
         }
         .await,
@@ -375,14 +388,26 @@ async fn session_page(
     page(
         async {
             let session = SessionRef::parse(&id, "session")?;
-            let failing = OutcomeFilter {
-                outcomes: vec![TestOutcome::Failed, TestOutcome::Error],
-                nodeid_contains: None,
+            let s = web.store.get_session(session).await?;
+            // The session's own project, whatever page led here.
+            let scope = web.scope(&s.environment.project).await?;
+            let id = s.id.to_string();
+            let failing = views::FailuresQuery {
+                session: Some(id.clone()),
+                limit: Some(FAILURES_SHOWN),
+                traceback_bytes: Some(live::TRACEBACK_BYTES as u32),
+                ..views::FailuresQuery::default()
             };
-            let (s, failures) = web
-                .store
-                .list_outcomes(session, failing, FAILURES_SHOWN, None)
-                .await?;
+            let grouped = views::ClustersQuery {
+                session: Some(id.clone()),
+                limit: Some(CAUSES_SHOWN as u32),
+                tests_per_cluster: Some(5),
+                traceback_bytes: Some(200),
+            };
+            let (failures, causes) = tokio::try_join!(
+                views::failures::failures(&web.store, &scope, &failing),
+                views::causes::clusters(&web.store, &scope, &grouped),
+            )?;
             let outcomes =
                 match q.outcome.trim() {
                     "" => Vec::new(),
@@ -400,43 +425,18 @@ async fn session_page(
                 .list_outcomes(SessionRef::Id(s.id), filter, OUTCOMES_PAGE, cursor)
                 .await?;
             let grant = web.store.session_grant(s.id).await.unwrap_or(None);
-            let all = web.store.session_causes(SessionRef::Id(s.id), None).await?;
-            let shown = &all.clusters[..all.clusters.len().min(CAUSES_SHOWN)];
-            let described = web.store.describe(s.id, shown).await?;
-            let known = web
-                .store
-                .known_causes(&s, shown.iter().map(|c| c.key.clone()).collect())
-                .await?;
-            let causes = described
-                .iter()
-                .map(|d| {
-                    let k = known.get(&d.cluster.key);
-                    pages::CauseRow {
-                        cause: d.fingerprint.describe(),
-                        failures: d.cluster.failures(),
-                        tests: d.cluster.tests.len() as u64,
-                        first_seen: k.map(|k| k.first_seen.to_rfc3339()),
-                        sessions: k.map_or(0, |k| k.sessions),
-                    }
-                })
-                .collect();
-            let failures: Vec<FailureView> = failures
-                .items
-                .iter()
-                .map(|o| FailureView::new(o, live::TRACEBACK_BYTES))
-                .collect();
-            let rerun_all = if failures.is_empty() {
+            let rerun_all = if failures.failures.is_empty() {
                 String::new()
             } else {
-                rerun_command(failures.iter().map(|f| f.nodeid.as_str()))
+                failures.rerun_command.clone()
             };
             Ok(pages::session(&pages::SessionPage {
                 session: SessionView::from(&s),
                 environment: EnvironmentView::from(&s.environment),
                 grant,
+                more_failures: failures.next_cursor.is_some(),
                 causes,
-                more_failures: failures.len() >= FAILURES_SHOWN,
-                failures,
+                failures: failures.failures,
                 rerun_all,
                 outcomes: rows
                     .items
@@ -493,55 +493,62 @@ async fn session_events(
 struct TestQuery {
     #[serde(default)]
     nodeid: String,
+    #[serde(default)]
+    project: String,
 }
 
 async fn test_page(State(web): State<Web>, Query(q): Query<TestQuery>) -> Response {
     page(
         async {
+            let scope = web.scope(&q.project).await?;
             let nodeid = q.nodeid.trim().to_string();
-            let history = web
-                .store
-                .test_history(nodeid.clone(), HISTORY_RUNS, None)
-                .await?;
-            let stability = web
-                .store
-                .test_stability(nodeid.clone(), HISTORY_RUNS)
-                .await?;
+            let history = views::history::history(
+                &web.store,
+                &scope,
+                &views::HistoryQuery {
+                    nodeid: nodeid.clone(),
+                    limit: Some(HISTORY_RUNS),
+                    window: Some(HISTORY_RUNS),
+                    cursor: None,
+                },
+            )
+            .await?;
             let mut runs: Vec<pages::TestRun> = history
-                .items
+                .entries
                 .iter()
                 .map(|h| pages::TestRun {
-                    session_id: h.session.id.to_string(),
-                    started_at: h.session.started_at.to_rfc3339(),
-                    outcome: h.outcome.outcome.to_string(),
-                    duration: h.outcome.duration,
-                    subtest: h.outcome.subtest.clone(),
+                    session_id: h.session_id.clone(),
+                    started_at: h.started_at.clone(),
+                    outcome: h.outcome.clone(),
+                    duration: h.duration,
+                    subtest: h.subtest.clone().unwrap_or_default(),
                 })
                 .collect();
             runs.reverse();
             // Distinct messages, newest first (history comes newest first).
             let mut messages: Vec<pages::MessageSeen> = Vec::new();
-            for h in &history.items {
-                if !matches!(h.outcome.outcome, TestOutcome::Failed | TestOutcome::Error) {
+            for h in &history.entries {
+                if !matches!(h.outcome.as_str(), "failed" | "error") {
                     continue;
                 }
-                let when = h.session.started_at.to_rfc3339();
-                let text = first_line(&h.outcome.message);
+                let text = first_line(&h.message);
                 match messages.iter_mut().find(|m| m.message == text) {
                     Some(m) => {
-                        m.first = when;
+                        m.first = h.started_at.clone();
                         m.times += 1;
                     }
                     None => messages.push(pages::MessageSeen {
                         message: text,
-                        first: when.clone(),
-                        last: when,
+                        first: h.started_at.clone(),
+                        last: h.started_at.clone(),
                         times: 1,
                     }),
                 }
             }
             Ok(pages::test(&pages::TestPage {
-                stability: StabilityView::new(&stability, flakiness_verdict(&stability)),
+                projects: scope.projects_view(),
+                project: scope.project.name.clone(),
+                stability: history.stability,
                 nodeid,
                 runs,
                 messages,
@@ -571,14 +578,21 @@ struct FlakyQuery {
 async fn flaky_page(State(web): State<Web>, Query(q): Query<FlakyQuery>) -> Response {
     page(
         async {
-            let window = q.window.unwrap_or(30).clamp(1, 1000);
-            let project = Some(q.project.trim().to_string()).filter(|p| !p.is_empty());
-            let (total, found) = web.store.flaky_tests(window, project, 100).await?;
-            let mut tests = Vec::with_capacity(found.len());
-            for f in &found {
+            let scope = web.scope(&q.project).await?;
+            let found = views::flaky::flaky(
+                &web.store,
+                &scope,
+                &views::FlakyQuery {
+                    window_sessions: q.window.map(|w| w.clamp(1, 1000) as u32),
+                    limit: Some(100),
+                },
+            )
+            .await?;
+            let mut tests = Vec::with_capacity(found.tests.len());
+            for f in &found.tests {
                 let history = web
                     .store
-                    .test_history(f.nodeid.clone(), STRIP_RUNS, None)
+                    .test_history(f.nodeid.clone(), &scope.project, STRIP_RUNS, None)
                     .await?;
                 let runs = history
                     .items
@@ -595,16 +609,18 @@ async fn flaky_page(State(web): State<Web>, Query(q): Query<FlakyQuery>) -> Resp
                     })
                     .collect();
                 tests.push(pages::FlakyRow {
-                    stability: StabilityView::new(&f.stability, f.verdict),
+                    stability: f.stability.clone(),
                     nodeid: f.nodeid.clone(),
                     last_message: first_line(&f.last_message),
+                    quarantined: f.quarantined,
                     runs,
                 });
             }
             Ok(pages::flaky(&pages::FlakyPage {
-                window: window as u64,
-                project: q.project.clone(),
-                total: total as u64,
+                projects: scope.projects_view(),
+                window: found.window_sessions,
+                project: scope.project.name.clone(),
+                total: found.total,
                 tests,
             }))
         }
@@ -618,29 +634,27 @@ struct CompareQuery {
     base: String,
     #[serde(default)]
     head: String,
+    #[serde(default)]
+    project: String,
 }
 
 async fn compare_page(State(web): State<Web>, Query(q): Query<CompareQuery>) -> Response {
     page(
         async {
-            let head = match q.head.trim() {
-                "" => SessionRef::Latest,
-                h => SessionRef::parse(h, "head")?,
-            };
-            let base = match q.base.trim() {
-                "" => web.store.default_base(head).await?,
-                b => SessionRef::parse(b, "base")?,
-            };
-            let c = web.store.compare_sessions(base, head, 1.5, 0.1).await?;
-            let (changed, regressions) = tokio::try_join!(
-                web.store.changed_causes(&c, 100),
-                web.store
-                    .duration_regressions(SessionRef::Id(c.head.id), RegressionRule::default())
-            )?;
-            let view = ComparisonView::new(&c, 500)
-                .with_causes(&changed)
-                .with_regressions(&regressions, 100);
-            Ok(pages::compare(&view))
+            let scope = web.scope(&q.project).await?;
+            let view = views::compare::compare(
+                &web.store,
+                &scope,
+                &views::CompareQuery {
+                    head: Some(q.head.clone()),
+                    base: Some(q.base.clone()),
+                    limit: Some(500),
+                    ..views::CompareQuery::default()
+                },
+                false,
+            )
+            .await?;
+            Ok(pages::compare(&view, &scope.projects_view()))
         }
         .await,
     )
@@ -649,9 +663,17 @@ async fn compare_page(State(web): State<Web>, Query(q): Query<CompareQuery>) -> 
 async fn slowest_page(State(web): State<Web>, Path(id): Path<String>) -> Response {
     page(
         async {
-            let session = SessionRef::parse(&id, "session")?;
-            let (s, outcomes) = web.store.slowest_tests(session, 100).await?;
-            Ok(pages::slowest(&SlowestView::new(&s, &outcomes)))
+            let scope = web.scope("").await?;
+            let view = views::durations::slowest(
+                &web.store,
+                &scope,
+                &views::SlowestQuery {
+                    session: Some(id),
+                    limit: Some(100),
+                },
+            )
+            .await?;
+            Ok(pages::slowest(&view))
         }
         .await,
     )
@@ -663,21 +685,17 @@ struct ProjectQuery {
     project: String,
 }
 
-impl ProjectQuery {
-    fn filter(&self) -> SessionFilter {
-        SessionFilter {
-            statuses: Vec::new(),
-            project: Some(self.project.trim().to_string()).filter(|p| !p.is_empty()),
-        }
-    }
-}
-
 async fn grid_page(State(web): State<Web>, Query(q): Query<ProjectQuery>) -> Response {
     page(
         async {
+            let scope = web.scope(&q.project).await?;
+            let filter = SessionFilter {
+                project: Some(scope.project.clone()),
+                ..SessionFilter::default()
+            };
             let mut sessions = web
                 .store
-                .list_sessions(q.filter(), GRID_SESSIONS, None)
+                .list_sessions(filter, GRID_SESSIONS, None)
                 .await?
                 .items;
             sessions.reverse();
@@ -709,7 +727,7 @@ async fn grid_page(State(web): State<Web>, Query(q): Query<ProjectQuery>) -> Res
             for (nodeid, failures) in failing {
                 let history = web
                     .store
-                    .test_history(nodeid.clone(), GRID_SESSIONS * 4, None)
+                    .test_history(nodeid.clone(), &scope.project, GRID_SESSIONS * 4, None)
                     .await?;
                 let cells = sessions
                     .iter()
@@ -726,7 +744,8 @@ async fn grid_page(State(web): State<Web>, Query(q): Query<ProjectQuery>) -> Res
                 rows.push((nodeid, failures, cells));
             }
             Ok(pages::grid(&pages::GridPage {
-                project: q.project.clone(),
+                projects: scope.projects_view(),
+                project: scope.project.name.clone(),
                 sessions: sessions.iter().map(SessionView::from).collect(),
                 rows,
             }))
@@ -738,15 +757,21 @@ async fn grid_page(State(web): State<Web>, Query(q): Query<ProjectQuery>) -> Res
 async fn trends_page(State(web): State<Web>, Query(q): Query<ProjectQuery>) -> Response {
     page(
         async {
+            let scope = web.scope(&q.project).await?;
+            let filter = SessionFilter {
+                project: Some(scope.project.clone()),
+                ..SessionFilter::default()
+            };
             let mut sessions = web
                 .store
-                .list_sessions(q.filter(), TREND_SESSIONS, None)
+                .list_sessions(filter, TREND_SESSIONS, None)
                 .await?
                 .items;
             sessions.retain(|s| s.status != SessionStatus::Running);
             sessions.reverse();
             Ok(pages::trends(&pages::TrendsPage {
-                project: q.project.clone(),
+                projects: scope.projects_view(),
+                project: scope.project.name.clone(),
                 sessions: sessions.iter().map(SessionView::from).collect(),
             }))
         }

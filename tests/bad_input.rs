@@ -177,6 +177,7 @@ async fn unknown_sessions_and_malformed_uuids_are_named(db: TestDb) {
     let err = c
         .get_session(pb::GetSessionRequest {
             session_id: "zzz".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -184,6 +185,7 @@ async fn unknown_sessions_and_malformed_uuids_are_named(db: TestDb) {
     let err = c
         .get_session(pb::GetSessionRequest {
             session_id: new_id(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -191,6 +193,7 @@ async fn unknown_sessions_and_malformed_uuids_are_named(db: TestDb) {
     let err = c
         .get_session(pb::GetSessionRequest {
             session_id: "latest".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -225,6 +228,7 @@ async fn unknown_sessions_and_malformed_uuids_are_named(db: TestDb) {
     let err = c
         .watch_session(pb::WatchSessionRequest {
             session_id: "nope".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -21,6 +21,7 @@ backend_tests! {
     fn a_malformed_spool_line_is_named_and_the_rest_is_imported;
     fn a_bad_outcome_mid_file_keeps_what_precedes_it_and_the_session_is_incomplete;
     async fn watch_prints_failures_as_they_arrive_and_exits_when_the_session_ends;
+    async fn watch_latest_started_between_runs_waits_for_the_next_session;
 }
 
 /// Runs `pytest-mcp ARGS...` with `PYTEST_MCP_DB=DB`.
@@ -30,6 +31,27 @@ fn run(args: &[&str], db: impl AsRef<OsStr>) -> Output {
         .env("PYTEST_MCP_DB", db)
         .output()
         .expect("run pytest-mcp")
+}
+
+/// Runs the binary in `dir`: a project's directory, whose project the
+/// reading commands default to.
+fn run_in(dir: &std::path::Path, args: &[&str], db: impl AsRef<OsStr>) -> Output {
+    Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .env("PYTEST_MCP_DB", db)
+        .env_remove("PYTEST_MCP_PROJECT")
+        .output()
+        .expect("run pytest-mcp")
+}
+
+/// A project directory named `name`, with a `pytest.ini` as its rootdir
+/// marker and a `tests/` directory below it.
+fn project_dir(parent: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let root = parent.join(name);
+    std::fs::create_dir_all(root.join("tests")).unwrap();
+    std::fs::write(root.join("pytest.ini"), "[pytest]\n").unwrap();
+    root
 }
 
 fn stdout(o: &Output) -> String {
@@ -303,20 +325,30 @@ async fn json_export_has_the_documented_shape(db: TestDb) {
 async fn sessions_and_show_print_what_a_person_needs(db: TestDb) {
     let server = Server::start(&db);
     let id = recorded(&server).await;
+    // Run where a person would: in the project, below its rootdir.
+    let dirs = tempfile::tempdir().unwrap();
+    let demo = project_dir(dirs.path(), "demo");
+    let here = demo.join("tests");
+    let run = |args: &[&str], db: &TestDb| run_in(&here, args, db);
 
     let o = run(&["sessions"], &db);
-    assert!(o.status.success());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = stdout(&o);
     let header = text.lines().next().unwrap();
     assert!(
-        header.starts_with("ID") && header.contains("STATUS") && header.contains("FAILED"),
+        header.starts_with("ID") && header.contains("RESULT") && header.contains("FAILED"),
         "{text}"
     );
     let row = text.lines().nth(1).unwrap();
     assert!(
-        row.starts_with(&id) && row.contains("finished") && row.contains("demo"),
+        row.starts_with(&id) && row.contains("failed") && row.contains("demo"),
         "{text}"
     );
+
+    // The pages' eight-digit id names the session too.
+    let o = run(&["show", &id[..8]], &db);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains(&format!("session   {id}")));
 
     let o = run(&["show", "latest"], &db);
     assert!(o.status.success());
@@ -341,9 +373,39 @@ async fn sessions_and_show_print_what_a_person_needs(db: TestDb) {
         "passing tests are not listed:\n{text}"
     );
 
+    // --limit prints that many failures and says how many more there are.
+    let o = run(&["show", "latest", "--limit", "1"], &db);
+    let text = stdout(&o);
+    assert!(text.contains("1 more failure not shown"), "{text}");
+    assert_eq!(
+        text.matches("\nFAILED ").count() + text.matches("\nERROR ").count(),
+        1,
+        "{text}"
+    );
+
     let o = run(&["show", "not-a-session"], &db);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("SESSION"));
+
+    // Another project's directory sees none of demo's sessions, and says
+    // which projects there are.
+    let other = project_dir(dirs.path(), "other");
+    let o = run_in(&other, &["show", "latest"], &db);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no session of project other") && err.contains("demo (1 session)"),
+        "{err}"
+    );
+    let o = run_in(&other, &["sessions", "--project", "DEMO"], &db);
+    assert!(stdout(&o).contains(&id), "names match case-insensitively");
+    let o = run_in(&other, &["sessions", "--project", "nope"], &db);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the projects are: demo"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -617,7 +679,14 @@ async fn watch_prints_failures_as_they_arrive_and_exits_when_the_session_ends(db
         .unwrap();
 
     let child = Command::new(binary())
-        .args(["watch", "latest", "--grpc-addr", &server.addr])
+        .args([
+            "watch",
+            "latest",
+            "--project",
+            "demo",
+            "--grpc-addr",
+            &server.addr,
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -696,4 +765,59 @@ fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
         !text.contains('\u{1b}'),
         "ANSI escape codes in a piped log: {text:?}"
     );
+}
+
+async fn watch_latest_started_between_runs_waits_for_the_next_session(db: TestDb) {
+    let server = Server::start(&db);
+    let mut c = server.client().await;
+    let done = new_id();
+    start_session(&mut c, &done, "demo").await;
+    stream(&mut c, &done, vec![(1..=3).map(numbered).collect()])
+        .await
+        .unwrap();
+    finish(&mut c, &done, 3, 0).await.unwrap();
+    // Another project's run must not be taken for demo's next one.
+    let elsewhere = new_id();
+    start_session(&mut c, &elsewhere, "other").await;
+
+    let child = Command::new(binary())
+        .args([
+            "watch",
+            "latest",
+            "--project",
+            "demo",
+            "--grpc-addr",
+            &server.addr,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give it time to see the finished run and start waiting.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let next = new_id();
+    start_session(&mut c, &next, "demo").await;
+    stream(&mut c, &next, vec![(1..=10).map(numbered).collect()])
+        .await
+        .unwrap();
+    finish(&mut c, &next, 10, 1).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("waiting for the next session of project demo"),
+        "{err}"
+    );
+    assert!(text.contains(&format!("session {next}")), "{text}");
+    assert!(
+        !text.contains(&done) && !text.contains(&elsewhere),
+        "{text}"
+    );
+    assert!(text.contains("10 tests: 9 passed, 1 failed"), "{text}");
 }

@@ -70,7 +70,7 @@ fn refused(o: &Output) -> String {
 
 /// The session ids `pytest-mcp sessions` lists, newest first.
 fn listed(db: impl AsRef<OsStr>) -> Vec<String> {
-    let text = ok(&cli(&["sessions", "-n", "1000"], db));
+    let text = ok(&cli(&["sessions", "--all-projects", "-n", "1000"], db));
     if text.starts_with("no sessions recorded") {
         return Vec::new();
     }

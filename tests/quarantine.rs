@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use pytest_mcp::grpc::pb;
 use pytest_mcp::model::{
-    Environment, Outcome, SessionRef, Source, Summary, TestOutcome, Timestamp,
+    Environment, Outcome, Project, SessionRef, Source, Summary, TestOutcome, Timestamp,
 };
 use pytest_mcp::store::quarantine::NewQuarantine;
 use pytest_mcp::store::{Location, Store, StoreConfig};
@@ -92,7 +92,7 @@ fn the_cli_adds_renews_lists_and_removes_entries_naming_what_is_wrong(db: TestDb
     );
     assert!(out.status.success(), "{:?}", text(&out));
 
-    let (list, _) = text(&quarantine(&["list"], &db));
+    let (list, _) = text(&quarantine(&["list", "--project", "Shop"], &db));
     let lines: Vec<&str> = list.lines().collect();
     assert_eq!(lines.len(), 3, "{list}");
     assert!(lines[0].starts_with("EXPIRES (UTC)"), "{list}");
@@ -143,7 +143,7 @@ fn the_cli_adds_renews_lists_and_removes_entries_naming_what_is_wrong(db: TestDb
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
-    let (list, _) = text(&quarantine(&["list"], &db));
+    let (list, _) = text(&quarantine(&["list", "--project", "shop"], &db));
     assert_eq!(list.lines().count(), 3, "{list}");
 
     let out = quarantine(
@@ -358,7 +358,10 @@ async fn an_entry_whose_test_passed_its_last_ten_runs_is_suggested_for_release(d
     for i in 0..9 {
         run(&store, 2_000_000 + i, &tests(false)).await;
     }
-    let status = store.quarantine_status(Some("shop"), now).await.unwrap();
+    let status = store
+        .quarantine_status(&Project::named("shop"), now)
+        .await
+        .unwrap();
     let by_pattern = |pattern: &str| {
         status
             .iter()
@@ -382,7 +385,10 @@ async fn an_entry_whose_test_passed_its_last_ten_runs_is_suggested_for_release(d
 
     // The tenth passing run: every entry can be released.
     run(&store, 3_000_000, &tests(false)).await;
-    let status = store.quarantine_status(Some("shop"), now).await.unwrap();
+    let status = store
+        .quarantine_status(&Project::named("shop"), now)
+        .await
+        .unwrap();
     assert!(
         status.iter().all(|s| s.release_suggested),
         "{:?}",
@@ -396,14 +402,14 @@ async fn an_entry_whose_test_passed_its_last_ten_runs_is_suggested_for_release(d
     let later = Timestamp(now.as_micros() + 15 * DAY_US);
     assert!(
         store
-            .quarantine_status(None, later)
+            .quarantine_status(&Project::named("shop"), later)
             .await
             .unwrap()
             .is_empty()
     );
     let kept = store.quarantine_list(None, true, later).await.unwrap();
     assert_eq!(kept.len(), 3, "expired entries are kept until removed");
-    let latest = store.get_session(SessionRef::Latest).await.unwrap();
+    let latest = store.get_session(SessionRef::Latest(None)).await.unwrap();
     assert_eq!(latest.counts.passed, 5);
     store.shutdown().await;
 }

@@ -195,32 +195,74 @@ async fn streamed_outcomes_come_back_through_every_read_rpc(db: TestDb) {
     assert_eq!(page.outcomes.len(), 2);
     assert!(!page.next_page_token.is_empty());
 
-    // GetTestHistory: one nodeid across sessions, newest first.
-    let history = c
-        .get_test_history(pb::GetTestHistoryRequest {
-            nodeid: "tests/test_a.py::test_shared".into(),
+    // GetTestHistory: one nodeid across one project's sessions, newest
+    // first; the same nodeid in another project is another test.
+    let history = |project: &str| {
+        let mut c = c.clone();
+        let project = project.to_string();
+        async move {
+            let entries = c
+                .get_test_history(pb::GetTestHistoryRequest {
+                    nodeid: "tests/test_a.py::test_shared".into(),
+                    project,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .entries;
+            Ok::<_, tonic::Status>(
+                entries
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.session.as_ref().unwrap().id.clone(),
+                            e.outcome.as_ref().unwrap().outcome(),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    // By default, the most recently active project's.
+    assert_eq!(
+        history("").await.unwrap(),
+        vec![(id.clone(), pb::TestOutcome::Failed)]
+    );
+    assert_eq!(
+        history("OTHER").await.unwrap(),
+        vec![(old.clone(), pb::TestOutcome::Passed)]
+    );
+    let unknown = history("nope").await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(
+        unknown.message().contains("the projects are:"),
+        "{}",
+        unknown.message()
+    );
+    // `latest` of a project named is that project's newest session.
+    let latest_other = c
+        .get_session(pb::GetSessionRequest {
+            session_id: "latest".into(),
+            project: "other".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(latest_other.id, old);
+    // And an id's first eight digits name it.
+    let by_prefix = c
+        .get_session(pb::GetSessionRequest {
+            session_id: old[..8].to_string(),
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner();
-    let seen: Vec<(String, pb::TestOutcome)> = history
-        .entries
-        .iter()
-        .map(|e| {
-            (
-                e.session.as_ref().unwrap().id.clone(),
-                e.outcome.as_ref().unwrap().outcome(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        seen,
-        vec![
-            (id.clone(), pb::TestOutcome::Failed),
-            (old.clone(), pb::TestOutcome::Passed)
-        ]
-    );
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(by_prefix.id, old);
 }
 
 async fn a_late_watcher_gets_stored_outcomes_then_live_ones_then_the_finish(db: TestDb) {
@@ -235,6 +277,7 @@ async fn a_late_watcher_gets_stored_outcomes_then_live_ones_then_the_finish(db: 
     let mut watch = c
         .watch_session(pb::WatchSessionRequest {
             session_id: "latest".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

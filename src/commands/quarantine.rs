@@ -49,12 +49,20 @@ pub async fn run(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
             println!("released: {}", line(&gone?));
         }
         QuarantineAction::List(a) => {
-            let store = super::open_existing(a.db.location()?).await?;
+            let store = super::open_existing(a.scope.db.location()?).await?;
+            // Entries may wait for a project's first run: a project named
+            // here need not have sessions yet.
+            let default = match &a.scope.project {
+                Some(name) => crate::views::DefaultProject::Named(name.clone()),
+                None => a.scope.default_project(),
+            };
+            let scope = crate::views::Scope::resolve(&store, None, &default).await?;
             let now = Timestamp::now();
-            let project = a.project.as_deref().filter(|p| !p.is_empty());
-            let statuses = store.quarantine_status(project, now).await?;
+            let statuses = store.quarantine_status(&scope.project, now).await?;
             let expired = if a.all {
-                let mut all = store.quarantine_list(project, true, now).await?;
+                let mut all = store
+                    .quarantine_list(Some(&scope.project.name), true, now)
+                    .await?;
                 all.retain(|e| !quarantine::is_active(e, now));
                 all
             } else {

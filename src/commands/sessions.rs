@@ -6,17 +6,27 @@ use std::process::ExitCode;
 use crate::cli::SessionsArgs;
 use crate::store::SessionFilter;
 
-/// Prints the newest sessions.
+/// Prints the newest sessions of the project (or of every project).
 pub async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(args.db.location()?).await?;
+    let (store, scope) = super::open_scope(&args.scope).await?;
     let filter = SessionFilter {
         statuses: args.status.into_iter().collect(),
-        project: args.project,
+        project: (!args.all_projects).then(|| scope.project.clone()),
     };
     let page = store.list_sessions(filter, args.limit.max(1), None).await?;
     let mut out = std::io::stdout().lock();
     if page.items.is_empty() {
-        writeln!(out, "no sessions recorded in {}", store.location())?;
+        if args.all_projects || scope.known.is_empty() {
+            writeln!(out, "no sessions recorded in {}", store.location())?;
+        } else {
+            writeln!(
+                out,
+                "no sessions of project {} recorded in {}; --project NAME for another, \
+                 `pytest-mcp projects` lists them",
+                scope.project,
+                store.location()
+            )?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(
@@ -24,7 +34,7 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
         "{:<36}  {:<19}  {:<11}  {:<6}  {:<16}  {:>7}  {:>7}  {:>6}  {:>6}  {:>7}  {:>9}",
         "ID",
         "STARTED (UTC)",
-        "STATUS",
+        "RESULT",
         "SOURCE",
         "PROJECT",
         "TESTS",
@@ -44,7 +54,7 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
             "{:<36}  {:<19}  {:<11}  {:<6}  {:<16}  {:>7}  {:>7}  {:>6}  {:>6}  {:>7}  {:>9}",
             s.id,
             super::short_time(s.started_at),
-            s.status.as_str(),
+            crate::views::session::result_of(s),
             s.source.as_str(),
             project,
             s.outcomes_stored,

@@ -7,16 +7,26 @@ use std::process::ExitCode;
 
 use crate::cli::ShowArgs;
 use crate::model::SessionRef;
+use crate::views::count;
 
-/// Prints the session and its failures.
+/// Prints the session and its failures (the first `--limit` in full).
 pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(args.db.location()?).await?;
-    let session_ref = SessionRef::parse(&args.session, "SESSION")?;
-    let s = store.get_session(session_ref).await?;
+    let (store, scope) = super::open_scope(&args.scope).await?;
+    let session_ref = SessionRef::parse(&args.session, "SESSION")?.scoped(&scope.project);
+    let s = store
+        .get_session(session_ref)
+        .await
+        .map_err(|e| scope.explain(e))?;
     let mut out = std::io::stdout().lock();
     let env = &s.environment;
     writeln!(out, "session   {}", s.id)?;
-    writeln!(out, "status    {} (source {})", s.status, s.source)?;
+    writeln!(
+        out,
+        "result    {} (status {}, source {})",
+        crate::views::session::result_of(&s),
+        s.status,
+        s.source
+    )?;
     writeln!(
         out,
         "started   {}{}",
@@ -57,6 +67,9 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             }
         )?;
     }
+    if let Some(code) = env.code_identity() {
+        writeln!(out, "code      {code}")?;
+    }
     let c = s.counts;
     writeln!(
         out,
@@ -91,13 +104,15 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     // Failures grouped by cause, the largest cause first; within a cause, in
     // the order they happened.
     let causes = store.session_causes(SessionRef::Id(s.id), None).await?;
+    // Only the failures printed are read whole.
     let failures: std::collections::HashMap<u64, _> = store
         .outcomes_at(
             s.id,
             causes
                 .clusters
                 .iter()
-                .flat_map(|c| c.seqs.clone())
+                .flat_map(|c| c.seqs.iter().copied())
+                .take(args.limit)
                 .collect(),
         )
         .await?
@@ -111,35 +126,40 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
         .map(|d| (d.cluster.key, d.fingerprint.describe()))
         .collect();
     let causes = causes.clusters;
+    let total: usize = causes.iter().map(|c| c.seqs.len()).sum();
+    let flaky = if total > 0 {
+        store
+            .known_flaky(crate::views::FLAKY_WINDOW, &scope.project_of(&s))
+            .await?
+    } else {
+        Default::default()
+    };
     let mut shown = 0usize;
     let mut rerun: Vec<String> = Vec::new();
     for cause in &causes {
+        if shown >= args.limit {
+            break;
+        }
         writeln!(
             out,
-            "\ncause     {} ({} {}, {} {}): {}",
+            "\ncause     {} ({}, {}): {}",
             cause.key,
-            cause.failures(),
-            if cause.failures() == 1 {
-                "failure"
-            } else {
-                "failures"
-            },
-            cause.tests.len(),
-            if cause.tests.len() == 1 {
-                "test"
-            } else {
-                "tests"
-            },
+            count(cause.failures(), "failure", "failures"),
+            count(cause.tests.len() as u64, "test", "tests"),
             named.get(&cause.key).map_or("", String::as_str)
         )?;
         for o in cause.seqs.iter().filter_map(|seq| failures.get(seq)) {
+            if shown >= args.limit {
+                break;
+            }
             shown += 1;
             rerun.push(o.nodeid.clone());
             writeln!(out)?;
             writeln!(
                 out,
-                "{} {} [{}{}] {}",
+                "{}{} {} [{}{}] {}",
                 o.outcome.as_str().to_uppercase(),
+                crate::views::session::labels(o.quarantined, flaky.contains_key(&o.nodeid)),
                 if o.is_subtest() {
                     format!("{} {}", o.nodeid, o.subtest)
                 } else {
@@ -164,11 +184,19 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if total > shown {
+        writeln!(
+            out,
+            "\n{} not shown: --limit {total} shows them all, or `pytest-mcp causes {}`",
+            count((total - shown) as u64, "more failure", "more failures"),
+            &s.id.to_string()[..8]
+        )?;
+    }
     if shown > 0 {
         writeln!(
             out,
             "\nrerun: {}",
-            crate::mcp::views::rerun_command(rerun.iter().map(String::as_str))
+            crate::views::rerun_command(rerun.iter().map(String::as_str))
         )?;
     }
     if shown == 0 {

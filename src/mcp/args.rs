@@ -17,8 +17,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::model::{
-    Environment, Outcome, SessionRef, Summary, TestOutcome, parse_session_id, validate_duration,
+    Environment, Outcome, Summary, TestOutcome, parse_session_id, validate_duration,
 };
+use crate::views;
 
 /// Tool arguments, deserialized with the path of the offending field in
 /// every error (rmcp's own wrapper reports serde's message without it).
@@ -85,6 +86,7 @@ impl From<OutcomeArg> for TestOutcome {
 
 /// The machine the tests run on.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EnvironmentArg {
     /// Operating system, e.g. `Linux-6.1-x86_64`.
     pub os: String,
@@ -126,6 +128,7 @@ impl From<EnvironmentArg> for Environment {
 
 /// Arguments of `record_session_start`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SessionStartArgs {
     /// Where the tests run.
     pub environment: EnvironmentArg,
@@ -137,6 +140,7 @@ pub struct SessionStartArgs {
 
 /// Arguments of `record_test_outcome`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TestOutcomeArgs {
     /// pytest node id, e.g. `tests/test_api.py::test_login[admin]`.
     pub nodeid: String,
@@ -181,6 +185,7 @@ impl TestOutcomeArgs {
 
 /// pytest's end-of-run counts.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SummaryArg {
     /// Number of tests run.
     pub total_tests: i64,
@@ -251,6 +256,7 @@ impl TryFrom<&SummaryArg> for Summary {
 
 /// Arguments of `record_session_finish`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SessionFinishArgs {
     /// pytest's summary of the run.
     pub summary: SummaryArg,
@@ -287,6 +293,7 @@ impl From<StatusArg> for crate::model::SessionStatus {
 
 /// Arguments of `list_sessions`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ListSessionsArgs {
     /// Sessions per page, newest first (default 20, at most 100).
     #[serde(default)]
@@ -297,23 +304,32 @@ pub struct ListSessionsArgs {
     /// Only sessions with this status.
     #[serde(default)]
     pub status: Option<StatusArg>,
-    /// Only sessions of this project.
+    /// The project (the rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively). By default the server's project: the
+    /// one it was started in (stdio), else the most recently active one.
     #[serde(default)]
     pub project: Option<String>,
 }
 
 /// Names one session.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SessionArgs {
-    /// A session id, or `latest` (the default) for the most recently started one.
+    /// A session id (or its first 8+ hex digits), or `latest` (the default): the most recently started session of the project.
     #[serde(default)]
     pub session: Option<String>,
+    /// The project (the rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively). By default the server's project: the
+    /// one it was started in (stdio), else the most recently active one.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Arguments of `get_failures`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct FailuresArgs {
-    /// A session id, or `latest` (the default).
+    /// A session id (or its first 8+ hex digits), or `latest` (the default) of the project.
     #[serde(default)]
     pub session: Option<String>,
     /// Failures per page (default 10, at most 100).
@@ -334,6 +350,11 @@ pub struct FailuresArgs {
     /// they happened.
     #[serde(default)]
     pub group_by: Option<GroupBy>,
+    /// The project (the rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively). By default the server's project: the
+    /// one it was started in (stdio), else the most recently active one.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// How `get_failures` orders its failures.
@@ -346,8 +367,9 @@ pub enum GroupBy {
 
 /// Arguments of `get_failure_clusters`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ClustersArgs {
-    /// A session id, or `latest` (the default).
+    /// A session id (or its first 8+ hex digits), or `latest` (the default) of the project.
     #[serde(default)]
     pub session: Option<String>,
     /// Clusters to return, largest first (default 20, at most 100).
@@ -360,12 +382,18 @@ pub struct ClustersArgs {
     /// (default 2000, at most 16000).
     #[serde(default)]
     pub traceback_bytes: Option<u32>,
+    /// The project (the rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively). By default the server's project: the
+    /// one it was started in (stdio), else the most recently active one.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Arguments of `duration_regressions`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RegressionArgs {
-    /// A session id, or `latest` (the default).
+    /// A session id (or its first 8+ hex digits), or `latest` (the default) of the project.
     #[serde(default)]
     pub session: Option<String>,
     /// Earlier sessions of the same project (and branch, when known) whose
@@ -385,10 +413,16 @@ pub struct RegressionArgs {
     /// Tests to return, the largest excess first (default 20, at most 200).
     #[serde(default)]
     pub limit: Option<u32>,
+    /// The project (the rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively). By default the server's project: the
+    /// one it was started in (stdio), else the most recently active one.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Arguments of `get_test_history`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct HistoryArgs {
     /// pytest node id of the test.
     pub nodeid: String,
@@ -401,15 +435,23 @@ pub struct HistoryArgs {
     /// How many of the newest pass/fail outcomes the verdict is based on (default 50).
     #[serde(default)]
     pub window: Option<u32>,
+    /// The project (the rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively). By default the server's project: the
+    /// one it was started in (stdio), else the most recently active one.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Arguments of `find_flaky_tests`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct FlakyArgs {
-    /// How many of the newest sessions to look at (default 30, at most 1000).
+    /// How many of the project's newest sessions to look at (default 30, at most 1000).
     #[serde(default)]
     pub window_sessions: Option<u32>,
-    /// Only sessions of this project.
+    /// The project (the rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively). By default the server's project: the
+    /// one it was started in (stdio), else the most recently active one.
     #[serde(default)]
     pub project: Option<String>,
     /// Most tests to return (default 20, at most 100).
@@ -419,6 +461,7 @@ pub struct FlakyArgs {
 
 /// Arguments of `quarantine_test`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct QuarantineArgs {
     /// The test's pytest node id, or an fnmatch pattern of node ids
     /// (`tests/test_db.py::*`; `*`, `?`, `[seq]`, `[!seq]`, case-sensitive).
@@ -436,6 +479,7 @@ pub struct QuarantineArgs {
 
 /// Arguments of `release_test`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ReleaseArgs {
     /// The node id or pattern exactly as it was quarantined.
     pub nodeid: String,
@@ -446,51 +490,59 @@ pub struct ReleaseArgs {
 
 /// Arguments of `list_quarantine`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct QuarantineListArgs {
-    /// Only entries that apply to this project (its own and those for every project).
+    /// The project whose entries (its own and those for every project)
+    /// apply, matched case-insensitively; by default the server's project.
     #[serde(default)]
     pub project: Option<String>,
 }
 
 /// Arguments of `compare_sessions`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CompareArgs {
-    /// The newer session: an id or `latest` (the default).
+    /// The newer session: an id (or its first 8+ hex digits), or `latest` (the default) of the project.
     #[serde(default)]
     pub head: Option<String>,
-    /// The older session: an id or `latest`; by default the session of the
-    /// same project started just before `head`.
+    /// The older session: an id (or its first 8+ hex digits); by default
+    /// the session of the same project (and branch, when head has one)
+    /// started just before `head`.
     #[serde(default)]
     pub base: Option<String>,
     /// A passing test counts as slower when it takes at least this many times
     /// as long (default 1.5)...
     #[serde(default)]
     pub min_ratio: Option<f64>,
-    /// ...and at least this many seconds longer (default 0.1).
+    /// ...and at least this many seconds longer (default 0.25, so that
+    /// millisecond tests that once took a tenth of a second are not listed).
     #[serde(default)]
     pub min_seconds: Option<f64>,
     /// Most entries per list (default 50, at most 500).
     #[serde(default)]
     pub limit: Option<u32>,
+    /// The project (the rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively). By default the server's project: the
+    /// one it was started in (stdio), else the most recently active one.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Arguments of `slowest_tests`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SlowestArgs {
-    /// A session id, or `latest` (the default).
+    /// A session id (or its first 8+ hex digits), or `latest` (the default) of the project.
     #[serde(default)]
     pub session: Option<String>,
     /// How many tests (default 10, at most 100).
     #[serde(default)]
     pub limit: Option<u32>,
-}
-
-/// Parses an optional session reference (`latest` when absent), naming `field`.
-pub fn session_ref(text: Option<&str>, field: &str) -> Result<SessionRef, Error> {
-    match text.map(str::trim).filter(|t| !t.is_empty()) {
-        None => Ok(SessionRef::Latest),
-        Some(t) => SessionRef::parse(t, field),
-    }
+    /// The project (the rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively). By default the server's project: the
+    /// one it was started in (stdio), else the most recently active one.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Parses an optional session UUID, naming `field`.
@@ -501,7 +553,95 @@ pub fn session_id(text: Option<&str>, field: &str) -> Result<Option<uuid::Uuid>,
         .transpose()
 }
 
-/// A page size: `default` when absent, at least 1, at most `max`.
-pub fn page(limit: Option<u32>, default: usize, max: usize) -> usize {
-    limit.map_or(default, |n| (n as usize).clamp(1, max))
+/// Arguments of `list_projects`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectsArgs {}
+
+impl From<&FailuresArgs> for views::FailuresQuery {
+    fn from(a: &FailuresArgs) -> Self {
+        views::FailuresQuery {
+            session: a.session.clone(),
+            limit: a.limit,
+            cursor: a.cursor.clone(),
+            nodeid_contains: a.nodeid_contains.clone(),
+            traceback_bytes: a.traceback_bytes,
+            by_cause: a.group_by == Some(GroupBy::Cluster),
+        }
+    }
+}
+
+impl From<&ClustersArgs> for views::ClustersQuery {
+    fn from(a: &ClustersArgs) -> Self {
+        views::ClustersQuery {
+            session: a.session.clone(),
+            limit: a.limit,
+            tests_per_cluster: a.tests_per_cluster,
+            traceback_bytes: a.traceback_bytes,
+        }
+    }
+}
+
+impl From<&RegressionArgs> for views::RegressionsQuery {
+    fn from(a: &RegressionArgs) -> Self {
+        views::RegressionsQuery {
+            session: a.session.clone(),
+            window: a.window,
+            ratio: a.ratio,
+            floor_seconds: a.floor_seconds,
+            min_runs: a.min_runs,
+            limit: a.limit,
+        }
+    }
+}
+
+impl From<&HistoryArgs> for views::HistoryQuery {
+    fn from(a: &HistoryArgs) -> Self {
+        views::HistoryQuery {
+            nodeid: a.nodeid.clone(),
+            limit: a.limit,
+            cursor: a.cursor.clone(),
+            window: a.window,
+        }
+    }
+}
+
+impl From<&FlakyArgs> for views::FlakyQuery {
+    fn from(a: &FlakyArgs) -> Self {
+        views::FlakyQuery {
+            window_sessions: a.window_sessions,
+            limit: a.limit,
+        }
+    }
+}
+
+impl From<&CompareArgs> for views::CompareQuery {
+    fn from(a: &CompareArgs) -> Self {
+        views::CompareQuery {
+            head: a.head.clone(),
+            base: a.base.clone(),
+            min_ratio: a.min_ratio,
+            min_seconds: a.min_seconds,
+            limit: a.limit,
+        }
+    }
+}
+
+impl From<&SlowestArgs> for views::SlowestQuery {
+    fn from(a: &SlowestArgs) -> Self {
+        views::SlowestQuery {
+            session: a.session.clone(),
+            limit: a.limit,
+        }
+    }
+}
+
+impl From<&ListSessionsArgs> for views::SessionsQuery {
+    fn from(a: &ListSessionsArgs) -> Self {
+        views::SessionsQuery {
+            limit: a.limit,
+            cursor: a.cursor.clone(),
+            status: a.status.map(Into::into),
+        }
+    }
 }

@@ -61,6 +61,8 @@ pub struct HttpOptions {
     pub ui: bool,
     /// The listener is HTTPS (the pages' cookie is then `Secure`).
     pub tls: bool,
+    /// The project MCP reads and the pages are about when they name none.
+    pub default_project: crate::views::DefaultProject,
 }
 
 impl Default for HttpOptions {
@@ -73,6 +75,7 @@ impl Default for HttpOptions {
             any_host: false,
             ui: true,
             tls: false,
+            default_project: crate::views::DefaultProject::MostRecent,
         }
     }
 }
@@ -212,6 +215,7 @@ pub fn router(
     // Every handler shares the listens; the transport stops after they have
     // sent their final result.
     let listeners = Listeners::new(shutdown);
+    let default_project = Arc::new(options.default_project.clone());
     let config = config
         .with_allowed_origins(origins)
         .enforce_origin_validation()
@@ -223,6 +227,7 @@ pub fn router(
                 gate.clone(),
                 Transport::Http,
                 listeners.clone(),
+                default_project.clone(),
             ))
         },
         manager.clone(),
@@ -253,6 +258,7 @@ pub fn router(
             any_host: options.any_host,
             allowed_origins: options.allowed_origins.clone(),
             secure_cookie: options.tls,
+            default_project: options.default_project.clone(),
         },
         web_shutdown,
     ))

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::resources::{Target, Watched, newest_session, snapshot};
 use crate::store::Store;
 use crate::store::changes::Changes;
+use crate::views::DefaultProject;
 
 /// Longest a shutdown waits for open listens to send their final result.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -112,6 +113,7 @@ pub(super) fn accepted(requested: &SubscriptionFilter) -> SubscriptionFilter {
 /// more is sent) or the server shuts down (`Ok`: rmcp sends `complete`).
 pub(super) async fn run(
     store: &Store,
+    default: &DefaultProject,
     listeners: &Arc<Listeners>,
     listen: SubscriptionContext,
 ) -> Result<(), ErrorData> {
@@ -126,13 +128,13 @@ pub(super) async fn run(
         if let Ok(target) = Target::parse(uri) {
             // A session that cannot be looked at now counts as absent: its
             // first sight is then a change.
-            let seen = snapshot(store, target.session(), false)
+            let seen = snapshot(store, default, target.session(), false)
                 .await
                 .unwrap_or(None);
             watched.add(uri, seen);
         }
     }
-    let mut newest = newest_session(store).await;
+    let mut newest = newest_session(store, default).await;
     loop {
         tokio::select! {
             biased;
@@ -140,13 +142,13 @@ pub(super) async fn run(
             _ = listen.cancelled() => return Ok(()),
             more = changes.next() => if !more { return Ok(()) },
         }
-        for uri in watched.changed(store).await {
+        for uri in watched.changed(store, default).await {
             if let Err(e) = sink.notify_resource_updated(uri).await {
                 return ended(e);
             }
         }
         if list_changed {
-            let now = newest_session(store).await;
+            let now = newest_session(store, default).await;
             if now != newest {
                 newest = now;
                 if let Err(e) = sink.notify_resource_list_changed().await {

@@ -8,8 +8,8 @@ use rmcp::model::{
     GetPromptRequestParams, GetPromptResult, Prompt, PromptArgument, PromptMessage, Role,
 };
 
-use super::args::{ClustersArgs, FailuresArgs};
 use super::{PytestMcp, protocol_error};
+use crate::views;
 
 const NAME: &str = "triage_failures";
 
@@ -20,7 +20,10 @@ pub(super) fn triage() -> Prompt {
         Some("Triage a test session's failures: what broke, is it new or flaky, how to rerun it"),
         Some(vec![
             PromptArgument::new("session")
-                .with_description("A session id, or `latest` (the default)")
+                .with_description(
+                    "A session id (or its first 8+ hex digits), or `latest` (the default) \
+                     of the server's project",
+                )
                 .with_required(false),
         ]),
     )
@@ -43,9 +46,11 @@ pub(super) async fn get(
         .and_then(|a| a.get("session"))
         .and_then(|v| v.as_str())
         .map(str::to_string);
-    let causes = super::tools::clusters(
-        mcp,
-        &ClustersArgs {
+    let scope = mcp.scope(None).await.map_err(protocol_error)?;
+    let causes = views::causes::clusters(
+        &mcp.store,
+        &scope,
+        &views::ClustersQuery {
             session: session.clone(),
             limit: Some(10),
             tests_per_cluster: Some(5),
@@ -54,12 +59,12 @@ pub(super) async fn get(
     )
     .await
     .map_err(protocol_error)?;
-    let args = FailuresArgs {
+    let query = views::FailuresQuery {
         session,
         limit: Some(10),
-        ..FailuresArgs::default()
+        ..views::FailuresQuery::default()
     };
-    let view = super::tools::failures(mcp, &args)
+    let view = views::failures::failures(&mcp.store, &scope, &query)
         .await
         .map_err(protocol_error)?;
     let id = &view.session.id;
@@ -72,7 +77,7 @@ pub(super) async fn get(
         "Start from the causes: one fix may clear a whole cluster. For each cause, answer:\n\
          1. What does the traceback point at: the test, the code under test, or the environment (setup/teardown errors, missing services)?\n\
          2. Is it new? Call compare_sessions with head {id}: it lists the causes new in this session and those fixed since the previous one, and which tests newly fail.\n\
-         3. Is it flaky? Call get_test_history with a nodeid of it; a `flaky` verdict means it passed and failed on the same commit or flips often.\n\
+         3. Is it flaky? A failure marked known flaky (`known_flaky`) passed and failed on the same code lately; get_test_history with its nodeid gives the verdict and its evidence. `flaky` means it passed and failed on the same code (the same commit and uncommitted changes, or reruns in one session); a test that fails since a code change is `regressed`, not flaky: do not quarantine it, fix it.\n\
          4. Did tests also get slower? duration_regressions with session {id} compares each test with its usual duration.\n\
          5. What is the smallest change that fixes it, and which command reruns exactly the affected tests?\n\
          Use get_failures with session {id} and the next cursor for more failures, or a larger traceback_bytes for a cut traceback.\n"

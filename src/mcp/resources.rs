@@ -33,12 +33,12 @@ use rmcp::{ErrorData, RoleServer};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::args::FailuresArgs;
 use super::{PytestMcp, protocol_error};
 use crate::error::Error;
 use crate::model::{SessionRef, SessionStatus};
 use crate::store::changes::Changes;
 use crate::store::{SessionFilter, Store};
+use crate::views::{self, DefaultProject, Scope};
 
 const PREFIX: &str = "pytest://sessions/";
 const JSON: &str = "application/json";
@@ -47,7 +47,7 @@ const JSON: &str = "application/json";
 const LISTED_SESSIONS: usize = 10;
 
 /// What a `pytest://` URI names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Target {
     Session(SessionRef),
     Failures(SessionRef),
@@ -75,9 +75,9 @@ impl Target {
         }
     }
 
-    pub(super) fn session(self) -> SessionRef {
+    pub(super) fn session(&self) -> SessionRef {
         match self {
-            Target::Session(s) | Target::Failures(s) => s,
+            Target::Session(s) | Target::Failures(s) => s.clone(),
         }
     }
 }
@@ -85,9 +85,19 @@ impl Target {
 /// The resources listed: the latest session and the most recent ones. With
 /// no session recorded, nothing is listed: every listed resource can be read
 /// (the templates still name `latest`, and it can be subscribed to).
-pub(super) async fn list(store: &Store) -> Result<ListResourcesResult, ErrorData> {
+pub(super) async fn list(
+    store: &Store,
+    default: &DefaultProject,
+) -> Result<ListResourcesResult, ErrorData> {
+    let scope = Scope::resolve(store, None, default)
+        .await
+        .map_err(protocol_error)?;
+    let filter = SessionFilter {
+        project: Some(scope.project.clone()),
+        ..SessionFilter::default()
+    };
     let page = store
-        .list_sessions(SessionFilter::default(), LISTED_SESSIONS, None)
+        .list_sessions(filter, LISTED_SESSIONS, None)
         .await
         .map_err(protocol_error)?;
     let mut out = Vec::with_capacity(page.items.len() + 1);
@@ -95,7 +105,8 @@ pub(super) async fn list(store: &Store) -> Result<ListResourcesResult, ErrorData
         out.push(
             Resource::new(format!("{PREFIX}latest"), "latest session")
                 .with_description(
-                    "The most recently started session: status, counts, first failures",
+                    "The most recently started session of the server's project: status, \
+                     counts, first failures",
                 )
                 .with_mime_type(JSON),
         );
@@ -148,19 +159,21 @@ pub(super) async fn read(
     uri: &str,
 ) -> Result<(ReadResourceResult, u64), ErrorData> {
     let target = Target::parse(uri).map_err(protocol_error)?;
-    let (text, session) = match target {
-        Target::Session(s) => {
-            let view = super::tools::session_detail(mcp, s)
+    let scope = mcp.scope(None).await.map_err(protocol_error)?;
+    let session = target.session().to_string();
+    let (text, session) = match &target {
+        Target::Session(_) => {
+            let view = views::session::session_detail(&mcp.store, &scope, Some(&session))
                 .await
                 .map_err(protocol_error)?;
             (serde_json::to_string_pretty(&view), view.session)
         }
-        Target::Failures(s) => {
-            let args = FailuresArgs {
-                session: Some(s.to_string()),
-                ..FailuresArgs::default()
+        Target::Failures(_) => {
+            let query = views::FailuresQuery {
+                session: Some(session),
+                ..views::FailuresQuery::default()
             };
-            let view = super::tools::failures(mcp, &args)
+            let view = views::failures::failures(&mcp.store, &scope, &query)
                 .await
                 .map_err(protocol_error)?;
             (serde_json::to_string_pretty(&view), view.session)
@@ -172,7 +185,7 @@ pub(super) async fn read(
         .status
         .parse::<SessionStatus>()
         .is_ok_and(SessionStatus::is_closed);
-    let ttl_ms = if closed && target.session() != SessionRef::Latest {
+    let ttl_ms = if closed && !matches!(target.session(), SessionRef::Latest(_)) {
         CLOSED_TTL_MS
     } else {
         0
@@ -187,24 +200,45 @@ pub(super) async fn read(
 /// more).
 type Snapshot = Option<(Uuid, SessionStatus, u64)>;
 
+/// What `latest` in a resource URI names: the newest session of the
+/// server's project.
+async fn scoped(
+    store: &Store,
+    default: &DefaultProject,
+    session: SessionRef,
+) -> Result<SessionRef, Error> {
+    match (&session, default) {
+        // The newest session of the most recently active project is the
+        // newest session: no need to find the project first.
+        (SessionRef::Latest(None), DefaultProject::MostRecent) => Ok(session),
+        (SessionRef::Latest(None), _) => {
+            Ok(session.scoped(&Scope::resolve(store, None, default).await?.project))
+        }
+        _ => Ok(session),
+    }
+}
+
 /// The session `session` names now. With `strict`, only `latest` may be
 /// absent (subscribing to an unknown id is an error); otherwise any may.
 pub(super) async fn snapshot(
     store: &Store,
+    default: &DefaultProject,
     session: SessionRef,
     strict: bool,
 ) -> Result<Snapshot, Error> {
+    let latest = matches!(session, SessionRef::Latest(_));
+    let session = scoped(store, default, session).await?;
     match store.get_session(session).await {
         Ok(s) => Ok(Some((s.id, s.status, s.outcomes_stored))),
-        Err(Error::NotFound { .. }) if !strict || session == SessionRef::Latest => Ok(None),
+        Err(Error::NotFound { .. }) if !strict || latest => Ok(None),
         Err(e) => Err(e),
     }
 }
 
 /// The newest session's id: when it changes, a session started, and the
 /// resource list (which names the latest sessions) changed.
-pub(super) async fn newest_session(store: &Store) -> Option<Uuid> {
-    match snapshot(store, SessionRef::Latest, false).await {
+pub(super) async fn newest_session(store: &Store, default: &DefaultProject) -> Option<Uuid> {
+    match snapshot(store, default, SessionRef::Latest(None), false).await {
         Ok(seen) => seen.map(|(id, _, _)| id),
         Err(e) => {
             tracing::debug!(error = %e, "cannot look at the newest session");
@@ -242,13 +276,13 @@ impl Watched {
 
     /// Looks at every watched resource; returns those that changed since the
     /// last look (and are still watched).
-    pub(super) async fn changed(&self, store: &Store) -> Vec<String> {
+    pub(super) async fn changed(&self, store: &Store, default: &DefaultProject) -> Vec<String> {
         let mut changed = Vec::new();
         for uri in self.uris() {
             let Ok(target) = Target::parse(&uri) else {
                 continue;
             };
-            let now = match snapshot(store, target.session(), false).await {
+            let now = match snapshot(store, default, target.session(), false).await {
                 Ok(now) => now,
                 Err(e) => {
                     tracing::debug!(error = %e, %uri, "cannot check a watched resource");
@@ -288,6 +322,7 @@ impl Subscriptions {
     pub(super) fn start(
         self: &Arc<Self>,
         store: &Store,
+        default: &Arc<DefaultProject>,
         peer: Peer<RoleServer>,
         shutdown: &CancellationToken,
     ) {
@@ -299,6 +334,7 @@ impl Subscriptions {
             tokio::spawn(watch(
                 self.clone(),
                 store.clone(),
+                default.clone(),
                 peer,
                 shutdown.child_token(),
             ));
@@ -309,16 +345,17 @@ impl Subscriptions {
     pub(super) async fn subscribe(
         self: &Arc<Self>,
         store: &Store,
+        default: &Arc<DefaultProject>,
         uri: &str,
         peer: Peer<RoleServer>,
         shutdown: &CancellationToken,
     ) -> Result<(), ErrorData> {
         let target = Target::parse(uri).map_err(protocol_error)?;
-        let seen = snapshot(store, target.session(), true)
+        let seen = snapshot(store, default, target.session(), true)
             .await
             .map_err(protocol_error)?;
         self.watched.add(uri, seen);
-        self.start(store, peer, shutdown);
+        self.start(store, default, peer, shutdown);
         Ok(())
     }
 
@@ -333,11 +370,12 @@ impl Subscriptions {
 async fn watch(
     subs: Arc<Subscriptions>,
     store: Store,
+    default: Arc<DefaultProject>,
     peer: Peer<RoleServer>,
     stop: CancellationToken,
 ) {
     let mut changes = Changes::new(&store);
-    let mut newest = newest_session(&store).await;
+    let mut newest = newest_session(&store, &default).await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -346,7 +384,7 @@ async fn watch(
         if peer.is_transport_closed() {
             return; // the client is gone; its subscriptions end with it
         }
-        for uri in subs.watched.changed(&store).await {
+        for uri in subs.watched.changed(&store, &default).await {
             if peer
                 .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
                 .await
@@ -355,7 +393,7 @@ async fn watch(
                 return;
             }
         }
-        let now = newest_session(&store).await;
+        let now = newest_session(&store, &default).await;
         if now != newest {
             newest = now;
             if peer.notify_resource_list_changed().await.is_err() {
@@ -374,7 +412,7 @@ mod tests {
         let id = Uuid::new_v4();
         assert_eq!(
             Target::parse("pytest://sessions/latest").ok(),
-            Some(Target::Session(SessionRef::Latest))
+            Some(Target::Session(SessionRef::Latest(None)))
         );
         assert_eq!(
             Target::parse(&format!("pytest://sessions/{id}/failures")).ok(),

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::file::{Limit, Policy, Scope, Window};
 use crate::model::Timestamp;
+use crate::store::counters::Update;
 
 /// Where the gate reads the time; tests inject their own.
 pub trait Clock: Send + Sync {
@@ -106,36 +107,7 @@ impl fmt::Display for Decision {
     }
 }
 
-/// A counter: its name, and the grant it counts for (`None`: every grant).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key {
-    /// The counter's name in the policy.
-    pub counter: String,
-    /// `None` for a global counter.
-    pub grant: Option<String>,
-}
-
-/// A counter's current window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Count {
-    /// When the window opened, in microseconds since the Unix epoch.
-    pub start: i64,
-    /// Its length in microseconds.
-    pub length: i64,
-    /// Calls counted in it.
-    pub calls: u64,
-}
-
-impl Count {
-    fn ends(&self) -> i64 {
-        self.start.saturating_add(self.length)
-    }
-}
-
-/// Decides a call given the counters it falls under (absent ones are new)
-/// and updates them; what a shared counter store runs inside its
-/// transaction.
-pub type Decide = Arc<dyn Fn(&mut HashMap<Key, Count>) -> Decision + Send + Sync>;
+pub use crate::store::counters::{Count, Key};
 
 struct State {
     policy: Arc<Policy>,
@@ -224,27 +196,37 @@ impl Gate {
         }
         let clock = self.clock.clone();
         let (tool_name, grant_name) = (tool.to_string(), grant.to_string());
-        let decider: Decide = Arc::new(move |counts: &mut HashMap<Key, Count>| {
-            decide(
+        // The store runs the rule on the locked counters; the decision of
+        // the run that committed is the one left here.
+        let decided: Arc<Mutex<Option<Decision>>> = Arc::new(Mutex::new(None));
+        let slot = decided.clone();
+        let update: Update = Arc::new(move |counts: &mut HashMap<Key, Count>| {
+            let decision = decide(
                 &policy,
                 &tool_name,
                 &grant_name,
                 clock.now().as_micros(),
                 counts,
-            )
+            );
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(decision);
         });
-        match store.count_calls(keys, decider) {
+        let unavailable = |e: String| {
+            tracing::warn!(error = %e, tool, "the shared policy counters are unavailable");
+            Decision::Denied {
+                reason: format!(
+                    "the policy's shared call counters cannot be read ({e}); retry shortly"
+                ),
+            }
+        };
+        match store.count_calls(keys, update) {
             None => self.check(tool, grant),
             Some(counted) => match counted.await {
-                Ok(decision) => decision,
-                Err(e) => {
-                    tracing::warn!(error = %e, tool, "the shared policy counters are unavailable");
-                    Decision::Denied {
-                        reason: format!(
-                            "the policy's shared call counters cannot be read ({e}); retry shortly"
-                        ),
-                    }
-                }
+                Ok(()) => decided
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                    .unwrap_or_else(|| unavailable("no decision was made".into())),
+                Err(e) => unavailable(e.to_string()),
             },
         }
     }

@@ -17,11 +17,10 @@ use super::Store;
 use super::backend::{SessionKey, TestKey};
 use super::fingerprint::{self, Cluster, Fingerprint, StoredCause};
 use crate::error::Result;
-use crate::model::{Outcome, Session, SessionRef, Source, TestOutcome};
+use crate::model::{Outcome, Project, Session, SessionRef, Source, TestOutcome};
 
-/// Flips between pass and fail (oldest to newest) from which a test counts as
-/// flaky even without a same-commit witness.
-pub const FLAKY_FLIPS: u64 = 3;
+/// Sessions named as evidence on each side of a flaky verdict.
+pub const EVIDENCE_SESSIONS: usize = 5;
 
 /// What a test's recent outcomes say about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,11 +32,12 @@ pub enum Verdict {
     Passing,
     /// Failed every time.
     Failing,
-    /// Passed before, fails now, without flipping often: likely a real regression.
+    /// Passed before, fails now, and never both on the same code: a regression.
     Regressed,
-    /// Failed before, passes now, without flipping often.
+    /// Failed before, passes now, and never both on the same code: a fix.
     Fixed,
-    /// Passed and failed on the same commit or in the same session, or flips often.
+    /// Passed and failed on the same code (the same code state, or within
+    /// one session's reruns).
     Flaky,
 }
 
@@ -55,6 +55,35 @@ impl Verdict {
     }
 }
 
+/// Why a test is flaky: one code on which it both passed and failed, and
+/// the sessions that show it (newest first, at most [`EVIDENCE_SESSIONS`]
+/// each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    /// The code state it passed and failed on; `None` when the evidence is
+    /// one session's reruns (whatever its code state).
+    pub code_state: Option<Arc<str>>,
+    /// Sessions it passed in on that code.
+    pub passed_in: Vec<Uuid>,
+    /// Sessions it failed in on that code.
+    pub failed_in: Vec<Uuid>,
+}
+
+/// A change between passing and failing on different code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Failed where it passed before ([`Verdict::Regressed`]), or the other
+    /// way round ([`Verdict::Fixed`]).
+    pub verdict: Verdict,
+    /// The session of the first run after the change.
+    pub session: Uuid,
+    /// Its code state, when known.
+    pub code_state: Option<Arc<str>>,
+}
+
+/// Most changes a [`Stability`] keeps (the newest).
+pub const CHANGES_KEPT: usize = 10;
+
 /// Pass/fail statistics of one test over a window of runs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Stability {
@@ -66,20 +95,31 @@ pub struct Stability {
     pub failed: u64,
     /// Changes between pass and fail, oldest to newest.
     pub flips: u64,
-    /// Commits on which the test both passed and failed.
-    pub mixed_commits: u64,
+    /// Code states on which the test both passed and failed.
+    pub mixed_code_states: u64,
     /// Sessions in which the test both passed and failed (reruns).
     pub mixed_sessions: u64,
     /// Whether the newest counted outcome is a failure.
     pub last_failed: Option<bool>,
+    /// The newest evidence of flakiness, when there is any.
+    pub evidence: Option<Evidence>,
+    /// The changes between pass and fail that were not flakiness (on
+    /// different code, not within one session), oldest first; the newest
+    /// [`CHANGES_KEPT`].
+    pub changes: Vec<Change>,
 }
 
-/// Judges a test from its statistics.
+/// Judges a test from its statistics: flaky only when it passed and failed
+/// on the same code. Passing and failing on different code, however often,
+/// is a regression or a fix: the code changed.
+///
+/// This is the one place the rule lives; what "the same code" is comes with
+/// each [`Run`] ([`Run::code`]).
 pub fn flakiness_verdict(s: &Stability) -> Verdict {
     if s.runs == 0 {
         return Verdict::Unknown;
     }
-    if s.mixed_commits > 0 || s.mixed_sessions > 0 || s.flips >= FLAKY_FLIPS {
+    if s.mixed_code_states > 0 || s.mixed_sessions > 0 {
         return Verdict::Flaky;
     }
     match (s.passed, s.failed, s.last_failed) {
@@ -93,46 +133,153 @@ pub fn flakiness_verdict(s: &Stability) -> Verdict {
 /// One pass/fail outcome of a test, as the stability rules see it.
 #[derive(Debug, Clone)]
 pub struct Run {
-    /// The session it ran in.
+    /// The backend's key of the session it ran in.
     pub session: SessionKey,
-    /// The session's git commit, when known (shared by the session's runs).
-    pub commit: Option<Arc<str>>,
+    /// That session's id.
+    pub id: Uuid,
+    /// The code it ran on ([`crate::model::Environment::code_identity`]);
+    /// `None` when unknown, which is the same as no other run's.
+    pub code: Option<Arc<str>>,
     /// Failed or error (else passed).
     pub failed: bool,
+}
+
+/// The attempts of one test in one session, from its outcomes in seq
+/// order: each attempt's "failed" flag, oldest first. pytest reports a
+/// teardown error after the call's own result, so an error right after a
+/// pass or a failure belongs to that attempt (making it failed) rather than
+/// starting another: a test that passes and then fails its teardown is not
+/// a rerun that passed. Skips and expected failures are not attempts that
+/// say anything about reliability.
+pub fn attempts_of(kinds: impl IntoIterator<Item = TestOutcome>) -> Vec<bool> {
+    let mut attempts: Vec<bool> = Vec::new();
+    let mut prev: Option<TestOutcome> = None;
+    for kind in kinds {
+        match kind {
+            TestOutcome::Passed => attempts.push(false),
+            TestOutcome::Failed => attempts.push(true),
+            TestOutcome::Error => match (prev, attempts.last_mut()) {
+                (Some(TestOutcome::Passed | TestOutcome::Failed), Some(last)) => *last = true,
+                _ => attempts.push(true),
+            },
+            _ => {}
+        }
+        prev = Some(kind);
+    }
+    attempts
+}
+
+/// A session as the stability rules see it: its key, id and code.
+#[derive(Debug, Clone)]
+pub struct RunSession {
+    /// The backend's key of the session.
+    pub key: SessionKey,
+    /// Its id.
+    pub id: Uuid,
+    /// The code it ran on; `None` when unknown.
+    pub code: Option<Arc<str>>,
+}
+
+/// Where one code (or one session) saw a test pass and fail: sessions newest first.
+#[derive(Default)]
+struct Sides {
+    passed: Vec<Uuid>,
+    failed: Vec<Uuid>,
+    /// Position of the newest run counted, to find the newest evidence.
+    newest: usize,
+}
+
+impl Sides {
+    fn add(&mut self, run: &Run, at: usize) {
+        let side = if run.failed {
+            &mut self.failed
+        } else {
+            &mut self.passed
+        };
+        if !side.contains(&run.id) {
+            side.push(run.id);
+        }
+        self.newest = at;
+    }
+
+    fn mixed(&self) -> bool {
+        !self.passed.is_empty() && !self.failed.is_empty()
+    }
+
+    fn evidence(&self, code_state: Option<Arc<str>>) -> Evidence {
+        let newest_first = |v: &[Uuid]| {
+            v.iter()
+                .rev()
+                .take(EVIDENCE_SESSIONS)
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        Evidence {
+            code_state,
+            passed_in: newest_first(&self.passed),
+            failed_in: newest_first(&self.failed),
+        }
+    }
 }
 
 /// Computes statistics from runs in chronological order.
 pub fn stability_of(runs: &[Run]) -> Stability {
     let mut s = Stability::default();
-    let mut by_commit: HashMap<&str, (bool, bool)> = HashMap::new();
-    let mut by_session: HashMap<i64, (bool, bool)> = HashMap::new();
-    let mut prev: Option<bool> = None;
-    for r in runs {
+    let mut by_code: HashMap<&str, Sides> = HashMap::new();
+    let mut by_session: HashMap<SessionKey, Sides> = HashMap::new();
+    let mut prev: Option<&Run> = None;
+    for (at, r) in runs.iter().enumerate() {
         s.runs += 1;
         if r.failed {
             s.failed += 1;
         } else {
             s.passed += 1;
         }
-        if prev.is_some_and(|p| p != r.failed) {
+        if let Some(p) = prev
+            && p.failed != r.failed
+        {
             s.flips += 1;
-        }
-        prev = Some(r.failed);
-        let mark = |slot: &mut (bool, bool)| {
-            if r.failed {
-                slot.1 = true;
-            } else {
-                slot.0 = true;
+            let same_code = p.session == r.session || (p.code.is_some() && p.code == r.code);
+            if !same_code {
+                s.changes.push(Change {
+                    verdict: if r.failed {
+                        Verdict::Regressed
+                    } else {
+                        Verdict::Fixed
+                    },
+                    session: r.id,
+                    code_state: r.code.clone(),
+                });
             }
-        };
-        if let Some(c) = r.commit.as_deref().filter(|c| !c.is_empty()) {
-            mark(by_commit.entry(c).or_default());
         }
-        mark(by_session.entry(r.session).or_default());
+        prev = Some(r);
+        if let Some(c) = r.code.as_deref() {
+            by_code.entry(c).or_default().add(r, at);
+        }
+        by_session.entry(r.session).or_default().add(r, at);
     }
-    s.last_failed = prev;
-    s.mixed_commits = by_commit.values().filter(|(p, f)| *p && *f).count() as u64;
-    s.mixed_sessions = by_session.values().filter(|(p, f)| *p && *f).count() as u64;
+    s.last_failed = prev.map(|r| r.failed);
+    s.mixed_code_states = by_code.values().filter(|x| x.mixed()).count() as u64;
+    s.mixed_sessions = by_session.values().filter(|x| x.mixed()).count() as u64;
+    let newest_code = by_code
+        .iter()
+        .filter(|(_, x)| x.mixed())
+        .max_by_key(|(_, x)| x.newest)
+        .map(|(c, x)| (x.newest, x.evidence(Some(Arc::from(*c)))));
+    let newest_session = by_session
+        .values()
+        .filter(|x| x.mixed())
+        .max_by_key(|x| x.newest)
+        .map(|x| (x.newest, x.evidence(None)));
+    // A same-code witness names its code; a rerun names its session.
+    s.evidence = match (newest_code, newest_session) {
+        (Some((a, e)), Some((b, _))) if a >= b => Some(e),
+        (Some((_, e)), None) => Some(e),
+        (_, Some((_, e))) => Some(e),
+        (None, None) => None,
+    };
+    let extra = s.changes.len().saturating_sub(CHANGES_KEPT);
+    s.changes.drain(..extra);
     s
 }
 
@@ -292,13 +439,20 @@ impl Store {
         self.backend().latest_running(source).await
     }
 
-    /// The session of the same project started just before `head`.
+    /// The session of the same project started just before `head`: on
+    /// its branch when it has one and such a session exists, else on any.
     pub async fn previous_session(&self, head: &Session) -> Result<Option<Session>> {
-        self.backend().previous_session(head.clone()).await
+        if !head.environment.git_branch.is_empty()
+            && let Some(s) = self.backend().previous_session(head.clone(), true).await?
+        {
+            return Ok(Some(s));
+        }
+        self.backend().previous_session(head.clone(), false).await
     }
 
     /// What `head` is compared with when no base is named: the session of
-    /// the same project started just before it (errors name `head` and `base`).
+    /// the same project (and branch, when it has one) started just before
+    /// it (errors name `head` and `base`).
     pub async fn default_base(&self, head: SessionRef) -> Result<SessionRef> {
         let h = self
             .get_session(head)
@@ -314,24 +468,30 @@ impl Store {
     }
 
     /// Statistics of one test over its newest `window` pass/fail outcomes
-    /// (the test's own, not its subtests').
-    pub async fn test_stability(&self, nodeid: String, window: usize) -> Result<Stability> {
+    /// in `project` (the test's own, not its subtests').
+    pub async fn test_stability(
+        &self,
+        nodeid: String,
+        project: &Project,
+        window: usize,
+    ) -> Result<Stability> {
         crate::model::validate_nodeid(&nodeid, "nodeid")?;
-        let runs = self.backend().test_runs(nodeid, window).await?;
+        let runs = self
+            .backend()
+            .test_runs(nodeid, project.clone(), window)
+            .await?;
         Ok(stability_of(&runs))
     }
 
-    /// Tests judged flaky over the newest `window` sessions (of `project`,
-    /// when given), most evidence first, at most `limit`; and how many were
-    /// found in all.
-    pub async fn flaky_tests(
+    /// Every test of `project` judged flaky over its newest `window`
+    /// sessions, with its statistics and the session of its newest failure.
+    async fn judge_flaky(
         &self,
         window: usize,
-        project: Option<String>,
-        limit: usize,
-    ) -> Result<(usize, Vec<FlakyTest>)> {
-        let input = self.backend().flaky_input(window, project).await?;
-        let mut judged: Vec<(TestKey, Stability, Option<SessionKey>)> = input
+        project: &Project,
+    ) -> Result<Vec<(TestKey, Stability, Option<SessionKey>)>> {
+        let input = self.backend().flaky_input(window, project.clone()).await?;
+        Ok(input
             .tests
             .into_iter()
             .filter_map(|(key, runs)| {
@@ -341,7 +501,40 @@ impl Store {
                     (key, stability, last_failure)
                 })
             })
-            .collect();
+            .collect())
+    }
+
+    /// The tests of `project` judged flaky over its newest `window`
+    /// sessions, by nodeid: what a failure is labelled with where it is read.
+    pub async fn known_flaky(
+        &self,
+        window: usize,
+        project: &Project,
+    ) -> Result<HashMap<String, Stability>> {
+        let judged = self.judge_flaky(window, project).await?;
+        let names = self
+            .backend()
+            .test_names(judged.iter().map(|(k, _, _)| *k).collect())
+            .await?;
+        Ok(judged
+            .into_iter()
+            .filter_map(|(key, stability, _)| {
+                names
+                    .get(&key)
+                    .map(|(nodeid, _)| (nodeid.clone(), stability))
+            })
+            .collect())
+    }
+
+    /// Tests judged flaky over the newest `window` sessions of `project`,
+    /// most evidence first, at most `limit`; and how many were found in all.
+    pub async fn flaky_tests(
+        &self,
+        window: usize,
+        project: &Project,
+        limit: usize,
+    ) -> Result<(usize, Vec<FlakyTest>)> {
+        let mut judged = self.judge_flaky(window, project).await?;
         let total = judged.len();
         let names = self
             .backend()
@@ -349,8 +542,8 @@ impl Store {
             .await?;
         let name = |k: &TestKey| names.get(k).map(|(n, _)| n.clone()).unwrap_or_default();
         judged.sort_by(|a, b| {
-            (b.1.mixed_commits + b.1.mixed_sessions)
-                .cmp(&(a.1.mixed_commits + a.1.mixed_sessions))
+            (b.1.mixed_code_states + b.1.mixed_sessions)
+                .cmp(&(a.1.mixed_code_states + a.1.mixed_sessions))
                 .then(b.1.flips.cmp(&a.1.flips))
                 .then_with(|| name(&a.0).cmp(&name(&b.0)))
         });
@@ -733,7 +926,7 @@ impl Store {
         let h = &head.session;
         let filter = crate::store::SessionFilter {
             statuses: Vec::new(),
-            project: Some(h.environment.project.clone()).filter(|p| !p.is_empty()),
+            project: Some(Project::named(h.environment.project.clone())),
         };
         // Earlier closed sessions of the project, on the same branch when known.
         let mut baseline = Vec::new();
@@ -876,6 +1069,7 @@ mod tests {
             let id = Uuid::new_v4();
             let env = Environment {
                 git_commit: commit.to_string(),
+                code_state: commit.to_string(),
                 ..Environment::default()
             };
             store
@@ -918,7 +1112,10 @@ mod tests {
         )
         .await?;
 
-        let page = store.test_history("t.py::tracked".into(), 3, None).await?;
+        let any = Project::named("");
+        let page = store
+            .test_history("t.py::tracked".into(), &any, 3, None)
+            .await?;
         let seen: Vec<(Uuid, TestOutcome)> = page
             .items
             .iter()
@@ -927,19 +1124,23 @@ mod tests {
         assert_eq!(seen, [(ids[3], Failed), (ids[2], Failed), (ids[2], Passed)]);
         assert_eq!(page.items[0].session.environment.git_commit, "c4");
         let rest = store
-            .test_history("t.py::tracked".into(), 3, page.next)
+            .test_history("t.py::tracked".into(), &any, 3, page.next)
             .await?;
         let seen: Vec<Uuid> = rest.items.iter().map(|e| e.session.id).collect();
         assert_eq!(seen, [ids[1], ids[0]]);
         assert!(rest.next.is_none());
 
         // Oldest to newest: P (c1), F then P (c3, a rerun), F (c4); the skip is not a run.
-        let all = store.test_stability("t.py::tracked".into(), 50).await?;
+        let all = store
+            .test_stability("t.py::tracked".into(), &any, 50)
+            .await?;
         assert_eq!((all.runs, all.passed, all.failed), (4, 2, 2));
         assert_eq!((all.flips, all.mixed_sessions), (3, 1));
         assert_eq!(all.last_failed, Some(true));
         // The window keeps the newest runs: P (c3, the rerun), F (c4).
-        let newest = store.test_stability("t.py::tracked".into(), 2).await?;
+        let newest = store
+            .test_stability("t.py::tracked".into(), &any, 2)
+            .await?;
         assert_eq!((newest.runs, newest.passed, newest.failed), (2, 1, 1));
         assert_eq!((newest.flips, newest.mixed_sessions), (1, 0));
         Ok(())
@@ -983,7 +1184,8 @@ mod tests {
         let before = compare().await?;
         assert_eq!(before.new_failures.len(), 1);
         assert!(before.added.is_empty());
-        let history = store.test_history("t.py::a".into(), 10, None).await?;
+        let any = Project::named("");
+        let history = store.test_history("t.py::a".into(), &any, 10, None).await?;
         assert_eq!(history.items.len(), 2);
 
         store
@@ -1001,19 +1203,28 @@ mod tests {
             .collect();
         assert_eq!(names, ["t.py::a", "t.py::c"]);
         assert_eq!(after.added, ["t.py::c"]);
-        let history = store.test_history("t.py::c".into(), 10, None).await?;
+        let history = store.test_history("t.py::c".into(), &any, 10, None).await?;
         assert_eq!(history.items.len(), 1);
-        assert_eq!(store.test_stability("t.py::c".into(), 10).await?.failed, 1);
+        assert_eq!(
+            store
+                .test_stability("t.py::c".into(), &any, 10)
+                .await?
+                .failed,
+            1
+        );
         Ok(())
     }
 
-    fn runs(pattern: &str, commit: Option<&str>) -> Vec<Run> {
+    /// Runs oldest first, one session each, each on code `{code}{i}` (so
+    /// every run on its own code), or on unknown code.
+    fn runs(pattern: &str, code: Option<&str>) -> Vec<Run> {
         pattern
             .chars()
             .enumerate()
             .map(|(i, ch)| Run {
                 session: i as i64,
-                commit: commit.map(|c| Arc::from(format!("{c}{i}"))),
+                id: Uuid::from_u128(i as u128 + 1),
+                code: code.map(|c| Arc::from(format!("{c}{i}"))),
                 failed: ch == 'F',
             })
             .collect()
@@ -1031,35 +1242,74 @@ mod tests {
         let s = stability_of(&runs("PPPFF", Some("c")));
         assert_eq!(s.flips, 1);
         assert_eq!(flakiness_verdict(&s), Verdict::Regressed);
+        assert_eq!(s.changes.len(), 1);
+        assert_eq!(s.changes[0].verdict, Verdict::Regressed);
+        assert_eq!(s.changes[0].session, Uuid::from_u128(4));
         let s = stability_of(&runs("FFP", Some("c")));
         assert_eq!(flakiness_verdict(&s), Verdict::Fixed);
     }
 
     #[test]
-    fn passing_and_failing_on_one_commit_is_flaky() {
-        let mut r = runs("PF", None);
+    fn passing_and_failing_on_one_code_state_is_flaky_and_names_it() {
+        let mut r = runs("PFP", None);
         for x in &mut r {
-            x.commit = Some(Arc::from("abc"));
+            x.code = Some(Arc::from("abc+0123"));
         }
         let s = stability_of(&r);
-        assert_eq!(s.mixed_commits, 1);
+        assert_eq!(s.mixed_code_states, 1);
         assert_eq!(flakiness_verdict(&s), Verdict::Flaky);
+        let e = s.evidence.expect("evidence");
+        assert_eq!(e.code_state.as_deref(), Some("abc+0123"));
+        assert_eq!(e.passed_in, [Uuid::from_u128(3), Uuid::from_u128(1)]);
+        assert_eq!(e.failed_in, [Uuid::from_u128(2)]);
+        assert!(s.changes.is_empty(), "flips on one code are not changes");
     }
 
     #[test]
     fn a_rerun_that_passes_in_the_same_session_is_flaky() {
         let mut r = runs("FP", None);
         r[1].session = r[0].session;
+        r[1].id = r[0].id;
         let s = stability_of(&r);
         assert_eq!(s.mixed_sessions, 1);
         assert_eq!(flakiness_verdict(&s), Verdict::Flaky);
+        assert_eq!(s.evidence.expect("evidence").code_state, None);
     }
 
     #[test]
-    fn flipping_often_is_flaky_even_on_different_commits() {
+    fn flipping_often_on_changing_code_is_regressions_and_fixes_not_flakiness() {
+        // The edit loop: break it, fix it, break it again, each uncommitted.
         let s = stability_of(&runs("PFPF", Some("c")));
         assert_eq!(s.flips, 3);
-        assert_eq!(flakiness_verdict(&s), Verdict::Flaky);
+        assert_eq!(flakiness_verdict(&s), Verdict::Regressed);
+        let kinds: Vec<Verdict> = s.changes.iter().map(|c| c.verdict).collect();
+        assert_eq!(
+            kinds,
+            [Verdict::Regressed, Verdict::Fixed, Verdict::Regressed]
+        );
+    }
+
+    #[test]
+    fn unknown_code_is_the_same_as_no_other_runs() {
+        // Runs whose code is unknown (a dirty tree from an older plugin)
+        // never make a test flaky across sessions.
+        let s = stability_of(&runs("PFPF", None));
+        assert_eq!(s.mixed_code_states, 0);
+        assert_ne!(flakiness_verdict(&s), Verdict::Flaky);
+    }
+
+    #[test]
+    fn a_teardown_error_after_a_pass_is_one_failed_attempt_not_a_rerun() {
+        use TestOutcome::{Error, Failed, Passed, Skipped};
+        assert_eq!(attempts_of([Passed, Error]), [true]);
+        // pytest-rerunfailures: both attempts passed their call and failed
+        // their teardown; nothing passed.
+        assert_eq!(attempts_of([Passed, Error, Passed, Error]), [true, true]);
+        // A failure, its teardown error, then a rerun that passed: flaky.
+        assert_eq!(attempts_of([Failed, Error, Passed]), [true, false]);
+        // A setup error is an attempt of its own.
+        assert_eq!(attempts_of([Error, Passed]), [true, false]);
+        assert_eq!(attempts_of([Skipped, Error]), [true]);
     }
 
     #[test]

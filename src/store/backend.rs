@@ -20,16 +20,16 @@ use uuid::Uuid;
 use super::analysis::{Final, Run};
 use super::audit::AuditEntry;
 use super::budget::QueuedBytes;
+use super::counters::{Key as CounterKey, Update};
 use super::detail::NewOutcome;
 use super::fingerprint::KeyedFailure;
 use super::rules::NewSession;
 use super::{HistoryEntry, OutcomeFilter, Page, SessionFilter};
 use crate::error::Result;
 use crate::model::{
-    Outcome, QuarantineEntry, Session, SessionRef, SessionStatus, Source, Summary, Timestamp,
+    Outcome, Project, QuarantineEntry, Session, SessionRef, SessionStatus, Source, Summary,
+    Timestamp,
 };
-use crate::policy::Decision;
-use crate::policy::gate::{Decide, Key as CounterKey};
 
 /// What every backend method returns.
 pub type Fut<T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'static>>;
@@ -96,6 +96,17 @@ pub struct StorageStats {
     pub free_bytes: u64,
     /// Whether free pages can be returned to the file system in steps.
     pub can_shrink: bool,
+}
+
+/// One spelling of a project name, as its sessions recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectActivity {
+    /// The name ("" for sessions recorded without one).
+    pub name: String,
+    /// Sessions recorded under it.
+    pub sessions: u64,
+    /// The start of the newest of them.
+    pub last_started: Timestamp,
 }
 
 /// What was recorded of a cause in sessions other than the one asked about.
@@ -205,22 +216,26 @@ pub trait Backend: Send + Sync + 'static {
         cursor: Option<String>,
     ) -> Fut<(Session, Page<Outcome>)>;
 
-    /// One test's outcomes (its subtests' included) across sessions, newest
-    /// session first.
+    /// One test's outcomes (its subtests' included) across the sessions of
+    /// `project`, newest session first.
     fn test_history(
         &self,
         nodeid: String,
+        project: Project,
         limit: usize,
         cursor: Option<String>,
     ) -> Fut<Page<HistoryEntry>>;
 
     /// The newest `window` pass/fail outcomes of a test itself (not its
-    /// subtests), oldest first.
-    fn test_runs(&self, nodeid: String, window: usize) -> Fut<Vec<Run>>;
+    /// subtests) in the sessions of `project`, oldest first.
+    fn test_runs(&self, nodeid: String, project: Project, window: usize) -> Fut<Vec<Run>>;
 
-    /// The newest `window` sessions (of `project`), and every test that
+    /// The newest `window` sessions of `project`, and every test that
     /// failed in one of them with its pass/fail runs in them.
-    fn flaky_input(&self, window: usize, project: Option<String>) -> Fut<FlakyInput>;
+    fn flaky_input(&self, window: usize, project: Project) -> Fut<FlakyInput>;
+
+    /// Every project name its sessions were recorded under, with activity.
+    fn projects(&self) -> Fut<Vec<ProjectActivity>>;
 
     /// A session, its key, and the final outcome (last attempt) of each of
     /// its tests, sorted by test key.
@@ -259,8 +274,9 @@ pub trait Backend: Send + Sync + 'static {
         session: Uuid,
     ) -> Fut<HashMap<String, KnownCause>>;
 
-    /// The session of the same project started just before `head`.
-    fn previous_session(&self, head: Session) -> Fut<Option<Session>>;
+    /// The session of the same project started just before `head`; on
+    /// `head`'s branch too when `same_branch` (and `head` has one).
+    fn previous_session(&self, head: Session, same_branch: bool) -> Fut<Option<Session>>;
 
     /// The stored quarantine entries, expired ones too: those for `project`
     /// and for every project, or every entry when `None`.
@@ -282,12 +298,12 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
-    /// Decides a policy-gated call against counters kept in the database,
-    /// shared by every process on it, `decide` running inside the
-    /// transaction that holds the counters' locks. `None`: this backend
-    /// does not share counters, and each process counts its own.
-    fn count_calls(&self, keys: Vec<CounterKey>, decide: Decide) -> Option<Fut<Decision>> {
-        let _ = (keys, decide);
+    /// Runs `update` on call counters kept in the database, shared by every
+    /// process on it, inside the transaction that holds the counters'
+    /// locks. `None`: this backend does not share counters, and each
+    /// process counts its own.
+    fn count_calls(&self, keys: Vec<CounterKey>, update: Update) -> Option<Fut<()>> {
+        let _ = (keys, update);
         None
     }
 

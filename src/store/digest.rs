@@ -12,10 +12,9 @@
 //! every backend.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use super::analysis::{Final, Run};
-use super::backend::{FlakyInput, SessionKey, TestKey};
+use super::analysis::{Final, Run, RunSession, attempts_of};
+use super::backend::{FlakyInput, TestKey};
 use super::blob::{VarintError, put_varint, read_varint, unzip};
 use crate::error::{Error, Result};
 use crate::model::TestOutcome;
@@ -122,7 +121,7 @@ impl Digest {
 /// The flaky-test candidates of a window of sessions, given oldest first
 /// with their digests: every test (not subtest) that failed in one of them,
 /// with its pass/fail runs there.
-pub fn flaky_input(recent: &[(SessionKey, Option<Arc<str>>)], digests: &[Digest]) -> FlakyInput {
+pub fn flaky_input(recent: &[RunSession], digests: &[Digest]) -> FlakyInput {
     // Only a test that failed in the window can be flaky.
     let mut candidates: Vec<i64> = Vec::new();
     for d in digests {
@@ -131,20 +130,16 @@ pub fn flaky_input(recent: &[(SessionKey, Option<Arc<str>>)], digests: &[Digest]
     candidates.sort_unstable();
     candidates.dedup();
     let mut runs: Vec<(i64, Vec<Run>)> = candidates.iter().map(|t| (*t, Vec::new())).collect();
-    for ((pk, commit), d) in recent.iter().zip(digests) {
+    for (s, d) in recent.iter().zip(digests) {
         for (test, test_runs) in runs.iter_mut() {
             let Some(i) = d.find(*test) else {
                 continue;
             };
-            for kind in d.attempts(i) {
-                let failed = match kind {
-                    TestOutcome::Passed => false,
-                    TestOutcome::Failed | TestOutcome::Error => true,
-                    _ => continue,
-                };
+            for failed in attempts_of(d.attempts(i).iter().copied()) {
                 test_runs.push(Run {
-                    session: *pk,
-                    commit: commit.clone(),
+                    session: s.key,
+                    id: s.id,
+                    code: s.code.clone(),
                     failed,
                 });
             }

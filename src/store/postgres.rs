@@ -47,9 +47,10 @@ use super::{
     budget::QueuedBytes, detail::NewOutcome, rules::NewSession,
 };
 use crate::error::{Error, Result};
+use crate::model::Project;
 use crate::model::{Outcome, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp};
-use crate::policy::Decision;
-use crate::policy::gate::{Decide, Key as CounterKey};
+use crate::store::backend::ProjectActivity;
+use crate::store::counters::{Key as CounterKey, Update};
 
 /// Connections a replica keeps to the database at most.
 const POOL_SIZE: usize = 16;
@@ -228,15 +229,15 @@ impl PgBackend {
     }
 
     /// Counts a call against rate counters in the database; see
-    /// [`crate::policy::counters`].
-    pub fn count_calls(&self, keys: Vec<CounterKey>, decide: Decide) -> Fut<Decision> {
+    /// [`crate::store::counters`].
+    pub fn count_calls(&self, keys: Vec<CounterKey>, update: Update) -> Fut<()> {
         let shared = self.shared.clone();
         Box::pin(async move {
             let keys = Arc::new(keys);
             run_write(&shared, &move |tx, _| {
                 let keys = keys.clone();
-                let decide = decide.clone();
-                Box::pin(async move { writes::count_calls(tx, &keys, &decide).await })
+                let update = update.clone();
+                Box::pin(async move { writes::count_calls(tx, &keys, &update).await })
             })
             .await
         })
@@ -454,7 +455,10 @@ impl Backend for PgBackend {
     }
 
     fn set_pinned(&self, session: SessionRef, pinned: bool) -> Fut<Session> {
-        self.write(move |tx, _| boxed!(async move { writes::pin(tx, session, pinned).await }))
+        self.write(move |tx, _| {
+            let session = session.clone();
+            boxed!(async move { writes::pin(tx, session, pinned).await })
+        })
     }
 
     fn put_quarantine(&self, entry: QuarantineEntry) -> Fut<bool> {
@@ -563,22 +567,29 @@ impl Backend for PgBackend {
     fn test_history(
         &self,
         nodeid: String,
+        project: Project,
         limit: usize,
         cursor: Option<String>,
     ) -> Fut<Page<HistoryEntry>> {
         self.read(move |tx| {
-            boxed!(async move { reads::test_history(tx, &nodeid, limit, cursor.as_deref()).await })
+            boxed!(async move {
+                reads::test_history(tx, &nodeid, &project, limit, cursor.as_deref()).await
+            })
         })
     }
 
-    fn test_runs(&self, nodeid: String, window: usize) -> Fut<Vec<Run>> {
-        self.read(move |tx| boxed!(async move { reads::test_runs(tx, &nodeid, window).await }))
-    }
-
-    fn flaky_input(&self, window: usize, project: Option<String>) -> Fut<FlakyInput> {
+    fn test_runs(&self, nodeid: String, project: Project, window: usize) -> Fut<Vec<Run>> {
         self.read(move |tx| {
-            boxed!(async move { reads::flaky_input(tx, window, project.as_deref()).await })
+            boxed!(async move { reads::test_runs(tx, &nodeid, &project, window).await })
         })
+    }
+
+    fn flaky_input(&self, window: usize, project: Project) -> Fut<FlakyInput> {
+        self.read(move |tx| boxed!(async move { reads::flaky_input(tx, window, &project).await }))
+    }
+
+    fn projects(&self) -> Fut<Vec<ProjectActivity>> {
+        self.read(move |tx| boxed!(async move { reads::projects(tx).await }))
     }
 
     fn session_finals(&self, session: SessionRef) -> Fut<SessionFinals> {
@@ -616,8 +627,10 @@ impl Backend for PgBackend {
         self.read(move |tx| boxed!(async move { reads::latest_running(tx, source).await }))
     }
 
-    fn previous_session(&self, head: Session) -> Fut<Option<Session>> {
-        self.read(move |tx| boxed!(async move { reads::previous_session(tx, &head).await }))
+    fn previous_session(&self, head: Session, same_branch: bool) -> Fut<Option<Session>> {
+        self.read(move |tx| {
+            boxed!(async move { reads::previous_session(tx, &head, same_branch).await })
+        })
     }
 
     fn quarantine_entries(&self, project: Option<String>) -> Fut<Vec<QuarantineEntry>> {
@@ -657,8 +670,8 @@ impl Backend for PgBackend {
         Box::pin(async move { PgBackend::ping(&this).await })
     }
 
-    fn count_calls(&self, keys: Vec<CounterKey>, decide: Decide) -> Option<Fut<Decision>> {
-        Some(PgBackend::count_calls(self, keys, decide))
+    fn count_calls(&self, keys: Vec<CounterKey>, update: Update) -> Option<Fut<()>> {
+        Some(PgBackend::count_calls(self, keys, update))
     }
 
     fn describe(&self) -> String {

@@ -11,11 +11,11 @@
 //! Adding an entry that exists (same project and pattern) renews it: the new
 //! reason, author and expiry replace the old.
 
-use std::collections::HashMap;
-
 use super::{SessionFilter, Store};
 use crate::error::{Error, Result};
-use crate::model::{MAX_NODEID_BYTES, QuarantineEntry, SessionRef, Timestamp, validate_nodeid};
+use crate::model::{
+    MAX_NODEID_BYTES, Project, QuarantineEntry, SessionRef, Timestamp, validate_nodeid,
+};
 
 /// How long an entry lasts when no duration is given, in days.
 pub const DEFAULT_DAYS: u32 = 14;
@@ -104,9 +104,10 @@ pub fn is_active(entry: &QuarantineEntry, now: Timestamp) -> bool {
     entry.expires_at > now
 }
 
-/// Whether an entry is for `project` (an entry without one is for all).
+/// Whether an entry is for `project` (an entry without one is for all);
+/// project names match case-insensitively.
 pub fn is_for(entry: &QuarantineEntry, project: &str) -> bool {
-    entry.project.is_empty() || entry.project == project
+    entry.project.is_empty() || entry.project.to_lowercase() == project.to_lowercase()
 }
 
 /// Whether `pattern` has `fnmatch` wildcards (else it is one nodeid).
@@ -282,10 +283,9 @@ impl Store {
         with_expired: bool,
         now: Timestamp,
     ) -> Result<Vec<QuarantineEntry>> {
-        let mut entries = self
-            .backend()
-            .quarantine_entries(project.map(str::to_string))
-            .await?;
+        // Every entry, filtered here: project names match case-insensitively,
+        // and a database holds few entries.
+        let mut entries = self.backend().quarantine_entries(None).await?;
         entries.retain(|e| {
             (with_expired || is_active(e, now)) && project.is_none_or(|p| is_for(e, p))
         });
@@ -299,25 +299,26 @@ impl Store {
         Ok(entries)
     }
 
-    /// The active entries for `project` (all when `None`) with how their
-    /// tests did lately and whether each can be released.
+    /// The active entries for `project` with how their tests did lately in
+    /// its sessions, and whether each can be released.
     pub async fn quarantine_status(
         &self,
-        project: Option<&str>,
+        project: &Project,
         now: Timestamp,
     ) -> Result<Vec<QuarantineStatus>> {
-        let entries = self.quarantine_list(project, false, now).await?;
-        let mut latest_tests: HashMap<String, Vec<String>> = HashMap::new();
+        let entries = self
+            .quarantine_list(Some(&project.name), false, now)
+            .await?;
+        let mut latest_tests: Option<Vec<String>> = None;
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let nodeids = if is_pattern(&entry.pattern) {
-                let scope = project.unwrap_or(&entry.project).to_string();
-                if !latest_tests.contains_key(&scope) {
-                    let tests = self.latest_nodeids(&scope).await?;
-                    latest_tests.insert(scope.clone(), tests);
+                if latest_tests.is_none() {
+                    latest_tests = Some(self.latest_nodeids(project).await?);
                 }
-                latest_tests[&scope]
+                latest_tests
                     .iter()
+                    .flatten()
                     .filter(|n| covers(&entry.pattern, n))
                     .take(MAX_PATTERN_TESTS)
                     .cloned()
@@ -329,7 +330,7 @@ impl Store {
             for nodeid in nodeids {
                 let runs = self
                     .backend()
-                    .test_runs(nodeid.clone(), RELEASE_AFTER)
+                    .test_runs(nodeid.clone(), project.clone(), RELEASE_AFTER)
                     .await?;
                 let passed_in_a_row = runs.iter().rev().take_while(|r| !r.failed).count();
                 tests.push(QuarantinedTest {
@@ -349,10 +350,10 @@ impl Store {
         Ok(out)
     }
 
-    /// The nodeids of the newest session of `project` ("" for any project).
-    async fn latest_nodeids(&self, project: &str) -> Result<Vec<String>> {
+    /// The nodeids of the newest session of `project`.
+    async fn latest_nodeids(&self, project: &Project) -> Result<Vec<String>> {
         let filter = SessionFilter {
-            project: (!project.is_empty()).then(|| project.to_string()),
+            project: Some(project.clone()),
             ..SessionFilter::default()
         };
         let Some(latest) = self.list_sessions(filter, 1, None).await?.items.pop() else {

@@ -27,15 +27,17 @@ use uuid::Uuid;
 pub use schema::{SCHEMA_VERSION, Sync};
 
 use super::backend::{
-    Backend, FlakyInput, Fut, Reclaimed, SessionFinals, SessionKey, SessionMeta, StorageStats,
-    TestKey,
+    Backend, FlakyInput, Fut, ProjectActivity, Reclaimed, SessionFinals, SessionKey, SessionMeta,
+    StorageStats, TestKey,
 };
 use super::{
     AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, StoreEvent,
     budget::QueuedBytes, detail::NewOutcome, rules::NewSession,
 };
 use crate::error::{Error, Result};
-use crate::model::{Outcome, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp};
+use crate::model::{
+    Outcome, Project, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp,
+};
 use writer::{Queued, WriteCmd};
 
 pub(crate) use reads::resolve;
@@ -310,18 +312,23 @@ impl Backend for SqliteBackend {
     fn test_history(
         &self,
         nodeid: String,
+        project: Project,
         limit: usize,
         cursor: Option<String>,
     ) -> Fut<Page<HistoryEntry>> {
-        self.read(move |c| reads::test_history(c, &nodeid, limit, cursor.as_deref()))
+        self.read(move |c| reads::test_history(c, &nodeid, &project, limit, cursor.as_deref()))
     }
 
-    fn test_runs(&self, nodeid: String, window: usize) -> Fut<Vec<Run>> {
-        self.read(move |c| reads::test_runs(c, &nodeid, window))
+    fn test_runs(&self, nodeid: String, project: Project, window: usize) -> Fut<Vec<Run>> {
+        self.read(move |c| reads::test_runs(c, &nodeid, &project, window))
     }
 
-    fn flaky_input(&self, window: usize, project: Option<String>) -> Fut<FlakyInput> {
-        self.read(move |c| reads::flaky_input(c, window, project.as_deref()))
+    fn flaky_input(&self, window: usize, project: Project) -> Fut<FlakyInput> {
+        self.read(move |c| reads::flaky_input(c, window, &project))
+    }
+
+    fn projects(&self) -> Fut<Vec<ProjectActivity>> {
+        self.read(reads::projects)
     }
 
     fn session_finals(&self, session: SessionRef) -> Fut<SessionFinals> {
@@ -355,8 +362,8 @@ impl Backend for SqliteBackend {
         self.read(move |c| reads::latest_running(c, source))
     }
 
-    fn previous_session(&self, head: Session) -> Fut<Option<Session>> {
-        self.read(move |c| reads::previous_session(c, &head))
+    fn previous_session(&self, head: Session, same_branch: bool) -> Fut<Option<Session>> {
+        self.read(move |c| reads::previous_session(c, &head, same_branch))
     }
 
     fn recent_audit(&self, limit: usize) -> Fut<Vec<AuditEntry>> {

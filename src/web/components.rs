@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use maud::{DOCTYPE, Markup, html};
 
 pub use crate::commands::duration_text as seconds;
-use crate::mcp::views::{CountsView, FailureView, SessionView};
 use crate::model::Timestamp;
+use crate::views::{CountsView, FailureView, ProjectsView, SessionView};
 
 /// A whole page: title, the navigation, then `body`.
 pub fn layout(title: &str, body: Markup) -> Markup {
@@ -39,11 +39,36 @@ pub fn layout(title: &str, body: Markup) -> Markup {
     }
 }
 
-/// A session's status as a coloured badge (`data-field` lets the live
-/// script update it).
-pub fn status(s: &str) -> Markup {
-    html! { span.status.(s) data-field="status" { (s) } }
+/// What a session came to, as a coloured badge: `failed`, `passed`,
+/// `interrupted`, `running`... (its [`SessionView::result`]); the live
+/// script updates it.
+pub fn result(s: &SessionView) -> Markup {
+    let class = s.result.replace(' ', "-");
+    html! { span.status.(class) data-field="result" title=(format!("status {}", s.status)) { (s.result) } }
 }
+
+/// A choice of project, for a filter form: every project recorded, the
+/// current one selected.
+pub fn switcher(projects: &ProjectsView) -> Markup {
+    html! {
+        label.switcher { "project "
+            select name="project" data-autosubmit {
+                @if projects.projects.iter().all(|p| p.name != projects.current) {
+                    option value=(projects.current) selected { (projects.current) " (no sessions yet)" }
+                }
+                @for p in &projects.projects {
+                    option value=(p.name) selected[p.name == projects.current] {
+                        @if p.name.is_empty() { "(no project)" } @else { (p.name) }
+                        " (" (p.sessions) ")"
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Narrowest a failed or error segment of the outcome bar is, in percent.
+pub const MIN_MARK: f64 = 2.0;
 
 /// Proportional bar of a session's outcomes.
 pub fn bar(c: &CountsView) -> Markup {
@@ -67,15 +92,41 @@ pub fn bar(c: &CountsView) -> Markup {
         "{} passed, {} failed, {} errors, {} skipped, {} xfailed, {} xpassed",
         c.passed, c.failed, c.errors, c.skipped, c.xfailed, c.xpassed
     );
-    // (class, x, width) in percent, laid end to end.
-    let mut x = 0.0;
-    let rects: Vec<(&str, f64, f64)> = segments
+    // (class, x, width) in percent, laid end to end. A failure or error is
+    // never thinner than MIN_MARK percent, however many tests passed: one
+    // failure in thousands must still be seen; the passes give way.
+    let widths: Vec<(&str, f64)> = segments
         .iter()
         .filter(|(_, n)| *n > 0)
         .map(|&(class, n)| {
+            let w = part(n);
+            let marked = matches!(class, "failed" | "error");
+            (class, if marked { w.max(MIN_MARK) } else { w })
+        })
+        .collect();
+    let sum: f64 = widths.iter().map(|(_, w)| w).sum();
+    let marks: f64 = widths
+        .iter()
+        .filter(|(c, _)| matches!(*c, "failed" | "error"))
+        .map(|(_, w)| w)
+        .sum();
+    let rest_scale = if sum > 100.0 && sum > marks {
+        (100.0 - marks).max(0.0) / (sum - marks)
+    } else {
+        1.0
+    };
+    let mut x = 0.0;
+    let rects: Vec<(&str, f64, f64)> = widths
+        .iter()
+        .map(|&(class, w)| {
+            let w = if matches!(class, "failed" | "error") {
+                w
+            } else {
+                w * rest_scale
+            };
             let at = x;
-            x += part(n);
-            (class, at, part(n))
+            x += w;
+            (class, at, w)
         })
         .collect();
     // One SVG scaled to the bar's box: widths as attributes, since the CSP
@@ -126,36 +177,40 @@ pub fn short_commit(c: &str) -> &str {
     c.get(..10).unwrap_or(c)
 }
 
-/// The counts of a session as labelled figures (each updatable live).
+/// The counts of a session as labelled figures (each updatable live). A
+/// run with failures leads with them; its pass rate comes last and small.
 pub fn counts(s: &SessionView) -> Markup {
     let c = &s.counts;
+    let failing = c.failed + c.errors > 0;
     let figures = [
-        ("stored", "outcomes", s.outcomes_stored),
-        ("passed", "passed", c.passed),
         ("failed", "failed", c.failed),
         ("errors", "errors", c.errors),
+        ("passed", "passed", c.passed),
         ("skipped", "skipped", c.skipped),
         ("xfailed", "xfailed", c.xfailed),
         ("xpassed", "xpassed", c.xpassed),
+        ("stored", "outcomes", s.outcomes_stored),
     ];
     html! {
-        div.counts {
+        div.counts.failing[failing] {
             @for (field, label, n) in figures {
-                div { strong data-field=(field) { (n) } (label) }
+                div.(field) { strong data-field=(field) { (n) } (label) }
             }
-            div { strong data-field="rate" { (pass_rate(c)) } "pass rate" }
+            div.rate { span data-field="rate" { (pass_rate(c)) } " passed" }
         }
     }
 }
 
 /// One failure: what failed, where, its message; traceback and captured
 /// output folded; a button copying the command that reruns it.
-pub fn failure(f: &FailureView) -> Markup {
-    let rerun = crate::mcp::views::rerun_command([f.nodeid.as_str()]);
+pub fn failure(f: &FailureView, project: &str) -> Markup {
+    let rerun = crate::views::rerun_command([f.nodeid.as_str()]);
     html! {
         article.failure.(f.outcome) id=(format!("failure-{}", f.seq)) data-seq=(f.seq) {
             div.what {
-                span.nodeid { a href=(test_href(&f.nodeid)) { (f.nodeid) } }
+                span.nodeid { a href=(test_href(&f.nodeid, project)) { (f.nodeid) } }
+                @if f.known_flaky { span.flaky title="this test passed and failed on the same code lately" { "known flaky" } }
+                @if f.quarantined { span.quarantined title="quarantined: this failure did not fail the run" { "quarantined" } }
                 @if let Some(sub) = &f.subtest { span.mono { (sub) } }
                 span.muted { (f.outcome) @if let Some(p) = &f.phase { " in " (p) } }
                 span.muted.mono { (f.location) }
@@ -181,9 +236,13 @@ pub fn failure(f: &FailureView) -> Markup {
     }
 }
 
-/// The link to a test's page.
-pub fn test_href(nodeid: &str) -> String {
-    format!("/tests?nodeid={}", query_escape(nodeid))
+/// The link to a test's page, in its project.
+pub fn test_href(nodeid: &str, project: &str) -> String {
+    format!(
+        "/tests?project={}&nodeid={}",
+        query_escape(project),
+        query_escape(nodeid)
+    )
 }
 
 /// Escapes a value for a URL query (every byte outside the unreserved set).

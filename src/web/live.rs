@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::components::{bar, failure, pass_rate};
-use crate::mcp::views::{FailureView, SessionView, rerun_command};
 use crate::model::{SessionRef, TestOutcome};
 use crate::store::changes::{COALESCE, Changes};
 use crate::store::{OutcomeFilter, Store};
+use crate::views::{FailureView, SessionView, rerun_command};
 
 /// Outcomes read per look while catching up.
 const BATCH: usize = 1000;
@@ -97,7 +97,13 @@ async fn follow_session(
             let upto = last.seq.min(s.outcomes_stored);
             for o in batch.iter().filter(|o| o.seq <= upto) {
                 if matches!(o.outcome, TestOutcome::Failed | TestOutcome::Error) {
-                    shown.push_str(&failure(&FailureView::new(o, TRACEBACK_BYTES)).into_string());
+                    shown.push_str(
+                        &failure(
+                            &FailureView::new(o, TRACEBACK_BYTES),
+                            &s.environment.project,
+                        )
+                        .into_string(),
+                    );
                 }
             }
             after = upto;
@@ -128,6 +134,7 @@ async fn follow_session(
             let c = &view.counts;
             let text = [
                 ("status", view.status.clone()),
+                ("result", view.result.clone()),
                 ("stored", view.outcomes_stored.to_string()),
                 ("passed", c.passed.to_string()),
                 ("failed", c.failed.to_string()),

@@ -1,23 +1,26 @@
 //! The pages: each a function from a view struct to markup. The views are
-//! the read model MCP answers with ([`crate::mcp::views`]), gathered by the
+//! the read model every reader renders ([`crate::views`]), gathered by the
 //! handlers in [`super`]; nothing here reads the store.
 
 use maud::{Markup, html};
 
 use super::components::{
-    Cell, ago, bar, counts, failure, layout, pass_rate, problem, query_escape, seconds,
-    short_commit, sparkline, status, strip, test_href,
+    Cell, ago, bar, counts, failure, layout, pass_rate, problem, query_escape, result, seconds,
+    short_commit, sparkline, strip, switcher, test_href,
 };
-use crate::mcp::views::{
-    ComparedTestView, ComparisonView, EnvironmentView, FailureView, SessionView, SlowestView,
-    StabilityView,
+use crate::views::history::short_code;
+use crate::views::{
+    ClustersView, ComparedTestView, ComparisonView, EnvironmentView, FailureView, ProjectsView,
+    SessionView, SlowestView, StabilityView,
 };
 
 /// The sessions list.
 pub struct SessionsPage {
+    /// The projects there are, for the switcher.
+    pub projects: ProjectsView,
     /// Newest first.
     pub sessions: Vec<SessionView>,
-    /// The project filter, if any.
+    /// The project shown.
     pub project: String,
     /// The status filter, if any.
     pub status: String,
@@ -29,9 +32,9 @@ pub struct SessionsPage {
 pub fn sessions(p: &SessionsPage) -> Markup {
     let statuses = ["", "running", "finished", "interrupted", "incomplete"];
     let body = html! {
-        h1 { "Sessions" }
+        h1 { "Sessions" @if !p.project.is_empty() { " · " (p.project) } }
         form.filters method="get" action="/" {
-            label { "project " input type="text" name="project" value=(p.project); }
+            (switcher(&p.projects))
             label { "status "
                 select name="status" {
                     @for s in statuses {
@@ -44,27 +47,26 @@ pub fn sessions(p: &SessionsPage) -> Markup {
         // Always a table, so that the live script has one to refill.
         table data-live-list="/events" {
             thead { tr {
-                th { "status" } th { "started" } th { "project" } th { "branch" } th { "commit" }
-                th { "outcomes" } th.num { "passed" } th.num { "failed" } th.num { "errors" }
-                th.num { "skipped" } th.num { "pass rate" } th.num { "duration" }
+                th { "result" } th { "session" } th { "started" } th { "branch" } th { "commit" }
+                th { "outcomes" } th.num { "failed" } th.num { "errors" } th.num { "passed" }
+                th.num { "skipped" } th.num { "duration" }
             } }
             tbody {
                 @if p.sessions.is_empty() {
-                    tr { td.empty colspan="12" { "No sessions recorded yet. Run " code { "pytest --mcp" } "." } }
+                    tr { td.empty colspan="11" { "No sessions recorded yet. Run " code { "pytest --mcp" } " in your project." } }
                 }
                 @for s in &p.sessions {
                     tr {
-                        td { a href=(format!("/sessions/{}", s.id)) { (status(&s.status)) } }
-                        td { a href=(format!("/sessions/{}", s.id)) { (ago(&s.started_at)) } }
-                        td { (s.project.as_deref().unwrap_or("")) }
+                        td { a href=(format!("/sessions/{}", s.id)) { (result(s)) } }
+                        td.mono { a href=(format!("/sessions/{}", s.id)) { (s.short_id()) } }
+                        td { (ago(&s.started_at)) }
                         td { (s.git_branch.as_deref().unwrap_or("")) }
                         td.mono { (short_commit(s.git_commit.as_deref().unwrap_or(""))) }
                         td { (bar(&s.counts)) }
-                        td.num { (s.counts.passed) }
                         td.num { (s.counts.failed) }
                         td.num { (s.counts.errors) }
+                        td.num { (s.counts.passed) }
                         td.num { (s.counts.skipped) }
-                        td.num { (pass_rate(&s.counts)) }
                         td.num { @if let Some(d) = s.duration { (seconds(d)) } }
                     }
                 }
@@ -106,7 +108,7 @@ pub struct SessionPage {
     /// Who recorded it (the token's grant), when known.
     pub grant: Option<String>,
     /// The causes of its failures, the largest first.
-    pub causes: Vec<CauseRow>,
+    pub causes: ClustersView,
     /// Its failures and errors, in the order they happened.
     pub failures: Vec<FailureView>,
     /// Failures beyond those shown.
@@ -123,26 +125,13 @@ pub struct SessionPage {
     pub next: Option<String>,
 }
 
-/// One cause of a session's failures.
-pub struct CauseRow {
-    /// The cause in words.
-    pub cause: String,
-    /// Failing outcomes of it.
-    pub failures: u64,
-    /// Tests it broke.
-    pub tests: u64,
-    /// When another session of the project first failed of it, if one did.
-    pub first_seen: Option<String>,
-    /// Other sessions of the project that failed of it.
-    pub sessions: u64,
-}
-
 /// One session: environment, summary, failures first, then every outcome.
 pub fn session(p: &SessionPage) -> Markup {
     let s = &p.session;
     let e = &p.environment;
     let running = s.status == "running";
     let base = format!("/sessions/{}", s.id);
+    let project = s.project.as_deref().unwrap_or("");
     let mut chips: Vec<(&str, String)> = Vec::new();
     for (label, value) in [
         ("project", s.project.clone()),
@@ -151,6 +140,7 @@ pub fn session(p: &SessionPage) -> Markup {
             "commit",
             s.git_commit.as_deref().map(|c| short_commit(c).to_string()),
         ),
+        ("code state", s.code_state.as_deref().map(short_code)),
         ("CI", Some(e.ci_provider.clone())),
         (
             "Python",
@@ -187,12 +177,13 @@ pub fn session(p: &SessionPage) -> Markup {
     ];
     let body = html! {
         div data-live-session=[running.then(|| format!("{base}/events"))] data-after=(s.outcomes_stored) {
-            h1 { (status(&s.status)) " session " span.mono { (s.id) } }
+            h1 { (result(s)) " session " span.mono { (s.id) } }
             p.muted {
                 a href=(format!("{base}/slowest")) { "slowest tests" } " · "
-                a href=(format!("/compare?head={}", s.id)) { "compare with the one before" } " · "
-                a href=(format!("/trends?project={}", query_escape(s.project.as_deref().unwrap_or("")))) { "trends" } " · "
-                a href=(format!("/grid?project={}", query_escape(s.project.as_deref().unwrap_or("")))) { "test grid" }
+                a href=(format!("/compare?project={}&head={}", query_escape(project), s.id)) { "compare with the one before" } " · "
+                a href=(format!("/?project={}", query_escape(project))) { "sessions of " (project) } " · "
+                a href=(format!("/trends?project={}", query_escape(project))) { "trends" } " · "
+                a href=(format!("/grid?project={}", query_escape(project))) { "test grid" }
             }
             ul.chips {
                 @for (label, value) in &chips { li { b { (label) } " " (value) } }
@@ -203,20 +194,23 @@ pub fn session(p: &SessionPage) -> Markup {
             }
             (bar(&s.counts))
             (counts(s))
-            @if !p.causes.is_empty() {
-                h2 { "Causes " span.muted { "(" (p.causes.len()) ")" } }
+            @if !p.causes.clusters.is_empty() {
+                h2 { "Causes " span.muted { "(" (p.causes.clusters_total) ")" } }
                 table.causes {
                     thead { tr { th { "cause" } th.num { "failures" } th.num { "tests" } th { "seen before" } } }
                     tbody {
-                        @for c in &p.causes {
+                        @for c in &p.causes.clusters {
                             tr {
                                 td.mono { (c.cause) }
                                 td.num { (c.failures) }
-                                td.num { (c.tests) }
+                                td.num { (c.tests_total) }
                                 td {
                                     @match &c.first_seen {
-                                        Some(first) => { "in " (c.sessions) " other sessions, first " (ago(first)) }
+                                        Some(first) => { "in " (c.seen_in_sessions) " other sessions, first " (ago(first)) }
                                         None => { span.status.new { "new" } }
+                                    }
+                                    @if c.known_flaky_tests > 0 {
+                                        " " span.flaky { @if c.known_flaky_tests == c.tests_total { "known flaky" } @else { (c.known_flaky_tests) " known flaky" } }
                                     }
                                 }
                             }
@@ -232,7 +226,7 @@ pub fn session(p: &SessionPage) -> Markup {
             }
             section #failures {
                 @if p.failures.is_empty() { p.empty { "No failures." } }
-                @for f in &p.failures { (failure(f)) }
+                @for f in &p.failures { (failure(f, project)) }
             }
             @if p.more_failures {
                 p.muted { "More failures than shown: filter the outcomes below by " code { "failed" } "." }
@@ -259,7 +253,7 @@ pub fn session(p: &SessionPage) -> Markup {
                     @for o in &p.outcomes {
                         tr {
                             td.num { (o.seq) }
-                            td.mono { a href=(test_href(&o.nodeid)) { (o.nodeid) } @if !o.subtest.is_empty() { " " (o.subtest) } }
+                            td.mono { a href=(test_href(&o.nodeid, project)) { (o.nodeid) } @if !o.subtest.is_empty() { " " (o.subtest) } }
                             td { span.status.(o.outcome) { (o.outcome) } @if o.quarantined { " " span.quarantined title="quarantined: this failure did not fail the run" { "quarantined" } } }
                             td.num { (seconds(o.duration)) }
                             td { (o.message) }
@@ -305,6 +299,10 @@ pub struct MessageSeen {
 
 /// One test across sessions.
 pub struct TestPage {
+    /// The projects there are, for the switcher.
+    pub projects: ProjectsView,
+    /// The project whose sessions these are.
+    pub project: String,
     /// pytest node id.
     pub nodeid: String,
     /// Its statistics and verdict.
@@ -345,8 +343,24 @@ pub fn test(p: &TestPage) -> Markup {
     let st = &p.stability;
     let body = html! {
         h1.mono { (p.nodeid) }
-        p { span.verdict.(st.verdict) { (st.verdict) } " · " (st.runs) " runs, " (st.passed) " passed, "
-            (st.failed) " failed, " (st.flips) " flips" }
+        p.muted { "in the sessions of project " b { (p.project) } }
+        form.filters method="get" action="/tests" {
+            (switcher(&p.projects))
+            input type="hidden" name="nodeid" value=(p.nodeid);
+            button type="submit" { "show" }
+        }
+        p { span.verdict.(st.verdict) { (st.verdict) } " · " (st.why) }
+        p.muted { (st.runs) " runs, " (st.passed) " passed, " (st.failed) " failed, " (st.flips) " flips" }
+        @if !st.changes.is_empty() {
+            ul.changes {
+                @for c in &st.changes {
+                    li { span.verdict.(c.change) { (c.change) } " in "
+                        a.mono href=(format!("/sessions/{}", c.session_id)) { (c.session_id.get(..8).unwrap_or(&c.session_id)) }
+                        @if let Some(code) = &c.code_state { " on code state " span.mono { (short_code(code)) } }
+                    }
+                }
+            }
+        }
         @if p.runs.is_empty() {
             (problem("No runs of this test are recorded."))
         } @else {
@@ -381,10 +395,14 @@ pub struct FlakyRow {
     pub last_message: String,
     /// Its recent runs, oldest first.
     pub runs: Vec<Cell>,
+    /// A quarantine entry applies to it now.
+    pub quarantined: bool,
 }
 
 /// The flaky tests page.
 pub struct FlakyPage {
+    /// The projects there are, for the switcher.
+    pub projects: ProjectsView,
     /// Sessions looked at.
     pub window: u64,
     /// The project filter.
@@ -398,27 +416,32 @@ pub struct FlakyPage {
 /// Flaky tests: a sortable table, each with its strip.
 pub fn flaky(p: &FlakyPage) -> Markup {
     let body = html! {
-        h1 { "Flaky tests" }
+        h1 { "Flaky tests" @if !p.project.is_empty() { " · " (p.project) } }
         form.filters method="get" action="/flaky" {
-            label { "project " input type="text" name="project" value=(p.project); }
+            (switcher(&p.projects))
             label { "sessions " input type="number" name="window" min="1" max="1000" value=(p.window); }
             button type="submit" { "look" }
         }
-        p.muted { (p.total) " flaky tests in the last " (p.window) " sessions: passed and failed on the same commit or in the same session, or flipped often." }
+        p.muted { (p.total) " flaky tests in the last " (p.window) " sessions of " (p.project) ": each passed and failed on the same code (the same commit and uncommitted changes, or reruns in one session)." }
         @if p.tests.is_empty() { p.empty { "No flaky tests." } }
         @else {
             table {
                 thead { tr {
                     th data-sort="text" { "test" } th data-sort="number" class="num" { "runs" }
                     th data-sort="number" class="num" { "failed" } th data-sort="number" class="num" { "flips" }
-                    th data-sort="number" class="num" { "same-commit" } th { "recent runs" } th { "last failure" }
+                    th data-sort="number" class="num" { "same code" } th { "code state" } th { "recent runs" } th { "last failure" }
                 } }
                 tbody {
                     @for t in &p.tests {
                         tr {
-                            td.mono { a href=(test_href(&t.nodeid)) { (t.nodeid) } }
+                            td.mono { a href=(test_href(&t.nodeid, &p.project)) { (t.nodeid) }
+                                @if t.quarantined { " " span.quarantined { "quarantined" } } }
                             td.num { (t.stability.runs) } td.num { (t.stability.failed) }
-                            td.num { (t.stability.flips) } td.num { (t.stability.mixed_commits) }
+                            td.num { (t.stability.flips) } td.num { (t.stability.mixed_code_states) }
+                            td.mono { @match t.stability.evidence.as_ref().and_then(|e| e.code_state.as_deref()) {
+                                Some(code) => { (short_code(code)) }
+                                None => { "reruns" }
+                            } }
                             td { (strip(&t.runs)) }
                             td { (t.last_message) }
                         }
@@ -431,7 +454,8 @@ pub fn flaky(p: &FlakyPage) -> Markup {
 }
 
 /// Two sessions compared.
-pub fn compare(c: &ComparisonView) -> Markup {
+pub fn compare(c: &ComparisonView, projects: &ProjectsView) -> Markup {
+    let project = c.head.project.as_deref().unwrap_or("");
     let list = |title: &str, tests: &[ComparedTestView]| {
         html! {
             h2 { (title) " " span.muted { "(" (tests.len()) ")" } }
@@ -442,7 +466,8 @@ pub fn compare(c: &ComparisonView) -> Markup {
                     tbody {
                         @for t in tests {
                             tr {
-                                td.mono { a href=(test_href(&t.nodeid)) { (t.nodeid) } @if let Some(s) = &t.subtest { " " (s) } }
+                                td.mono { a href=(test_href(&t.nodeid, project)) { (t.nodeid) } @if let Some(s) = &t.subtest { " " (s) }
+                                    @if t.known_flaky { " " span.flaky { "known flaky" } } }
                                 td { (t.base.as_deref().unwrap_or("–")) }
                                 td { (t.head.as_deref().unwrap_or("–")) }
                                 td { (t.message) }
@@ -457,25 +482,27 @@ pub fn compare(c: &ComparisonView) -> Markup {
         html! {
             h2 { (title) " " span.muted { "(" (tests.len()) ")" } }
             @if tests.is_empty() { p.empty { "None." } }
-            @else { ul { @for t in tests { li.mono { a href=(test_href(t)) { (t) } } } } }
+            @else { ul { @for t in tests { li.mono { a href=(test_href(t, project)) { (t) } } } } }
         }
     };
     let body = html! {
-        h1 { "Compare sessions" }
+        h1 { "Compare sessions" @if !project.is_empty() { " · " (project) } }
         form.filters method="get" action="/compare" {
+            (switcher(projects))
             label { "base " input type="text" name="base" value=(c.base.id) size="38"; }
             label { "head " input type="text" name="head" value=(c.head.id) size="38"; }
             button type="submit" { "compare" }
         }
         table {
-            thead { tr { th { "" } th { "session" } th { "started" } th { "outcomes" } th.num { "pass rate" } } }
+            thead { tr { th { "" } th { "session" } th { "started" } th { "outcomes" } th.num { "failed" } th.num { "pass rate" } } }
             tbody {
                 @for (label, s) in [("base", &c.base), ("head", &c.head)] {
                     tr {
                         td { (label) }
-                        td { a href=(format!("/sessions/{}", s.id)) { (status(&s.status)) " " span.mono { (short_commit(&s.id)) } } }
+                        td { a href=(format!("/sessions/{}", s.id)) { (result(s)) " " span.mono { (s.short_id()) } } }
                         td { (ago(&s.started_at)) }
                         td { (bar(&s.counts)) }
+                        td.num { (s.counts.failed + s.counts.errors) }
                         td.num { (pass_rate(&s.counts)) }
                     }
                 }
@@ -490,10 +517,10 @@ pub fn compare(c: &ComparisonView) -> Markup {
                     tbody {
                         @for cause in causes.iter() {
                             tr {
-                                td.mono { (cause.cause) }
+                                td.mono { (cause.cause) @if cause.known_flaky { " " span.flaky title="every test of this cause is known flaky: likely not new breakage" { "known flaky" } } }
                                 td.num { (cause.failures) }
                                 td.num { (cause.tests_total) }
-                                td { @for t in &cause.tests { a.mono href=(test_href(t)) { (t) } " " } }
+                                td { @for t in &cause.tests { a.mono href=(test_href(t, project)) { (t) } " " } }
                             }
                         }
                     }
@@ -510,7 +537,7 @@ pub fn compare(c: &ComparisonView) -> Markup {
         @else {
             table {
                 thead { tr { th { "test" } th.num { "base" } th.num { "head" } } }
-                tbody { @for t in &c.slower { tr { td.mono { a href=(test_href(&t.nodeid)) { (t.nodeid) } } td.num { (seconds(t.base)) } td.num { (seconds(t.head)) } } } }
+                tbody { @for t in &c.slower { tr { td.mono { a href=(test_href(&t.nodeid, project)) { (t.nodeid) } } td.num { (seconds(t.base)) } td.num { (seconds(t.head)) } } } }
             }
         }
         h2 { "Slower than usual " span.muted { "(" (c.counts.duration_regressions) ", against each test's median over earlier runs)" } }
@@ -518,7 +545,7 @@ pub fn compare(c: &ComparisonView) -> Markup {
         @else {
             table {
                 thead { tr { th { "test" } th.num { "head" } th.num { "median" } th.num { "ratio" } th.num { "runs" } } }
-                tbody { @for r in &c.duration_regressions { tr { td.mono { a href=(test_href(&r.nodeid)) { (r.nodeid) } } td.num { (seconds(r.duration)) } td.num { (seconds(r.median)) } td.num { (format!("{:.1}×", r.ratio)) } td.num { (r.runs) } } } }
+                tbody { @for r in &c.duration_regressions { tr { td.mono { a href=(test_href(&r.nodeid, project)) { (r.nodeid) } } td.num { (seconds(r.duration)) } td.num { (seconds(r.median)) } td.num { (format!("{:.1}×", r.ratio)) } td.num { (r.runs) } } } }
             }
         }
         @if let Some(note) = &c.note { p.muted { (note) } }
@@ -560,7 +587,7 @@ pub fn slowest(v: &SlowestView) -> Markup {
                     @for t in &v.tests {
                         tr {
                             td.num { (t.seq) }
-                            td.mono { a href=(test_href(&t.nodeid)) { (t.nodeid) } @if let Some(sub) = &t.subtest { " " (sub) } }
+                            td.mono { a href=(test_href(&t.nodeid, s.project.as_deref().unwrap_or(""))) { (t.nodeid) } @if let Some(sub) = &t.subtest { " " (sub) } }
                             td { span.status.(t.outcome) { (t.outcome) } }
                             td.num data-value=(t.duration) { (seconds(t.duration)) }
                         }
@@ -574,7 +601,9 @@ pub fn slowest(v: &SlowestView) -> Markup {
 
 /// Tests × the last sessions of a project.
 pub struct GridPage {
-    /// The project shown ("" for every project).
+    /// The projects there are, for the switcher.
+    pub projects: ProjectsView,
+    /// The project shown.
     pub project: String,
     /// The sessions, oldest left.
     pub sessions: Vec<SessionView>,
@@ -587,7 +616,7 @@ pub fn grid(p: &GridPage) -> Markup {
     let body = html! {
         h1 { "Test grid" @if !p.project.is_empty() { " · " (p.project) } }
         form.filters method="get" action="/grid" {
-            label { "project " input type="text" name="project" value=(p.project); }
+            (switcher(&p.projects))
             button type="submit" { "show" }
         }
         p.muted { "Tests that failed in the last " (p.sessions.len()) " sessions, the most failing first; oldest session left." }
@@ -597,13 +626,13 @@ pub fn grid(p: &GridPage) -> Markup {
                 thead { tr {
                     th { "test" } th.num { "failures" }
                     @for s in &p.sessions {
-                        th { a href=(format!("/sessions/{}", s.id)) title=(s.started_at) { (status(&s.status)) } }
+                        th { a href=(format!("/sessions/{}", s.id)) title=(s.started_at) { (result(s)) } }
                     }
                 } }
                 tbody {
                     @for (nodeid, failures, cells) in &p.rows {
                         tr {
-                            td.mono { a href=(test_href(nodeid)) { (nodeid) } }
+                            td.mono { a href=(test_href(nodeid, &p.project)) { (nodeid) } }
                             td.num { (failures) }
                             @for (s, c) in p.sessions.iter().zip(cells) {
                                 @let outcome = c.as_deref().unwrap_or("none");
@@ -620,7 +649,9 @@ pub fn grid(p: &GridPage) -> Markup {
 
 /// Pass rate and duration per session of a project.
 pub struct TrendsPage {
-    /// The project ("" for every project).
+    /// The projects there are, for the switcher.
+    pub projects: ProjectsView,
+    /// The project shown.
     pub project: String,
     /// Sessions, oldest first.
     pub sessions: Vec<SessionView>,
@@ -649,7 +680,7 @@ pub fn trends(p: &TrendsPage) -> Markup {
     let body = html! {
         h1 { "Trends" @if !p.project.is_empty() { " · " (p.project) } }
         form.filters method="get" action="/trends" {
-            label { "project " input type="text" name="project" value=(p.project); }
+            (switcher(&p.projects))
             button type="submit" { "show" }
         }
         @if p.sessions.len() < 2 { p.empty { "Trends need two sessions or more." } }

@@ -609,6 +609,7 @@ pub async fn get_session(client: &mut RecorderClient<Channel>, id: &str) -> pb::
     client
         .get_session(pb::GetSessionRequest {
             session_id: id.into(),
+            ..Default::default()
         })
         .await
         .expect("GetSession")

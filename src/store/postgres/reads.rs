@@ -12,18 +12,20 @@ use uuid::Uuid;
 use super::rows::{OUTCOME_COLUMNS, OUTCOME_JOINS, SESSION_COLUMNS, session_from_row};
 use crate::error::{Error, Result};
 use crate::model::{
-    Outcome, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp,
+    Outcome, Project, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome,
+    Timestamp,
 };
+use crate::store::analysis::attempts_of;
 use crate::store::backend::{
-    FlakyInput, KNOWN_TESTS_NAMED, KnownCause, SessionFinals, SessionKey, SessionMeta,
-    StorageStats, TestKey,
+    FlakyInput, KNOWN_TESTS_NAMED, KnownCause, ProjectActivity, SessionFinals, SessionKey,
+    SessionMeta, StorageStats, TestKey,
 };
 use crate::store::codes::{kind_code, kind_of};
 use crate::store::digest::{self, Digest};
 use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
-    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, decode_cursor_number,
-    decode_cursor_pair,
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, RunSession, SessionFilter,
+    decode_cursor_number, decode_cursor_pair,
 };
 
 type Tx<'t> = deadpool_postgres::Transaction<'t>;
@@ -34,16 +36,30 @@ fn as_i64(n: usize) -> i64 {
 
 /// Finds a session by reference, with its pk.
 pub async fn resolve(tx: &Tx<'_>, session: SessionRef) -> Result<(i64, Session)> {
-    let row = match session {
+    let row = match &session {
         SessionRef::Id(id) => {
             let stmt = tx
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = $1"
                 ))
                 .await?;
-            tx.query_opt(&stmt, &[&id]).await?
+            tx.query_opt(&stmt, &[id]).await?
         }
-        SessionRef::Latest => {
+        SessionRef::Prefix(p) => {
+            // A prefix of an id is a range of ids: the unique index answers it.
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id BETWEEN $1 AND $2 LIMIT 5"
+                ))
+                .await?;
+            let mut rows = tx.query(&stmt, &[&p.lo, &p.hi]).await?;
+            if rows.len() > 1 {
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.get(1)).collect();
+                return Err(session.ambiguous("session_id", &ids));
+            }
+            rows.pop()
+        }
+        SessionRef::Latest(None) => {
             let stmt = tx
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions s
@@ -52,14 +68,45 @@ pub async fn resolve(tx: &Tx<'_>, session: SessionRef) -> Result<(i64, Session)>
                 .await?;
             tx.query_opt(&stmt, &[]).await?
         }
+        SessionRef::Latest(Some(project)) => {
+            let (names, unnamed) = project_args(project);
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions s WHERE {}
+                     ORDER BY s.started_at DESC, s.pk DESC LIMIT 1",
+                    in_project(1)
+                ))
+                .await?;
+            tx.query_opt(&stmt, &[&names, &unnamed]).await?
+        }
     };
     match row {
         Some(r) => session_from_row(&r, 0),
-        None => Err(match session {
-            SessionRef::Id(id) => Error::not_found("session_id", format!("no session {id}")),
-            SessionRef::Latest => Error::not_found("session_id", "no sessions are recorded yet"),
-        }),
+        None => Err(session.not_found("session_id")),
     }
+}
+
+/// The condition "session `s` is of the project" over the two parameters
+/// [`project_args`] makes ($n, $n+1): its spellings, and whether it is the
+/// unnamed project (stored as NULL).
+fn in_project(n: usize) -> String {
+    format!(
+        "(s.project = ANY(${n}::text[]) OR (s.project IS NULL AND ${}::bool))",
+        n + 1
+    )
+}
+
+/// The parameters of [`in_project`].
+fn project_args(project: &Project) -> (Vec<String>, bool) {
+    (
+        project
+            .spellings
+            .iter()
+            .filter(|p| !p.is_empty())
+            .cloned()
+            .collect(),
+        project.spellings.iter().any(String::is_empty),
+    )
 }
 
 async fn sessions_by_pk(tx: &Tx<'_>, pks: &[i64]) -> Result<HashMap<i64, Session>> {
@@ -99,13 +146,20 @@ pub async fn list_sessions(
         .transpose()?;
     let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
     let (after_started, after_pk) = after.unwrap_or((i64::MAX, i64::MAX));
+    let any_project = filter.project.is_none();
+    let (names, unnamed) = filter
+        .project
+        .as_ref()
+        .map(project_args)
+        .unwrap_or_default();
     let stmt = tx
         .prepare_cached(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions s
              WHERE (cardinality($1::text[]) = 0 OR s.status = ANY($1))
-               AND ($2::text IS NULL OR s.project = $2)
-               AND (s.started_at < $3 OR (s.started_at = $3 AND s.pk < $4))
-             ORDER BY s.started_at DESC, s.pk DESC LIMIT $5"
+               AND ($6::bool OR {})
+               AND (s.started_at < $4 OR (s.started_at = $4 AND s.pk < $5))
+             ORDER BY s.started_at DESC, s.pk DESC LIMIT $7",
+            in_project(2)
         ))
         .await?;
     let rows = tx
@@ -113,9 +167,11 @@ pub async fn list_sessions(
             &stmt,
             &[
                 &statuses,
-                &filter.project,
+                &names,
+                &unnamed,
                 &after_started,
                 &after_pk,
+                &any_project,
                 &as_i64(limit + 1),
             ],
         )
@@ -136,6 +192,25 @@ pub async fn list_sessions(
         items: items.into_iter().map(|(_, s)| s).collect(),
         next,
     })
+}
+
+/// Every project spelling with its sessions and the start of its newest.
+pub async fn projects(tx: &Tx<'_>) -> Result<Vec<ProjectActivity>> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT COALESCE(project, ''), COUNT(*), MAX(started_at) FROM sessions GROUP BY project",
+        )
+        .await?;
+    Ok(tx
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| ProjectActivity {
+            name: r.get(0),
+            sessions: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+            last_started: Timestamp(r.get(2)),
+        })
+        .collect())
 }
 
 /// A session's outcomes in seq order.
@@ -242,23 +317,34 @@ async fn tests_of(tx: &Tx<'_>, nodeid: &str) -> Result<(Vec<i64>, Option<i64>, i
     Ok((ids, own, first))
 }
 
-/// Every outcome of `tests` from session `first_pk` on, newest session
-/// first, each session's in seq order: (session pk, git commit, seq,
-/// kind). A closed session is read from `session_tests`, an open one from
-/// its rows. `kinds` (empty: all) filters; at most `limit` after `offset`.
+/// One outcome of a test as [`outcomes_of_tests`] finds it.
+struct Found {
+    pk: i64,
+    id: Uuid,
+    code: Option<String>,
+    seq: i64,
+    kind: i16,
+}
+
+/// Every outcome of `tests` in the sessions of `project` from `first_pk`
+/// on, newest session first, each session's in seq order. A closed session
+/// is read from `session_tests`, an open one from its rows. `kinds` (empty:
+/// all) filters; at most `limit` after `offset`.
+#[allow(clippy::too_many_arguments)]
 async fn outcomes_of_tests(
     tx: &Tx<'_>,
     tests: &[i64],
+    project: &Project,
     first_pk: i64,
     kinds: &[i16],
     newest_attempt_first: bool,
     limit: usize,
     offset: usize,
-) -> Result<Vec<(i64, Option<String>, i64, i16)>> {
+) -> Result<Vec<Found>> {
     let order = if newest_attempt_first { "DESC" } else { "" };
     let stmt = tx
         .prepare_cached(&format!(
-            "SELECT s.pk, s.git_commit, x.seq, x.kind
+            "SELECT s.pk, s.id, s.code_state, x.seq, x.kind
              FROM sessions s CROSS JOIN LATERAL (
                  SELECT st.seq, st.kind FROM session_tests st
                  WHERE s.status IN ('finished', 'interrupted')
@@ -269,26 +355,44 @@ async fn outcomes_of_tests(
                    AND o.session_pk = s.pk AND o.test_id = ANY($1)
              ) x
              WHERE s.pk >= $2 AND (cardinality($3::int2[]) = 0 OR x.kind = ANY($3))
+               AND {}
              ORDER BY s.started_at DESC, s.pk DESC, x.seq {order}
-             LIMIT $4 OFFSET $5"
+             LIMIT $4 OFFSET $5",
+            in_project(6)
         ))
         .await?;
+    let (names, unnamed) = project_args(project);
     let rows = tx
         .query(
             &stmt,
-            &[&tests, &first_pk, &kinds, &as_i64(limit), &as_i64(offset)],
+            &[
+                &tests,
+                &first_pk,
+                &kinds,
+                &as_i64(limit),
+                &as_i64(offset),
+                &names,
+                &unnamed,
+            ],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .map(|r| Found {
+            pk: r.get(0),
+            id: r.get(1),
+            code: r.get(2),
+            seq: r.get(3),
+            kind: r.get(4),
+        })
         .collect())
 }
 
-/// One test's outcomes, its subtests' included, newest session first.
+/// One test's outcomes in `project`, its subtests' included, newest session first.
 pub async fn test_history(
     tx: &Tx<'_>,
     nodeid: &str,
+    project: &Project,
     limit: usize,
     cursor: Option<&str>,
 ) -> Result<Page<HistoryEntry>> {
@@ -304,9 +408,10 @@ pub async fn test_history(
             next: None,
         });
     }
-    let found = outcomes_of_tests(tx, &ids, first_pk, &[], false, limit + 1, offset).await?;
+    let found =
+        outcomes_of_tests(tx, &ids, project, first_pk, &[], false, limit + 1, offset).await?;
     let more = found.len() > limit;
-    let page: Vec<(i64, i64)> = found.iter().take(limit).map(|f| (f.0, f.2)).collect();
+    let page: Vec<(i64, i64)> = found.iter().take(limit).map(|f| (f.pk, f.seq)).collect();
     let mut pks: Vec<i64> = page.iter().map(|p| p.0).collect();
     pks.sort_unstable();
     pks.dedup();
@@ -336,21 +441,46 @@ fn run_kinds() -> Vec<i16> {
         .collect()
 }
 
-/// The newest `window` pass/fail outcomes of the test itself, oldest first.
-pub async fn test_runs(tx: &Tx<'_>, nodeid: &str, window: usize) -> Result<Vec<Run>> {
+/// The newest `window` pass/fail outcomes of the test itself in
+/// `project`, oldest first.
+pub async fn test_runs(
+    tx: &Tx<'_>,
+    nodeid: &str,
+    project: &Project,
+    window: usize,
+) -> Result<Vec<Run>> {
     let (_, own, first_pk) = tests_of(tx, nodeid).await?;
     let Some(test) = own else {
         return Ok(Vec::new());
     };
-    let found = outcomes_of_tests(tx, &[test], first_pk, &run_kinds(), true, window, 0).await?;
-    let mut runs: Vec<Run> = found
-        .into_iter()
-        .map(|(pk, commit, _, kind)| Run {
-            session: pk,
-            commit: commit.map(Arc::from),
-            failed: kind_of(i64::from(kind)).is_some_and(|k| k.is_failure()),
-        })
-        .collect();
+    // Sessions newest first, each one's outcomes in seq order; a teardown
+    // error joins its attempt (`attempts_of`), so a few more rows than runs
+    // are read.
+    let found = outcomes_of_tests(
+        tx,
+        &[test],
+        project,
+        first_pk,
+        &run_kinds(),
+        false,
+        window.saturating_mul(2),
+        0,
+    )
+    .await?;
+    let mut runs: Vec<Run> = Vec::new();
+    for session in found.chunk_by(|a, b| a.pk == b.pk) {
+        let kinds = session.iter().filter_map(|f| kind_of(i64::from(f.kind)));
+        let first = &session[0];
+        for failed in attempts_of(kinds).into_iter().rev() {
+            runs.push(Run {
+                session: first.pk,
+                id: first.id,
+                code: first.code.as_deref().map(Arc::from),
+                failed,
+            });
+        }
+    }
+    runs.truncate(window);
     runs.reverse();
     Ok(runs)
 }
@@ -408,24 +538,29 @@ async fn digests_of(tx: &Tx<'_>, pks: &[i64], with_durations: bool) -> Result<Ve
     Ok(out)
 }
 
-/// The newest `window` sessions (of `project`) and the tests that failed in
+/// The newest `window` sessions of `project` and the tests that failed in
 /// one of them, with their pass/fail runs there, oldest first.
-pub async fn flaky_input(tx: &Tx<'_>, window: usize, project: Option<&str>) -> Result<FlakyInput> {
+pub async fn flaky_input(tx: &Tx<'_>, window: usize, project: &Project) -> Result<FlakyInput> {
     let stmt = tx
-        .prepare_cached(
-            "SELECT pk, git_commit FROM sessions
-             WHERE $2::text IS NULL OR project = $2
-             ORDER BY started_at DESC, pk DESC LIMIT $1",
-        )
+        .prepare_cached(&format!(
+            "SELECT s.pk, s.id, s.code_state FROM sessions s WHERE {}
+             ORDER BY s.started_at DESC, s.pk DESC LIMIT $3",
+            in_project(1)
+        ))
         .await?;
-    let mut recent: Vec<(i64, Option<Arc<str>>)> = tx
-        .query(&stmt, &[&as_i64(window), &project])
+    let (names, unnamed) = project_args(project);
+    let mut recent: Vec<RunSession> = tx
+        .query(&stmt, &[&names, &unnamed, &as_i64(window)])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get::<_, Option<String>>(1).map(Arc::from)))
+        .map(|r| RunSession {
+            key: r.get(0),
+            id: r.get(1),
+            code: r.get::<_, Option<String>>(2).map(Arc::from),
+        })
         .collect();
     recent.reverse(); // oldest first: runs are chronological
-    let pks: Vec<i64> = recent.iter().map(|r| r.0).collect();
+    let pks: Vec<i64> = recent.iter().map(|r| r.key).collect();
     let digests = digests_of(tx, &pks, false).await?;
     Ok(digest::flaky_input(&recent, &digests))
 }
@@ -571,22 +706,32 @@ pub async fn latest_running(tx: &Tx<'_>, source: Source) -> Result<Option<Sessio
         .transpose()
 }
 
-/// The session of the same project started just before `head`.
-pub async fn previous_session(tx: &Tx<'_>, head: &Session) -> Result<Option<Session>> {
+/// The session of the same project started just before `head` (on its
+/// branch too, when `same_branch` and it has one).
+pub async fn previous_session(
+    tx: &Tx<'_>,
+    head: &Session,
+    same_branch: bool,
+) -> Result<Option<Session>> {
     let project = Some(head.environment.project.clone()).filter(|p| !p.is_empty());
+    let branch = Some(head.environment.git_branch.clone()).filter(|b| same_branch && !b.is_empty());
     let stmt = tx
         .prepare_cached(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions s
              WHERE s.project IS NOT DISTINCT FROM $1
+               AND ($4::text IS NULL OR s.git_branch = $4)
                AND (s.started_at < $2
                     OR (s.started_at = $2 AND s.pk < (SELECT pk FROM sessions WHERE id = $3)))
              ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
         ))
         .await?;
-    tx.query_opt(&stmt, &[&project, &head.started_at.as_micros(), &head.id])
-        .await?
-        .map(|r| session_from_row(&r, 0).map(|(_, s)| s))
-        .transpose()
+    tx.query_opt(
+        &stmt,
+        &[&project, &head.started_at.as_micros(), &head.id, &branch],
+    )
+    .await?
+    .map(|r| session_from_row(&r, 0).map(|(_, s)| s))
+    .transpose()
 }
 
 /// The newest `limit` audit rows, newest first.

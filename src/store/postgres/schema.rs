@@ -187,6 +187,16 @@ const MIGRATIONS: &[&str] = &[
           AND EXISTS (SELECT 1 FROM cause_sessions cs WHERE cs.session = s.id)
         ON CONFLICT DO NOTHING;
     "#,
+    // 6: the code each session tested and its branch (see SQLite's migration 8).
+    r#"
+    ALTER TABLE sessions ADD COLUMN code_state text;
+    ALTER TABLE sessions ADD COLUMN git_branch text;
+    UPDATE sessions SET code_state = git_commit
+        WHERE git_commit IS NOT NULL AND git_commit <> ''
+          AND (environment::jsonb ->> 'git_dirty') = 'false';
+    UPDATE sessions SET git_branch = environment::jsonb ->> 'git_branch'
+        WHERE (environment::jsonb ->> 'git_branch') <> '';
+    "#,
 ];
 
 /// The migration after which [`to_stored_causes`] runs.

@@ -19,11 +19,10 @@ use super::schema::{CHANNEL, TESTS_LOCK};
 use super::{Shared, reads};
 use crate::error::{Error, Result};
 use crate::model::{QuarantineEntry, Session, SessionRef, SessionStatus, Summary, Timestamp};
-use crate::policy::Decision;
-use crate::policy::gate::{Count, Decide, Key};
 use crate::store::audit::{self, AuditEntry};
 use crate::store::backend::Reclaimed;
 use crate::store::codes::{kind_code, phase_code};
+use crate::store::counters::{Count, Key, Update};
 use crate::store::detail::NewOutcome;
 use crate::store::digest;
 use crate::store::rules::{self, FinishPlan, NewSession};
@@ -123,8 +122,8 @@ pub async fn start(tx: &Tx<'_>, new: &NewSession) -> Result<Session> {
     let stmt = tx
         .prepare_cached(&format!(
             "INSERT INTO sessions AS s (id, source, status, started_at, project, git_commit,
-                 environment, grant_name)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 environment, grant_name, code_state, git_branch)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (id) DO NOTHING
              RETURNING {SESSION_COLUMNS}"
         ))
@@ -141,6 +140,8 @@ pub async fn start(tx: &Tx<'_>, new: &NewSession) -> Result<Session> {
                 &nullable(&new.environment.git_commit),
                 &env_json,
                 &new.grant,
+                &new.environment.code_identity(),
+                &nullable(&new.environment.git_branch),
             ],
         )
         .await?;
@@ -963,10 +964,10 @@ fn grant_key(key: &Key) -> String {
     }
 }
 
-/// Decides a gated call against the shared counters: locks the counters'
-/// rows (creating them first, in key order), runs `decide` on them, and
-/// writes back what it changed.
-pub async fn count_calls(tx: &Tx<'_>, keys: &[Key], decide: &Decide) -> Result<Decision> {
+/// Runs a gated call's `update` on the shared counters: locks the counters'
+/// rows (creating them first, in key order), runs it on them, and writes
+/// back what it changed.
+pub async fn count_calls(tx: &Tx<'_>, keys: &[Key], update: &Update) -> Result<()> {
     let counters: Vec<&str> = keys.iter().map(|k| k.counter.as_str()).collect();
     let grants: Vec<String> = keys.iter().map(grant_key).collect();
     let create = tx
@@ -1009,7 +1010,7 @@ pub async fn count_calls(tx: &Tx<'_>, keys: &[Key], decide: &Decide) -> Result<D
         }
     }
     let before = counts.clone();
-    let decision = decide(&mut counts);
+    update(&mut counts);
     let update = tx
         .prepare_cached(
             "UPDATE rate_counters SET start_us = $3, length_us = $4, calls = $5
@@ -1031,5 +1032,5 @@ pub async fn count_calls(tx: &Tx<'_>, keys: &[Key], decide: &Decide) -> Result<D
             .await?;
         }
     }
-    Ok(decision)
+    Ok(())
 }

@@ -21,28 +21,48 @@ use super::rows::{
 use super::schema::{kind_code, kind_of};
 use crate::error::{Error, Result};
 use crate::model::{
-    Outcome, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome, Timestamp,
+    Outcome, Project, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome,
+    Timestamp,
 };
+use crate::store::analysis::attempts_of;
 use crate::store::backend::{
-    FlakyInput, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
+    FlakyInput, ProjectActivity, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
 };
 use crate::store::digest::{self, Digest};
 use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
-    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, SessionFilter, decode_cursor_number,
-    decode_cursor_pair, detail,
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, RunSession, SessionFilter,
+    decode_cursor_number, decode_cursor_pair, detail,
 };
 
 /// Finds a session by reference, with its pk.
 pub fn resolve(c: &Connection, session: SessionRef) -> Result<(i64, Session)> {
-    let found = match session {
+    let found = match &session {
         SessionRef::Id(id) => {
             let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?1");
             c.prepare_cached(&sql)?
                 .query_row([id.to_string()], |r| rows::session_from_row(r, 0))
                 .optional()?
         }
-        SessionRef::Latest => {
+        SessionRef::Prefix(p) => {
+            // Ids are stored as lower-case hyphenated text, whose order is
+            // the UUIDs' order: a prefix is a range of the unique index.
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id BETWEEN ?1 AND ?2 LIMIT 5"
+            );
+            let mut found: Vec<(i64, Session)> = c
+                .prepare_cached(&sql)?
+                .query_map([p.lo.to_string(), p.hi.to_string()], |r| {
+                    rows::session_from_row(r, 0)
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            if found.len() > 1 {
+                let ids: Vec<Uuid> = found.iter().map(|(_, s)| s.id).collect();
+                return Err(session.ambiguous("session_id", &ids));
+            }
+            found.pop()
+        }
+        SessionRef::Latest(None) => {
             let sql = format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions s ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
             );
@@ -50,11 +70,44 @@ pub fn resolve(c: &Connection, session: SessionRef) -> Result<(i64, Session)> {
                 .query_row([], |r| rows::session_from_row(r, 0))
                 .optional()?
         }
+        SessionRef::Latest(Some(project)) => {
+            let (names, unnamed) = project_args(project);
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions s WHERE {}
+                 ORDER BY s.started_at DESC, s.pk DESC LIMIT 1",
+                in_project(1)
+            );
+            c.prepare_cached(&sql)?
+                .query_row(params![names, unnamed], |r| rows::session_from_row(r, 0))
+                .optional()?
+        }
     };
-    found.ok_or_else(|| match session {
-        SessionRef::Id(id) => Error::not_found("session_id", format!("no session {id}")),
-        SessionRef::Latest => Error::not_found("session_id", "no sessions are recorded yet"),
-    })
+    found.ok_or_else(|| session.not_found("session_id"))
+}
+
+/// The condition "session `s` is of the project" over the two parameters
+/// [`project_args`] makes (?n, ?n+1): its spellings, and whether it is the
+/// unnamed project (stored as NULL).
+fn in_project(n: usize) -> String {
+    format!(
+        "(s.project IN rarray(?{n}) OR (s.project IS NULL AND ?{}))",
+        n + 1
+    )
+}
+
+/// The parameters of [`in_project`].
+fn project_args(project: &Project) -> (Rc<Vec<Value>>, bool) {
+    (
+        Rc::new(
+            project
+                .spellings
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| Value::from(p.clone()))
+                .collect(),
+        ),
+        project.spellings.iter().any(String::is_empty),
+    )
 }
 
 fn session_by_pk(c: &Connection, pk: i64) -> Result<Option<Session>> {
@@ -95,28 +148,36 @@ pub fn list_sessions(
         .map(|t| decode_cursor_pair(t, "page_token"))
         .transpose()?;
     let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE 1=1");
-    let mut args: Vec<Value> = Vec::new();
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
     if !filter.statuses.is_empty() {
         sql.push_str(" AND s.status IN (");
         for (i, st) in filter.statuses.iter().enumerate() {
             sql.push_str(if i == 0 { "?" } else { ", ?" });
-            args.push(st.as_str().to_string().into());
+            args.push(Box::new(st.as_str()));
         }
         sql.push(')');
     }
     if let Some(project) = &filter.project {
-        sql.push_str(" AND s.project = ?");
-        args.push(project.clone().into());
+        let (names, unnamed) = project_args(project);
+        sql.push_str(" AND (s.project IN rarray(?) OR (s.project IS NULL AND ?))");
+        args.push(Box::new(names));
+        args.push(Box::new(unnamed));
     }
     if let Some((started, pk)) = after {
         sql.push_str(" AND (s.started_at < ? OR (s.started_at = ? AND s.pk < ?))");
-        args.extend([started.into(), started.into(), pk.into()]);
+        args.extend([
+            Box::new(started) as Box<dyn rusqlite::ToSql>,
+            Box::new(started),
+            Box::new(pk),
+        ]);
     }
     sql.push_str(" ORDER BY s.started_at DESC, s.pk DESC LIMIT ?");
-    args.push(limit_value(limit + 1).into());
+    args.push(Box::new(limit_value(limit + 1)));
     let mut stmt = c.prepare_cached(&sql)?;
     let mut rows: Vec<(i64, Session)> = stmt
-        .query_map(params_from_iter(args), |r| rows::session_from_row(r, 0))?
+        .query_map(params_from_iter(args.iter()), |r| {
+            rows::session_from_row(r, 0)
+        })?
         .collect::<rusqlite::Result<_>>()?;
     let next = if rows.len() > limit {
         rows.truncate(limit);
@@ -129,6 +190,23 @@ pub fn list_sessions(
         items: rows.into_iter().map(|(_, s)| s).collect(),
         next,
     })
+}
+
+/// Every project spelling with its sessions and the start of its newest.
+pub fn projects(c: &Connection) -> Result<Vec<ProjectActivity>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT COALESCE(project, ''), COUNT(*), MAX(started_at) FROM sessions GROUP BY project",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(ProjectActivity {
+                name: r.get(0)?,
+                sessions: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                last_started: Timestamp(r.get(2)?),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
 }
 
 /// A session's outcomes in seq order.
@@ -216,27 +294,44 @@ fn tests_of(c: &Connection, nodeid: &str) -> Result<(Vec<i64>, Option<i64>, i64)
     Ok((ids, own, first))
 }
 
-/// Calls `each` with (pk, git commit, whether it is still open) of every
-/// session from `first_pk` on, newest first, until it returns false. An open
-/// session (running, or incomplete and so still taking outcomes) has no
-/// `session_tests` or digest yet.
+/// A session as a test's history walks it: its pk, its id, its code
+/// state, and whether it is still open.
+struct Walked {
+    pk: i64,
+    id: Uuid,
+    code: Option<Arc<str>>,
+    /// Running, or incomplete and so still taking outcomes: it has no
+    /// `session_tests` or digest yet.
+    open: bool,
+}
+
+/// Calls `each` with every session of `project` from `first_pk` on, newest
+/// first, until it returns false.
 fn sessions_newest_first(
     c: &Connection,
     first_pk: i64,
-    mut each: impl FnMut(i64, Option<Arc<str>>, bool) -> Result<bool>,
+    project: &Project,
+    mut each: impl FnMut(Walked) -> Result<bool>,
 ) -> Result<()> {
-    let mut stmt = c.prepare_cached(
-        "SELECT pk, git_commit, status NOT IN ('finished', 'interrupted')
-         FROM sessions INDEXED BY sessions_by_start
-         WHERE pk >= ?1 ORDER BY started_at DESC, pk DESC",
-    )?;
-    let mut rows = stmt.query([first_pk])?;
+    let sql = format!(
+        "SELECT s.pk, s.id, s.code_state, s.status NOT IN ('finished', 'interrupted')
+         FROM sessions s INDEXED BY sessions_by_start
+         WHERE s.pk >= ?3 AND {} ORDER BY s.started_at DESC, s.pk DESC",
+        in_project(1)
+    );
+    let (names, unnamed) = project_args(project);
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params![names, unnamed, first_pk])?;
     while let Some(r) = rows.next()? {
-        if !each(
-            r.get(0)?,
-            r.get::<_, Option<String>>(1)?.map(Arc::from),
-            r.get(2)?,
-        )? {
+        let id: String = r.get(1)?;
+        let walked = Walked {
+            pk: r.get(0)?,
+            id: Uuid::parse_str(&id)
+                .map_err(|e| Error::Internal(format!("stored session id: {e}")))?,
+            code: r.get::<_, Option<String>>(2)?.map(Arc::from),
+            open: r.get(3)?,
+        };
+        if !each(walked)? {
             break;
         }
     }
@@ -281,10 +376,11 @@ fn outcomes_of_tests(
     Ok(out)
 }
 
-/// One test's outcomes, its subtests' included, newest session first.
+/// One test's outcomes in `project`, its subtests' included, newest session first.
 pub fn test_history(
     c: &Connection,
     nodeid: &str,
+    project: &Project,
     limit: usize,
     cursor: Option<&str>,
 ) -> Result<Page<HistoryEntry>> {
@@ -304,9 +400,9 @@ pub fn test_history(
         .saturating_add(limit + 1);
     let ids = id_array(ids);
     let mut found: Vec<(i64, i64)> = Vec::new();
-    sessions_newest_first(c, first_pk, |pk, _, running| {
-        for (seq, _, _) in outcomes_of_tests(c, pk, running, &ids)? {
-            found.push((pk, outcome_rowid(pk, seq)));
+    sessions_newest_first(c, first_pk, project, |s| {
+        for (seq, _, _) in outcomes_of_tests(c, s.pk, s.open, &ids)? {
+            found.push((s.pk, outcome_rowid(s.pk, seq)));
         }
         Ok(found.len() < wanted)
     })?;
@@ -341,27 +437,34 @@ fn counts_as_run(kind: i64) -> Option<bool> {
     }
 }
 
-/// The newest `window` pass/fail outcomes of the test itself, oldest first.
-pub fn test_runs(c: &Connection, nodeid: &str, window: usize) -> Result<Vec<Run>> {
+/// The newest `window` pass/fail outcomes of the test itself in `project`, oldest first.
+pub fn test_runs(
+    c: &Connection,
+    nodeid: &str,
+    project: &Project,
+    window: usize,
+) -> Result<Vec<Run>> {
     let (_, own, first_pk) = tests_of(c, nodeid)?;
     let Some(test) = own else {
         return Ok(Vec::new());
     };
     let mut runs: Vec<Run> = Vec::new();
     let only = id_array([test]);
-    sessions_newest_first(c, first_pk, |pk, commit, running| {
+    sessions_newest_first(c, first_pk, project, |s| {
+        let kinds = outcomes_of_tests(c, s.pk, s.open, &only)?
+            .into_iter()
+            .filter_map(|(_, _, kind)| kind_of(kind));
         // Newest first: this session's attempts from its last one back.
-        for (_, _, kind) in outcomes_of_tests(c, pk, running, &only)?.into_iter().rev() {
+        for failed in attempts_of(kinds).into_iter().rev() {
             if runs.len() == window {
                 break;
             }
-            if let Some(failed) = counts_as_run(kind) {
-                runs.push(Run {
-                    session: pk,
-                    commit: commit.clone(),
-                    failed,
-                });
-            }
+            runs.push(Run {
+                session: s.pk,
+                id: s.id,
+                code: s.code.clone(),
+                failed,
+            });
         }
         Ok(runs.len() < window)
     })?;
@@ -413,23 +516,38 @@ pub fn digest_from_rows(c: &Connection, pk: i64) -> Result<Digest> {
     Ok(digest::build(outcomes))
 }
 
-/// The newest `window` sessions (of `project`) and the tests (not subtests)
+/// The newest `window` sessions of `project` and the tests (not subtests)
 /// that failed in one of them, with their pass/fail runs there, oldest first.
-pub fn flaky_input(c: &Connection, window: usize, project: Option<&str>) -> Result<FlakyInput> {
-    let mut recent: Vec<(i64, Option<Arc<str>>)> = c
-        .prepare_cached(
-            "SELECT pk, git_commit FROM sessions
-             WHERE ?2 IS NULL OR project = ?2
-             ORDER BY started_at DESC, pk DESC LIMIT ?1",
-        )?
-        .query_map(params![limit_value(window), project], |r| {
-            Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.map(Arc::from)))
+pub fn flaky_input(c: &Connection, window: usize, project: &Project) -> Result<FlakyInput> {
+    let sql = format!(
+        "SELECT s.pk, s.id, s.code_state FROM sessions s WHERE {}
+         ORDER BY s.started_at DESC, s.pk DESC LIMIT ?3",
+        in_project(1)
+    );
+    let (names, unnamed) = project_args(project);
+    let mut recent: Vec<RunSession> = c
+        .prepare_cached(&sql)?
+        .query_map(params![names, unnamed, limit_value(window)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .map(|row| {
+            let (pk, id, code) = row?;
+            Ok(RunSession {
+                key: pk,
+                id: Uuid::parse_str(&id)
+                    .map_err(|e| Error::Internal(format!("stored session id: {e}")))?,
+                code: code.map(Arc::from),
+            })
+        })
+        .collect::<Result<_>>()?;
     recent.reverse(); // oldest first: runs are chronological
     let digests: Vec<Digest> = recent
         .iter()
-        .map(|(pk, _)| digest_of(c, *pk, false))
+        .map(|s| digest_of(c, s.key, false))
         .collect::<Result<_>>()?;
     Ok(digest::flaky_input(&recent, &digests))
 }
@@ -569,19 +687,30 @@ pub fn latest_running(c: &Connection, source: Source) -> Result<Option<Session>>
         .map(|(_, s)| s))
 }
 
-/// The session of the same project started just before `head`.
-pub fn previous_session(c: &Connection, head: &Session) -> Result<Option<Session>> {
+/// The session of the same project started just before `head` (on its
+/// branch too, when `same_branch` and it has one).
+pub fn previous_session(
+    c: &Connection,
+    head: &Session,
+    same_branch: bool,
+) -> Result<Option<Session>> {
     let project = Some(head.environment.project.clone()).filter(|p| !p.is_empty());
+    let branch = Some(head.environment.git_branch.clone()).filter(|b| same_branch && !b.is_empty());
     let sql = format!(
         "SELECT {SESSION_COLUMNS} FROM sessions s
-         WHERE s.project IS ?1
+         WHERE s.project IS ?1 AND (?4 IS NULL OR s.git_branch = ?4)
            AND (s.started_at < ?2
                 OR (s.started_at = ?2 AND s.pk < (SELECT pk FROM sessions WHERE id = ?3)))
          ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
     );
     Ok(c.prepare_cached(&sql)?
         .query_row(
-            params![project, head.started_at.as_micros(), head.id.to_string()],
+            params![
+                project,
+                head.started_at.as_micros(),
+                head.id.to_string(),
+                branch
+            ],
             |r| rows::session_from_row(r, 0),
         )
         .optional()?

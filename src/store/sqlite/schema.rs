@@ -38,6 +38,9 @@
 //!   `causes` as it is first stored, and `cause_sessions` is written when a
 //!   session closes, from the keys. Counting a session's clusters reads
 //!   keys through the failures index, never a traceback.
+//! - Since version 8, `sessions.code_state` names the code a session
+//!   tested (the commit plus a digest of uncommitted changes); two runs of a
+//!   test are compared for flakiness only when it is equal.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::collections::HashMap;
@@ -194,6 +197,22 @@ const MIGRATIONS: &[Migration] = &[
         JOIN causes c ON c.project = COALESCE(s.project, '') AND c.key = o.cause
         WHERE o.kind IN (2, 4) AND o.cause IS NOT NULL
           AND EXISTS (SELECT 1 FROM cause_sessions cs WHERE cs.session = s.id);
+    "#,
+    ),
+    // 8: the code each session tested (`code_state`: what flakiness
+    // compares) and its branch (what regressions compare within), copied
+    // out of the environment like the commit. Sessions recorded before it
+    // have no code state, except those on a clean checkout: their commit
+    // alone names their code exactly.
+    Migration::Sql(
+        r#"
+    ALTER TABLE sessions ADD COLUMN code_state TEXT;
+    ALTER TABLE sessions ADD COLUMN git_branch TEXT;
+    UPDATE sessions SET code_state = git_commit
+        WHERE git_commit IS NOT NULL AND git_commit <> ''
+          AND json_extract(environment, '$.git_dirty') = 0;
+    UPDATE sessions SET git_branch = json_extract(environment, '$.git_branch')
+        WHERE json_extract(environment, '$.git_branch') <> '';
     "#,
     ),
 ];

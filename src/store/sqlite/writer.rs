@@ -680,7 +680,7 @@ impl Ctx<'_> {
             WriteCmd::Audit { entry, .. } => Answer::Number(insert_audit(self.conn, entry)?),
             WriteCmd::Pin {
                 session, pinned, ..
-            } => Answer::Session(Box::new(self.pin(*session, *pinned)?)),
+            } => Answer::Session(Box::new(self.pin(session.clone(), *pinned)?)),
             WriteCmd::Delete { id, .. } => Answer::Flag(self.delete(*id)?),
             WriteCmd::PutQuarantine { entry, .. } => {
                 Answer::Flag(put_quarantine(self.conn, entry)?)
@@ -709,8 +709,8 @@ impl Ctx<'_> {
         self.conn
             .prepare_cached(
                 "INSERT INTO sessions (id, source, status, started_at, project, git_commit,
-                     environment, grant_name)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     environment, grant_name, code_state, git_branch)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 new.id.to_string(),
@@ -721,6 +721,8 @@ impl Ctx<'_> {
                 nullable(&new.environment.git_commit),
                 env_json,
                 new.grant,
+                new.environment.code_identity(),
+                nullable(&new.environment.git_branch),
             ])?;
         let (_, session) = load_session(self.conn, new.id)?
             .ok_or_else(|| Error::Internal("session vanished after insert".into()))?;

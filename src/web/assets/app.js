@@ -87,6 +87,9 @@ if (live) {
     for (const node of document.querySelectorAll("[data-field=status]")) {
       node.className = `status ${update.text.status}`;
     }
+    for (const node of document.querySelectorAll("[data-field=result]")) {
+      node.className = `status ${update.text.result.replace(" ", "-")}`;
+    }
   };
   source.addEventListener("progress", apply);
   source.addEventListener("end", (event) => {
@@ -95,6 +98,12 @@ if (live) {
     live.removeAttribute("data-live-session");
   });
 }
+
+// A project switcher submits its form as soon as a project is chosen.
+document.addEventListener("change", (event) => {
+  const select = event.target.closest("select[data-autosubmit]");
+  if (select && select.form) select.form.submit();
+});
 
 // The sessions list: refetch the table when something changes.
 const list = document.querySelector("[data-live-list]");
