@@ -2,7 +2,7 @@
 recorder there that refuses the run is answered as a configured one would be
 (one warning, a spool file, its database untouched); only when nothing
 listens there is the run stored in the local default database, by the
-bundled binary.
+bundled binary, as a session of source ``plugin``.
 
 The inner runs use a virtual environment laid out as an install is (the
 plugin's interpreter with ``pytest-mcp`` beside it, here $PYTEST_MCP_BIN),
@@ -176,6 +176,8 @@ def test_with_nothing_listening_at_the_default_address_the_run_is_stored_locally
     )
     assert exported.returncode == 0, exported.stderr
     session = json.loads(exported.stdout)["session"]
+    # The plugin's own run, not a replay a person started with `pytest-mcp import`.
+    assert session["source"] == "plugin"
     assert session["status"] == "finished"
     # The code state travels through the spool file too.
     assert session["environment"]["code_state"] == commit

@@ -89,7 +89,9 @@ def _record_locally(spool_path) -> _Local:
         return _Local(False, where)
     try:
         done = subprocess.run(
-            [binary, "import", "--db", str(database), str(spool_path)],
+            # --source plugin: this is the run itself, stored where it would
+            # have been streamed, not a person's replay of a failed delivery.
+            [binary, "import", "--source", "plugin", "--db", str(database), str(spool_path)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
