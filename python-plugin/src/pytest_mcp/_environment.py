@@ -1,8 +1,9 @@
 """The Environment of a session: the machine, the project and the run.
 
 ``from_config`` reads what pytest knows (cheap, on the main thread);
-``complete`` adds what needs a subprocess or a file read (git, pyproject.toml)
-and runs on the background thread, so the run never waits for git.
+``complete`` adds what needs a subprocess or a file read (git, the code state,
+pyproject.toml) and runs on the background thread, so the run never waits for
+git.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import __version__
+from ._code_state import code_state
 
 GIT_TIMEOUT = 2.0
 
@@ -168,7 +170,8 @@ def project_name(root: str) -> str:
 
 
 def complete(base: Dict[str, Any]) -> Dict[str, Any]:
-    """base plus the machine, the project name, git and CI; may take a moment (subprocesses)."""
+    """base plus the machine, the project name, git, the code state and CI; may take a
+    moment (subprocesses)."""
     env = dict(base)
     root = env.get("rootdir") or os.getcwd()
     env["os"] = platform.platform()
@@ -180,5 +183,6 @@ def complete(base: Dict[str, Any]) -> Dict[str, Any]:
         env["hostname"] = ""
     env["project"] = project_name(root)
     env.update(git_info(root))
+    env["code_state"] = code_state(root)
     env["ci_provider"] = ci_provider()
     return env

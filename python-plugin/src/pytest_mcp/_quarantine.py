@@ -53,11 +53,13 @@ class Entry:
 def fetch(addresses: Sequence[str], token: Optional[str], tls_ca: Optional[bytes],
           project: str) -> Tuple[List[Entry], Optional[str], bool]:
     """The entries for ``project``, and ``None``; or no entries and why not.
-    The flag is true when no recorder could be reached at all."""
+    The flag is true when no recorder could be reached at all (no answer from
+    any address, as ``_sender.Status.reached`` tells)."""
     try:
         import grpc
 
         from ._proto import recorder_pb2, recorder_pb2_grpc
+        from ._sender import status
     except Exception as e:  # a broken grpcio install must not break the run
         return [], f"grpc is not usable ({e})", False
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -84,13 +86,10 @@ def fetch(addresses: Sequence[str], token: Optional[str], tls_ca: Optional[bytes
             finally:
                 channel.close()
         except grpc.RpcError as e:
-            code = getattr(e.code(), "name", "UNKNOWN") if hasattr(e, "code") else "UNKNOWN"
-            details = (e.details() if hasattr(e, "details") else "") or ""
-            if "Connection refused" in details or "failed to connect" in details:
-                details = "connection refused"
-            if code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                unreachable = False
-            problems.append(f"{address}: {code}: {details.splitlines()[0] if details else code}")
+            failure = status(e)
+            unreachable = unreachable and not failure.reached
+            line = failure.details.strip().split("\n", 1)[0] or failure.code
+            problems.append(f"{address}: {failure.code}: {line}")
             continue
         except Exception as e:
             unreachable = False

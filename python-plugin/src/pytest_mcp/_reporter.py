@@ -51,8 +51,10 @@ class Settings:
     #: PEM bytes of the CA that signed the recorder's certificate; with it, or
     #: with an ``https://`` address, the channel uses TLS.
     tls_ca: Optional[bytes] = None
-    #: No address was configured: when nothing answers at the default one,
+    #: No address was configured: when nothing listens at the default one,
     #: the run is stored in the default local database by the bundled binary.
+    #: A recorder that is there and refuses the run is answered like a
+    #: configured one (warning, spool file): its database is its own.
     record_locally: bool = False
     #: Fetch the quarantine list at session start (--mcp-quarantine).
     quarantine: bool = False
@@ -87,7 +89,9 @@ def _record_locally(spool_path) -> _Local:
         return _Local(False, where)
     try:
         done = subprocess.run(
-            [binary, "import", "--db", str(database), str(spool_path)],
+            # --source plugin: this is the run itself, stored where it would
+            # have been streamed, not a person's replay of a failed delivery.
+            [binary, "import", "--source", "plugin", "--db", str(database), str(spool_path)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -262,7 +266,8 @@ class Reporter:
         self._append = self._sender.queue.append
         # With no address configured and a binary to record with, a recorder
         # that is not running is no news: the run is stored locally at its
-        # end, and the warning is shown only if that fails.
+        # end, and the warning is shown only if that fails. A recorder that
+        # is running and refuses the run is news (see _print_warning).
         from . import _binary
 
         self._hold_warning = self.settings.record_locally and _binary.bundled() is not None
@@ -324,7 +329,11 @@ class Reporter:
         self._open.clear()
         summary = self._summary(int(session.exitstatus))
         result = sender.close(summary)
-        if result.spool_path is not None and self.settings.record_locally:
+        if (
+            result.spool_path is not None
+            and self.settings.record_locally
+            and result.nothing_listening
+        ):
             local = _record_locally(result.spool_path)
             if local.stored:
                 self._lines.append(
@@ -392,8 +401,10 @@ class Reporter:
         return summary
 
     def _print_warning(self, sender: Sender) -> None:
-        if self._warned or sender.warning is None or self._hold_warning:
+        if self._warned or sender.warning is None:
             return
+        if self._hold_warning and sender.listening is not True:
+            return  # nothing listens (yet): the run may still be stored locally
         self._warned = True
         self._write_warning(sender.warning)
 

@@ -40,7 +40,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import _environment
 from . import _records as R
@@ -122,6 +122,9 @@ class Result:
         self.problem: Optional[str] = None
         #: The recorder address that acknowledged FinishSession.
         self.address: Optional[str] = None
+        #: Every address refused the connection, every time: no recorder
+        #: listened to this run (and none owns a database it could go to).
+        self.nothing_listening = False
 
 
 def _nanos(seconds: float, whole: int) -> int:
@@ -132,16 +135,41 @@ def _nanos(seconds: float, whole: int) -> int:
     return min(int(round((seconds - whole) * 1_000_000)), 999_999) * 1000
 
 
-def _status(error) -> Tuple[str, str]:
-    """(code name, details) of a grpc error, in a form short enough for one line."""
+class Status(NamedTuple):
+    """A gRPC error, classified once for the sender and the quarantine fetch."""
+
+    #: The status code's name, e.g. ``UNAUTHENTICATED``.
+    code: str
+    #: What the recorder (or grpc) said, short enough for one line.
+    details: str
+    #: The connection was refused: nothing listens at the address, so no
+    #: recorder saw the call. Only this allows storing a run locally.
+    nothing_listening: bool
+
+    @property
+    def reached(self) -> bool:
+        """Whether a recorder answered: every code but UNAVAILABLE and
+        DEADLINE_EXCEEDED, which the network gives as well."""
+        return self.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+def status(error) -> Status:
+    """The classified status of a grpc error."""
     code = error.code() if hasattr(error, "code") else None
     name = getattr(code, "name", "UNKNOWN")
     details = (error.details() if hasattr(error, "details") else None) or ""
-    if details.startswith("failed to connect to all addresses") and "Connection refused" in details:
+    refused = (
+        name == "UNAVAILABLE"
+        and details.startswith("failed to connect to all addresses")
+        and ("Connection refused" in details or "actively refused" in details)
+    )
+    if refused:
         # grpc's own text for a recorder that is not listening is three lines'
         # worth; a message the recorder sent (its database is away) is kept.
+        # Any other failure to connect (a TLS listener, a timeout) may be a
+        # recorder: it does not count as nothing listening.
         details = "connection refused"
-    return name, details
+    return Status(name, details, refused)
 
 
 def _first_line(text: str, limit: int = 200) -> str:
@@ -351,6 +379,11 @@ class Sender:
         self._held_bytes = 0
         self._stream: Optional[_Stream] = None
         self._session_started = False  # StartSession succeeded at least once
+        #: None until a call went out; False while every one found nothing
+        #: listening (connection refused); True once anything else happened,
+        #: an answer, a refusal or a failure that may have been a recorder's.
+        #: Set on the sender thread before the warning it explains.
+        self.listening: Optional[bool] = None
         self._refused = False  # the server answered with a permanent error
         self._retry_at = 0.0
         self._backoff = BACKOFF_FIRST
@@ -405,6 +438,7 @@ class Sender:
             self._note("interrupted while waiting for the recorder")
             self._spool_everything()
         self._result.problem = self._problem
+        self._result.nothing_listening = self.listening is False
         return self._result
 
     # ---- the sender thread ----------------------------------------------
@@ -554,6 +588,7 @@ class Sender:
         except grpc.RpcError as error:
             self._failed("cannot reach the recorder", error)
             return
+        self.listening = True
         if self._round:
             reasons = "; ".join(self._round)
             if self._session_started:
@@ -581,7 +616,11 @@ class Sender:
 
     def _failed(self, what: str, error) -> None:
         replica = self._replicas[self._current]
-        name, details = _status(error)
+        name, details, nothing_listening = status(error)
+        if not nothing_listening:
+            self.listening = True
+        elif self.listening is None:
+            self.listening = False
         reason = f"{what} at {replica.address} ({name}: {_first_line(details, 120)})"
         if not replica.tls and name == "UNAVAILABLE" and "Socket closed" in details:
             # What a plaintext client sees from a TLS listener.
@@ -649,6 +688,7 @@ class Sender:
             self._failed_plain(f"outcome stream failed: {_first_line(repr(error))}")
 
     def _failed_plain(self, what: str) -> None:
+        self.listening = True  # a stream had been open
         self._move_on(f"{what} at {self._replicas[self._current].address}")
 
     def _trim(self) -> None:
@@ -820,7 +860,7 @@ class Sender:
                     request, timeout=RPC_TIMEOUT, metadata=self._metadata
                 )
             except self._grpc.RpcError as error:
-                name, details = _status(error)
+                name, details, _ = status(error)
                 failures.append(f"at {replica.address} ({name}: {_first_line(details)})")
                 if name in _PERMANENT:
                     break

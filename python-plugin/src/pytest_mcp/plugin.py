@@ -17,6 +17,10 @@ from typing import Optional, Tuple
 import pytest
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+#: Internal, for the plugin's own tests only: replaces DEFAULT_ADDRESS, so a
+#: test can put a recorder (or nothing) at "the default address" without
+#: taking the real port. Not an option: users configure --mcp-address.
+_DEFAULT_ADDRESS_OVERRIDE = "PYTEST_MCP_DEFAULT_ADDRESS"
 DEFAULT_TIMEOUT = 5.0
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -223,10 +227,12 @@ def pytest_configure(config: pytest.Config) -> None:
         if b"-----BEGIN CERTIFICATE-----" not in tls_ca:
             raise pytest.UsageError(f"--mcp-tls-ca: {tls_ca_path} holds no PEM certificate")
     address = _setting(config, "mcp_address", "PYTEST_MCP_ADDRESS", "mcp_address")
+    default = os.environ.get(_DEFAULT_ADDRESS_OVERRIDE) or DEFAULT_ADDRESS
     settings = Settings(
-        addresses=parse_addresses(address or DEFAULT_ADDRESS),
+        addresses=parse_addresses(address or default),
         # An address someone configured is where the results belong: spool
-        # for it. With none, a run that finds no recorder is stored locally.
+        # for it. With none, a run that finds nothing listening at the
+        # default address is stored locally.
         record_locally=address is None,
         quarantine=_switch(config, "mcp_quarantine", "PYTEST_MCP_QUARANTINE", "mcp_quarantine"),
         token=_setting(config, "mcp_token", "PYTEST_MCP_TOKEN", None),
