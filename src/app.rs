@@ -237,12 +237,15 @@ pub async fn serve_with_mcp(
     ));
     let mcp_http = match http {
         Some((http_listener, options)) => {
+            let scheme = if guard.tls.is_some() { "https" } else { "http" };
+            let local = http_listener.local_addr()?;
             eprintln!(
-                "pytest-mcp: MCP HTTP listening on {}://{}{}",
-                if guard.tls.is_some() { "https" } else { "http" },
-                http_listener.local_addr()?,
+                "pytest-mcp: MCP HTTP listening on {scheme}://{local}{}",
                 crate::mcp::http::PATH
             );
+            if options.ui {
+                eprintln!("pytest-mcp: web pages at {scheme}://{local}/");
+            }
             let http_listener = match &guard.tls {
                 Some(tls) => crate::mcp::http::Listener::Tls(tls.listener(http_listener)?),
                 None => crate::mcp::http::Listener::Plain(http_listener),

@@ -655,6 +655,9 @@ fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// How the sessions recorded without a project are shown, and named.
+pub const UNNAMED_PROJECT: &str = "(no project)";
+
 /// A project as the store knows it: the rootdir name the plugin records.
 /// Names match case-insensitively, so one project may have been recorded
 /// under several spellings; every read of it covers them all.
@@ -687,7 +690,7 @@ impl Project {
 impl fmt::Display for Project {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.name.is_empty() {
-            f.write_str("(no project)")
+            f.write_str(UNNAMED_PROJECT)
         } else {
             f.write_str(&self.name)
         }

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::{Project, Session, SessionRef};
+use crate::model::{Project, Session, SessionRef, UNNAMED_PROJECT};
 use crate::store::{ProjectSummary, Store};
 
 /// Projects named in an error that lists them.
@@ -96,7 +96,11 @@ impl Scope {
     ) -> Result<Scope> {
         let known = store.projects().await?;
         let find = |name: &str| {
-            let key = name.to_lowercase();
+            // Sessions recorded without a project are named as they are shown.
+            let key = match name {
+                UNNAMED_PROJECT => String::new(),
+                _ => name.to_lowercase(),
+            };
             known
                 .iter()
                 .find(|p| p.project.name.to_lowercase() == key)
@@ -286,7 +290,7 @@ impl ProjectsView {
                 "{}{} ({}, newest {})",
                 if p.name == self.current { "* " } else { "  " },
                 if p.name.is_empty() {
-                    "(no project)"
+                    UNNAMED_PROJECT
                 } else {
                     &p.name
                 },

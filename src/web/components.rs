@@ -57,8 +57,9 @@ pub fn switcher(projects: &ProjectsView) -> Markup {
                     option value=(projects.current) selected { (projects.current) " (no sessions yet)" }
                 }
                 @for p in &projects.projects {
-                    option value=(p.name) selected[p.name == projects.current] {
-                        @if p.name.is_empty() { "(no project)" } @else { (p.name) }
+                    option value=(if p.name.is_empty() { crate::model::UNNAMED_PROJECT } else { &p.name })
+                        selected[p.name == projects.current] {
+                        @if p.name.is_empty() { (crate::model::UNNAMED_PROJECT) } @else { (p.name) }
                         " (" (p.sessions) ")"
                     }
                 }
@@ -194,7 +195,7 @@ pub fn counts(s: &SessionView) -> Markup {
     html! {
         div.counts.failing[failing] {
             @for (field, label, n) in figures {
-                div.(field) { strong data-field=(field) { (n) } (label) }
+                div.(format!("count-{field}")) { strong data-field=(field) { (n) } (label) }
             }
             div.rate { span data-field="rate" { (pass_rate(c)) } " passed" }
         }

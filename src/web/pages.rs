@@ -624,15 +624,25 @@ pub fn grid(p: &GridPage) -> Markup {
         @else {
             table.grid {
                 thead { tr {
-                    th { "test" } th.num { "failures" }
+                    th.test { "test" } th.num { "failures" }
+                    // Each column is a session: when it started and on what
+                    // commit, its result as the colour of its mark.
                     @for s in &p.sessions {
-                        th { a href=(format!("/sessions/{}", s.id)) title=(s.started_at) { (result(s)) } }
+                        th.session {
+                            a href=(format!("/sessions/{}", s.id))
+                              title=(format!("{} {} {}", s.started_at, s.result, s.git_commit.as_deref().unwrap_or("")))
+                              aria-label=(format!("session {} {}", s.short_id(), s.result)) {
+                                span.mark.(s.result.replace(' ', "-")) {}
+                                span.when { (month_day_time(&s.started_at)) }
+                                span.commit { (s.git_commit.as_deref().map(|c| c.get(..7).unwrap_or(c)).unwrap_or("")) }
+                            }
+                        }
                     }
                 } }
                 tbody {
                     @for (nodeid, failures, cells) in &p.rows {
                         tr {
-                            td.mono { a href=(test_href(nodeid, &p.project)) { (nodeid) } }
+                            td.mono.test { a href=(test_href(nodeid, &p.project)) title=(nodeid) { (nodeid) } }
                             td.num { (failures) }
                             @for (s, c) in p.sessions.iter().zip(cells) {
                                 @let outcome = c.as_deref().unwrap_or("none");
@@ -686,26 +696,69 @@ pub fn trends(p: &TrendsPage) -> Markup {
         @if p.sessions.len() < 2 { p.empty { "Trends need two sessions or more." } }
         @else {
             h2 { "Pass rate per session" }
-            (chart(&rates, 100.0, |v| format!("{v:.1}%"), &p.sessions))
+            (chart(&rates, y_range(&rates, Some(0.0), Some(100.0)), |v| format!("{v:.1}%"), &p.sessions))
             h2 { "Duration per session" }
-            (chart(&durations, durations.iter().copied().fold(0.0, f64::max), seconds, &p.sessions))
+            (chart(&durations, y_range(&durations, Some(0.0), None), seconds, &p.sessions))
         }
     };
     layout("Trends", body)
 }
 
-/// A line chart with a dot per session (linking to it), oldest left.
+/// `12-07 17:32` of an RFC 3339 time (UTC), for axis and column labels.
+fn month_day_time(rfc3339: &str) -> String {
+    match (rfc3339.get(5..10), rfc3339.get(11..16)) {
+        (Some(day), Some(time)) => format!("{day} {time}"),
+        _ => rfc3339.to_string(),
+    }
+}
+
+/// The range a chart's y axis spans: the values' own, padded, so that a
+/// change from 99.6% to 98.9% is a visible step rather than a flat line at
+/// the top of a 0-100 scale; within `floor..=ceiling` when given.
+fn y_range(values: &[f64], floor: Option<f64>, ceiling: Option<f64>) -> (f64, f64) {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() || !hi.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = if hi - lo > f64::EPSILON {
+        (hi - lo) * 0.15
+    } else {
+        (hi.abs() * 0.05).max(1e-3)
+    };
+    let mut lo = lo - pad;
+    let mut hi = hi + pad;
+    if let Some(f) = floor {
+        lo = lo.max(f);
+    }
+    if let Some(c) = ceiling {
+        hi = hi.min(c);
+    }
+    if hi - lo <= f64::EPSILON {
+        hi = lo + 1.0;
+    }
+    (lo, hi)
+}
+
+/// A line chart with a dot per session (linking to it), oldest left: its y
+/// axis spans the values (labelled at both ends and the middle), its x axis
+/// is labelled with the sessions' start times.
 fn chart(
     values: &[f64],
-    max: f64,
+    (lo, hi): (f64, f64),
     label: impl Fn(f64) -> String,
     sessions: &[SessionView],
 ) -> Markup {
-    // Room on the left for the axis labels.
-    let (w, h, pad, left) = (900.0, 180.0, 24.0, 72.0);
-    let max = if max > 0.0 { max } else { 1.0 };
+    // Room on the left for the y labels, below for the dates.
+    let (w, h, pad, left, bottom) = (900.0, 200.0, 16.0, 72.0, 36.0);
     let step = (w - left - pad) / (values.len().max(2) - 1) as f64;
-    let at = |i: usize, v: f64| (left + i as f64 * step, h - pad - (h - 2.0 * pad) * v / max);
+    let plot = h - pad - bottom;
+    let at = |i: usize, v: f64| {
+        (
+            left + i as f64 * step,
+            pad + plot * (1.0 - (v - lo) / (hi - lo)),
+        )
+    };
     let points: Vec<String> = values
         .iter()
         .enumerate()
@@ -714,17 +767,34 @@ fn chart(
             format!("{x:.1},{y:.1}")
         })
         .collect();
+    // At most six dated ticks, the first and the last among them.
+    let n = values.len();
+    let ticks: Vec<usize> = if n <= 6 {
+        (0..n).collect()
+    } else {
+        (0..6).map(|k| k * (n - 1) / 5).collect()
+    };
+    let base = h - bottom;
     html! {
         svg.chart viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(format!("from {} to {}", label(values[0]), label(values[values.len() - 1]))) {
-            line x1=(left) y1=(h - pad) x2=(w - pad) y2=(h - pad) {}
-            text x="2" y=(pad) { (label(max)) }
-            text x="2" y=(h - pad) { (label(0.0)) }
+            line x1=(left) y1=(base) x2=(w - pad) y2=(base) {}
+            @for v in [hi, (lo + hi) / 2.0, lo] {
+                @let (_, y) = at(0, v);
+                line.grid x1=(left) y1=(format!("{y:.1}")) x2=(w - pad) y2=(format!("{y:.1}")) {}
+                text x="2" y=(format!("{:.1}", y + 4.0)) { (label(v)) }
+            }
+            @for i in ticks {
+                @let (x, _) = at(i, lo);
+                // The last label ends at its point, so it is not cut at the edge.
+                @let anchor = if i + 1 == n && n > 1 { "end" } else { "middle" };
+                text.date x=(format!("{x:.1}")) y=(format!("{:.1}", base + 16.0)) text-anchor=(anchor) { (month_day_time(&sessions[i].started_at)) }
+            }
             polyline points=(points.join(" ")) {}
             @for (i, (v, s)) in values.iter().zip(sessions).enumerate() {
                 @let (x, y) = at(i, *v);
                 a href=(format!("/sessions/{}", s.id)) {
-                    circle cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="3.5" {
-                        title { (s.started_at) ": " (label(*v)) }
+                    circle.(s.result.replace(' ', "-")) cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="3.5" {
+                        title { (s.started_at) " " (s.result) ": " (label(*v)) }
                     }
                 }
             }

@@ -219,6 +219,10 @@ async def connect(transport: str, server: Server, message_handler=None, *, token
             # The HTTP fixture already records into this database over gRPC.
             args=["stdio", "--db", str(server.db), "--no-grpc", *stdio_args],
             env={"RUST_LOG": "warn"},
+            # Started where no project is (as a desktop client starts it),
+            # stdio reads the most recently active project, as serve does;
+            # test_scope.py starts it inside projects.
+            cwd="/",
         )
         async with stdio_client(params) as (read, write):
             async with ClientSession(read, write, message_handler=message_handler) as session:
@@ -243,6 +247,7 @@ async def client(transport: str, server: Server, mode: str, *, token: str = "",
             command=binary(),
             args=["stdio", "--db", str(server.db), "--no-grpc"],
             env={"RUST_LOG": "warn"},
+            cwd="/",
         )
         async with Client(params, mode=mode, message_handler=message_handler) as c:
             yield c
@@ -324,14 +329,18 @@ def start_pytest(server: Server, tmp_path: Path, release: Path | None) -> subpro
     )
 
 
-def stream_plugin_session(server: Server, outcomes: list[dict], finish: bool = True) -> str:
+def stream_plugin_session(server: Server, outcomes: list[dict], finish: bool = True, *,
+                          project: str = "demo", code_state: str = "") -> str:
     """Records a session over gRPC, as the pytest plugin does; returns its id."""
     sid = str(uuid.uuid4())
+    environment = {"os": "Linux", "python_version": "3.12.1", "project": project,
+                   "git_commit": "abc123", "git_branch": "main"}
+    if code_state:
+        environment["code_state"] = code_state
     server.grpc("StartSession", {
         "session_id": sid,
         "source": "SOURCE_PLUGIN",
-        "environment": {"os": "Linux", "python_version": "3.12.1", "project": "demo",
-                        "git_commit": "abc123", "git_branch": "main"},
+        "environment": environment,
     })
     if outcomes:
         send_outcomes(server, sid, outcomes, first_seq=1)
@@ -362,3 +371,27 @@ def failed(nodeid: str, message: str) -> dict:
             "message": message,
             "longrepr": f"def test():\n>       assert compute() == 2\nE       {message}\n\n{nodeid.split('::')[0]}:7: AssertionError",
             "stdout": "captured line\n"}
+
+
+# A nodeid two projects share: it passes in one and is flaky in the other.
+SHARED = "tests/test_common.py::test_shared"
+
+
+def two_projects(server: Server) -> dict[str, list[str]]:
+    """Two projects in one database with a common nodeid: in "shop" it
+    passes all ten runs (each on its own code) while test_cart fails in the
+    newest; in "blog" it failed and passed on the same code (flaky), then
+    failed again on new code, the newest session of all. Returns each
+    project's session ids, oldest first."""
+    ids: dict[str, list[str]] = {"shop": [], "blog": []}
+    for i in range(10):
+        cart = (failed("tests/test_shop.py::test_cart", "AssertionError: cart total 3 != 4")
+                if i == 9 else passed("tests/test_shop.py::test_cart"))
+        ids["shop"].append(stream_plugin_session(
+            server, [passed(SHARED), cart], project="shop", code_state=f"{i:040x}"))
+    flaked = failed(SHARED, "AssertionError: flaked")
+    for outcome, code in [(flaked, "b" * 40), (passed(SHARED), "b" * 40), (flaked, "c" * 40)]:
+        ids["blog"].append(stream_plugin_session(
+            server, [outcome, passed("tests/test_blog.py::test_post")], project="blog",
+            code_state=code))
+    return ids

@@ -104,7 +104,7 @@ async def test_thirty_failures_of_one_broken_fixture_are_one_cluster_of_six(
     # The text says the same, largest first.
     text = result.content[0].text
     assert "35 failures in 6 clusters" in text
-    assert text.index("30 failures, 30 tests") < text.index("1 failures, 1 tests")
+    assert text.index("30 failures, 30 tests") < text.index("1 failure, 1 test ")
 
 
 async def test_clusters_name_the_field_of_a_bad_argument(server: Server):
@@ -179,7 +179,7 @@ async def test_compare_names_the_causes_fixed_and_the_new_one(server: Server, tm
                                 "the queue did not drain in <n> s")
         assert new["tests"] == ["test_causes.py::test_new_cause"]
         assert got["fixed_causes"] == []
-        assert "NEW CAUSE (1 tests): TimeoutError" in result.content[0].text
+        assert "NEW CAUSE (1 test): TimeoutError" in result.content[0].text
 
 
 async def test_get_failures_grouped_by_cause_pages_through_every_failure_once(

@@ -22,7 +22,8 @@ TRANSPORTS = ["stdio", "http"]
 MODES = [("legacy", "2025-11-25"), ("auto", "2026-07-28"), ("2026-07-28", "2026-07-28")]
 
 READ_TOOLS = {"list_sessions", "get_session", "get_failures", "get_failure_clusters", "duration_regressions", "get_test_history",
-              "find_flaky_tests", "compare_sessions", "slowest_tests", "list_quarantine"}
+              "find_flaky_tests", "compare_sessions", "slowest_tests", "list_quarantine",
+              "list_projects"}
 WRITE_TOOLS = {"record_session_start", "record_test_outcome", "record_session_finish",
                "quarantine_test", "release_test"}
 

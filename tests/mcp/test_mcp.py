@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 TRANSPORTS = ["stdio", "http"]
 
 READ_TOOLS = {"list_sessions", "get_session", "get_failures", "get_failure_clusters", "duration_regressions", "get_test_history",
-              "find_flaky_tests", "compare_sessions", "slowest_tests", "list_quarantine"}
+              "find_flaky_tests", "compare_sessions", "slowest_tests", "list_quarantine",
+              "list_projects"}
 WRITE_TOOLS = {"record_session_start", "record_test_outcome", "record_session_finish",
                "quarantine_test", "release_test"}
 
@@ -309,7 +310,7 @@ async def test_resources_and_the_triage_prompt_show_the_latest_failures(server: 
         assert "tests/test_e.py::test_x" in text and "KeyError" in text
         assert "get_test_history" in text
         # It starts from the causes.
-        assert text.index("1 failures in 1 clusters") < text.index("The first failures")
+        assert text.index("1 failure in 1 cluster") < text.index("The first failures")
         assert "in tests/test_e.py::test: KeyError: '<value>'" in text
 
 
@@ -406,11 +407,17 @@ async def test_stdio_runs_its_own_grpc_listener_or_says_its_port_is_taken(server
 
     from conftest import binary
 
+    # An agent starts stdio in its project, whose sessions it then reads.
+    project = tmp_path / "demo"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+
     async def run(grpc_addr: str, log_path, body) -> None:
         params = StdioServerParameters(
             command=binary(),
             args=["stdio", "--db", str(server.db), "--grpc-addr", grpc_addr],
             env={"RUST_LOG": "warn"},
+            cwd=str(project),
         )
         with open(log_path, "w") as errlog:
             async with stdio_client(params, errlog=errlog) as (read, write):

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 TRANSPORTS = ["stdio", "http"]
 
 ALL_TOOLS = {"list_sessions", "get_session", "get_failures", "get_failure_clusters", "duration_regressions", "get_test_history",
-             "find_flaky_tests", "compare_sessions", "slowest_tests", "list_quarantine",
+             "find_flaky_tests", "compare_sessions", "slowest_tests", "list_quarantine", "list_projects",
              "record_session_start", "record_test_outcome", "record_session_finish",
              "quarantine_test", "release_test"}
 
@@ -349,7 +349,9 @@ async def test_mcp_over_https_with_a_token(tmp_path: Path):
                     started = await session.call_tool("record_session_start", {
                         "environment": {"os": "Linux", "python_version": "3.12.1"}})
                     assert not started.is_error, text_of(started)
-        shown = subprocess.run([binary(), "show", "latest", "--db", str(s.db)],
+        # Recorded without a project: that is the project it is read in.
+        shown = subprocess.run([binary(), "show", "latest", "--db", str(s.db),
+                                "--project", "(no project)"],
                                capture_output=True, text=True, timeout=30)
         assert "grant     default" in shown.stdout, shown.stdout
     finally:

@@ -7,6 +7,7 @@ Screenshots of each page go to target/ui-screenshots/ (the README shows two).
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import urllib.error
@@ -105,9 +106,11 @@ def test_the_pages_follow_a_real_run_while_it_is_held_open(browser, server: Serv
         release.touch()
         out, _ = run.communicate(timeout=60)
         assert run.returncode == 1, out
-        # Finished without a reload: the status, counts and bar move live.
+        # Finished without a reload: the badge (what the run came to, not
+        # just "finished"), counts and bar move live.
         # (expect, not wait_for_function: the page's CSP forbids eval, as it should.)
-        expect(page.locator("h1 .status")).to_have_text("finished", timeout=30_000)
+        expect(page.locator("h1 .status")).to_have_text("failed", timeout=30_000)
+        assert page.locator("h1 .status").get_attribute("title") == "status finished"
         assert page.inner_text("[data-field=passed]") == "2"
         assert page.inner_text("[data-field=failed]") == "1"
         # Shown once, though it arrived live and the stream ended.
@@ -122,7 +125,7 @@ def test_the_pages_follow_a_real_run_while_it_is_held_open(browser, server: Serv
 
         page.goto(base)
         assert page.locator("tbody tr").count() == 1
-        assert "finished" in page.inner_text("tbody tr")
+        assert "failed" in page.inner_text("tbody tr")
 
         # Two more real runs: the test's page has a cell for each of the three.
         for _ in range(2):
@@ -186,11 +189,25 @@ def test_a_tests_page_has_one_cell_per_run_and_compare_shows_a_new_failure(brows
     cells = row.locator("td.cell a")
     assert [cells.nth(i).get_attribute("class") for i in range(cells.count())] == \
         ["passed", "passed", "failed"]
+    # Its columns are labelled by when each session started and its commit,
+    # and the table fits the page.
+    heads = page.locator("table.grid th.session")
+    assert heads.count() == 3
+    assert re.fullmatch(r"\d\d-\d\d \d\d:\d\d", heads.first.locator(".when").inner_text())
+    assert heads.first.locator(".commit").inner_text() == "abc123"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
     w.shot("grid")
 
     page.goto(f"{base}trends?project=demo")
     assert page.locator("svg.chart").count() == 2
     assert page.locator("svg.chart circle").count() == 6  # three sessions, two charts
+    # A dated x axis, and a y scale spanning the values, not 0-100%: the
+    # pass rate went from 100% to 50%.
+    dates = page.locator("svg.chart").first.locator("text.date")
+    assert dates.count() == 3
+    assert re.fullmatch(r"\d\d-\d\d \d\d:\d\d", dates.first.text_content())
+    labels = [t.text_content() for t in page.locator("svg.chart").first.locator("text:not(.date)").all()]
+    assert labels[0] == "100.0%" and labels[-1] != "0.0%", labels
     w.shot("trends")
 
     page.goto(f"{base}sessions/latest/slowest")
@@ -361,3 +378,87 @@ def test_no_ui_leaves_mcp_alone(tmp_path: Path):
     finally:
         s.process.terminate()
         s.process.wait(timeout=15)
+
+
+def test_one_failure_in_nine_hundred_is_a_failed_badge_and_a_red_mark_you_can_see(
+    browser, server: Server
+):
+    base = base_of(server)
+    sid = stream_plugin_session(server, [], finish=False)
+    tests = [passed(f"tests/test_many.py::test_{i}") for i in range(899)]
+    tests.insert(450, failed("tests/test_many.py::test_the_one", "AssertionError: the one"))
+    for start in range(0, 900, 300):
+        send_outcomes(server, sid, tests[start:start + 300], first_seq=start + 1)
+    server.grpc("FinishSession", {
+        "session_id": sid, "outcomes_sent": 900,
+        "summary": {"total_tests": 900, "passed": 899, "failed": 1, "exitstatus": 1,
+                    "duration": 9.0},
+    })
+    w = Watched(browser, base)
+    page = w.page
+    page.goto(f"{base}sessions/{sid[:8]}")
+    assert page.inner_text("h1 .status") == "failed"
+    # The red mark: at least 2% of the bar, and a few pixels, whatever the ratio.
+    bar = page.locator("h1 ~ svg.bar, svg.bar").first.bounding_box()
+    mark = page.locator("svg.bar rect.failed").first.bounding_box()
+    assert bar and mark
+    assert mark["width"] >= 0.02 * bar["width"] - 0.5 and mark["width"] >= 4, (mark, bar)
+    # The headline is the failure, not a 99.9% pass rate.
+    counts = page.locator(".counts")
+    assert counts.locator("div").first.inner_text().startswith("1\n")
+    assert "failed" in counts.locator("div").first.inner_text()
+    w.shot("session-one-failure")
+    # The list says it too.
+    page.goto(base)
+    row = page.locator("tbody tr").first
+    assert row.locator(".status").inner_text() == "failed"
+    assert row.locator("svg.bar rect.failed").first.bounding_box()["width"] >= 2
+    w.close(base)
+
+
+def test_each_project_has_its_own_pages_and_a_switcher(browser, server: Server):
+    from conftest import SHARED, two_projects
+
+    ids = two_projects(server)
+    base = base_of(server)
+    # serve says where its pages are.
+    assert f"pytest-mcp: web pages at {base}" in server.stderr, server.stderr
+    w = Watched(browser, base)
+    page = w.page
+    # The most recently active project by default, with a switcher to the other.
+    page.goto(base)
+    assert page.locator("tbody tr").count() == 3
+    options = page.locator("select[name=project] option")
+    assert [options.nth(i).inner_text() for i in range(options.count())] == \
+        ["blog (3)", "shop (10)"]
+    page.select_option("select[name=project]", "shop")
+    page.wait_for_url("**/?project=shop*")
+    assert page.locator("tbody tr").count() == 10
+    # The shared test's page: passing in shop, flaky in blog, each with its own runs.
+    quoted = urllib.request.quote(SHARED)
+    page.goto(f"{base}tests?project=shop&nodeid={quoted}")
+    assert page.locator(".strip a").count() == 10
+    assert page.inner_text(".verdict").lower() == "passing"
+    page.goto(f"{base}tests?project=blog&nodeid={quoted}")
+    assert page.locator(".strip a").count() == 3
+    assert page.inner_text(".verdict").lower() == "flaky"
+    assert "same code" in page.inner_text("main")
+    # Flaky tests, by project.
+    page.goto(f"{base}flaky?project=shop")
+    assert "No flaky tests." in page.inner_text("main")
+    page.goto(f"{base}flaky?project=blog")
+    assert SHARED in page.inner_text("table")
+    # A known-flaky failure is labelled on the session and compare pages.
+    page.goto(f"{base}sessions/{ids['blog'][-1]}")
+    assert page.locator("#failures article .flaky").count() == 1
+    page.goto(f"{base}compare?project=blog")
+    new = page.locator("h2:has-text('New failures') + table")
+    assert SHARED in new.inner_text() and "known flaky" in new.inner_text()
+    assert "known flaky" in page.locator("h2:has-text('New causes') + table").inner_text()
+    w.close(base)
+    # An unknown project is a 404 that says which projects there are.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{base}grid?project=nope", timeout=10)
+    assert refused.value.code == 404
+    assert "the projects are: blog (3 sessions), shop (10 sessions)" in \
+        refused.value.read().decode()

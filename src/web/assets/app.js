@@ -89,6 +89,7 @@ if (live) {
     }
     for (const node of document.querySelectorAll("[data-field=result]")) {
       node.className = `status ${update.text.result.replace(" ", "-")}`;
+      node.title = `status ${update.text.status}`;
     }
   };
   source.addEventListener("progress", apply);
