@@ -29,6 +29,15 @@ use anyhow::{Context, bail};
 /// (a URL without its password).
 pub async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
     let db = config.location.clone();
+    if let Location::Sqlite(path) = &db
+        && path.is_dir()
+    {
+        bail!(
+            "--db {}: is a directory; give the database file's path, e.g. {}",
+            path.display(),
+            path.join("pytest-mcp.db").display()
+        );
+    }
     match Store::open(config).await {
         Ok(store) => Ok(store),
         Err(crate::error::Error::Unavailable(why)) => bail!("opening the database {db}: {why}"),
@@ -38,7 +47,7 @@ pub async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
 
 /// Opens an existing database for a reading command.
 pub async fn open_existing(location: Location) -> anyhow::Result<Store> {
-    if !location.exists() {
+    if !location.exists() && !matches!(&location, Location::Sqlite(p) if p.is_dir()) {
         bail!(
             "no database at {location} (nothing recorded yet; start `pytest-mcp serve`, or pass --db)"
         );

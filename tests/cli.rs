@@ -421,6 +421,22 @@ fn reading_commands_explain_a_missing_database() {
     );
 }
 
+#[test]
+fn a_directory_given_as_the_database_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["sessions"][..],
+        &["serve", "--grpc-addr", "127.0.0.1:0", "--no-http"],
+    ] {
+        let o = run(args, dir.path());
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("is a directory"), "{err}");
+        assert_eq!(err.matches("directory").count(), 1, "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
 fn serve_refuses_a_non_loopback_address(db: TestDb) {
     let o = Command::new(binary())
         .args(["serve", "--grpc-addr", "0.0.0.0:0", "--db"])

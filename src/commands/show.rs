@@ -127,13 +127,13 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let causes = causes.clusters;
     let total: usize = causes.iter().map(|c| c.seqs.len()).sum();
-    let flaky = if total > 0 {
-        store
-            .known_flaky(crate::views::FLAKY_WINDOW, &scope.project_of(&s))
-            .await?
-    } else {
-        Default::default()
-    };
+    let flaky = store
+        .known_flaky(
+            crate::views::FLAKY_WINDOW,
+            &scope.project_of(&s),
+            failures.values().map(|o| o.nodeid.clone()).collect(),
+        )
+        .await?;
     let mut shown = 0usize;
     let mut rerun: Vec<String> = Vec::new();
     for cause in &causes {

@@ -25,6 +25,11 @@ pub(super) fn triage() -> Prompt {
                      of the server's project",
                 )
                 .with_required(false),
+            PromptArgument::new("project")
+                .with_description(
+                    "The project (matched case-insensitively); by default the server's",
+                )
+                .with_required(false),
         ]),
     )
 }
@@ -40,13 +45,31 @@ pub(super) async fn get(
             None,
         ));
     }
-    let session = request
+    if let Some(unknown) = request
         .arguments
-        .as_ref()
-        .and_then(|a| a.get("session"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
-    let scope = mcp.scope(None).await.map_err(protocol_error)?;
+        .iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .find(|k| !matches!(k.as_str(), "session" | "project"))
+    {
+        return Err(ErrorData::invalid_params(
+            format!("{unknown}: unknown argument of {NAME}; its arguments are session, project"),
+            None,
+        ));
+    }
+    let argument = |name: &str| {
+        request
+            .arguments
+            .as_ref()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let session = argument("session");
+    let scope = mcp
+        .scope(argument("project").as_deref())
+        .await
+        .map_err(protocol_error)?;
     let causes = views::causes::clusters(
         &mcp.store,
         &scope,

@@ -504,24 +504,30 @@ impl Store {
             .collect())
     }
 
-    /// The tests of `project` judged flaky over its newest `window`
-    /// sessions, by nodeid: what a failure is labelled with where it is read.
+    /// Of these tests, those judged flaky over the newest `window` sessions
+    /// of `project`, by nodeid: what a failure is labelled with where it is
+    /// read. Reads only these tests' runs.
     pub async fn known_flaky(
         &self,
         window: usize,
         project: &Project,
+        nodeids: Vec<String>,
     ) -> Result<HashMap<String, Stability>> {
-        let judged = self.judge_flaky(window, project).await?;
-        let names = self
+        let mut nodeids = nodeids;
+        nodeids.sort();
+        nodeids.dedup();
+        if nodeids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let runs = self
             .backend()
-            .test_names(judged.iter().map(|(k, _, _)| *k).collect())
+            .runs_of(nodeids, project.clone(), window)
             .await?;
-        Ok(judged
+        Ok(runs
             .into_iter()
-            .filter_map(|(key, stability, _)| {
-                names
-                    .get(&key)
-                    .map(|(nodeid, _)| (nodeid.clone(), stability))
+            .filter_map(|(nodeid, runs)| {
+                let stability = stability_of(&runs);
+                (flakiness_verdict(&stability) == Verdict::Flaky).then_some((nodeid, stability))
             })
             .collect())
     }

@@ -230,6 +230,16 @@ pub trait Backend: Send + Sync + 'static {
     /// subtests) in the sessions of `project`, oldest first.
     fn test_runs(&self, nodeid: String, project: Project, window: usize) -> Fut<Vec<Run>>;
 
+    /// The pass/fail runs (attempts) of each of these tests itself in the
+    /// newest `sessions` sessions of `project`, oldest first; a test with
+    /// none is left out.
+    fn runs_of(
+        &self,
+        nodeids: Vec<String>,
+        project: Project,
+        sessions: usize,
+    ) -> Fut<HashMap<String, Vec<Run>>>;
+
     /// The newest `window` sessions of `project`, and every test that
     /// failed in one of them with its pass/fail runs in them.
     fn flaky_input(&self, window: usize, project: Project) -> Fut<FlakyInput>;

@@ -584,6 +584,17 @@ impl Backend for PgBackend {
         })
     }
 
+    fn runs_of(
+        &self,
+        nodeids: Vec<String>,
+        project: Project,
+        sessions: usize,
+    ) -> Fut<HashMap<String, Vec<Run>>> {
+        self.read(move |tx| {
+            boxed!(async move { reads::runs_of(tx, &nodeids, &project, sessions).await })
+        })
+    }
+
     fn flaky_input(&self, window: usize, project: Project) -> Fut<FlakyInput> {
         self.read(move |tx| boxed!(async move { reads::flaky_input(tx, window, &project).await }))
     }

@@ -323,6 +323,15 @@ impl Backend for SqliteBackend {
         self.read(move |c| reads::test_runs(c, &nodeid, &project, window))
     }
 
+    fn runs_of(
+        &self,
+        nodeids: Vec<String>,
+        project: Project,
+        sessions: usize,
+    ) -> Fut<HashMap<String, Vec<Run>>> {
+        self.read(move |c| reads::runs_of(c, &nodeids, &project, sessions))
+    }
+
     fn flaky_input(&self, window: usize, project: Project) -> Fut<FlakyInput> {
         self.read(move |c| reads::flaky_input(c, window, &project))
     }

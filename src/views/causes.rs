@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::failures::FailureView;
 use super::scope::Scope;
 use super::session::SessionView;
-use super::{FLAKY_WINDOW, budget_text, count, fit_budget};
+use super::{FLAKY_LOOKUP, FLAKY_WINDOW, budget_text, count, fit_budget};
 use crate::error::Result;
 use crate::store::Store;
 
@@ -52,8 +52,8 @@ pub struct ClusterView {
     pub tests_ever: u64,
     /// The first of those tests by nodeid (at most 10).
     pub tests_ever_named: Vec<String>,
-    /// How many of the tests it broke here are known to be flaky in the
-    /// project (they passed and failed on the same code lately).
+    /// How many of the tests it broke here (of its first 200) are known to
+    /// be flaky in the project: they passed and failed on the same code lately.
     pub known_flaky_tests: u64,
 }
 
@@ -132,8 +132,8 @@ pub struct CauseView {
     pub tests_total: u64,
     /// The first few of them.
     pub tests: Vec<String>,
-    /// Every test it broke is known to be flaky in the project: likely not
-    /// new breakage.
+    /// Every test it broke (of its first 200) is known to be flaky in the
+    /// project: likely not new breakage.
     pub known_flaky: bool,
 }
 
@@ -163,16 +163,15 @@ pub async fn clusters(store: &Store, scope: &Scope, q: &ClustersQuery) -> Result
     let s = &causes.session;
     let shown = &causes.clusters[..causes.clusters.len().min(limit)];
     let project = scope.project_of(s);
+    // Each cause's tests looked up for flakiness, at most FLAKY_LOOKUP of it.
+    let tests: Vec<String> = shown
+        .iter()
+        .flat_map(|c| c.tests.iter().take(FLAKY_LOOKUP).cloned())
+        .collect();
     let (described, known, flaky) = tokio::try_join!(
         store.describe(s.id, shown),
         store.known_causes(s, shown.iter().map(|c| c.key.clone()).collect()),
-        async {
-            if shown.is_empty() {
-                Ok(Default::default())
-            } else {
-                store.known_flaky(FLAKY_WINDOW, &project).await
-            }
-        }
+        store.known_flaky(FLAKY_WINDOW, &project, tests),
     )?;
     let mut view = ClustersView {
         session: s.into(),
@@ -206,8 +205,12 @@ pub async fn clusters(store: &Store, scope: &Scope, q: &ClustersQuery) -> Result
                     failures_in_other_sessions: k.map_or(0, |k| k.failures),
                     tests_ever: k.map_or(0, |k| k.tests),
                     tests_ever_named: k.map(|k| k.some_tests.clone()).unwrap_or_default(),
-                    known_flaky_tests: g.tests.iter().filter(|t| flaky.contains_key(*t)).count()
-                        as u64,
+                    known_flaky_tests: g
+                        .tests
+                        .iter()
+                        .take(FLAKY_LOOKUP)
+                        .filter(|t| flaky.contains_key(*t))
+                        .count() as u64,
                 }
             })
             .collect(),

@@ -10,7 +10,7 @@ use super::causes::CauseView;
 use super::durations::RegressionView;
 use super::scope::Scope;
 use super::session::SessionView;
-use super::{FLAKY_WINDOW, budget_text, display_name, excerpt, json_len, non_empty};
+use super::{FLAKY_LOOKUP, FLAKY_WINDOW, budget_text, display_name, excerpt, json_len, non_empty};
 use crate::error::Result;
 use crate::model::SessionRef;
 use crate::store::{ComparedTest, Comparison, RegressionRule, Store};
@@ -310,14 +310,23 @@ pub async fn compare(
     let limit = super::limit(q.limit, 50, 500);
     let project = scope.project_of(&c.head);
     // Read beside each other.
-    let (changed, regressions, flaky) = tokio::try_join!(
+    let (changed, regressions) = tokio::try_join!(
         store.changed_causes(&c, limit),
         store.duration_regressions(SessionRef::Id(c.head.id), RegressionRule::default()),
-        store.known_flaky(FLAKY_WINDOW, &project),
     )?;
     let mut view = ComparisonView::new(&c, limit)
         .with_causes(&changed)
         .with_regressions(&regressions, limit);
+    // Every test a failure or a cause on this answer names, looked up once.
+    let mut tests: Vec<String> = [&view.new_failures, &view.fixed, &view.still_failing]
+        .into_iter()
+        .flatten()
+        .map(|t| t.nodeid.clone())
+        .collect();
+    for d in changed.new.iter().chain(&changed.fixed) {
+        tests.extend(d.cluster.tests.iter().take(FLAKY_LOOKUP).cloned());
+    }
+    let flaky = store.known_flaky(FLAKY_WINDOW, &project, tests).await?;
     for list in [
         &mut view.new_failures,
         &mut view.fixed,
@@ -335,7 +344,11 @@ pub async fn compare(
     ] {
         for (v, d) in views.iter_mut().zip(causes.iter()) {
             v.known_flaky = !d.cluster.tests.is_empty()
-                && d.cluster.tests.iter().all(|t| flaky.contains_key(t));
+                && d.cluster
+                    .tests
+                    .iter()
+                    .take(FLAKY_LOOKUP)
+                    .all(|t| flaky.contains_key(t));
         }
     }
     if fit {

@@ -232,7 +232,8 @@ pub async fn failures(store: &Store, scope: &Scope, q: &FailuresQuery) -> Result
     };
     let project = scope.project_named(view.session.project.as_deref().unwrap_or_default());
     if !view.failures.is_empty() {
-        let flaky = store.known_flaky(FLAKY_WINDOW, &project).await?;
+        let tests = view.failures.iter().map(|f| f.nodeid.clone()).collect();
+        let flaky = store.known_flaky(FLAKY_WINDOW, &project, tests).await?;
         for f in &mut view.failures {
             f.known_flaky = flaky.contains_key(&f.nodeid);
         }

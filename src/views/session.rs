@@ -135,7 +135,7 @@ impl SessionView {
     pub fn line(&self) -> String {
         let c = &self.counts;
         format!(
-            "{} {} ({}, {}){}: {} outcomes, {} passed, {} failed, {} errors, {} skipped",
+            "{} {} ({}, {}){}: {}, {} passed, {} failed, {}, {} skipped",
             self.id,
             self.result,
             self.status,
@@ -144,10 +144,10 @@ impl SessionView {
                 .as_deref()
                 .map(|p| format!(" project {p}"))
                 .unwrap_or_default(),
-            self.outcomes_stored,
+            super::count(self.outcomes_stored, "outcome", "outcomes"),
             c.passed,
             c.failed,
-            c.errors,
+            super::count(c.errors, "error", "errors"),
             c.skipped
         )
     }
@@ -249,14 +249,11 @@ pub async fn session_detail(
         .await
         .map_err(|e| scope.explain(super::rename(e, "session")))?;
     let project = scope.project_of(&s);
-    let (quarantine, flaky) =
-        tokio::try_join!(store.quarantine_status(&project, Timestamp::now()), async {
-            if p.items.is_empty() {
-                Ok(Default::default())
-            } else {
-                store.known_flaky(FLAKY_WINDOW, &project).await
-            }
-        })?;
+    let tests = p.items.iter().map(|o| o.nodeid.clone()).collect();
+    let (quarantine, flaky) = tokio::try_join!(
+        store.quarantine_status(&project, Timestamp::now()),
+        store.known_flaky(FLAKY_WINDOW, &project, tests),
+    )?;
     Ok(SessionDetailView {
         quarantine: quarantine.iter().map(QuarantineStatusView::from).collect(),
         session: (&s).into(),

@@ -485,6 +485,73 @@ pub async fn test_runs(
     Ok(runs)
 }
 
+/// The runs of each of these tests itself in the newest `sessions`
+/// sessions of `project`, oldest first, in one statement.
+pub async fn runs_of(
+    tx: &Tx<'_>,
+    nodeids: &[String],
+    project: &Project,
+    sessions: usize,
+) -> Result<HashMap<String, Vec<Run>>> {
+    let mut names: HashMap<i64, &str> = HashMap::new();
+    for nodeid in nodeids {
+        if let (_, Some(test), _) = tests_of(tx, nodeid).await? {
+            names.insert(test, nodeid);
+        }
+    }
+    if names.is_empty() || sessions == 0 {
+        return Ok(HashMap::new());
+    }
+    let tests: Vec<i64> = names.keys().copied().collect();
+    let stmt = tx
+        .prepare_cached(&format!(
+            "WITH recent AS (
+                 SELECT s.pk, s.id, s.code_state, s.status, s.started_at FROM sessions s
+                 WHERE {} ORDER BY s.started_at DESC, s.pk DESC LIMIT $3)
+             SELECT r.pk, r.id, r.code_state, x.test_id, x.kind
+             FROM recent r CROSS JOIN LATERAL (
+                 SELECT st.test_id, st.seq, st.kind FROM session_tests st
+                 WHERE r.status IN ('finished', 'interrupted')
+                   AND st.session_pk = r.pk AND st.test_id = ANY($4)
+                 UNION ALL
+                 SELECT o.test_id, o.seq, o.kind FROM outcomes o
+                 WHERE r.status NOT IN ('finished', 'interrupted')
+                   AND o.session_pk = r.pk AND o.test_id = ANY($4)
+             ) x
+             ORDER BY r.started_at, r.pk, x.test_id, x.seq",
+            in_project(1)
+        ))
+        .await?;
+    let (project_names, unnamed) = project_args(project);
+    let rows = tx
+        .query(
+            &stmt,
+            &[&project_names, &unnamed, &as_i64(sessions), &tests],
+        )
+        .await?;
+    let mut out: HashMap<String, Vec<Run>> = HashMap::new();
+    for group in rows.chunk_by(|a, b| {
+        (a.get::<_, i64>(0), a.get::<_, i64>(3)) == (b.get::<_, i64>(0), b.get::<_, i64>(3))
+    }) {
+        let first = &group[0];
+        let test: i64 = first.get(3);
+        let kinds = group
+            .iter()
+            .filter_map(|r| kind_of(i64::from(r.get::<_, i16>(4))));
+        let code: Option<String> = first.get(2);
+        let runs = out.entry(names[&test].to_string()).or_default();
+        for failed in attempts_of(kinds) {
+            runs.push(Run {
+                session: first.get(0),
+                id: first.get(1),
+                code: code.as_deref().map(Arc::from),
+                failed,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Builds a session's digest from its rows.
 pub async fn digest_from_rows(tx: &Tx<'_>, pk: i64) -> Result<Digest> {
     let stmt = tx

@@ -472,6 +472,62 @@ pub fn test_runs(
     Ok(runs)
 }
 
+/// The runs of each of these tests itself in the newest `sessions`
+/// sessions of `project`, oldest first: one index probe per session for all
+/// of them together, not a decoded digest per session.
+pub fn runs_of(
+    c: &Connection,
+    nodeids: &[String],
+    project: &Project,
+    sessions: usize,
+) -> Result<HashMap<String, Vec<Run>>> {
+    let mut names: HashMap<i64, &str> = HashMap::new();
+    let mut first = i64::MAX;
+    for nodeid in nodeids {
+        let (_, own, first_pk) = tests_of(c, nodeid)?;
+        if let Some(test) = own {
+            names.insert(test, nodeid);
+            first = first.min(first_pk);
+        }
+    }
+    if names.is_empty() || sessions == 0 {
+        return Ok(HashMap::new());
+    }
+    let ids = id_array(names.keys().copied());
+    // Per test, each session's runs, newest session first.
+    let mut found: HashMap<i64, Vec<Vec<Run>>> = HashMap::new();
+    let mut looked = 0;
+    sessions_newest_first(c, first, project, |s| {
+        looked += 1;
+        let mut kinds: HashMap<i64, Vec<TestOutcome>> = HashMap::new();
+        for (_, test, kind) in outcomes_of_tests(c, s.pk, s.open, &ids)? {
+            if let Some(kind) = kind_of(kind) {
+                kinds.entry(test).or_default().push(kind);
+            }
+        }
+        for (test, kinds) in kinds {
+            let runs = attempts_of(kinds)
+                .into_iter()
+                .map(|failed| Run {
+                    session: s.pk,
+                    id: s.id,
+                    code: s.code.clone(),
+                    failed,
+                })
+                .collect();
+            found.entry(test).or_default().push(runs);
+        }
+        Ok(looked < sessions)
+    })?;
+    Ok(found
+        .into_iter()
+        .filter_map(|(test, per_session)| {
+            let runs: Vec<Run> = per_session.into_iter().rev().flatten().collect();
+            (!runs.is_empty()).then(|| (names[&test].to_string(), runs))
+        })
+        .collect())
+}
+
 /// A session's digest (with its durations when asked): the stored one, or
 /// one built from its rows when it has none (still running) or it cannot be read.
 pub fn digest_of(c: &Connection, pk: i64, with_durations: bool) -> Result<Digest> {
