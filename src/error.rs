@@ -131,6 +131,25 @@ impl Error {
         }
     }
 
+    /// The same error naming `field`, the argument a reader gave, where the
+    /// store named its own parameter: what was not found, or a session id
+    /// prefix that names more than one session.
+    pub fn named(self, field: &str) -> Self {
+        match self {
+            Error::NotFound { message, .. } => Error::NotFound {
+                field: field.into(),
+                message,
+            },
+            Error::InvalidArgument { field: f, message } if f == "session_id" => {
+                Error::InvalidArgument {
+                    field: field.into(),
+                    message,
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The same error with its field placed under `prefix`
     /// (`nodeid` within `outcomes[3]` is `outcomes[3].nodeid`). Validation
     /// names fields relative to what it checks and the caller adds where

@@ -145,25 +145,6 @@ pub fn fit_budget<V: Serialize, T>(view: &mut V, list: impl Fn(&mut V) -> &mut V
     }
 }
 
-/// Re-labels a not-found or invalid-argument error to the argument that
-/// named what was not found (the store names its own parameters).
-fn rename(e: crate::error::Error, field: &str) -> crate::error::Error {
-    use crate::error::Error;
-    match e {
-        Error::NotFound { message, .. } => Error::NotFound {
-            field: field.into(),
-            message,
-        },
-        Error::InvalidArgument { field: f, message } if f == "session_id" => {
-            Error::InvalidArgument {
-                field: field.into(),
-                message,
-            }
-        }
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::Store;
 use super::backend::{SessionKey, TestKey};
 use super::fingerprint::{self, Cluster, Fingerprint, StoredCause};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Outcome, Project, Session, SessionRef, Source, TestOutcome};
 
 /// Sessions named as evidence on each side of a flaky verdict.
@@ -457,7 +457,7 @@ impl Store {
         let h = self
             .get_session(head)
             .await
-            .map_err(|e| rename_field(e, "head"))?;
+            .map_err(|e| Error::named(e, "head"))?;
         let prev = self.previous_session(&h).await?.ok_or_else(|| {
             crate::error::Error::not_found(
                 "base",
@@ -591,12 +591,12 @@ impl Store {
             .backend()
             .session_finals(base)
             .await
-            .map_err(|e| rename_field(e, "base"))?;
+            .map_err(|e| Error::named(e, "base"))?;
         let head = self
             .backend()
             .session_finals(head)
             .await
-            .map_err(|e| rename_field(e, "head"))?;
+            .map_err(|e| Error::named(e, "head"))?;
         let (base_key, head_key) = (base.key, head.key);
         let lists = compare_finals(&base.finals, &head.finals, min_ratio, min_seconds);
         // The message of a failing test is the head's; of a fixed one, the base's.
@@ -928,7 +928,7 @@ impl Store {
             .backend()
             .session_finals(session)
             .await
-            .map_err(|e| rename_field(e, "session"))?;
+            .map_err(|e| Error::named(e, "session"))?;
         let h = &head.session;
         let filter = crate::store::SessionFilter {
             statuses: Vec::new(),
@@ -994,17 +994,6 @@ impl Store {
             baseline,
             slower,
         })
-    }
-}
-
-/// Re-labels a not-found error from `session_id` to the argument that named it.
-fn rename_field(e: crate::error::Error, field: &str) -> crate::error::Error {
-    match e {
-        crate::error::Error::NotFound { message, .. } => crate::error::Error::NotFound {
-            field: field.into(),
-            message,
-        },
-        other => other,
     }
 }
 

@@ -159,7 +159,7 @@ pub async fn clusters(store: &Store, scope: &Scope, q: &ClustersQuery) -> Result
     let causes = store
         .session_causes(session, None)
         .await
-        .map_err(|e| scope.explain(super::rename(e, "session")))?;
+        .map_err(|e| scope.explain(e.named("session")))?;
     let s = &causes.session;
     let shown = &causes.clusters[..causes.clusters.len().min(limit)];
     let project = scope.project_of(s);

@@ -187,7 +187,7 @@ pub async fn regressions(
     let found = store
         .duration_regressions(session, rule)
         .await
-        .map_err(|e| scope.explain(super::rename(e, "session")))?;
+        .map_err(|e| scope.explain(e.named("session")))?;
     let limit = super::limit(q.limit, 20, 200);
     let mut view = RegressionsView {
         session: (&found.session).into(),
@@ -224,6 +224,6 @@ pub async fn slowest(store: &Store, scope: &Scope, q: &SlowestQuery) -> Result<S
     let (s, outcomes) = store
         .slowest_tests(session, super::limit(q.limit, 10, 100))
         .await
-        .map_err(|e| scope.explain(super::rename(e, "session")))?;
+        .map_err(|e| scope.explain(e.named("session")))?;
     Ok(SlowestView::new(&s, &outcomes))
 }

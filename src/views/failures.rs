@@ -266,7 +266,7 @@ async fn failures_in_order(
                     message,
                 }
             }
-            other => scope.explain(super::rename(other, "session")),
+            other => scope.explain(other.named("session")),
         })?;
     let mut view = FailuresView {
         known_flaky: 0,
@@ -315,7 +315,7 @@ async fn failures_by_cause(
     let causes = store
         .session_causes(session, q.nodeid_contains.as_deref())
         .await
-        .map_err(|e| scope.explain(super::rename(e, "session")))?;
+        .map_err(|e| scope.explain(e.named("session")))?;
     let s = &causes.session;
     // Each cause's failures in the order they happened, the largest cause
     // first: (cluster, seq).

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::quarantine::{QuarantineStatusView, quarantine_text};
 use super::scope::Scope;
 use super::{FLAKY_WINDOW, non_empty};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{EXIT_INTERRUPTED, Environment, Session, SessionStatus, TestOutcome, Timestamp};
 use crate::store::{OutcomeFilter, SessionFilter, Store};
 
@@ -247,7 +247,7 @@ pub async fn session_detail(
     let (s, p) = store
         .list_outcomes(session, filter, FIRST_FAILURES, None)
         .await
-        .map_err(|e| scope.explain(super::rename(e, "session")))?;
+        .map_err(|e| scope.explain(e.named("session")))?;
     let project = scope.project_of(&s);
     let tests = p.items.iter().map(|o| o.nodeid.clone()).collect();
     let (quarantine, flaky) = tokio::try_join!(
@@ -346,7 +346,13 @@ pub async fn list_sessions(
             query.cursor.clone().filter(|c| !c.is_empty()),
         )
         .await
-        .map_err(|e| super::rename(e, "cursor"))?;
+        .map_err(|e| match e {
+            Error::InvalidArgument { message, .. } => Error::InvalidArgument {
+                field: "cursor".into(),
+                message,
+            },
+            other => other,
+        })?;
     Ok(SessionListView {
         project: scope.project.name.clone(),
         sessions: page.items.iter().map(SessionView::from).collect(),

@@ -93,6 +93,10 @@ async def test_each_project_sees_only_its_own_runs_through_every_read(server: Se
         assert (cmp["base"]["id"], cmp["head"]["id"]) == (shop[-2], shop[-1])
         assert [t["nodeid"] for t in cmp["new_failures"]] == ["tests/test_shop.py::test_cart"]
 
+        # Duration regressions compare with the project's own earlier runs.
+        assert (await call(c, "duration_regressions", {"project": "shop"}))["baseline_sessions"] == 9
+        assert (await call(c, "duration_regressions", {"project": "blog"}))["baseline_sessions"] == 2
+
         # Quarantine suggestions: the shared test passed its last ten runs in
         # shop, not in blog.
         await call(c, "quarantine_test", {"nodeid": SHARED, "reason": "flaky in blog"})
