@@ -174,10 +174,10 @@ pub struct PruneArgs {
 /// `pin` and `unpin` options.
 #[derive(Debug, Args)]
 pub struct PinArgs {
-    /// Database location.
+    /// Database and project.
     #[command(flatten)]
-    pub db: DbArgs,
-    /// A session id, or `latest`.
+    pub scope: ScopeArgs,
+    /// A session id (or its first 8+ hex digits), or `latest` of the project.
     pub session: String,
 }
 
@@ -550,6 +550,9 @@ pub struct HistoryArgs {
     /// How many of the newest pass/fail runs the verdict is based on (at most 1000).
     #[arg(long, default_value_t = 50)]
     pub window: u32,
+    /// Where the previous page ended (the cursor it printed).
+    #[arg(long)]
+    pub cursor: Option<String>,
 }
 
 /// `causes` options.
@@ -615,10 +618,10 @@ pub enum ExportFormat {
 /// `export` options.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Database location.
+    /// Database and project.
     #[command(flatten)]
-    pub db: DbArgs,
-    /// A session id, or `latest`.
+    pub scope: ScopeArgs,
+    /// A session id (or its first 8+ hex digits), or `latest` of the project.
     #[arg(default_value = "latest")]
     pub session: String,
     /// Output format.

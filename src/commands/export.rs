@@ -9,9 +9,12 @@ use crate::model::SessionRef;
 
 /// Writes the session in the chosen format.
 pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(args.db.location()?).await?;
-    let session_ref = SessionRef::parse(&args.session, "SESSION")?;
-    let session = store.get_session(session_ref).await?;
+    let (store, scope) = super::open_scope(&args.scope).await?;
+    let session_ref = SessionRef::parse(&args.session, "SESSION")?.scoped(&scope.project);
+    let session = store
+        .get_session(session_ref)
+        .await
+        .map_err(|e| scope.explain(e))?;
     let mut sink: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)

@@ -13,7 +13,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         nodeid: args.nodeid,
         limit: Some(args.limit),
         window: Some(args.window),
-        cursor: None,
+        cursor: args.cursor,
     };
     let view = views::history::history(&store, &scope, &query).await?;
     super::print_view(args.view.format, &view, view.render())

@@ -8,10 +8,14 @@ use crate::model::SessionRef;
 
 /// Pins (`pinned`) or unpins the session.
 pub async fn run(args: PinArgs, pinned: bool) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(args.db.location()?).await?;
-    let session = SessionRef::parse(&args.session, "SESSION")?;
-    let s = store.set_pinned(session, pinned).await?;
+    let (store, scope) = super::open_scope(&args.scope).await?;
+    let session = SessionRef::parse(&args.session, "SESSION")?.scoped(&scope.project);
+    let s = store
+        .set_pinned(session, pinned)
+        .await
+        .map_err(|e| scope.explain(e));
     store.shutdown().await;
+    let s = s?;
     println!(
         "session {} {}",
         s.id,

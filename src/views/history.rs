@@ -308,7 +308,7 @@ impl HistoryView {
             );
         }
         if let Some(c) = &self.next_cursor {
-            let _ = write!(out, "\nmore: call again with cursor {c:?}");
+            let _ = write!(out, "\nmore: pass cursor {c:?} for the next page");
         }
         budget_text(out)
     }
