@@ -194,6 +194,9 @@ struct Inner {
     budget: ByteBudget,
     max_field_bytes: usize,
     keep_passing_output: bool,
+    /// Each project's flaky tests as last judged, with what its newest
+    /// session was then ([`analysis::FlakyCache`]).
+    flaky: analysis::FlakyCache,
 }
 
 impl Store {
@@ -225,6 +228,7 @@ impl Store {
                 budget: ByteBudget::new(),
                 max_field_bytes: config.max_field_bytes,
                 keep_passing_output: config.keep_passing_output,
+                flaky: analysis::FlakyCache::default(),
             }),
         })
     }

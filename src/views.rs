@@ -56,9 +56,9 @@ pub const BUDGET_BYTES: usize = 20 * 1024;
 /// `find_flaky_tests` uses by default.
 pub const FLAKY_WINDOW: usize = 30;
 
-/// Most tests of one cause looked up for flakiness: a cause that broke
-/// thousands of tests is labelled by its first ones.
-pub const FLAKY_LOOKUP: usize = 200;
+/// Most tests of one cause looked up for flakiness: a cause is labelled by
+/// its first ones (each lookup reads the test's runs in 30 sessions).
+pub const FLAKY_LOOKUP: usize = 20;
 
 /// Shortens `text` to `max` bytes, keeping the head and the tail.
 fn excerpt(text: &str, max: usize) -> String {

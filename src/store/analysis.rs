@@ -130,6 +130,58 @@ pub fn flakiness_verdict(s: &Stability) -> Verdict {
     }
 }
 
+/// Most tests [`Store::known_flaky`] looks up alone, on a cache miss, before
+/// it judges the whole project instead.
+const FLAKY_ALONE: usize = 16;
+
+/// Most projects whose flaky tests are kept at once.
+const FLAKY_PROJECTS: usize = 32;
+
+/// What a project's newest session was when its flaky tests were judged.
+type NewestSession = Option<(Uuid, crate::model::SessionStatus)>;
+
+/// A project's flaky tests by nodeid.
+type Judged = Arc<HashMap<String, Stability>>;
+
+/// Which judgment: the project's spellings and the window.
+type JudgedKey = (Vec<String>, usize);
+
+/// Each project's flaky tests by nodeid, as last judged over a window, and
+/// what its newest session was then. A judgment stands while the newest
+/// session is the same one with the same status: outcomes a running session
+/// adds show when it closes. Several processes sharing a database each keep
+/// their own, checked against the database at every read.
+#[derive(Default)]
+pub(crate) struct FlakyCache {
+    judged: std::sync::Mutex<HashMap<JudgedKey, (NewestSession, Judged)>>,
+}
+
+impl FlakyCache {
+    fn get(&self, key: &JudgedKey, newest: NewestSession) -> Option<Judged> {
+        let judged = self.judged.lock().ok()?;
+        judged
+            .get(key)
+            .filter(|(seen, _)| *seen == newest)
+            .map(|(_, j)| j.clone())
+    }
+
+    fn put(
+        &self,
+        key: JudgedKey,
+        newest: NewestSession,
+        judged: HashMap<String, Stability>,
+    ) -> Judged {
+        let judged = Arc::new(judged);
+        if let Ok(mut all) = self.judged.lock() {
+            if all.len() >= FLAKY_PROJECTS && !all.contains_key(&key) {
+                all.clear();
+            }
+            all.insert(key, (newest, judged.clone()));
+        }
+        judged
+    }
+}
+
 /// One pass/fail outcome of a test, as the stability rules see it.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -506,7 +558,13 @@ impl Store {
 
     /// Of these tests, those judged flaky over the newest `window` sessions
     /// of `project`, by nodeid: what a failure is labelled with where it is
-    /// read. Reads only these tests' runs.
+    /// read.
+    ///
+    /// Labels are read on every answer that shows a failure, so the
+    /// project's judgment is kept ([`FlakyCache`]) until its newest session
+    /// changes (a new one starts, or it closes), and is checked with one
+    /// indexed read. On a miss, a few tests are looked up alone (their runs
+    /// only); many are judged with the whole project, which is then kept.
     pub async fn known_flaky(
         &self,
         window: usize,
@@ -519,17 +577,57 @@ impl Store {
         if nodeids.is_empty() {
             return Ok(HashMap::new());
         }
-        let runs = self
+        let newest = self
+            .list_sessions(
+                super::SessionFilter {
+                    statuses: Vec::new(),
+                    project: Some(project.clone()),
+                },
+                1,
+                None,
+            )
+            .await?
+            .items
+            .pop()
+            .map(|s| (s.id, s.status));
+        let key = (project.spellings.clone(), window);
+        let pick = |judged: &HashMap<String, Stability>| -> HashMap<String, Stability> {
+            nodeids
+                .iter()
+                .filter_map(|n| judged.get(n).map(|s| (n.clone(), s.clone())))
+                .collect()
+        };
+        if let Some(judged) = self.inner.flaky.get(&key, newest) {
+            return Ok(pick(&judged));
+        }
+        if nodeids.len() <= FLAKY_ALONE {
+            let runs = self
+                .backend()
+                .runs_of(nodeids, project.clone(), window)
+                .await?;
+            return Ok(runs
+                .into_iter()
+                .filter_map(|(nodeid, runs)| {
+                    let stability = stability_of(&runs);
+                    (flakiness_verdict(&stability) == Verdict::Flaky).then_some((nodeid, stability))
+                })
+                .collect());
+        }
+        let judged = self.judge_flaky(window, project).await?;
+        let names = self
             .backend()
-            .runs_of(nodeids, project.clone(), window)
+            .test_names(judged.iter().map(|(k, _, _)| *k).collect())
             .await?;
-        Ok(runs
+        let judged: HashMap<String, Stability> = judged
             .into_iter()
-            .filter_map(|(nodeid, runs)| {
-                let stability = stability_of(&runs);
-                (flakiness_verdict(&stability) == Verdict::Flaky).then_some((nodeid, stability))
+            .filter_map(|(key, stability, _)| {
+                names
+                    .get(&key)
+                    .map(|(nodeid, _)| (nodeid.clone(), stability))
             })
-            .collect())
+            .collect();
+        let judged = self.inner.flaky.put(key, newest, judged);
+        Ok(pick(&judged))
     }
 
     /// Tests judged flaky over the newest `window` sessions of `project`,

@@ -52,7 +52,7 @@ pub struct ClusterView {
     pub tests_ever: u64,
     /// The first of those tests by nodeid (at most 10).
     pub tests_ever_named: Vec<String>,
-    /// How many of the tests it broke here (of its first 200) are known to
+    /// How many of the tests it broke here (of its first 20) are known to
     /// be flaky in the project: they passed and failed on the same code lately.
     pub known_flaky_tests: u64,
 }
@@ -132,7 +132,7 @@ pub struct CauseView {
     pub tests_total: u64,
     /// The first few of them.
     pub tests: Vec<String>,
-    /// Every test it broke (of its first 200) is known to be flaky in the
+    /// Every test it broke (of its first 20) is known to be flaky in the
     /// project: likely not new breakage.
     pub known_flaky: bool,
 }

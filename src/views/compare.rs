@@ -317,7 +317,11 @@ pub async fn compare(
     let mut view = ComparisonView::new(&c, limit)
         .with_causes(&changed)
         .with_regressions(&regressions, limit);
-    // Every test a failure or a cause on this answer names, looked up once.
+    if fit {
+        cut_to_budget(&mut view);
+    }
+    // Every test a failure or a cause on this answer names, looked up once
+    // (after the cut: what is not shown is not labelled).
     let mut tests: Vec<String> = [&view.new_failures, &view.fixed, &view.still_failing]
         .into_iter()
         .flatten()
@@ -350,9 +354,6 @@ pub async fn compare(
                     .take(FLAKY_LOOKUP)
                     .all(|t| flaky.contains_key(t));
         }
-    }
-    if fit {
-        cut_to_budget(&mut view);
     }
     Ok(view)
 }
