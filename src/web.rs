@@ -396,6 +396,7 @@ async fn session_page(
                 session: Some(id.clone()),
                 limit: Some(FAILURES_SHOWN),
                 traceback_bytes: Some(live::TRACEBACK_BYTES as u32),
+                whole: true,
                 ..views::FailuresQuery::default()
             };
             let grouped = views::ClustersQuery {
@@ -403,6 +404,7 @@ async fn session_page(
                 limit: Some(CAUSES_SHOWN as u32),
                 tests_per_cluster: Some(5),
                 traceback_bytes: Some(200),
+                whole: true,
             };
             let (failures, causes) = tokio::try_join!(
                 views::failures::failures(&web.store, &scope, &failing),
@@ -510,6 +512,7 @@ async fn test_page(State(web): State<Web>, Query(q): Query<TestQuery>) -> Respon
                     limit: Some(HISTORY_RUNS),
                     window: Some(HISTORY_RUNS),
                     cursor: None,
+                    whole: true,
                 },
             )
             .await?;
@@ -585,6 +588,7 @@ async fn flaky_page(State(web): State<Web>, Query(q): Query<FlakyQuery>) -> Resp
                 &views::FlakyQuery {
                     window_sessions: q.window.map(|w| w.clamp(1, 1000) as u32),
                     limit: Some(100),
+                    whole: true,
                 },
             )
             .await?;
@@ -649,9 +653,9 @@ async fn compare_page(State(web): State<Web>, Query(q): Query<CompareQuery>) -> 
                     head: Some(q.head.clone()),
                     base: Some(q.base.clone()),
                     limit: Some(500),
+                    whole: true,
                     ..views::CompareQuery::default()
                 },
-                false,
             )
             .await?;
             Ok(pages::compare(&view, &scope.projects_view()))

@@ -15,6 +15,6 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
         limit: Some(args.limit),
         ..views::CompareQuery::default()
     };
-    let view = views::compare::compare(&store, &scope, &query, true).await?;
+    let view = views::compare::compare(&store, &scope, &query).await?;
     super::print_view(args.view.format, &view, view.render())
 }

@@ -11,6 +11,7 @@ pub async fn run(args: FlakyArgs) -> anyhow::Result<ExitCode> {
     let query = views::FlakyQuery {
         window_sessions: Some(args.window),
         limit: Some(args.limit),
+        whole: false,
     };
     let view = views::flaky::flaky(&store, &scope, &query).await?;
     super::print_view(args.view.format, &view, view.render())

@@ -14,6 +14,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         limit: Some(args.limit),
         window: Some(args.window),
         cursor: args.cursor,
+        whole: false,
     };
     let view = views::history::history(&store, &scope, &query).await?;
     super::print_view(args.view.format, &view, view.render())

@@ -567,6 +567,7 @@ impl From<&FailuresArgs> for views::FailuresQuery {
             nodeid_contains: a.nodeid_contains.clone(),
             traceback_bytes: a.traceback_bytes,
             by_cause: a.group_by == Some(GroupBy::Cluster),
+            whole: false,
         }
     }
 }
@@ -578,6 +579,7 @@ impl From<&ClustersArgs> for views::ClustersQuery {
             limit: a.limit,
             tests_per_cluster: a.tests_per_cluster,
             traceback_bytes: a.traceback_bytes,
+            whole: false,
         }
     }
 }
@@ -602,6 +604,7 @@ impl From<&HistoryArgs> for views::HistoryQuery {
             limit: a.limit,
             cursor: a.cursor.clone(),
             window: a.window,
+            whole: false,
         }
     }
 }
@@ -611,6 +614,7 @@ impl From<&FlakyArgs> for views::FlakyQuery {
         views::FlakyQuery {
             window_sessions: a.window_sessions,
             limit: a.limit,
+            whole: false,
         }
     }
 }
@@ -623,6 +627,7 @@ impl From<&CompareArgs> for views::CompareQuery {
             min_ratio: a.min_ratio,
             min_seconds: a.min_seconds,
             limit: a.limit,
+            whole: false,
         }
     }
 }

@@ -78,6 +78,7 @@ pub(super) async fn get(
             limit: Some(10),
             tests_per_cluster: Some(5),
             traceback_bytes: Some(1500),
+            whole: false,
         },
     )
     .await

@@ -406,7 +406,7 @@ impl PytestMcp {
         answer(
             async {
                 let scope = self.scope(a.project.as_deref()).await?;
-                let view = views::compare::compare(&self.store, &scope, &(&a).into(), true).await?;
+                let view = views::compare::compare(&self.store, &scope, &(&a).into()).await?;
                 done(&view, view.render())
             }
             .await,

@@ -148,6 +148,9 @@ pub struct ClustersQuery {
     pub tests_per_cluster: Option<u32>,
     /// Bytes of each representative traceback (default 2000, at most 16000).
     pub traceback_bytes: Option<u32>,
+    /// Everything asked for, not cut to the answer budget (a page, which
+    /// a person scrolls; MCP answers and the CLI are cut).
+    pub whole: bool,
 }
 
 /// `get_failure_clusters`' answer; the prompt's and the session page's too.
@@ -215,7 +218,7 @@ pub async fn clusters(store: &Store, scope: &Scope, q: &ClustersQuery) -> Result
             })
             .collect(),
     };
-    if fit_budget(&mut view, |v| &mut v.clusters) > 0 {
+    if !q.whole && fit_budget(&mut view, |v| &mut v.clusters) > 0 {
         view.truncated = true;
     }
     Ok(view)

@@ -277,19 +277,16 @@ pub struct CompareQuery {
     pub min_seconds: Option<f64>,
     /// Most entries per list (default 50, at most 500).
     pub limit: Option<u32>,
+    /// Everything asked for, not cut to the answer budget (a page, which
+    /// a person scrolls; MCP answers and the CLI are cut).
+    pub whole: bool,
 }
 
 /// Seconds a passing test must grow by to count as slower, by default.
 pub const SLOWER_FLOOR_SECONDS: f64 = 0.25;
 
-/// `compare_sessions`' answer, cut to the size budget when `fit` (the
-/// page shows it whole).
-pub async fn compare(
-    store: &Store,
-    scope: &Scope,
-    q: &CompareQuery,
-    fit: bool,
-) -> Result<ComparisonView> {
+/// `compare_sessions`' answer, cut to the size budget unless asked `whole`.
+pub async fn compare(store: &Store, scope: &Scope, q: &CompareQuery) -> Result<ComparisonView> {
     let head = scope.session(q.head.as_deref(), "head")?;
     let base = match q.base.as_deref().filter(|b| !b.trim().is_empty()) {
         Some(b) => SessionRef::parse(b, "base")?,
@@ -317,7 +314,7 @@ pub async fn compare(
     let mut view = ComparisonView::new(&c, limit)
         .with_causes(&changed)
         .with_regressions(&regressions, limit);
-    if fit {
+    if !q.whole {
         cut_to_budget(&mut view);
     }
     // Every test a failure or a cause on this answer names, looked up once

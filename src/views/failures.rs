@@ -218,6 +218,9 @@ pub struct FailuresQuery {
     pub traceback_bytes: Option<u32>,
     /// Ordered by cause, the largest first (else in the order they happened).
     pub by_cause: bool,
+    /// Everything asked for, not cut to the answer budget (a page, which
+    /// a person scrolls; MCP answers and the CLI are cut).
+    pub whole: bool,
 }
 
 /// `get_failures`' answer; the failures resource's and the prompt's too.
@@ -281,7 +284,7 @@ async fn failures_in_order(
         truncated: false,
         next_cursor: p.next,
     };
-    if fit_budget(&mut view, |v| &mut v.failures) > 0 {
+    if !q.whole && fit_budget(&mut view, |v| &mut v.failures) > 0 {
         view.truncated = true;
         // The store's cursor is the last seq returned.
         view.next_cursor = view.failures.last().map(|f| f.seq.to_string());
@@ -360,7 +363,9 @@ async fn failures_by_cause(
         truncated: false,
         next_cursor: None,
     };
-    fit_budget(&mut view, |v| &mut v.failures);
+    if !q.whole {
+        fit_budget(&mut view, |v| &mut v.failures);
+    }
     let next = offset + view.failures.len();
     if next < ordered.len() {
         view.next_cursor = Some(format!("c{next}"));

@@ -46,6 +46,9 @@ pub struct FlakyQuery {
     pub window_sessions: Option<u32>,
     /// Most tests to return (default 20, at most 100).
     pub limit: Option<u32>,
+    /// Everything asked for, not cut to the answer budget (a page, which
+    /// a person scrolls; MCP answers and the CLI are cut).
+    pub whole: bool,
 }
 
 /// Answer of `find_flaky_tests`.
@@ -92,7 +95,7 @@ pub async fn flaky(store: &Store, scope: &Scope, q: &FlakyQuery) -> Result<Flaky
         truncated: total > found.len(),
         quarantine: statuses.iter().map(QuarantineStatusView::from).collect(),
     };
-    if fit_budget(&mut view, |v| &mut v.tests) > 0 {
+    if !q.whole && fit_budget(&mut view, |v| &mut v.tests) > 0 {
         view.truncated = true;
     }
     Ok(view)

@@ -216,6 +216,9 @@ pub struct HistoryQuery {
     pub cursor: Option<String>,
     /// Newest pass/fail outcomes the verdict is based on (default 50, at most 1000).
     pub window: Option<u32>,
+    /// Everything asked for, not cut to the answer budget (a page, which
+    /// a person scrolls; MCP answers and the CLI are cut).
+    pub whole: bool,
 }
 
 /// Answer of `get_test_history`.
@@ -261,7 +264,7 @@ pub async fn history(store: &Store, scope: &Scope, q: &HistoryQuery) -> Result<H
         truncated: false,
         next_cursor: page.next,
     };
-    if fit_budget(&mut view, |v| &mut v.entries) > 0 {
+    if !q.whole && fit_budget(&mut view, |v| &mut v.entries) > 0 {
         view.truncated = true;
         view.next_cursor = Some((offset + view.entries.len() as u64).to_string());
     }

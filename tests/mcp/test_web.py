@@ -462,3 +462,18 @@ def test_each_project_has_its_own_pages_and_a_switcher(browser, server: Server):
     assert refused.value.code == 404
     assert "the projects are: blog (3 sessions), shop (10 sessions)" in \
         refused.value.read().decode()
+
+
+def test_a_page_shows_every_failure_it_lists_not_an_agents_twenty_kilobytes(browser, server: Server):
+    base = base_of(server)
+    long = "\n".join(f"    frame {i}: value = compute({i})" for i in range(80))
+    failures = [{**failed(f"tests/test_big.py::test_{i}", f"AssertionError: case {i}"),
+                 "longrepr": f"{long}\nE   AssertionError: case {i}"} for i in range(30)]
+    sid = stream_plugin_session(server, failures)
+    w = Watched(browser, base)
+    page = w.page
+    page.goto(f"{base}sessions/{sid}")
+    # An MCP answer holds what fits 20 KB; a person's page lists them all.
+    assert page.locator("#failures article").count() == 30
+    assert "More failures than shown" not in page.inner_text("main")
+    w.close(base)
