@@ -247,7 +247,10 @@ async fn junit_export_is_well_formed_with_one_testcase_per_outcome(db: TestDb) {
     assert_eq!(skipped.attribute("type"), Some("pytest.xfail"));
 
     // Same through stdout and `latest`.
-    let o = run(&["export", "latest", "-f", "junit"], &db);
+    let o = run(
+        &["export", "latest", "-f", "junit", "--project", "demo"],
+        &db,
+    );
     assert!(o.status.success());
     roxmltree::Document::parse(&stdout(&o)).unwrap();
 }
@@ -255,7 +258,10 @@ async fn junit_export_is_well_formed_with_one_testcase_per_outcome(db: TestDb) {
 async fn json_export_has_the_documented_shape(db: TestDb) {
     let server = Server::start(&db);
     let id = recorded(&server).await;
-    let o = run(&["export", "latest", "--format", "json"], &db);
+    let o = run(
+        &["export", "latest", "--format", "json", "--project", "Demo"],
+        &db,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let session = &doc["session"];
