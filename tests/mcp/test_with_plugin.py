@@ -153,7 +153,8 @@ async def test_failing_subtests_and_recorded_properties_reach_get_failures_and_t
 
     exported = subprocess.run(
         [binary(), "export", "--db", str(server.db), "latest", "--format", "json"],
-        capture_output=True, text=True, timeout=60, check=True,
+        # In the suite's directory: `latest` is its project's.
+        cwd=suite, capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     doc = json.loads(exported)
     subs = [o for o in doc["outcomes"] if o["subtest"]]
@@ -164,7 +165,7 @@ async def test_failing_subtests_and_recorded_properties_reach_get_failures_and_t
 
     junit = subprocess.run(
         [binary(), "export", "--db", str(server.db), "latest", "--format", "junit"],
-        capture_output=True, text=True, timeout=60, check=True,
+        cwd=suite, capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     cases = ElementTree.fromstring(junit).iter("testcase")
     by_name = {c.get("name"): c for c in cases}
