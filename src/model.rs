@@ -588,6 +588,27 @@ pub fn validate_code_state(code_state: &str, field: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Longest project name accepted, in bytes: a directory's or a package's
+/// name, read in every project-scoped answer and listed in errors.
+pub const MAX_PROJECT_BYTES: usize = 256;
+
+/// Checks a project name: short, without control characters.
+pub fn validate_project(project: &str, field: &str) -> Result<(), Error> {
+    if project.len() > MAX_PROJECT_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("{} bytes, the limit is {MAX_PROJECT_BYTES}", project.len()),
+        ));
+    }
+    if let Some(c) = project.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(
+            field,
+            format!("{c:?} is not allowed: no control characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// Rejects a negative, NaN or infinite duration, naming `field`.
 pub fn validate_duration(duration: f64, field: &str) -> Result<(), Error> {
     if !duration.is_finite() {

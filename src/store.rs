@@ -295,6 +295,7 @@ impl Store {
         grant: Option<String>,
     ) -> Result<Session> {
         crate::model::validate_code_state(&environment.code_state, "environment.code_state")?;
+        crate::model::validate_project(&environment.project, "environment.project")?;
         self.backend()
             .start_session(NewSession {
                 id,

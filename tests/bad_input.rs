@@ -14,6 +14,7 @@ backend_tests! {
     async fn unknown_sessions_and_malformed_uuids_are_named;
     async fn outcomes_after_finish_are_refused_but_resends_are_acknowledged;
     async fn a_message_over_the_size_limit_is_resource_exhausted;
+    async fn a_code_state_or_project_past_its_bound_is_refused_naming_it;
 }
 
 /// Streams one batch and returns the error it must cause.
@@ -328,4 +329,70 @@ async fn a_message_over_the_size_limit_is_resource_exhausted(db: TestDb) {
         stream(&mut c, &id, vec![vec![numbered(4)]]).await.unwrap(),
         vec![4]
     );
+}
+
+async fn a_code_state_or_project_past_its_bound_is_refused_naming_it(db: TestDb) {
+    let server = Server::start(&db);
+    let mut c = server.client().await;
+    let cases: Vec<(&str, pb::Environment, &str)> = vec![
+        (
+            "a code state of 257 bytes",
+            pb::Environment {
+                code_state: "a".repeat(257),
+                ..env("demo")
+            },
+            "environment.code_state",
+        ),
+        (
+            "a code state with a space",
+            pb::Environment {
+                code_state: "abc def".into(),
+                ..env("demo")
+            },
+            "environment.code_state",
+        ),
+        (
+            "a project name of 10 KiB",
+            env(&"p".repeat(10 * 1024)),
+            "environment.project",
+        ),
+        (
+            "a project name with a newline",
+            env("shop\nblog"),
+            "environment.project",
+        ),
+    ];
+    for (what, environment, field) in cases {
+        let id = new_id();
+        let status = c
+            .start_session(pb::StartSessionRequest {
+                session_id: id.clone(),
+                environment: Some(environment),
+                ..Default::default()
+            })
+            .await
+            .expect_err(what);
+        assert_status(&status, Code::InvalidArgument, field);
+        // Nothing was stored under that id.
+        let missing = c
+            .get_session(pb::GetSessionRequest {
+                session_id: id,
+                ..Default::default()
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(missing.code(), Code::NotFound, "{what}");
+    }
+    // The bound itself is accepted.
+    let id = new_id();
+    c.start_session(pb::StartSessionRequest {
+        session_id: id,
+        environment: Some(pb::Environment {
+            code_state: "c".repeat(256),
+            ..env(&"p".repeat(256))
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("a code state and a project name at their bounds");
 }

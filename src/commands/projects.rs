@@ -8,6 +8,6 @@ use crate::cli::ProjectsArgs;
 pub async fn run(args: ProjectsArgs) -> anyhow::Result<ExitCode> {
     let (store, scope) = super::open_scope(&args.view.scope).await?;
     drop(store);
-    let view = scope.projects_view();
+    let view = scope.projects_view().fitted();
     super::print_view(args.view.format, &view, view.render())
 }

@@ -260,7 +260,7 @@ impl PytestMcp {
     async fn list_projects(&self, Parameters(_a): Parameters<ProjectsArgs>) -> ToolResult {
         answer(
             async {
-                let view = self.scope(None).await?.projects_view();
+                let view = self.scope(None).await?.projects_view().fitted();
                 done(&view, view.render())
             }
             .await,

@@ -227,6 +227,7 @@ impl Scope {
                     last_started: p.last_started.to_rfc3339(),
                 })
                 .collect(),
+            truncated: false,
         }
     }
 }
@@ -275,9 +276,20 @@ pub struct ProjectsView {
     pub current: String,
     /// The projects.
     pub projects: Vec<ProjectView>,
+    /// Whether projects were left off (the least recently active) to stay
+    /// within the size budget.
+    pub truncated: bool,
 }
 
 impl ProjectsView {
+    /// Cut to the answer budget (an MCP answer, the CLI); a page lists all.
+    pub fn fitted(mut self) -> Self {
+        if super::fit_budget(&mut self, |v| &mut v.projects) > 0 {
+            self.truncated = true;
+        }
+        self
+    }
+
     /// Text rendering.
     pub fn render(&self) -> String {
         if self.projects.is_empty() {
@@ -298,7 +310,11 @@ impl ProjectsView {
                 p.last_started
             );
         }
-        out.pop();
+        if self.truncated {
+            out.push_str("… and more, less recently active");
+        } else {
+            out.pop();
+        }
         out
     }
 }
@@ -345,6 +361,45 @@ mod tests {
             e.contains("blog (1 session)") && e.contains("shop (2 sessions)"),
             "{e}"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_thousand_projects_are_listed_within_the_budget_and_say_so() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(StoreConfig::new(dir.path().join("p.db"))).await?;
+        for i in 0..1000 {
+            let env = Environment {
+                project: format!("{i:04}-{}", "x".repeat(240)),
+                ..Environment::default()
+            };
+            store
+                .start_session(
+                    uuid::Uuid::new_v4(),
+                    Source::Plugin,
+                    env,
+                    Some(Timestamp(i)),
+                )
+                .await?;
+        }
+        let scope = Scope::resolve(&store, None, &DefaultProject::MostRecent).await?;
+        // The error naming them lists twenty.
+        let e = Scope::resolve(&store, Some("nope"), &DefaultProject::MostRecent)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.len() < 8 * 1024 && e.contains("and 980 more"),
+            "{} bytes",
+            e.len()
+        );
+        let view = scope.projects_view().fitted();
+        assert!(view.truncated);
+        assert!(super::super::json_len(&view) <= super::super::BUDGET_BYTES);
+        assert!(view.render().len() <= super::super::BUDGET_BYTES + 100);
+        // The most recently active come first.
+        assert!(view.projects[0].name.starts_with("0999-"));
         Ok(())
     }
 }
