@@ -143,7 +143,9 @@ impl ProjectSummary {
     /// Groups spellings that match case-insensitively; the newest
     /// session's spelling names the group. The most recently active first.
     pub fn group(activity: Vec<ProjectActivity>) -> Vec<ProjectSummary> {
-        let mut groups: Vec<(String, ProjectSummary)> = Vec::new();
+        let mut groups: Vec<ProjectSummary> = Vec::new();
+        // Each lower-cased name's group, so grouping is linear in the names.
+        let mut at: HashMap<String, usize> = HashMap::new();
         let mut sorted = activity;
         sorted.sort_by(|a, b| {
             b.last_started
@@ -151,23 +153,23 @@ impl ProjectSummary {
                 .then(a.name.cmp(&b.name))
         });
         for a in sorted {
-            let key = a.name.to_lowercase();
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, g)) => {
+            match at.entry(a.name.to_lowercase()) {
+                std::collections::hash_map::Entry::Occupied(i) => {
+                    let g = &mut groups[*i.get()];
                     g.project.spellings.push(a.name);
                     g.sessions += a.sessions;
                 }
-                None => groups.push((
-                    key,
-                    ProjectSummary {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(groups.len());
+                    groups.push(ProjectSummary {
                         project: Project::named(a.name),
                         sessions: a.sessions,
                         last_started: a.last_started,
-                    },
-                )),
+                    });
+                }
             }
         }
-        groups.into_iter().map(|(_, g)| g).collect()
+        groups
     }
 }
 

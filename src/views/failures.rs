@@ -12,7 +12,7 @@ use super::scope::Scope;
 use super::session::{SessionView, labels};
 use super::{FLAKY_WINDOW, budget_text, display_name, excerpt, fit_budget, non_empty};
 use crate::error::{Error, Result};
-use crate::model::{Outcome, TestOutcome};
+use crate::model::{Outcome, Session, TestOutcome};
 use crate::store::{OutcomeFilter, Store};
 
 /// Bytes of captured output kept per stream in a failure.
@@ -153,6 +153,20 @@ pub struct FailuresView {
 }
 
 impl FailuresView {
+    /// A page of `session`'s failures, before it is cut to the budget and
+    /// labelled.
+    fn of(session: &Session, failures: Vec<FailureView>, next_cursor: Option<String>) -> Self {
+        FailuresView {
+            known_flaky: 0,
+            session: session.into(),
+            failures,
+            total_failures: session.counts.failed + session.counts.errors,
+            rerun_command: String::new(),
+            truncated: false,
+            next_cursor,
+        }
+    }
+
     /// Text rendering: each failure with the end of its traceback.
     pub fn render(&self) -> String {
         let mut out = format!(
@@ -271,19 +285,14 @@ async fn failures_in_order(
             }
             other => scope.explain(other.named("session")),
         })?;
-    let mut view = FailuresView {
-        known_flaky: 0,
-        session: (&s).into(),
-        failures: p
-            .items
+    let mut view = FailuresView::of(
+        &s,
+        p.items
             .iter()
             .map(|o| FailureView::new(o, traceback_bytes))
             .collect(),
-        total_failures: s.counts.failed + s.counts.errors,
-        rerun_command: String::new(),
-        truncated: false,
-        next_cursor: p.next,
-    };
+        p.next,
+    );
     if !q.whole && fit_budget(&mut view, |v| &mut v.failures) > 0 {
         view.truncated = true;
         // The store's cursor is the last seq returned.
@@ -347,22 +356,17 @@ async fn failures_by_cause(
         .into_iter()
         .map(|o| (o.seq, o))
         .collect();
-    let mut view = FailuresView {
-        known_flaky: 0,
-        session: s.into(),
-        failures: page
-            .iter()
+    let mut view = FailuresView::of(
+        s,
+        page.iter()
             .filter_map(|(i, seq)| {
                 let mut f = FailureView::new(outcomes.get(seq)?, traceback_bytes);
                 f.cause = named.get(&causes.clusters[*i].key).cloned();
                 Some(f)
             })
             .collect(),
-        total_failures: s.counts.failed + s.counts.errors,
-        rerun_command: String::new(),
-        truncated: false,
-        next_cursor: None,
-    };
+        None,
+    );
     if !q.whole {
         fit_budget(&mut view, |v| &mut v.failures);
     }
