@@ -85,10 +85,10 @@ impl ClustersView {
             let seen = match &c.first_seen {
                 Some(first) if !c.new => {
                     format!(
-                        "known since {first}, in {} other sessions ({} failures, {} tests), last {}",
-                        c.seen_in_sessions,
-                        c.failures_in_other_sessions,
-                        c.tests_ever,
+                        "known since {first}, in {} ({}, {}), last {}",
+                        count(c.seen_in_sessions, "other session", "other sessions"),
+                        count(c.failures_in_other_sessions, "failure", "failures"),
+                        count(c.tests_ever, "test", "tests"),
                         c.last_seen.as_deref().unwrap_or(first)
                     )
                 }
