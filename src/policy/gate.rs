@@ -553,44 +553,45 @@ mod tests {
     fn a_read_gated_as_two_tools_is_refused_by_either_and_a_refused_read_counts_nowhere() {
         let policy = Policy::parse(
             r#"{"version": "1", "default": "allow", "tools": {
-                "get_failures": {"limits": [{"counter": "f", "window": "minute", "max": 1}]},
-                "get_failure_clusters": {"limits": [{"counter": "c", "window": "minute", "max": 2}]}}}"#,
+                "get_session": {"limits": [{"counter": "f", "window": "minute", "max": 1}]},
+                "record_test_outcome": {"limits": [{"counter": "c", "window": "minute", "max": 2}]}}}"#,
             &tools(),
         )
         .expect("policy");
         let mut counts = HashMap::new();
-        let read = ["get_failure_clusters", "get_failures"];
+        // (Two of the test policy's tools stand for the prompt's two.)
+        let read = ["record_test_outcome", "get_session"];
         assert_eq!(
             decide(&policy, &read, "a", T0, &mut counts),
             (Decision::Allowed, 0)
         );
-        // get_failures' limit of 1 is used up: the second read is refused,
+        // get_session's limit of 1 is used up: the second read is refused,
         // naming that tool, and counts against neither counter.
         let (refused, at) = decide(&policy, &read, "a", T0, &mut counts);
         assert!(matches!(refused, Decision::Limited { ref counter, .. } if counter == "f"));
-        assert_eq!(read[at], "get_failures");
+        assert_eq!(read[at], "get_session");
         let text = refused
             .refusal_as("prompts/get triage_failures", read[at])
             .expect("text");
         assert!(
             text.starts_with(
-                "refused by policy: prompts/get triage_failures is gated as the tool get_failures"
+                "refused by policy: prompts/get triage_failures is gated as the tool get_session"
             ),
             "{text}"
         );
         assert_eq!(
-            decide(&policy, &["get_failure_clusters"], "a", T0, &mut counts),
+            decide(&policy, &["record_test_outcome"], "a", T0, &mut counts),
             (Decision::Allowed, 0),
-            "the refused read took a call from get_failure_clusters' counter"
+            "the refused read took a call from record_test_outcome's counter"
         );
 
         let denying = Policy::parse(
-            r#"{"version": "1", "default": "deny", "tools": {"get_failure_clusters": {}}}"#,
+            r#"{"version": "1", "default": "deny", "tools": {"record_test_outcome": {}}}"#,
             &tools(),
         )
         .expect("policy");
         let (denied, at) = decide(&denying, &read, "a", T0, &mut HashMap::new());
-        assert_eq!((denied.kind(), read[at]), ("denied", "get_failures"));
+        assert_eq!((denied.kind(), read[at]), ("denied", "get_session"));
     }
 
     #[test]
