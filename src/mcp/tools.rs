@@ -64,7 +64,11 @@ impl PytestMcp {
             }
             return Ok(id);
         }
-        match self.store.latest_running(Source::Mcp, grant.clone()).await? {
+        match self
+            .store
+            .latest_running(Source::Mcp, grant.clone())
+            .await?
+        {
             Some(s) => Ok(s.id),
             None => Err(Error::precondition(
                 "session_id",
