@@ -5,7 +5,17 @@
 //!
 //! Every tool call passes the policy gate ([`crate::policy`]) before it runs
 //! (a denied tool is also left out of `tools/list`), and leaves one audit row
-//! whatever happens to it.
+//! whatever happens to it. So does everything else that shows recorded data:
+//! `resources/read` and `resources/subscribe` are gated as the tool that
+//! answers the same (`get_session`, or `get_failures` for a session's
+//! failures), `resources/list` as `list_sessions`, and `prompts/get
+//! triage_failures` as both `get_failure_clusters` and `get_failures`, whose
+//! output it embeds ([`Read`]).
+//!
+//! The grant a call counts for is chosen by the server, never by a client:
+//! a token's grant, else the handshake-era MCP session the server issued,
+//! else the transport (`stdio`, or `http`, shared by every stateless HTTP
+//! caller without a token); see [`PytestMcp::grant_of`].
 //!
 //! Handlers are thin: parse arguments ([`args`]), call the store, convert the
 //! answer ([`views`]). Store errors are mapped to MCP once, here: what the
@@ -31,18 +41,20 @@ mod resources;
 mod tools;
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
-    GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
-    ServerConfig as ServerInfo, SubscribeRequestParams, SubscriptionFilter, Tool,
-    UnsubscribeRequestParams,
+    GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams,
+    InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
+    ReadResourceResponse, ServerCapabilities, ServerConfig as ServerInfo, SubscribeRequestParams,
+    SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
@@ -82,6 +94,9 @@ pub struct PytestMcp {
     transport: Transport,
     /// The project reads are about when they name none.
     default_project: Arc<DefaultProject>,
+    /// Whether this handler answered `initialize`: it then serves one
+    /// handshake-era MCP session, whose id the server issued.
+    handshake: Arc<AtomicBool>,
 }
 
 /// The transport a handler serves, for the grant of calls that carry no
@@ -123,6 +138,7 @@ impl PytestMcp {
             gate,
             transport,
             default_project,
+            handshake: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -143,20 +159,32 @@ impl PytestMcp {
         names
     }
 
-    /// Whom a call counts for: the grant of its token, else its MCP session
-    /// (the `Mcp-Session-Id` over HTTP; the one client of a stdio process).
+    /// Whom a call counts for, chosen by the server alone: the grant of its
+    /// token; else, over HTTP, the handshake-era MCP session this handler
+    /// serves (`mcp-session:ID`); else the transport: `stdio` (the one
+    /// client of the process) or `http` (every stateless 2026-07-28 caller
+    /// without a token, together).
+    ///
+    /// The `Mcp-Session-Id` header is believed only by a handler that
+    /// answered `initialize`: rmcp hands such a handler only requests whose
+    /// header names its own session, an id the server issued (an unknown id
+    /// gets 404 before any handler). A stateless request is served by a fresh
+    /// handler whatever header it carries, so there the header is the
+    /// client's invention and names nothing.
     fn grant_of(&self, context: &RequestContext<RoleServer>) -> String {
         let parts = context.extensions.get::<axum::http::request::Parts>();
         if let Some(Grant(name)) = parts.and_then(|p| p.extensions.get::<Grant>()) {
             return name.clone();
         }
-        match parts
-            .and_then(|p| p.headers.get("mcp-session-id"))
-            .and_then(|v| v.to_str().ok())
+        if self.transport == Transport::Http
+            && self.handshake.load(Ordering::Acquire)
+            && let Some(id) = parts
+                .and_then(|p| p.headers.get("mcp-session-id"))
+                .and_then(|v| v.to_str().ok())
         {
-            Some(id) => format!("mcp-session:{id}"),
-            None => self.transport.as_str().to_string(),
+            return format!("mcp-session:{id}");
         }
+        self.transport.as_str().to_string()
     }
 
     /// The grant recorded on sessions a call creates: only a token's grant
@@ -177,6 +205,82 @@ impl PytestMcp {
         }
     }
 
+    /// An audit row for a call of `tool` by `grant` that arrived now.
+    fn audit_entry(&self, grant: String, tool: &str) -> AuditEntry {
+        AuditEntry {
+            id: 0,
+            at: Timestamp::now(),
+            grant,
+            transport: self.transport.as_str().to_string(),
+            tool: tool.to_string(),
+            decision: String::new(),
+            result: None,
+            reason: None,
+            duration_us: 0,
+        }
+    }
+
+    /// Audits a read that names nothing this server has (an unknown
+    /// resource or prompt) and passes its error on.
+    async fn unknown_read<T>(
+        &self,
+        context: &RequestContext<RoleServer>,
+        method: &str,
+        error: ErrorData,
+    ) -> Result<T, ErrorData> {
+        let arrived = Instant::now();
+        let mut entry = self.audit_entry(self.grant_of(context), method);
+        entry.decision = "unknown".into();
+        entry.reason = Some(error.message.to_string());
+        entry.duration_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(0);
+        self.audit(entry).await;
+        Err(error)
+    }
+
+    /// Runs `run`, a read that is not a tool call, if the gate lets it
+    /// through as `read.tools`, and leaves one audit row either way (its
+    /// reason says what was read, or why it was refused). A refusal is a
+    /// JSON-RPC error naming the tool whose rule refused it.
+    async fn gated<T>(
+        &self,
+        context: &RequestContext<RoleServer>,
+        read: Read<'_>,
+        run: impl Future<Output = Result<T, ErrorData>>,
+    ) -> Result<T, ErrorData> {
+        let arrived = Instant::now();
+        let grant = self.grant_of(context);
+        let mut entry = self.audit_entry(grant.clone(), read.method);
+        let what = format!("{} {}", read.method, read.what);
+        let (decision, tool) = self
+            .gate
+            .check_in_all(&self.store, read.tools, &grant)
+            .await;
+        entry.decision = decision.kind().into();
+        let elapsed = move || u64::try_from(arrived.elapsed().as_micros()).unwrap_or(0);
+        if let Some(text) = decision.refusal_as(&what, tool) {
+            entry.reason = Some(text.clone());
+            entry.duration_us = elapsed();
+            self.audit(entry).await;
+            return Err(ErrorData::invalid_request(
+                text,
+                Some(serde_json::json!({ "policy": decision.kind(), "tool": tool })),
+            ));
+        }
+        // Not failed, yet worth a row: what was read, and as which tools.
+        entry.reason = Some(format!("{what} (as {})", read.tools.join(", ")));
+        let answered = run.await;
+        entry.duration_us = elapsed();
+        match &answered {
+            Ok(_) => entry.result = Some("ok".into()),
+            Err(e) => {
+                entry.result = Some("error".into());
+                entry.reason = Some(format!("{what}: {}", e.message));
+            }
+        }
+        self.audit(entry).await;
+        answered
+    }
+
     /// The names of every tool, sorted.
     pub fn tool_names(&self) -> Vec<String> {
         self.tool_router
@@ -185,6 +289,16 @@ impl PytestMcp {
             .map(|t| t.name.to_string())
             .collect()
     }
+}
+
+/// A read that is not a tool call, as the gate and the audit trail see it.
+struct Read<'a> {
+    /// The MCP method: the audit row's tool column.
+    method: &'static str,
+    /// What it reads: a resource URI, a prompt's name.
+    what: &'a str,
+    /// The tools whose data it shows; it is gated as all of them.
+    tools: &'a [&'a str],
 }
 
 /// Whether a request is on MCP 2026-07-28 or later, whose cacheable results
@@ -278,6 +392,18 @@ impl ServerHandler for PytestMcp {
         Cow::Borrowed(ProtocolVersion::known_up_to(&NEWEST_VERSION))
     }
 
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        // From now on this handler serves one MCP session the server
+        // issued; see grant_of.
+        self.handshake.store(true, Ordering::Release);
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // A handshake-era client: tell it of new sessions from now on.
         self.subscriptions.start(
@@ -306,17 +432,7 @@ impl ServerHandler for PytestMcp {
     ) -> Result<CallToolResponse, ErrorData> {
         let arrived = Instant::now();
         let grant = self.grant_of(&context);
-        let mut entry = AuditEntry {
-            id: 0,
-            at: Timestamp::now(),
-            grant: grant.clone(),
-            transport: self.transport.as_str().to_string(),
-            tool: request.name.to_string(),
-            decision: String::new(),
-            result: None,
-            reason: None,
-            duration_us: 0,
-        };
+        let mut entry = self.audit_entry(grant.clone(), &request.name);
         let elapsed = move || u64::try_from(arrived.elapsed().as_micros()).unwrap_or(0);
         if self.tool_router.get(&request.name).is_none() {
             // MCP 2025-11-25: an unknown tool is a protocol error (invalid
@@ -407,7 +523,18 @@ impl ServerHandler for PytestMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let mut result = resources::list(&self.store, &self.default_project).await?;
+        let read = Read {
+            method: "resources/list",
+            what: "pytest://sessions/",
+            tools: &["list_sessions"],
+        };
+        let mut result = self
+            .gated(
+                &context,
+                read,
+                resources::list(&self.store, &self.default_project),
+            )
+            .await?;
         if cache_hinted(&context) {
             // It names running sessions, and a new one may start any moment.
             result.ttl_ms = Some(0);
@@ -434,13 +561,29 @@ impl ServerHandler for PytestMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let (mut result, ttl_ms) = resources::read(self, &request.uri).await.map_err(|mut e| {
-            // Both revisions ask for the URI in a not-found error's data.
+        // Both revisions ask for the URI in a not-found error's data.
+        let with_uri = |mut e: ErrorData| {
             if e.data.is_none() && matches!(e.code.0, -32002 | -32602) {
                 e.data = Some(serde_json::json!({ "uri": request.uri }));
             }
             e
-        })?;
+        };
+        let target = match resources::Target::parse(&request.uri) {
+            Ok(target) => target,
+            Err(e) => {
+                let error = with_uri(protocol_error(e));
+                return self.unknown_read(&context, "resources/read", error).await;
+            }
+        };
+        let read = Read {
+            method: "resources/read",
+            what: &request.uri,
+            tools: target.gated_as(),
+        };
+        let (mut result, ttl_ms) = self
+            .gated(&context, read, resources::read(self, &target, &request.uri))
+            .await
+            .map_err(with_uri)?;
         if cache_hinted(&context) {
             result.ttl_ms = Some(ttl_ms);
             result.cache_scope = Some(CacheScope::Private);
@@ -454,15 +597,28 @@ impl ServerHandler for PytestMcp {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.subscriptions
-            .subscribe(
-                &self.store,
-                &self.default_project,
-                &request.uri,
-                context.peer,
-                &self.shutdown,
-            )
-            .await
+        let target = match resources::Target::parse(&request.uri) {
+            Ok(target) => target,
+            Err(e) => {
+                let error = protocol_error(e);
+                return self
+                    .unknown_read(&context, "resources/subscribe", error)
+                    .await;
+            }
+        };
+        let read = Read {
+            method: "resources/subscribe",
+            what: &request.uri,
+            tools: target.gated_as(),
+        };
+        let subscribed = self.subscriptions.subscribe(
+            &self.store,
+            &self.default_project,
+            &request.uri,
+            context.peer.clone(),
+            &self.shutdown,
+        );
+        self.gated(&context, read, subscribed).await
     }
 
     #[allow(deprecated)]
@@ -480,7 +636,13 @@ impl ServerHandler for PytestMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let mut result = ListPromptsResult::with_all_items(vec![prompts::triage()]);
+        // Like a denied tool, a prompt the policy would refuse is not shown.
+        let prompts = if prompts::GATED_AS.iter().all(|t| self.gate.visible(t)) {
+            vec![prompts::triage()]
+        } else {
+            Vec::new()
+        };
+        let mut result = ListPromptsResult::with_all_items(prompts);
         if cache_hinted(&context) {
             result.ttl_ms = Some(STATIC_TTL_MS);
             result.cache_scope = Some(CacheScope::Public);
@@ -491,9 +653,21 @@ impl ServerHandler for PytestMcp {
     async fn get_prompt(
         &self,
         request: GetPromptRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        prompts::get(self, request).await.map(Into::into)
+        if request.name != prompts::NAME {
+            let error = prompts::unknown(&request.name);
+            return self.unknown_read(&context, "prompts/get", error).await;
+        }
+        let name = request.name.clone();
+        let read = Read {
+            method: "prompts/get",
+            what: &name,
+            tools: prompts::GATED_AS,
+        };
+        self.gated(&context, read, prompts::get(self, request))
+            .await
+            .map(Into::into)
     }
 }
 

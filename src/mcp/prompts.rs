@@ -2,6 +2,9 @@
 //! grouped by cause (as `get_failure_clusters` renders them), its first
 //! failures with tracebacks (as `get_failures` does), and the questions worth
 //! asking about them.
+//!
+//! It shows what those two tools answer, so the policy gate judges it as
+//! both ([`GATED_AS`]): a policy denying either denies the prompt.
 
 use rmcp::ErrorData;
 use rmcp::model::{
@@ -11,7 +14,19 @@ use rmcp::model::{
 use super::{PytestMcp, protocol_error};
 use crate::views;
 
-const NAME: &str = "triage_failures";
+/// The one prompt's name.
+pub(super) const NAME: &str = "triage_failures";
+
+/// The tools whose output the prompt embeds; it is gated as all of them.
+pub(super) const GATED_AS: &[&str] = &["get_failure_clusters", "get_failures"];
+
+/// The error for a prompt this server does not have.
+pub(super) fn unknown(name: &str) -> ErrorData {
+    ErrorData::invalid_params(
+        format!("unknown prompt {name:?}; the prompts are: {NAME}"),
+        None,
+    )
+}
 
 /// The prompt as listed.
 pub(super) fn triage() -> Prompt {
@@ -40,10 +55,7 @@ pub(super) async fn get(
     request: GetPromptRequestParams,
 ) -> Result<GetPromptResult, ErrorData> {
     if request.name != NAME {
-        return Err(ErrorData::invalid_params(
-            format!("unknown prompt {:?}; the prompts are: {NAME}", request.name),
-            None,
-        ));
+        return Err(unknown(&request.name));
     }
     if let Some(unknown) = request
         .arguments

@@ -15,6 +15,10 @@
 //! `subscriptions/listen` ([`super::listen`]). Both look with [`Changes`] and
 //! [`Watched`].
 //!
+//! Every read, subscription and listing passes the policy gate as the tool
+//! that answers the same ([`Target::gated_as`]; `list_sessions` for the list):
+//! a policy that denies `get_failures` denies a session's failures here too.
+//!
 //! Cache hints (2026-07-28): the list names running sessions and `latest`
 //! moves, so neither may be cached (`ttlMs: 0`); a closed session's resources
 //! no longer change and may be kept for [`CLOSED_TTL_MS`]; the templates are
@@ -72,6 +76,15 @@ impl Target {
             (None, _) => Ok(Target::Session(session)),
             (Some("failures"), None) => Ok(Target::Failures(session)),
             _ => Err(bad()),
+        }
+    }
+
+    /// The tools whose answer this resource shows, which the policy gate
+    /// judges its reads and subscriptions as.
+    pub(super) fn gated_as(&self) -> &'static [&'static str] {
+        match self {
+            Target::Session(_) => &["get_session"],
+            Target::Failures(_) => &["get_failures"],
         }
     }
 
@@ -152,16 +165,17 @@ pub(super) fn templates() -> ListResourceTemplatesResult {
 /// takes no more outcomes (only `pytest-mcp pin` or pruning touch it).
 pub(super) const CLOSED_TTL_MS: u64 = 60_000;
 
-/// Reads one resource as JSON, with how long it may be cached: not at all
-/// while its session runs, or when it is `latest` (a new session moves it).
+/// Reads one resource (`target`, parsed from `uri`) as JSON, with how long
+/// it may be cached: not at all while its session runs, or when it is
+/// `latest` (a new session moves it).
 pub(super) async fn read(
     mcp: &PytestMcp,
+    target: &Target,
     uri: &str,
 ) -> Result<(ReadResourceResult, u64), ErrorData> {
-    let target = Target::parse(uri).map_err(protocol_error)?;
     let scope = mcp.scope(None).await.map_err(protocol_error)?;
     let session = target.session().to_string();
-    let (text, session) = match &target {
+    let (text, session) = match target {
         Target::Session(_) => {
             let view = views::session::session_detail(&mcp.store, &scope, Some(&session))
                 .await

@@ -34,17 +34,53 @@ fn done<V: serde::Serialize>(view: &V, text: String) -> Result<CallToolResult> {
 }
 
 impl PytestMcp {
-    /// The session a record tool writes to: the one named, or the latest
-    /// running session started through MCP.
-    async fn record_target(&self, given: Option<&str>) -> Result<Uuid> {
+    /// The session a record tool writes to, always one of the caller's
+    /// grant (the token it authenticated with; no token: the sessions
+    /// recorded without one): the one named, or the latest running session
+    /// its grant started through MCP. Another grant's session is refused
+    /// rather than written: with several tokens, "latest" must never mean
+    /// somebody else's run.
+    async fn record_target(
+        &self,
+        given: Option<&str>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Uuid> {
+        let grant = Self::token_grant(context);
         if let Some(id) = session_id(given, "session_id")? {
+            if self.store.session_grant(id).await? != grant {
+                // An unknown id is not found, not someone else's.
+                self.store.get_session(SessionRef::Id(id)).await?;
+                return Err(Error::precondition(
+                    "session_id",
+                    format!(
+                        "session {id} was recorded under another grant than {}; \
+                         a grant writes only to its own sessions",
+                        grant.as_deref().map_or_else(
+                            || "this caller's (no token)".to_string(),
+                            |g| format!("{g:?}")
+                        )
+                    ),
+                ));
+            }
             return Ok(id);
         }
-        match self.store.latest_running(Source::Mcp).await? {
+        match self
+            .store
+            .latest_running(Source::Mcp, grant.clone())
+            .await?
+        {
             Some(s) => Ok(s.id),
             None => Err(Error::precondition(
                 "session_id",
-                "no running session was started through MCP; call record_session_start first, or pass session_id",
+                match grant {
+                    Some(g) => format!(
+                        "no running session was started through MCP under grant {g:?}; \
+                         call record_session_start first, or pass session_id"
+                    ),
+                    None => "no running session was started through MCP; call \
+                             record_session_start first, or pass session_id"
+                        .to_string(),
+                },
             )),
         }
     }
@@ -90,17 +126,23 @@ impl PytestMcp {
     }
 
     /// Record one test's outcome in a session (by default the latest running
-    /// session started with record_session_start); it is stored as the next
-    /// outcome of that session.
+    /// session this caller's grant started with record_session_start); it is
+    /// stored as the next outcome of that session.
     #[tool(
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
         output_schema = schema_for_output::<OutcomeRecordedView>()
     )]
-    async fn record_test_outcome(&self, Parameters(a): Parameters<TestOutcomeArgs>) -> ToolResult {
+    async fn record_test_outcome(
+        &self,
+        Parameters(a): Parameters<TestOutcomeArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> ToolResult {
         answer(
             async {
                 let outcome = a.to_outcome()?;
-                let id = self.record_target(a.session_id.as_deref()).await?;
+                let id = self
+                    .record_target(a.session_id.as_deref(), &context)
+                    .await?;
                 let kind = outcome.outcome;
                 let seq = self.store.append_next(id, outcome).await.map_err(|e| {
                     // The store names the field of its batch API; here it is one outcome.
@@ -128,7 +170,7 @@ impl PytestMcp {
     }
 
     /// Finish a recorded session with pytest's summary (by default the latest
-    /// running session started with record_session_start).
+    /// running session this caller's grant started with record_session_start).
     #[tool(
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
         output_schema = schema_for_output::<SessionFinishedView>()
@@ -136,11 +178,14 @@ impl PytestMcp {
     async fn record_session_finish(
         &self,
         Parameters(a): Parameters<SessionFinishArgs>,
+        context: RequestContext<RoleServer>,
     ) -> ToolResult {
         answer(
             async {
                 let summary = Summary::try_from(&a.summary)?;
-                let id = self.record_target(a.session_id.as_deref()).await?;
+                let id = self
+                    .record_target(a.session_id.as_deref(), &context)
+                    .await?;
                 let current = self.store.get_session(SessionRef::Id(id)).await?;
                 // Outcomes recorded through MCP have no gaps: every one the
                 // client sent is stored.

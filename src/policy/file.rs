@@ -77,8 +77,9 @@ impl Window {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// One counter per credential: per token when tokens are configured,
-    /// else per MCP client session.
+    /// One counter per grant: per token when tokens are configured, else
+    /// per MCP session the server issued, or per transport (`stdio`, and
+    /// `http` for every stateless HTTP caller).
     #[default]
     Grant,
     /// One counter for every caller of this server process.

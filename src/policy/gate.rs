@@ -2,6 +2,12 @@
 //! one lock, so that N concurrent calls against a limit of M let exactly
 //! min(N, M) through.
 //!
+//! A read that is not a tool call (a resource, a prompt) is gated as the
+//! tools whose data it shows ([`Gate::check_in_all`]): it is refused when any
+//! of them is, and counts once against every counter of all of them, so a
+//! policy that denies or limits `get_failures` cannot be walked around
+//! through `resources/read` or `prompts/get`.
+//!
 //! Windows are fixed and start at the first call they count: a `minute`
 //! limit opens a window at the first counted call, lets `max` calls through
 //! until one minute later, and the next call after that opens a new window.
@@ -74,11 +80,24 @@ impl Decision {
 
     /// The text a refused caller is told; `None` when allowed.
     pub fn refusal(&self, tool: &str) -> Option<String> {
+        self.why()
+            .map(|why| format!("refused by policy: {tool} {why}; nothing was changed"))
+    }
+
+    /// The text a refused read that is gated as `tool` (a resource read, a
+    /// prompt) is told: what was asked (`what`), the tool whose rule refused
+    /// it, and that rule; `None` when allowed.
+    pub fn refusal_as(&self, what: &str, tool: &str) -> Option<String> {
+        self.why().map(|why| {
+            format!("refused by policy: {what} is gated as the tool {tool}, and {tool} {why}")
+        })
+    }
+
+    /// Why a call was refused, as the end of a sentence naming its tool.
+    fn why(&self) -> Option<String> {
         match self {
             Decision::Allowed => None,
-            Decision::Denied { reason } => Some(format!(
-                "refused by policy: {tool} is denied: {reason}; nothing was changed"
-            )),
+            Decision::Denied { reason } => Some(format!("is denied: {reason}")),
             Decision::Limited {
                 counter,
                 max,
@@ -87,9 +106,8 @@ impl Decision {
                 resets_at,
                 retry_after_secs,
             } => Some(format!(
-                "refused by policy: {tool} is over its limit of {max} calls per {} \
-                 (counter {counter:?}, {}); the window resets at {} (in {retry_after_secs} s); \
-                 nothing was changed",
+                "is over its limit of {max} calls per {} \
+                 (counter {counter:?}, {}); the window resets at {} (in {retry_after_secs} s)",
                 window.as_str(),
                 match scope {
                     Scope::Grant => "per grant",
@@ -178,7 +196,7 @@ impl Gate {
         let now = self.clock.now().as_micros();
         let mut state = self.lock();
         let state = &mut *state;
-        decide(&state.policy, tool, grant, now, &mut state.counts)
+        decide(&state.policy, &[tool], grant, now, &mut state.counts).0
     }
 
     /// Like [`Gate::check`], counting in the store's database when its
@@ -186,24 +204,43 @@ impl Gate {
     /// a limit holds across all of them together. When the counters cannot
     /// be reached the call is refused: a limit is never silently lifted.
     pub async fn check_in(&self, store: &crate::store::Store, tool: &str, grant: &str) -> Decision {
+        self.check_in_all(store, &[tool], grant).await.0
+    }
+
+    /// Decides a read that shows what all of `tools` answer (a resource,
+    /// a prompt): refused when any of them is denied or over a limit, else
+    /// counted once against each counter of any of them, atomically as in
+    /// [`Gate::check_in`]. Returns the decision and the tool it is about
+    /// (the one refused; the first when allowed). `tools` must not be empty.
+    pub async fn check_in_all<'t>(
+        &self,
+        store: &crate::store::Store,
+        tools: &[&'t str],
+        grant: &str,
+    ) -> (Decision, &'t str) {
+        let first = tools.first().copied().unwrap_or_default();
         let policy = self.policy();
-        if let Err(reason) = policy.verdict(tool) {
-            return Decision::Denied { reason };
+        for tool in tools {
+            if let Err(reason) = policy.verdict(tool) {
+                return (Decision::Denied { reason }, tool);
+            }
         }
-        let keys = keys_of(&policy, tool, grant);
+        let keys = keys_of(&policy, tools, grant);
         if keys.is_empty() {
-            return Decision::Allowed;
+            return (Decision::Allowed, first);
         }
         let clock = self.clock.clone();
-        let (tool_name, grant_name) = (tool.to_string(), grant.to_string());
+        let tool_names: Vec<String> = tools.iter().map(|t| t.to_string()).collect();
+        let grant_name = grant.to_string();
         // The store runs the rule on the locked counters; the decision of
         // the run that committed is the one left here.
-        let decided: Arc<Mutex<Option<Decision>>> = Arc::new(Mutex::new(None));
+        let decided: Arc<Mutex<Option<(Decision, usize)>>> = Arc::new(Mutex::new(None));
         let slot = decided.clone();
         let update: Update = Arc::new(move |counts: &mut HashMap<Key, Count>| {
+            let names: Vec<&str> = tool_names.iter().map(String::as_str).collect();
             let decision = decide(
                 &policy,
-                &tool_name,
+                &names,
                 &grant_name,
                 clock.now().as_micros(),
                 counts,
@@ -211,32 +248,39 @@ impl Gate {
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(decision);
         });
         let unavailable = |e: String| {
-            tracing::warn!(error = %e, tool, "the shared policy counters are unavailable");
+            tracing::warn!(error = %e, tool = first, "the shared policy counters are unavailable");
             Decision::Denied {
                 reason: format!(
                     "the policy's shared call counters cannot be read ({e}); retry shortly"
                 ),
             }
         };
-        match store.count_calls(keys, update) {
-            None => self.check(tool, grant),
+        let (decision, at) = match store.count_calls(keys, update) {
+            None => {
+                let now = self.clock.now().as_micros();
+                let mut state = self.lock();
+                let state = &mut *state;
+                decide(&state.policy, tools, grant, now, &mut state.counts)
+            }
             Some(counted) => match counted.await {
                 Ok(()) => decided
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .take()
-                    .unwrap_or_else(|| unavailable("no decision was made".into())),
-                Err(e) => unavailable(e.to_string()),
+                    .unwrap_or_else(|| (unavailable("no decision was made".into()), 0)),
+                Err(e) => (unavailable(e.to_string()), 0),
             },
-        }
+        };
+        (decision, tools.get(at).copied().unwrap_or(first))
     }
 }
 
-/// The counters a call of `tool` by `grant` falls under, each once, sorted
+/// The counters a call of `tools` by `grant` falls under, each once, sorted
 /// (a shared store locks them in this order).
-fn keys_of(policy: &Policy, tool: &str, grant: &str) -> Vec<Key> {
-    let mut keys: Vec<Key> = policy
-        .limits_for(tool)
+fn keys_of(policy: &Policy, tools: &[&str], grant: &str) -> Vec<Key> {
+    let mut keys: Vec<Key> = tools
+        .iter()
+        .flat_map(|tool| policy.limits_for(tool))
         .map(|limit| key_of(limit, grant))
         .collect();
     keys.sort();
@@ -254,64 +298,74 @@ fn key_of(limit: &Limit, grant: &str) -> Key {
     }
 }
 
-/// The gate's rule, on whatever holds the counters: refuses the call when
-/// a limit it falls under is used up (reporting the latest reset), else
-/// counts it against each of its counters once.
+/// The gate's rule, on whatever holds the counters: refuses a call that
+/// shows what `tools` answer when one of them is denied, or when a limit
+/// any of them falls under is used up (reporting the latest reset), else
+/// counts it against each of their counters once. Returns the decision and
+/// the index in `tools` of the tool it is about (0 when allowed).
 fn decide(
     policy: &Policy,
-    tool: &str,
+    tools: &[&str],
     grant: &str,
     now: i64,
     counts: &mut HashMap<Key, Count>,
-) -> Decision {
-    if let Err(reason) = policy.verdict(tool) {
-        return Decision::Denied { reason };
+) -> (Decision, usize) {
+    for (i, tool) in tools.iter().enumerate() {
+        if let Err(reason) = policy.verdict(tool) {
+            return (Decision::Denied { reason }, i);
+        }
     }
     // Each distinct counter is counted once per call, however many
-    // limits name it; the strictest refusal (latest reset) is reported.
+    // limits (or tools) name it; the strictest refusal (latest reset) is
+    // reported.
     let mut keys: Vec<Key> = Vec::new();
-    let mut refused: Option<(&Limit, Count)> = None;
-    for limit in policy.limits_for(tool) {
-        let key = key_of(limit, grant);
-        let length = limit.window.micros();
-        let count = counts.entry(key.clone()).or_insert(Count {
-            start: now,
-            length,
-            calls: 0,
-        });
-        if count.length != length || now >= count.ends() {
-            *count = Count {
+    let mut refused: Option<(usize, &Limit, Count)> = None;
+    for (i, tool) in tools.iter().enumerate() {
+        for limit in policy.limits_for(tool) {
+            let key = key_of(limit, grant);
+            let length = limit.window.micros();
+            let count = counts.entry(key.clone()).or_insert(Count {
                 start: now,
                 length,
                 calls: 0,
-            };
-        }
-        if count.calls >= limit.max {
-            if refused.is_none_or(|(_, r)| count.ends() > r.ends()) {
-                refused = Some((limit, *count));
+            });
+            if count.length != length || now >= count.ends() {
+                *count = Count {
+                    start: now,
+                    length,
+                    calls: 0,
+                };
             }
-        } else if !keys.contains(&key) {
-            keys.push(key);
+            if count.calls >= limit.max {
+                if refused.is_none_or(|(_, _, r)| count.ends() > r.ends()) {
+                    refused = Some((i, limit, *count));
+                }
+            } else if !keys.contains(&key) {
+                keys.push(key);
+            }
         }
     }
-    if let Some((limit, count)) = refused {
+    if let Some((i, limit, count)) = refused {
         let resets_at = count.ends();
         let wait = resets_at.saturating_sub(now).max(0);
-        return Decision::Limited {
-            counter: limit.counter.clone(),
-            max: limit.max,
-            window: limit.window,
-            scope: limit.scope,
-            resets_at: Timestamp(resets_at),
-            retry_after_secs: u64::try_from(wait).unwrap_or(0).div_ceil(1_000_000),
-        };
+        return (
+            Decision::Limited {
+                counter: limit.counter.clone(),
+                max: limit.max,
+                window: limit.window,
+                scope: limit.scope,
+                resets_at: Timestamp(resets_at),
+                retry_after_secs: u64::try_from(wait).unwrap_or(0).div_ceil(1_000_000),
+            },
+            i,
+        );
     }
     for key in keys {
         if let Some(count) = counts.get_mut(&key) {
             count.calls += 1;
         }
     }
-    Decision::Allowed
+    (Decision::Allowed, 0)
 }
 
 #[cfg(test)]
@@ -493,6 +547,51 @@ mod tests {
                 .is_some_and(|t| t.contains("read-only server")),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn a_read_gated_as_two_tools_is_refused_by_either_and_a_refused_read_counts_nowhere() {
+        let policy = Policy::parse(
+            r#"{"version": "1", "default": "allow", "tools": {
+                "get_session": {"limits": [{"counter": "f", "window": "minute", "max": 1}]},
+                "record_test_outcome": {"limits": [{"counter": "c", "window": "minute", "max": 2}]}}}"#,
+            &tools(),
+        )
+        .expect("policy");
+        let mut counts = HashMap::new();
+        // (Two of the test policy's tools stand for the prompt's two.)
+        let read = ["record_test_outcome", "get_session"];
+        assert_eq!(
+            decide(&policy, &read, "a", T0, &mut counts),
+            (Decision::Allowed, 0)
+        );
+        // get_session's limit of 1 is used up: the second read is refused,
+        // naming that tool, and counts against neither counter.
+        let (refused, at) = decide(&policy, &read, "a", T0, &mut counts);
+        assert!(matches!(refused, Decision::Limited { ref counter, .. } if counter == "f"));
+        assert_eq!(read[at], "get_session");
+        let text = refused
+            .refusal_as("prompts/get triage_failures", read[at])
+            .expect("text");
+        assert!(
+            text.starts_with(
+                "refused by policy: prompts/get triage_failures is gated as the tool get_session"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            decide(&policy, &["record_test_outcome"], "a", T0, &mut counts),
+            (Decision::Allowed, 0),
+            "the refused read took a call from record_test_outcome's counter"
+        );
+
+        let denying = Policy::parse(
+            r#"{"version": "1", "default": "deny", "tools": {"record_test_outcome": {}}}"#,
+            &tools(),
+        )
+        .expect("policy");
+        let (denied, at) = decide(&denying, &read, "a", T0, &mut HashMap::new());
+        assert_eq!((denied.kind(), read[at]), ("denied", "get_session"));
     }
 
     #[test]

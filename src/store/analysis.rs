@@ -488,9 +488,14 @@ struct Lists<K> {
 }
 
 impl Store {
-    /// The most recently started session from `source` that is still running.
-    pub async fn latest_running(&self, source: Source) -> Result<Option<Session>> {
-        self.backend().latest_running(source).await
+    /// The most recently started session from `source`, recorded under
+    /// `grant` (`None`: under no token), that is still running.
+    pub async fn latest_running(
+        &self,
+        source: Source,
+        grant: Option<String>,
+    ) -> Result<Option<Session>> {
+        self.backend().latest_running(source, grant).await
     }
 
     /// The session of the same project started just before `head`: on

@@ -1,5 +1,6 @@
-//! The audit trail: one row per MCP tool call, stored by the backend like
-//! every other write, read newest first.
+//! The audit trail: one row per MCP tool call, and per gated read of a
+//! resource or prompt, stored by the backend like every other write, read
+//! newest first.
 
 use crate::model::Timestamp;
 
@@ -10,17 +11,20 @@ pub struct AuditEntry {
     pub id: u64,
     /// When the call arrived.
     pub at: Timestamp,
-    /// The grant it was made under: a token's grant name, else `mcp-session:ID` or `stdio`.
+    /// The grant it was made under: a token's grant name, else
+    /// `mcp-session:ID` (a session the server issued), `stdio` or `http`.
     pub grant: String,
     /// `stdio` or `http`.
     pub transport: String,
-    /// The tool called.
+    /// The tool called; for a resource or a prompt, the MCP method
+    /// (`resources/read`, `prompts/get`, …).
     pub tool: String,
     /// The gate's decision: `allowed`, `denied`, `limited`, or `unknown` (no such tool).
     pub decision: String,
     /// For an allowed call, `ok` or `error` (the tool's answer).
     pub result: Option<String>,
-    /// Why a call was refused, or the error an allowed call answered.
+    /// Why a call was refused, or the error an allowed call answered; for a
+    /// resource or a prompt, also what was read and as which tools.
     pub reason: Option<String>,
     /// Time from the call's arrival to its answer, in microseconds.
     pub duration_us: u64,

@@ -272,8 +272,9 @@ pub trait Backend: Send + Sync + 'static {
     /// A session's `limit` slowest outcomes, slowest first.
     fn slowest(&self, session: SessionRef, limit: usize) -> Fut<(Session, Vec<Outcome>)>;
 
-    /// The newest session from `source` that is still running.
-    fn latest_running(&self, source: Source) -> Fut<Option<Session>>;
+    /// The newest session from `source` recorded under `grant` (`None`:
+    /// under no token) that is still running.
+    fn latest_running(&self, source: Source, grant: Option<String>) -> Fut<Option<Session>>;
 
     /// Of these cause keys of `project`, those recorded for sessions other
     /// than `session`, with when and how often.

@@ -634,8 +634,11 @@ impl Backend for PgBackend {
         self.read(move |tx| boxed!(async move { reads::slowest(tx, session, limit).await }))
     }
 
-    fn latest_running(&self, source: Source) -> Fut<Option<Session>> {
-        self.read(move |tx| boxed!(async move { reads::latest_running(tx, source).await }))
+    fn latest_running(&self, source: Source, grant: Option<String>) -> Fut<Option<Session>> {
+        self.read(move |tx| {
+            let grant = grant.clone();
+            boxed!(async move { reads::latest_running(tx, source, grant.as_deref()).await })
+        })
     }
 
     fn previous_session(&self, head: Session, same_branch: bool) -> Fut<Option<Session>> {

@@ -367,8 +367,8 @@ impl Backend for SqliteBackend {
         self.read(move |c| reads::slowest(c, session, limit))
     }
 
-    fn latest_running(&self, source: Source) -> Fut<Option<Session>> {
-        self.read(move |c| reads::latest_running(c, source))
+    fn latest_running(&self, source: Source, grant: Option<String>) -> Fut<Option<Session>> {
+        self.read(move |c| reads::latest_running(c, source, grant.as_deref()))
     }
 
     fn previous_session(&self, head: Session, same_branch: bool) -> Fut<Option<Session>> {

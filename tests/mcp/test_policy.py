@@ -161,7 +161,11 @@ async def test_two_grants_have_separate_counters(guarded: Server):
             assert not (await finish(alice, sid)).is_error
         assert (await finish(alice, sids[30])).is_error
         async with connect("http", guarded, token="tok-bob-456") as bob:
-            result = await finish(bob, sids[30])
+            # Bob finishes a session of his own: a grant writes only to its own.
+            guarded.token = "tok-bob-456"
+            bobs = running_sessions(guarded, 1)[0]
+            guarded.token = "tok-alice-123"
+            result = await finish(bob, bobs)
             assert not result.is_error, text_of(result)
         # A new MCP session does not give alice a fresh quota: her token is the grant.
         async with connect("http", guarded, token="tok-alice-123") as alice_again:

@@ -758,16 +758,21 @@ pub async fn slowest(
     Ok((s, items))
 }
 
-/// The newest session from `source` that is still running.
-pub async fn latest_running(tx: &Tx<'_>, source: Source) -> Result<Option<Session>> {
+/// The newest session from `source` recorded under `grant` that is still running.
+pub async fn latest_running(
+    tx: &Tx<'_>,
+    source: Source,
+    grant: Option<&str>,
+) -> Result<Option<Session>> {
     let stmt = tx
         .prepare_cached(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions s
              WHERE s.source = $1 AND s.status = 'running'
+               AND s.grant_name IS NOT DISTINCT FROM $2::text
              ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
         ))
         .await?;
-    tx.query_opt(&stmt, &[&source.as_str()])
+    tx.query_opt(&stmt, &[&source.as_str(), &grant])
         .await?
         .map(|r| session_from_row(&r, 0).map(|(_, s)| s))
         .transpose()

@@ -730,15 +730,21 @@ pub fn slowest(
     Ok((s, items))
 }
 
-/// The newest session from `source` that is still running.
-pub fn latest_running(c: &Connection, source: Source) -> Result<Option<Session>> {
+/// The newest session from `source` recorded under `grant` that is still running.
+pub fn latest_running(
+    c: &Connection,
+    source: Source,
+    grant: Option<&str>,
+) -> Result<Option<Session>> {
     let sql = format!(
         "SELECT {SESSION_COLUMNS} FROM sessions s
-         WHERE s.source = ?1 AND s.status = 'running'
+         WHERE s.source = ?1 AND s.status = 'running' AND s.grant_name IS ?2
          ORDER BY s.started_at DESC, s.pk DESC LIMIT 1"
     );
     Ok(c.prepare_cached(&sql)?
-        .query_row([source.as_str()], |r| rows::session_from_row(r, 0))
+        .query_row(rusqlite::params![source.as_str(), grant], |r| {
+            rows::session_from_row(r, 0)
+        })
         .optional()?
         .map(|(_, s)| s))
 }
