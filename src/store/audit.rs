@@ -30,7 +30,8 @@ pub struct AuditEntry {
     pub duration_us: u64,
 }
 
-/// Longest reason kept, in bytes; a tool error can quote a large argument.
+/// Longest reason (and tool name) kept, in bytes; a tool error can quote a
+/// large argument, and an unknown tool's name is whatever the client sent.
 const MAX_REASON_BYTES: usize = 1000;
 
 /// The part of a reason that is kept: at most [`MAX_REASON_BYTES`], cut on a
@@ -64,7 +65,12 @@ mod tests {
                     at: Timestamp(1_000 + i as i64),
                     grant: "alice".into(),
                     transport: "http".into(),
-                    tool: "record_session_finish".into(),
+                    // An unknown tool's name is whatever the client sent.
+                    tool: if decision == "denied" {
+                        "x".repeat(1_000_000)
+                    } else {
+                        "record_session_finish".into()
+                    },
                     decision: decision.into(),
                     result: (decision == "allowed").then(|| "ok".into()),
                     reason: (decision != "allowed").then(|| "é".repeat(2000)),
@@ -78,6 +84,8 @@ mod tests {
         assert_eq!(rows[0].at, Timestamp(1_002));
         // Long reasons are cut on a character boundary.
         assert!(rows[0].reason.as_ref().is_some_and(|r| r.len() <= 1000));
+        assert_eq!(rows[0].tool.len(), 1000);
+        assert_eq!(rows[1].tool, "record_session_finish");
 
         let tagged = uuid::Uuid::new_v4();
         let untagged = uuid::Uuid::new_v4();

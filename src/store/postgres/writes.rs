@@ -833,7 +833,7 @@ pub async fn audit(tx: &Tx<'_>, entry: &AuditEntry) -> Result<u64> {
                 &entry.at.as_micros(),
                 &entry.grant,
                 &entry.transport,
-                &entry.tool,
+                &audit::bounded(&entry.tool),
                 &entry.decision,
                 &entry.result,
                 &entry.reason.as_deref().map(audit::bounded),

@@ -1114,7 +1114,7 @@ fn insert_audit(conn: &Connection, entry: &AuditEntry) -> Result<u64> {
         entry.at.as_micros(),
         entry.grant,
         entry.transport,
-        entry.tool,
+        audit::bounded(&entry.tool),
         entry.decision,
         entry.result,
         entry.reason.as_deref().map(audit::bounded),
