@@ -358,10 +358,11 @@ impl Store {
         outcomes: Vec<Outcome>,
     ) -> Result<backend::Fut<u64>> {
         let budget = self.inner.budget.take(&outcomes).await;
-        // Encoded (and failures fingerprinted) here, on the thread that
-        // received them, not on the backend's writer: compressing tracebacks
-        // runs beside the writes.
-        let outcomes = outcomes.into_iter().map(detail::split).collect();
+        // Encoded (and failures fingerprinted) here, not on the backend's
+        // writer: compressing tracebacks runs beside the writes. It is CPU
+        // work on text a peer chose, so on a blocking thread, never on the
+        // async runtime that answers every other client.
+        let outcomes = split_off_runtime(outcomes).await?;
         self.backend().enqueue_append(id, outcomes, budget).await
     }
 
@@ -372,7 +373,10 @@ impl Store {
         outcome.seq = 1;
         self.prepare(&mut outcome)
             .map_err(|e| e.within("outcome"))?;
-        self.backend().append_next(id, detail::split(outcome)).await
+        let Some(outcome) = split_off_runtime(vec![outcome]).await?.pop() else {
+            return Err(Error::Internal("an outcome was lost while encoding".into()));
+        };
+        self.backend().append_next(id, outcome).await
     }
 
     /// Finishes a session with pytest's summary and the number of outcomes sent.
@@ -491,6 +495,14 @@ impl Store {
     pub async fn storage_stats(&self) -> Result<StorageStats> {
         self.backend().storage_stats().await
     }
+}
+
+/// Fingerprints and encodes outcomes ([`detail::split`]) on a blocking
+/// thread: bounded, but CPU work on text a peer chose.
+async fn split_off_runtime(outcomes: Vec<Outcome>) -> Result<Vec<detail::NewOutcome>> {
+    tokio::task::spawn_blocking(move || outcomes.into_iter().map(detail::split).collect())
+        .await
+        .map_err(|e| Error::Internal(format!("encoding outcomes failed: {e}")))
 }
 
 /// A `A.B` page token (e.g. start time and pk) this server issued.

@@ -1,7 +1,8 @@
 //! Properties that hold for any input, checked with proptest against the
 //! library: the spool importer never panics and names the file and line of
 //! every problem; validation never panics, names the field at fault, and
-//! bounds what it keeps; the protobuf conversion names its fields too. The
+//! bounds what it keeps; the protobuf conversion names its fields too; the
+//! normaliser and the quarantine matcher do work linear in their input. The
 //! importer's properties run on every backend (fewer cases on PostgreSQL).
 //!
 //! On a failure proptest prints the smallest input it found and records it
@@ -25,7 +26,9 @@ use pytest_mcp::model::{
     PROPERTIES_TRUNCATED, SessionRef, TRUNCATION_MARKER, TestOutcome,
 };
 use pytest_mcp::spool::{ImportReport, import_file};
+use pytest_mcp::store::fingerprint;
 use pytest_mcp::store::location::Location;
+use pytest_mcp::store::quarantine::{self, Pattern};
 use pytest_mcp::store::{OutcomeFilter, SessionFilter, Store, StoreConfig};
 use support::{Backend, TestDb};
 
@@ -683,5 +686,177 @@ proptest! {
             let back = outcome_from_pb(outcome_to_pb("s", &bounded)).unwrap();
             prop_assert_eq!(back, bounded);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (d) Text a peer chooses is read in linear time: the work the normaliser and
+// the quarantine matcher count grows with the input's size, never faster,
+// however pathological the text (runs of `[`, hex, quotes, `*`).
+
+/// Text made of runs of what once made the normaliser or the matcher
+/// quadratic, mixed with any characters.
+fn pathological(max: usize) -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("[".to_string()),
+        Just("]".to_string()),
+        Just("'".to_string()),
+        Just("\"".to_string()),
+        Just("0x".to_string()),
+        Just("-".to_string()),
+        Just("*".to_string()),
+        Just("?".to_string()),
+        Just("!".to_string()),
+        Just("/tmp/".to_string()),
+        Just(r"C:\".to_string()),
+        Just(r"\temp\".to_string()),
+        "[0-9a-f]{1,40}",
+        "[0-9.]{1,8}",
+        any::<char>().prop_map(String::from),
+    ];
+    (vec((piece, 1usize..200), 1..40)).prop_map(move |runs| {
+        let mut text = String::new();
+        for (piece, times) in runs {
+            for _ in 0..times {
+                if text.len() + piece.len() > max {
+                    return text;
+                }
+                text.push_str(&piece);
+            }
+        }
+        text
+    })
+}
+
+/// The bytes of `text` the normaliser reads.
+fn read_by_normaliser(text: &str) -> &str {
+    let mut end = text.len().min(fingerprint::MAX_MESSAGE_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Python's `fnmatch.fnmatchcase` as the quarantine matcher decided it before
+/// it was made linear: backtracking, and right (its unit test compares it
+/// with Python), kept here as the reference on small inputs.
+fn fnmatch_reference(pattern: &str, nodeid: &str) -> bool {
+    fn class(p: &[char], start: usize, c: char) -> Option<(usize, bool)> {
+        let mut i = start + 1;
+        let negate = p.get(i) == Some(&'!');
+        if negate {
+            i += 1;
+        }
+        let (mut hit, mut first) = (false, true);
+        loop {
+            let &here = p.get(i)?;
+            if here == ']' && !first {
+                return Some((i + 1, hit != negate));
+            }
+            first = false;
+            match (p.get(i + 1), p.get(i + 2)) {
+                (Some('-'), Some(&hi)) if hi != ']' => {
+                    hit |= here <= c && c <= hi;
+                    i += 3;
+                }
+                _ => {
+                    hit |= here == c;
+                    i += 1;
+                }
+            }
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = nodeid.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(pi + 1),
+            Some('[') => match class(&p, pi, n[ni]) {
+                Some((end, true)) => Some(end),
+                Some((_, false)) => None,
+                None => (n[ni] == '[').then_some(pi + 1),
+            },
+            Some(&c) => (c == n[ni]).then_some(pi + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                pi = next;
+                ni += 1;
+            }
+            (None, Some((sp, sn))) => {
+                star = Some((sp, sn + 1));
+                pi = sp + 1;
+                ni = sn + 1;
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Small patterns and nodeids over an alphabet where wildcards, classes and
+/// their brackets collide often.
+fn small_glob() -> impl Strategy<Value = String> {
+    "[ab*?\\[\\]!\\-]{0,10}"
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_normaliser_does_a_bounded_amount_of_work_per_character_and_bounds_its_answer(
+        text in prop_oneof![pathological(80_000), any::<String>()],
+    ) {
+        let read = read_by_normaliser(&text);
+        let (normalised, steps) = fingerprint::normalise_steps(&text);
+        let chars = read.chars().count() as u64;
+        prop_assert!(
+            steps <= fingerprint::NORMALISE_STEPS_PER_CHAR * (chars + 1),
+            "{} steps for {} characters", steps, chars
+        );
+        prop_assert!(normalised.len() <= read.len() * 9 / 2, "{} bytes from {}", normalised.len(), read.len());
+        prop_assert!(normalised.len() <= fingerprint::MAX_NORMALISED_BYTES);
+    }
+
+    #[test]
+    fn the_quarantine_matcher_does_a_bounded_amount_of_work_per_character_of_a_nodeid(
+        pattern in pathological(MAX_NODEID_BYTES),
+        nodeid in pathological(MAX_NODEID_BYTES),
+    ) {
+        // Patterns whose classes are too large are refused, naming the field.
+        let compiled = match Pattern::new(&pattern) {
+            Ok(p) => p,
+            Err(e) => {
+                prop_assert!(e.to_string().starts_with("nodeid: "), "{}", e);
+                return Ok(());
+            }
+        };
+        // The work per character is bounded whatever the pattern: at most 64
+        // bit words twice, plus every class character.
+        let per_char = compiled.steps_per_char();
+        prop_assert!(per_char <= 2 * 64 + quarantine::MAX_PATTERN_CLASS_CHARS as u64 + 2);
+        let (_, steps) = compiled.match_steps(&nodeid);
+        let chars = nodeid.chars().count() as u64;
+        prop_assert!(steps <= per_char * (chars + 1) + 1, "{} steps for {} characters", steps, chars);
+    }
+
+    #[test]
+    fn the_linear_matcher_answers_as_fnmatchcase_does(
+        pattern in small_glob(),
+        nodeid in "[ab\\[\\]!\\-]{0,12}",
+    ) {
+        prop_assert_eq!(
+            quarantine::matches(&pattern, &nodeid),
+            fnmatch_reference(&pattern, &nodeid),
+            "{:?} vs {:?}", pattern, nodeid
+        );
     }
 }

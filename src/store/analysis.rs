@@ -853,12 +853,15 @@ impl Store {
             .map(|f| f.seq)
             .collect();
         if !missing.is_empty() {
-            let keys: HashMap<u64, String> = self
-                .outcomes_at(s.id, missing)
-                .await?
-                .iter()
-                .filter_map(|o| StoredCause::of(o).map(|c| (o.seq, c.key)))
-                .collect();
+            let outcomes = self.outcomes_at(s.id, missing).await?;
+            let keys: HashMap<u64, String> = tokio::task::spawn_blocking(move || {
+                outcomes
+                    .iter()
+                    .filter_map(|o| StoredCause::of(o).map(|c| (o.seq, c.key)))
+                    .collect()
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("reading failures' causes failed: {e}")))?;
             for f in keyed.iter_mut().filter(|f| f.key.is_none()) {
                 f.key = keys.get(&f.seq).cloned();
             }
@@ -888,17 +891,24 @@ impl Store {
             .into_iter()
             .map(|o| (o.seq, o))
             .collect();
-        Ok(clusters
-            .iter()
-            .filter_map(|c| {
-                let representative = firsts.get(&c.first())?.clone();
-                Some(Described {
-                    fingerprint: Fingerprint::of(&representative),
-                    representative,
-                    cluster: c.clone(),
+        let clusters = clusters.to_vec();
+        // Reading a traceback is CPU work on text a peer chose: on a
+        // blocking thread, never on the runtime that answers other clients.
+        tokio::task::spawn_blocking(move || {
+            clusters
+                .into_iter()
+                .filter_map(|c| {
+                    let representative = firsts.get(&c.first())?.clone();
+                    Some(Described {
+                        fingerprint: Fingerprint::of(&representative),
+                        representative,
+                        cluster: c,
+                    })
                 })
-            })
-            .collect())
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("reading failures' causes failed: {e}")))
     }
 
     /// The causes new in a comparison's head and fixed since its base, at

@@ -34,10 +34,16 @@ pub struct Fingerprint {
 
 impl Fingerprint {
     /// The fingerprint of a failing outcome.
+    /// Reads the first [`MAX_MESSAGE_BYTES`] of the message and the last
+    /// [`MAX_TRACEBACK_BYTES`] of the traceback, each in one pass or a few.
     pub fn of(o: &Outcome) -> Self {
-        let exception = exception_type(&o.longrepr, &o.message);
-        let frame = innermost_frame(&o.longrepr, &o.nodeid);
-        let message = normalise(strip_exception(first_line(&o.message), &exception));
+        let (message, longrepr) = (
+            head(&o.message, MAX_MESSAGE_BYTES),
+            tail(&o.longrepr, MAX_TRACEBACK_BYTES),
+        );
+        let exception = exception_type(longrepr, message);
+        let frame = innermost_frame(longrepr, &o.nodeid);
+        let message = normalise(strip_exception(first_line(message), &exception));
         Fingerprint {
             exception,
             frame,
@@ -306,40 +312,119 @@ fn strip_exception<'a>(message: &'a str, exception: &str) -> &'a str {
         .unwrap_or(message)
 }
 
-/// Replaces what changes from run to run by placeholders.
+/// Most bytes of a message that are normalised (the rest is dropped): a
+/// fingerprint needs the start of the first line, and a peer may send a
+/// message of megabytes.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Most bytes of a traceback's end that are read for the exception and the
+/// innermost frame (pytest prints both last).
+pub const MAX_TRACEBACK_BYTES: usize = 64 * 1024;
+
+/// Most bytes [`normalise`] returns: each placeholder is at most 4.5 times
+/// the text it replaces (`''` becomes `'<value>'`).
+pub const MAX_NORMALISED_BYTES: usize = MAX_MESSAGE_BYTES * 9 / 2;
+
+/// The most work [`normalise_steps`] counts per character.
+pub const NORMALISE_STEPS_PER_CHAR: u64 = 128;
+
+/// The first `max` bytes of `text`, cut at a character boundary.
+fn head(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// Replaces what changes from run to run by placeholders, in the first
+/// [`MAX_MESSAGE_BYTES`] of `message`.
 pub fn normalise(message: &str) -> String {
-    let chars: Vec<char> = message.chars().collect();
-    let mut out = String::with_capacity(message.len());
+    normalise_steps(message).0
+}
+
+/// [`normalise`], and the work it took: characters looked at, each a
+/// bounded number of times, so it is linear in the message: at most
+/// [`NORMALISE_STEPS_PER_CHAR`] per character normalised, and one.
+pub fn normalise_steps(message: &str) -> (String, u64) {
+    let chars: Vec<char> = head(message, MAX_MESSAGE_BYTES).chars().collect();
+    let len = chars.len();
+    let mut steps = len as u64;
+    // Where the next `'`, `"`, `]` and `\temp\` are from each index: a
+    // quote or `[` then finds its end at once instead of scanning the rest
+    // of the message, which made a message of `[`s quadratic.
+    let next_of = |hit: &dyn Fn(usize) -> bool| {
+        let mut next = vec![len; len + 1];
+        for i in (0..len).rev() {
+            next[i] = if hit(i) { i } else { next[i + 1] };
+        }
+        next
+    };
+    let next_single = next_of(&|i| chars[i] == '\'');
+    let next_double = next_of(&|i| chars[i] == '"');
+    let next_close = next_of(&|i| chars[i] == ']');
+    let next_temp = next_of(&|i| {
+        chars.get(i..i + 6).is_some_and(|w| {
+            w.iter()
+                .map(char::to_ascii_lowercase)
+                .eq("\\temp\\".chars())
+        })
+    });
+    steps += 10 * len as u64;
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_BYTES));
     let mut i = 0;
-    while i < chars.len() {
+    while i < len {
         let c = chars[i];
         let rest = &chars[i..];
+        // uuid_len looks at 37 characters at most, the temporary path roots
+        // at 48 together.
+        steps += 96;
         if let Some(n) = uuid_len(rest) {
             out.push_str("<uuid>");
             i += n;
-        } else if c == '0' && matches!(rest.get(1), Some('x' | 'X')) && hex_run(&rest[2..]) > 0 {
+        } else if c == '0'
+            && matches!(rest.get(1), Some('x' | 'X'))
+            && let n @ 1.. = hex_run(&rest[2..])
+        {
             out.push_str("<addr>");
-            i += 2 + hex_run(&rest[2..]);
-        } else if let Some(n) = temp_path_len(rest) {
+            steps += n as u64;
+            i += 2 + n;
+        } else if let Some(n) =
+            temp_path_len(rest, next_temp[i] < len && next_temp[i] + 6 <= i + 200)
+        {
             out.push_str("<path>");
+            steps += n as u64;
             i += n;
         } else if (c == '\'' || c == '"')
-            && let Some(n) = rest[1..].iter().position(|&q| q == c)
+            && let end = if c == '"' {
+                next_double[i + 1]
+            } else {
+                next_single[i + 1]
+            }
+            && end < len
         {
             out.push(c);
             out.push_str("<value>");
             out.push(c);
-            i += n + 2;
-        } else if c == '['
-            && let Some(n) = rest[1..].iter().position(|&q| q == ']')
-        {
+            i = end + 1;
+        } else if c == '[' && next_close[i + 1] < len {
             out.push_str("[<param>]");
-            i += n + 2;
+            i = next_close[i + 1] + 1;
         } else if c.is_ascii_digit() && !prev_is_word(&chars, i) {
             let mut n = 0;
             while rest.get(n).is_some_and(|d| d.is_ascii_digit() || *d == '.') {
                 n += 1;
             }
+            steps += n as u64;
             out.push_str("<n>");
             i += n;
         } else {
@@ -347,7 +432,8 @@ pub fn normalise(message: &str) -> String {
             i += 1;
         }
     }
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
+    steps += out.len() as u64;
+    (out.split_whitespace().collect::<Vec<_>>().join(" "), steps)
 }
 
 fn prev_is_word(chars: &[char], i: usize) -> bool {
@@ -358,12 +444,14 @@ fn hex_run(chars: &[char]) -> usize {
     chars.iter().take_while(|c| c.is_ascii_hexdigit()).count()
 }
 
-/// The length of a UUID at the start of `chars` (8-4-4-4-12 hex digits).
+/// The length of a UUID at the start of `chars` (8-4-4-4-12 hex digits);
+/// looks at 37 characters at most, however long a hex run follows.
 fn uuid_len(chars: &[char]) -> Option<usize> {
     let groups = [8, 4, 4, 4, 12];
     let mut at = 0;
     for (g, len) in groups.iter().enumerate() {
-        if hex_run(&chars[at..]) < *len {
+        let group = chars.get(at..at + len)?;
+        if !group.iter().all(char::is_ascii_hexdigit) {
             return None;
         }
         at += len;
@@ -378,8 +466,9 @@ fn uuid_len(chars: &[char]) -> Option<usize> {
 }
 
 /// The length of a temporary path at the start of `chars`, up to the next
-/// space or quote.
-fn temp_path_len(chars: &[char]) -> Option<usize> {
+/// space or quote; `temp_near` says whether `\temp\` starts within its
+/// first 200 characters (a Windows temporary directory).
+fn temp_path_len(chars: &[char], temp_near: bool) -> Option<usize> {
     const ROOTS: &[&str] = &[
         "/tmp/",
         "/var/folders/",
@@ -393,16 +482,8 @@ fn temp_path_len(chars: &[char]) -> Option<usize> {
         prefix.chars().all(|p| at.next() == Some(&p))
     };
     let unix_temp = chars.first() == Some(&'/') && ROOTS.iter().any(|r| starts_with(r));
-    let windows_temp = !unix_temp
-        && chars.len() > 3
-        && chars[1] == ':'
-        && chars[2] == '\\'
-        && chars
-            .iter()
-            .take(200)
-            .collect::<String>()
-            .to_ascii_lowercase()
-            .contains("\\temp\\");
+    let windows_temp =
+        !unix_temp && chars.len() > 3 && chars[1] == ':' && chars[2] == '\\' && temp_near;
     if !unix_temp && !windows_temp {
         return None;
     }

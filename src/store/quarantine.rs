@@ -55,6 +55,9 @@ impl NewQuarantine {
     /// Errors name the field: `nodeid`, `reason`, `days`, `project`.
     pub fn entry(self, now: Timestamp) -> Result<QuarantineEntry> {
         validate_nodeid(&self.pattern, "nodeid")?;
+        if is_pattern(&self.pattern) {
+            Pattern::new(&self.pattern)?;
+        }
         let reason = self.reason.trim();
         if reason.is_empty() {
             return Err(Error::invalid(
@@ -115,72 +118,294 @@ pub fn is_pattern(pattern: &str) -> bool {
     pattern.contains(['*', '?', '['])
 }
 
+/// Most characters the character classes of one pattern may hold together:
+/// every class is tested against every character of a nodeid, so their size
+/// is the pattern's cost per character.
+pub const MAX_PATTERN_CLASS_CHARS: usize = 256;
+
 /// Whether `nodeid` matches `pattern` as Python's `fnmatch.fnmatchcase`
 /// decides: `*` is any run of characters (`/` and `::` included), `?` one
 /// character, `[seq]` one of seq (ranges like `a-z`), `[!seq]` one not in
-/// it; a `[` without its `]` is itself. Case matters.
+/// it; a `[` without its `]` is itself. Case matters. A pattern that is
+/// not a valid [`Pattern`] matches nothing.
 pub fn matches(pattern: &str, nodeid: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = nodeid.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    // Where the last `*` was, and how much of the name it has taken.
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        let step = match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ni));
-                pi += 1;
-                continue;
+    Pattern::new(pattern).is_ok_and(|p| p.matches(nodeid))
+}
+
+/// One character of a pattern.
+#[derive(Debug, Clone)]
+enum Token {
+    /// `?`: any one character.
+    Any,
+    /// A character that stands for itself.
+    Char(char),
+    /// `[seq]` / `[!seq]`: ranges (a single character is `c-c`).
+    Class {
+        /// `[!...]`.
+        negate: bool,
+        /// Inclusive ranges.
+        ranges: Vec<(char, char)>,
+    },
+}
+
+impl Token {
+    /// Whether the token matches `c`, adding the work done to `steps`.
+    fn matches(&self, c: char, steps: &mut u64) -> bool {
+        match self {
+            Token::Any => true,
+            Token::Char(t) => *t == c,
+            Token::Class { negate, ranges } => {
+                *steps += ranges.len() as u64;
+                ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negate
             }
-            Some('?') => Some(pi + 1),
-            Some('[') => match class(&p, pi, n[ni]) {
-                Some((end, true)) => Some(end),
-                Some((_, false)) => None,
-                None => (n[ni] == '[').then_some(pi + 1),
-            },
-            Some(&c) => (c == n[ni]).then_some(pi + 1),
-            None => None,
-        };
-        match (step, star) {
-            (Some(next), _) => {
-                pi = next;
-                ni += 1;
-            }
-            (None, Some((sp, sn))) => {
-                // Let the last `*` take one more character and try again.
-                star = Some((sp, sn + 1));
-                pi = sp + 1;
-                ni = sn + 1;
-            }
-            (None, None) => return false,
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// The tokens between two `*`, with what a Shift-And search needs: for each
+/// literal character the bit set of positions it matches, and the positions
+/// any character may take.
+#[derive(Debug, Clone)]
+struct Segment {
+    tokens: Vec<Token>,
+    /// Positions of `?`.
+    any: Vec<u64>,
+    /// Positions of each literal character.
+    chars: std::collections::HashMap<char, Vec<u64>>,
+    /// Positions and tokens of the classes.
+    classes: Vec<usize>,
+}
+
+impl Segment {
+    fn new(tokens: Vec<Token>) -> Self {
+        let words = tokens.len().div_ceil(64).max(1);
+        let mut any = vec![0; words];
+        let mut chars: std::collections::HashMap<char, Vec<u64>> = Default::default();
+        let mut classes = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            let bit = (i / 64, 1u64 << (i % 64));
+            match t {
+                Token::Any => any[bit.0] |= bit.1,
+                Token::Char(c) => chars.entry(*c).or_insert_with(|| vec![0; words])[bit.0] |= bit.1,
+                Token::Class { .. } => classes.push(i),
+            }
+        }
+        Segment {
+            tokens,
+            any,
+            chars,
+            classes,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the segment matches `text` exactly (same length).
+    fn matches_at(&self, text: &[char], steps: &mut u64) -> bool {
+        text.len() == self.len()
+            && self.tokens.iter().zip(text).all(|(t, &c)| {
+                *steps += 1;
+                t.matches(c, steps)
+            })
+    }
+
+    /// Where the leftmost occurrence of the segment in `text` ends (one past
+    /// its last character): Shift-And, one pass over `text` whatever the
+    /// segment holds, so a run of `[` cannot make it backtrack.
+    fn find_end(&self, text: &[char], steps: &mut u64) -> Option<usize> {
+        let n = self.len();
+        if n == 0 {
+            return Some(0);
+        }
+        let words = self.any.len();
+        let top = ((n - 1) / 64, 1u64 << ((n - 1) % 64));
+        let mut state = vec![0u64; words];
+        let mut mask = vec![0u64; words];
+        for (at, &c) in text.iter().enumerate() {
+            *steps += 2 * words as u64 + 1;
+            mask.copy_from_slice(&self.any);
+            if let Some(bits) = self.chars.get(&c) {
+                for (m, b) in mask.iter_mut().zip(bits) {
+                    *m |= b;
+                }
+            }
+            for &i in &self.classes {
+                if self.tokens[i].matches(c, steps) {
+                    mask[i / 64] |= 1 << (i % 64);
+                }
+            }
+            // state = ((state << 1) | 1) & mask, across words.
+            let mut carry = 1u64;
+            for (s, m) in state.iter_mut().zip(&mask) {
+                let next = *s >> 63;
+                *s = ((*s << 1) | carry) & m;
+                carry = next;
+            }
+            if state[top.0] & top.1 != 0 {
+                return Some(at + 1);
+            }
+        }
+        None
+    }
+}
+
+/// A quarantine pattern compiled once: matching a nodeid is one pass over
+/// it per `*`-separated part, never a backtracking search, so its cost is
+/// linear in the nodeid (see [`Pattern::match_steps`]).
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    /// The parts between `*` (one part when there is no `*`).
+    segments: Vec<Segment>,
+    /// Characters inside classes, in all.
+    class_chars: usize,
+}
+
+impl Pattern {
+    /// Compiles an `fnmatch` pattern. Errors name `nodeid`: a pattern is at
+    /// most [`MAX_NODEID_BYTES`] long and its classes hold at most
+    /// [`MAX_PATTERN_CLASS_CHARS`] characters.
+    pub fn new(pattern: &str) -> Result<Self> {
+        if pattern.len() > MAX_NODEID_BYTES {
+            return Err(Error::invalid(
+                "nodeid",
+                format!("{} bytes, the limit is {MAX_NODEID_BYTES}", pattern.len()),
+            ));
+        }
+        let p: Vec<char> = pattern.chars().collect();
+        // Where the next `]` is from each index: whether a `[` opens a class
+        // is then known at once, not by a scan to the end for each `[`.
+        let mut next_close = vec![p.len(); p.len() + 1];
+        for i in (0..p.len()).rev() {
+            next_close[i] = if p[i] == ']' { i } else { next_close[i + 1] };
+        }
+        let mut segments = Vec::new();
+        let mut tokens = Vec::new();
+        let mut class_chars = 0;
+        let mut i = 0;
+        while i < p.len() {
+            match p[i] {
+                '*' => {
+                    segments.push(Segment::new(std::mem::take(&mut tokens)));
+                    while p.get(i) == Some(&'*') {
+                        i += 1;
+                    }
+                    continue;
+                }
+                '?' => tokens.push(Token::Any),
+                '[' => match class(&p, i, &next_close) {
+                    Some((end, token)) => {
+                        class_chars += end - i;
+                        tokens.push(token);
+                        i = end;
+                        continue;
+                    }
+                    None => tokens.push(Token::Char('[')),
+                },
+                c => tokens.push(Token::Char(c)),
+            }
+            i += 1;
+        }
+        segments.push(Segment::new(tokens));
+        if class_chars > MAX_PATTERN_CLASS_CHARS {
+            return Err(Error::invalid(
+                "nodeid",
+                format!(
+                    "its [...] classes hold {class_chars} characters, the limit is {MAX_PATTERN_CLASS_CHARS}"
+                ),
+            ));
+        }
+        Ok(Pattern {
+            segments,
+            class_chars,
+        })
+    }
+
+    /// Whether `nodeid` matches the pattern (see [`matches`]).
+    pub fn matches(&self, nodeid: &str) -> bool {
+        self.match_steps(nodeid).0
+    }
+
+    /// Whether `nodeid` is the pattern itself or matches it (see [`covers`]).
+    pub fn covers(&self, pattern: &str, nodeid: &str) -> bool {
+        pattern == nodeid || self.matches(nodeid)
+    }
+
+    /// The most work [`Pattern::match_steps`] does per character of a
+    /// nodeid: bounded by the pattern's length and class limits.
+    pub fn steps_per_char(&self) -> u64 {
+        let words = self.segments.iter().map(|s| s.any.len()).max().unwrap_or(1);
+        (2 * words + self.class_chars + 2) as u64
+    }
+
+    /// Whether `nodeid` matches, and the work it took (characters and bit
+    /// words looked at): never more than [`Pattern::steps_per_char`] per
+    /// character of `nodeid`, plus one.
+    pub fn match_steps(&self, nodeid: &str) -> (bool, u64) {
+        let mut steps = 1;
+        let text: Vec<char> = nodeid.chars().collect();
+        steps += text.len() as u64;
+        let hit = self.run(&text, &mut steps);
+        (hit, steps)
+    }
+
+    fn run(&self, text: &[char], steps: &mut u64) -> bool {
+        let Some((first, rest)) = self.segments.split_first() else {
+            return text.is_empty();
+        };
+        let Some((last, middle)) = rest.split_last() else {
+            return first.matches_at(text, steps);
+        };
+        // `first*...*last`: the ends are anchored, and each middle part is
+        // taken at its leftmost place, which leaves the most room for the
+        // parts after it (so no other choice can succeed where it fails).
+        if text.len() < first.len() + last.len()
+            || !first.matches_at(&text[..first.len()], steps)
+            || !last.matches_at(&text[text.len() - last.len()..], steps)
+        {
+            return false;
+        }
+        let mut at = first.len();
+        let end = text.len() - last.len();
+        for segment in middle {
+            match segment.find_end(&text[at..end], steps) {
+                Some(n) => at += n,
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 /// The character class opening at `p[start]` (a `[`): the index after its
-/// `]` and whether `c` is in it; `None` when it never closes.
-fn class(p: &[char], start: usize, c: char) -> Option<(usize, bool)> {
+/// `]` and the class; `None` when it never closes (then `[` is itself).
+fn class(p: &[char], start: usize, next_close: &[usize]) -> Option<(usize, Token)> {
     let mut i = start + 1;
     let negate = p.get(i) == Some(&'!');
     if negate {
         i += 1;
     }
-    let mut hit = false;
+    // The first character may be `]` itself; any later `]` closes the class
+    // (a range's ends are never `]`).
+    if next_close.get(i + 1).is_none_or(|&at| at >= p.len()) {
+        return None;
+    }
+    let mut ranges = Vec::new();
     let mut first = true;
     loop {
         let &here = p.get(i)?;
         if here == ']' && !first {
-            return Some((i + 1, hit != negate));
+            return Some((i + 1, Token::Class { negate, ranges }));
         }
         first = false;
         match (p.get(i + 1), p.get(i + 2)) {
             (Some('-'), Some(&hi)) if hi != ']' => {
-                hit |= here <= c && c <= hi;
+                ranges.push((here, hi));
                 i += 3;
             }
             _ => {
-                hit |= here == c;
+                ranges.push((here, here));
                 i += 1;
             }
         }
@@ -192,6 +417,52 @@ fn class(p: &[char], start: usize, c: char) -> Option<(usize, bool)> {
 /// parametrized nodeid (`test_p[1]`) read as a pattern would not match itself.
 pub fn covers(pattern: &str, nodeid: &str) -> bool {
     pattern == nodeid || matches(pattern, nodeid)
+}
+
+/// For each pattern, the first [`MAX_PATTERN_TESTS`] of `nodeids` it
+/// covers. Matching a session's every test against every pattern is CPU
+/// work that grows with both, so it runs on a blocking thread, never on the
+/// async runtime that answers other clients; each pattern is compiled once.
+async fn pattern_tests(patterns: Vec<String>, nodeids: Vec<String>) -> Result<Vec<Vec<String>>> {
+    tokio::task::spawn_blocking(move || {
+        patterns
+            .iter()
+            .map(|pattern| {
+                let Ok(compiled) = Pattern::new(pattern) else {
+                    // Stored before patterns were bounded: only itself.
+                    return nodeids.iter().filter(|n| *n == pattern).cloned().collect();
+                };
+                nodeids
+                    .iter()
+                    .filter(|n| compiled.covers(pattern, n))
+                    .take(MAX_PATTERN_TESTS)
+                    .cloned()
+                    .collect()
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("matching quarantine patterns failed: {e}")))
+}
+
+/// Which of `nodeids` some of `patterns` covers ([`covers`]), in order;
+/// on a blocking thread, each pattern compiled once.
+pub async fn covered(patterns: Vec<String>, nodeids: Vec<String>) -> Result<Vec<bool>> {
+    tokio::task::spawn_blocking(move || {
+        let compiled: Vec<(Option<Pattern>, &String)> =
+            patterns.iter().map(|p| (Pattern::new(p).ok(), p)).collect();
+        nodeids
+            .iter()
+            .map(|n| {
+                compiled.iter().any(|(c, p)| match c {
+                    Some(c) => c.covers(p, n),
+                    None => *p == n,
+                })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("matching quarantine patterns failed: {e}")))
 }
 
 /// `for every project` or `for project "shop"`.
@@ -309,20 +580,22 @@ impl Store {
         let entries = self
             .quarantine_list(Some(&project.name), false, now)
             .await?;
-        let mut latest_tests: Option<Vec<String>> = None;
+        let patterns: Vec<String> = entries
+            .iter()
+            .filter(|e| is_pattern(&e.pattern))
+            .map(|e| e.pattern.clone())
+            .collect();
+        let mut matched = if patterns.is_empty() {
+            Vec::new()
+        } else {
+            let latest = self.latest_nodeids(project).await?;
+            pattern_tests(patterns, latest).await?
+        }
+        .into_iter();
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let nodeids = if is_pattern(&entry.pattern) {
-                if latest_tests.is_none() {
-                    latest_tests = Some(self.latest_nodeids(project).await?);
-                }
-                latest_tests
-                    .iter()
-                    .flatten()
-                    .filter(|n| covers(&entry.pattern, n))
-                    .take(MAX_PATTERN_TESTS)
-                    .cloned()
-                    .collect()
+                matched.next().unwrap_or_default()
             } else {
                 vec![entry.pattern.clone()]
             };

@@ -78,12 +78,16 @@ pub async fn flaky(store: &Store, scope: &Scope, q: &FlakyQuery) -> Result<Flaky
         store.flaky_tests(window, &scope.project, limit),
         store.quarantine_status(&scope.project, Timestamp::now()),
     )?;
+    let quarantined = quarantine::covered(
+        statuses.iter().map(|s| s.entry.pattern.clone()).collect(),
+        found.iter().map(|f| f.nodeid.clone()).collect(),
+    )
+    .await?;
     let tests = found
         .iter()
-        .map(|f| FlakyTestView {
-            quarantined: statuses
-                .iter()
-                .any(|s| quarantine::covers(&s.entry.pattern, &f.nodeid)),
+        .zip(quarantined)
+        .map(|(f, quarantined)| FlakyTestView {
+            quarantined,
             ..FlakyTestView::from(f)
         })
         .collect();
