@@ -176,3 +176,68 @@ def test_two_thousand_dropped_event_streams_leave_nothing_behind(server):
     assert open_fds(pid) <= base_fds + 8, (base_fds, open_fds(pid))
     assert max(peak_rss) < 200, max(peak_rss)
     assert healthy_get_session(server, sid) < 1.0
+
+
+# --- 7: many small messages keep their stream --------------------------------
+
+
+def start_session(stub, sid: str) -> None:
+    from pytest_mcp._proto import recorder_pb2
+
+    stub.StartSession(recorder_pb2.StartSessionRequest(
+        session_id=sid, source=recorder_pb2.SOURCE_PLUGIN,
+        environment=recorder_pb2.Environment(os="Linux", python_version="3.12", project="small")),
+        timeout=10)
+
+
+def one_outcome_per_message(stub, sid: str, count: int) -> int:
+    """Streams `count` outcomes one per message, as fast as grpcio sends;
+    returns the last acknowledged seq."""
+    from pytest_mcp._proto import recorder_pb2
+
+    def messages():
+        for seq in range(1, count + 1):
+            yield recorder_pb2.StreamOutcomesRequest(session_id=sid, outcomes=[recorder_pb2.Outcome(
+                seq=seq, nodeid=f"t.py::t{seq}", outcome=recorder_pb2.TEST_OUTCOME_PASSED,
+                phase=recorder_pb2.PHASE_CALL)])
+
+    acked = 0
+    for ack in stub.StreamOutcomes(messages(), timeout=120):
+        acked = max(acked, ack.acked_seq)
+    return acked
+
+
+def stored(stub, sid: str) -> int:
+    from pytest_mcp._proto import recorder_pb2
+
+    reply = stub.GetSession(recorder_pb2.GetSessionRequest(session_id=sid), timeout=10)
+    return reply.session.outcomes_stored
+
+
+# The server used to send GOAWAY too_many_data_frames within a second of such
+# a stream, before about 3,000 of them; the counts keep the test short.
+def test_one_stream_of_thirty_thousand_one_outcome_messages_is_stored_whole(server):
+    channel, stub = recorder_stub(server)
+    try:
+        sid = str(uuid.uuid4())
+        start_session(stub, sid)
+        assert one_outcome_per_message(stub, sid, 30_000) == 30_000
+        assert stored(stub, sid) == 30_000
+    finally:
+        channel.close()
+
+
+def test_fifty_concurrent_streams_of_small_messages_all_complete(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    channel, stub = recorder_stub(server)
+    try:
+        sids = [str(uuid.uuid4()) for _ in range(50)]
+        for sid in sids:
+            start_session(stub, sid)
+        with ThreadPoolExecutor(50) as pool:
+            acked = list(pool.map(lambda sid: one_outcome_per_message(stub, sid, 500), sids))
+        assert acked == [500] * 50
+        assert [stored(stub, sid) for sid in sids] == [500] * 50
+    finally:
+        channel.close()
