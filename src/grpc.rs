@@ -666,11 +666,15 @@ const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// to call (and then show the Recorder's own UNAUTHENTICATED). They reveal
 /// only whether the server is up and the API's shape, which is public in
 /// `proto/`, never a recorded result.
+///
+/// `limits` bound its connections and how long a silent one is kept
+/// ([`crate::conn`]).
 pub async fn serve(
     listener: TcpListener,
     store: Store,
     tokens: Option<Arc<Tokens>>,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    limits: crate::conn::Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let auth = Authenticate { tokens };
@@ -732,6 +736,25 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
+    // At most `limits.max_connections` connections, each sending its preface
+    // in time (crate::conn). The stream is polled one connection at a time,
+    // so at most one accepted connection waits for a slot.
+    let slots = Arc::new(crate::conn::Slots::new(limits.max_connections));
+    let incoming = futures_util::StreamExt::filter_map(incoming, move |accepted| {
+        let slots = slots.clone();
+        async move {
+            let tcp = match accepted {
+                Ok(tcp) => tcp,
+                Err(e) => return Some(Err(e)),
+            };
+            let slot = slots.acquire().await?;
+            Some(Ok(crate::conn::Limited::new(
+                tcp,
+                slot,
+                limits.header_timeout,
+            )))
+        }
+    });
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {

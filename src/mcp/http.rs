@@ -21,7 +21,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use futures_util::Stream;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::local::{
@@ -362,39 +361,112 @@ pub fn router(
 pub enum Listener {
     /// Plain HTTP.
     Plain(TcpListener),
-    /// HTTPS (`--tls-cert`); it sets TCP_NODELAY itself.
-    Tls(crate::tls::TlsListener),
+    /// HTTPS (`--tls-cert`): each connection's handshake runs in its own
+    /// task, with a time limit, holding its connection slot.
+    Tls(TcpListener, crate::tls::Tls),
 }
 
-/// Serves MCP over HTTP on `listener` until `shutdown` is cancelled.
+/// Serves MCP over HTTP on `listener` until `shutdown` is cancelled, with
+/// `limits` on its connections ([`crate::conn`]): at most
+/// `max_connections`, each sending its request headers within
+/// `header_timeout` and closed when idle that long between requests.
 pub async fn serve(
     listener: Listener,
     store: Store,
     gate: Arc<Gate>,
     options: HttpOptions,
+    limits: crate::conn::Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = router(store, gate, &options, shutdown.clone());
-    match listener {
-        Listener::Plain(listener) => {
-            // A streamed response is several small writes; with Nagle's algorithm the
-            // second waits for the client's delayed ACK (about 40 ms on Linux).
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "setting TCP_NODELAY on an MCP connection");
+    let (listener, tls) = match listener {
+        Listener::Plain(listener) => (listener, None),
+        Listener::Tls(listener, tls) => (listener, Some(tls)),
+    };
+    let slots = crate::conn::Slots::new(limits.max_connections);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        // The slot first: at the limit, new connections wait in the kernel's
+        // backlog rather than taking a descriptor each.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.acquire() => match slot {
+                Some(slot) => slot,
+                None => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accepting an MCP HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await?;
+            },
+        };
+        // A streamed response is several small writes; with Nagle's algorithm the
+        // second waits for the client's delayed ACK (about 40 ms on Linux).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY on an MCP connection");
         }
-        Listener::Tls(listener) => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await?;
+        let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
+        connections.spawn(async move {
+            match tls {
+                None => serve_connection(tcp, app, slot, limits, shutdown).await,
+                Some(tls) => match tls.accept(tcp).await {
+                    Ok(stream) => serve_connection(stream, app, slot, limits, shutdown).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                },
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// Serves one HTTP/1.1 connection until it closes, is evicted, or, after
+/// `shutdown`, finishes its request in flight.
+async fn serve_connection<I>(
+    io: I,
+    app: axum::Router,
+    slot: crate::conn::Slot,
+    limits: crate::conn::Limits,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let served = slot.served();
+    let service =
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            // Its headers are in: no longer a silent connection to evict.
+            served.store(true, std::sync::atomic::Ordering::Relaxed);
+            tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new))
+        });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        // Covers a half-sent request and, since hyper starts it when it
+        // waits for the next request, an idle kept-alive connection too.
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "an MCP HTTP connection ended");
+            }
+        }
+        _ = slot.evict.cancelled() => {}
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -241,3 +241,58 @@ def test_fifty_concurrent_streams_of_small_messages_all_complete(server):
         assert [stored(stub, sid) for sid in sids] == [500] * 50
     finally:
         channel.close()
+
+
+# --- 2: idle and half-sent connections --------------------------------------
+
+
+def flood(addr: tuple[str, int], count: int, first_bytes: bytes) -> list[socket.socket]:
+    """Opens `count` connections that send `first_bytes` and then nothing."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 1024)), hard))
+    opened = []
+    for _ in range(count):
+        s = socket.socket()
+        s.settimeout(5)
+        try:
+            s.connect(addr)
+            if first_bytes:
+                s.sendall(first_bytes)
+        except OSError:
+            s.close()
+            continue
+        opened.append(s)
+    return opened
+
+
+@pytest.mark.parametrize("flooded", ["http", "grpc"])
+def test_idle_and_half_sent_connections_cannot_starve_either_listener(tmp_path, flooded):
+    s = start_server(tmp_path / "db.sqlite", "--max-connections", "300",
+                     "--header-timeout-secs", "2")
+    try:
+        sid = stream_plugin_session(s, [passed("t.py::test_a")])
+        pid = s.process.pid
+        base_fds = open_fds(pid)
+        addr = http_addr(s) if flooded == "http" else host_port(s.grpc_addr)
+        half = b"GET /sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n" if flooded == "http" else b"PRI * "
+        sockets = flood(addr, 1200, half)
+        try:
+            assert len(sockets) > 300
+            # The limit holds: the flooded listener holds at most its 300.
+            assert open_fds(pid) <= base_fds + 300 + 20, open_fds(pid)
+            # Healthy clients of both listeners are answered meanwhile.
+            assert healthy_get_session(s, sid) < 1.0
+            started = time.monotonic()
+            status, reply = post_jsonrpc(s, "tools/call",
+                                         {"name": "list_sessions", "arguments": {}},
+                                         name="list_sessions")
+            assert status == 200 and not reply["result"]["isError"], reply
+            assert time.monotonic() - started < 1.0
+            # Half-sent connections are closed once the header timeout passes.
+            time.sleep(3)
+            assert open_fds(pid) <= base_fds + 20, open_fds(pid)
+        finally:
+            for sock in sockets:
+                sock.close()
+    finally:
+        stop(s)
