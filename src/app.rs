@@ -37,7 +37,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             let http = http_options(&args.http, &guard);
             let retain = args.retain.policy();
-            serve_with_mcp(config, retain, args.grpc_addr, http, guard, shutdown).await?;
+            let listeners = if http.is_some() { 2 } else { 1 };
+            let limits = args.connections.limits(listeners);
+            serve_with_mcp(
+                config,
+                retain,
+                args.grpc_addr,
+                http,
+                guard,
+                limits,
+                shutdown,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stdio(args) => stdio(args).await,
@@ -163,6 +174,7 @@ pub async fn serve(
         grpc_addr,
         None,
         Guard::open(),
+        crate::conn::Limits::default(),
         shutdown,
     )
     .await
@@ -190,13 +202,14 @@ fn http_options(args: &HttpArgs, guard: &Guard) -> Option<(SocketAddr, HttpOptio
 }
 
 /// Like [`serve`], and also serves MCP streamable HTTP when `http` is given,
-/// every tool call passing `guard`'s gate.
+/// every tool call passing `guard`'s gate; each listener keeps to `limits`.
 pub async fn serve_with_mcp(
     config: StoreConfig,
     retain: retention::Policy,
     grpc_addr: SocketAddr,
     http: Option<(SocketAddr, HttpOptions)>,
     guard: Guard,
+    limits: crate::conn::Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     check_loopback(grpc_addr, "--grpc-addr", guard.tokens.is_some())?;
@@ -233,6 +246,7 @@ pub async fn serve_with_mcp(
         store.clone(),
         guard.tokens.clone(),
         guard.tls.as_ref().map(Tls::grpc_config),
+        limits,
         shutdown.clone(),
     ));
     let mcp_http = match http {
@@ -247,7 +261,7 @@ pub async fn serve_with_mcp(
                 eprintln!("pytest-mcp: web pages at {scheme}://{local}/");
             }
             let http_listener = match &guard.tls {
-                Some(tls) => crate::mcp::http::Listener::Tls(tls.listener(http_listener)?),
+                Some(tls) => crate::mcp::http::Listener::Tls(http_listener, tls.clone()),
                 None => crate::mcp::http::Listener::Plain(http_listener),
             };
             Some(tokio::spawn(crate::mcp::http::serve(
@@ -255,6 +269,7 @@ pub async fn serve_with_mcp(
                 store.clone(),
                 guard.gate.clone(),
                 options,
+                limits,
                 shutdown.clone(),
             )))
         }
@@ -309,6 +324,7 @@ async fn stdio(args: StdioArgs) -> anyhow::Result<ExitCode> {
                     store.clone(),
                     guard.tokens.clone(),
                     guard.tls.as_ref().map(Tls::grpc_config),
+                    args.connections.limits(1),
                     shutdown.clone(),
                 )))
             }

@@ -326,6 +326,37 @@ pub struct ServeArgs {
     /// Policy and credentials.
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// Connection limits of both listeners.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
+/// Connection limits, each applying to every listener on its own.
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// Most connections each listener (gRPC, MCP HTTP) holds at once. Past
+    /// it, the oldest connection that has not sent a complete request is
+    /// closed, else new ones wait. Lowered at start when the process's
+    /// descriptor limit cannot hold both listeners' plus a reserve of 512.
+    #[arg(long, env = "PYTEST_MCP_MAX_CONNECTIONS", default_value_t = crate::conn::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a client has to send its HTTP request headers (or its gRPC
+    /// connection preface); an HTTP connection idle between requests is
+    /// closed after as long.
+    #[arg(long, env = "PYTEST_MCP_HEADER_TIMEOUT_SECS", default_value_t = crate::conn::DEFAULT_HEADER_TIMEOUT.as_secs())]
+    pub header_timeout_secs: u64,
+}
+
+impl ConnectionArgs {
+    /// The limits these flags set, fitted to the descriptor limit for
+    /// `listeners` listeners.
+    pub fn limits(&self, listeners: u64) -> crate::conn::Limits {
+        crate::conn::Limits {
+            max_connections: self.max_connections.max(1),
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs.max(1)),
+        }
+        .fitted(listeners)
+    }
 }
 
 /// The policy gate and credentials of `serve` and `stdio`.
@@ -422,6 +453,9 @@ pub struct StdioArgs {
     /// Policy and credentials (tokens guard the gRPC listener; stdio itself needs none).
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// Connection limits of the gRPC listener.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 fn parse_origin(text: &str) -> Result<String, String> {

@@ -631,6 +631,31 @@ impl tonic::service::Interceptor for Authenticate {
     }
 }
 
+/// Bytes a client may send on one stream ahead of the handler reading them.
+///
+/// h2 closes a connection (GOAWAY `too_many_data_frames`) once the framing
+/// overhead of small DATA frames it holds unread exceeds a budget of half
+/// the connection window; each frame under 256 bytes counts 256 minus its
+/// size. A plugin sends one outcome per message (about 60-100 bytes), and a
+/// stream whose handler waits on a commit holds up to its window of them, so
+/// with h2's 1 MiB windows a fast legitimate sender was cut off. The budget
+/// still guards against floods: what a connection can hold unread is
+/// bounded by its streams' windows (MAX_STREAMS_PER_CONNECTION times this,
+/// 4 MiB), and the connection window is set so that this much of messages
+/// of 52 bytes or more stays within the budget (CONNECTION_WINDOW / 2 =
+/// 16 MiB of counted overhead, about 250 KiB per full stream of such
+/// messages). Smaller frames than that on every stream at once are a flood,
+/// and still get the GOAWAY.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// Streams one gRPC connection may have open at once (a plugin uses one).
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
+/// The connection-level window: large enough that every stream's window of
+/// small messages fits h2's budget (see [`STREAM_WINDOW`]); memory is
+/// bounded by the stream windows, not by this.
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
 /// Serves the Recorder, health and reflection on `listener` until `shutdown`
 /// is cancelled; health turns NOT_SERVING first, open streams get their
 /// final acks, then it returns.
@@ -641,11 +666,15 @@ impl tonic::service::Interceptor for Authenticate {
 /// to call (and then show the Recorder's own UNAUTHENTICATED). They reveal
 /// only whether the server is up and the API's shape, which is public in
 /// `proto/`, never a recorded result.
+///
+/// `limits` bound its connections and how long a silent one is kept
+/// ([`crate::conn`]).
 pub async fn serve(
     listener: TcpListener,
     store: Store,
     tokens: Option<Arc<Tokens>>,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    limits: crate::conn::Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let auth = Authenticate { tokens };
@@ -707,6 +736,25 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
+    // At most `limits.max_connections` connections, each sending its preface
+    // in time (crate::conn). The stream is polled one connection at a time,
+    // so at most one accepted connection waits for a slot.
+    let slots = Arc::new(crate::conn::Slots::new(limits.max_connections));
+    let incoming = futures_util::StreamExt::filter_map(incoming, move |accepted| {
+        let slots = slots.clone();
+        async move {
+            let tcp = match accepted {
+                Ok(tcp) => tcp,
+                Err(e) => return Some(Err(e)),
+            };
+            let slot = slots.acquire().await?;
+            Some(Ok(crate::conn::Limited::new(
+                tcp,
+                slot,
+                limits.header_timeout,
+            )))
+        }
+    });
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -717,6 +765,11 @@ pub async fn serve(
         // test run. Dead peers are found by HTTP/2 and TCP keepalive instead.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // Flow-control windows sized for h2's guard against small DATA
+        // frames; see STREAM_WINDOW.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .layer(tower::util::MapResponseLayer::new(size_limit_status))
         .add_service(InterceptedService::new(recorder, auth))
         .add_service(health_service)

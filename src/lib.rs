@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod conn;
 pub mod error;
 pub mod export;
 pub mod grpc;

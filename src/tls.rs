@@ -1,12 +1,10 @@
 //! Optional TLS for both listeners (`--tls-cert`, `--tls-key`): rustls with
 //! the ring provider. tonic terminates TLS on the gRPC listener itself; the
-//! MCP HTTP listener gets [`TlsListener`], which hands axum connections whose
-//! handshake has finished.
+//! MCP HTTP listener runs [`Tls::accept`] in each connection's own task.
 //!
-//! Handshakes run in their own tasks with a time limit, so a client that
-//! connects and says nothing holds up no one else.
+//! Handshakes have a time limit, so a client that connects and says nothing
+//! holds up no one else.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
@@ -92,76 +89,13 @@ impl Tls {
             .timeout(HANDSHAKE_TIMEOUT)
     }
 
-    /// Wraps the MCP HTTP listener.
-    pub fn listener(&self, tcp: TcpListener) -> std::io::Result<TlsListener> {
-        TlsListener::new(tcp, self.http.clone())
-    }
-}
-
-/// A TCP listener that yields connections after their TLS handshake.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let accepting = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait, do not spin.
-                        tracing::warn!(error = %e, "accepting an MCP HTTPS connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            ready,
-            local,
-            accepting,
-        })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accepting.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(connection) => connection,
-            // The accept task only ends when aborted, with this listener.
-            None => std::future::pending().await,
+    /// Runs the TLS handshake of an accepted MCP HTTP connection, within
+    /// [`HANDSHAKE_TIMEOUT`].
+    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.http.accept(tcp)).await {
+            Ok(done) => done,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 

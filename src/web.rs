@@ -83,6 +83,8 @@ struct Web {
     store: Store,
     options: Arc<WebOptions>,
     shutdown: CancellationToken,
+    /// The session followers every page stream shares.
+    live: live::Live,
 }
 
 impl Web {
@@ -100,6 +102,7 @@ impl Web {
 /// The pages' routes, guarded as the module says.
 pub fn router(store: Store, options: WebOptions, shutdown: CancellationToken) -> axum::Router {
     let web = Web {
+        live: live::Live::new(store.clone(), shutdown.clone()),
         store,
         options: Arc::new(options),
         shutdown,
@@ -474,11 +477,8 @@ async fn session_events(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let s = match SessionRef::parse(&id, "session") {
-        Ok(r) => match web.store.get_session(r).await {
-            Ok(s) => s,
-            Err(e) => return error_page(e),
-        },
+    let session = match SessionRef::parse(&id, "session") {
+        Ok(r) => r,
         Err(e) => return error_page(e),
     };
     // A reconnecting browser says what it has; the first connection, the page.
@@ -488,7 +488,10 @@ async fn session_events(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .or(q.after)
         .unwrap_or(0);
-    live::session(web.store.clone(), s.id, after, web.shutdown.clone()).into_response()
+    match web.live.session(session, after).await {
+        Ok(events) => events.into_response(),
+        Err(e) => error_page(e),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -835,9 +838,17 @@ async fn login(State(web): State<Web>, Form(form): Form<LoginForm>) -> Response 
     response
 }
 
-/// Where to go after signing in: a path on this server only.
+/// Where to go after signing in: a path on this server only, else `/`.
+///
+/// Only printable ASCII without spaces or backslashes passes: browsers drop
+/// tabs and newlines from a `Location` (`/\t/evil.example` becomes
+/// `//evil.example`, another site) and read `\` as `/`, and a control
+/// character is not a valid header value at all. The paths this server
+/// sends to `/login?next=` are percent-encoded, so nothing legitimate is lost.
 fn safe_next(next: &str) -> String {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    let printable = next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    let same_site = next.starts_with('/') && !next.starts_with("//");
+    if printable && same_site {
         next.to_string()
     } else {
         "/".to_string()
@@ -880,7 +891,21 @@ mod tests {
     #[test]
     fn signing_in_only_ever_leads_to_a_page_of_this_server() {
         assert_eq!(safe_next("/sessions/latest"), "/sessions/latest");
-        for bad in ["https://evil.example", "//evil.example/x", "/\\evil", ""] {
+        assert_eq!(
+            safe_next("/tests?nodeid=a%20b&x=1"),
+            "/tests?nodeid=a%20b&x=1"
+        );
+        for bad in [
+            "https://evil.example",
+            "//evil.example/x",
+            "/\\evil",
+            "",
+            "/\t/evil.example",
+            "/\r\nSet-Cookie: x=1",
+            "/ /evil.example",
+            "/\u{7f}/evil.example",
+            "/caf\u{e9}",
+        ] {
             assert_eq!(safe_next(bad), "/", "{bad}");
         }
     }

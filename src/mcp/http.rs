@@ -8,10 +8,12 @@
 //! - Credentials: with tokens configured, a request without a valid
 //!   `Authorization: Bearer <token>` gets 401 before anything else is read.
 //! - Sessions (handshake-era clients): at most [`HttpOptions::max_sessions`]
-//!   live at once (a new one beyond that gets 503), and a session idle for
-//!   [`HttpOptions::idle_timeout`] is closed. MCP 2026-07-28 requests are
-//!   stateless: each is served by a fresh handler and opens no session, so
-//!   the cap does not apply to them, and GET and DELETE answer 405 there.
+//!   live at once, counted where rmcp opens them, so every request that
+//!   would open one (an `initialize` of any era, whatever its headers
+//!   declare) gets 503 beyond that; a session idle for
+//!   [`HttpOptions::idle_timeout`] is closed. Other MCP 2026-07-28 requests
+//!   are stateless: each is served by a fresh handler and opens no session,
+//!   and GET and DELETE answer 405 there.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +21,14 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
-use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
+use futures_util::Stream;
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::transport::streamable_http_server::session::local::{
+    LocalSessionManager, LocalSessionManagerError, SessionConfig,
+};
+use rmcp::transport::streamable_http_server::session::{
+    ServerSseMessage, SessionId, SessionManager,
+};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -96,47 +104,128 @@ pub fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Clone)]
-struct Limits {
-    sessions: Arc<LocalSessionManager>,
-    max_sessions: usize,
+/// The handshake sessions of the HTTP transport, at most `max` alive at
+/// once.
+///
+/// The cap sits where rmcp creates a session rather than in a guess from the
+/// request's headers: rmcp opens one for every `initialize`, whatever era its
+/// `MCP-Protocol-Version` header names, so a header check let an
+/// `initialize` declaring 2026-07-28 open sessions past the cap.
+struct CappedSessions {
+    inner: Arc<LocalSessionManager>,
+    max: usize,
+    // Counting and inserting are two steps; one opening at a time keeps
+    // concurrent initializes from all seeing room for one more.
+    opening: tokio::sync::Mutex<()>,
 }
 
-/// Whether a request may open a handshake-era session: a POST without
-/// `Mcp-Session-Id` that does not declare MCP 2026-07-28 or later, whose
-/// requests are stateless and open none.
-fn opens_session(request: &axum::extract::Request) -> bool {
-    let headers = request.headers();
-    let stateless = headers
-        .get("mcp-protocol-version")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v >= super::NEWEST_VERSION.as_str());
-    request.method() == Method::POST && !headers.contains_key("mcp-session-id") && !stateless
+/// Why [`CappedSessions`] did not open or serve a session.
+#[derive(Debug, thiserror::Error)]
+enum SessionsError {
+    /// The cap is reached: [`cap_sessions`] answers 503.
+    #[error("too many MCP sessions are open (limit {max})")]
+    Full {
+        /// The cap, `--max-sessions`.
+        max: usize,
+    },
+    /// rmcp's own session manager failed.
+    #[error(transparent)]
+    Local(#[from] LocalSessionManagerError),
 }
 
-/// Refuses a new session once the cap is reached.
+tokio::task_local! {
+    /// Set when [`CappedSessions`] refused a session while serving the
+    /// request [`cap_sessions`] runs in this task; rmcp reports any refusal
+    /// as a 500, which [`cap_sessions`] turns into the 503 it is.
+    static SESSION_REFUSED: std::cell::Cell<bool>;
+}
+
+impl SessionManager for CappedSessions {
+    type Error = SessionsError;
+    type Transport = <LocalSessionManager as SessionManager>::Transport;
+
+    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
+        let _one_at_a_time = self.opening.lock().await;
+        if self.inner.sessions.read().await.len() >= self.max {
+            let _ = SESSION_REFUSED.try_with(|refused| refused.set(true));
+            tracing::warn!(max = self.max, "refusing a new MCP session: too many open");
+            return Err(SessionsError::Full { max: self.max });
+        }
+        Ok(self.inner.create_session().await?)
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        Ok(self.inner.initialize_session(id, message).await?)
+    }
+
+    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
+        Ok(self.inner.has_session(id).await?)
+    }
+
+    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        Ok(self.inner.close_session(id).await?)
+    }
+
+    async fn create_stream(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.inner.create_stream(id, message).await?)
+    }
+
+    async fn accept_message(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<(), Self::Error> {
+        Ok(self.inner.accept_message(id, message).await?)
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.inner.create_standalone_stream(id).await?)
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.inner.resume(id, last_event_id).await?)
+    }
+}
+
+/// Answers 503 (with `Retry-After`) for a request that would have opened a
+/// session past the cap; see [`CappedSessions`].
 async fn cap_sessions(
-    State(limits): State<Limits>,
+    State(max_sessions): State<usize>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let opens_session = opens_session(&request);
-    if opens_session && limits.sessions.sessions.read().await.len() >= limits.max_sessions {
-        tracing::warn!(
-            max = limits.max_sessions,
-            "refusing a new MCP session: too many open"
-        );
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [("retry-after", "30")],
-            format!(
-                "too many MCP sessions are open (limit {}); close one (HTTP DELETE) or retry when idle ones expire",
-                limits.max_sessions
-            ),
-        )
-            .into_response();
+    let (refused, response) = SESSION_REFUSED
+        .scope(std::cell::Cell::new(false), async {
+            let response = next.run(request).await;
+            (SESSION_REFUSED.with(std::cell::Cell::get), response)
+        })
+        .await;
+    if !refused {
+        return response;
     }
-    next.run(request).await
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("retry-after", "30")],
+        format!(
+            "too many MCP sessions are open (limit {max_sessions}); close one (HTTP DELETE) or retry when idle ones expire"
+        ),
+    )
+        .into_response()
 }
 
 /// Refuses a request without a configured bearer token with 401 and a
@@ -200,7 +289,11 @@ pub fn router(
     session_config.keep_alive = Some(options.idle_timeout);
     let mut manager = LocalSessionManager::default();
     manager.session_config = session_config;
-    let manager = Arc::new(manager);
+    let manager = Arc::new(CappedSessions {
+        inner: Arc::new(manager),
+        max: options.max_sessions.max(1),
+        opening: tokio::sync::Mutex::new(()),
+    });
 
     let origins: Vec<String> = LOOPBACK_ORIGINS
         .iter()
@@ -233,14 +326,14 @@ pub fn router(
         manager.clone(),
         config,
     );
-    let limits = Limits {
-        sessions: manager,
-        max_sessions: options.max_sessions.max(1),
-    };
+    let max_sessions = options.max_sessions.max(1);
     let mcp = axum::Router::new()
         .route_service(PATH, service)
         .layer(axum::middleware::from_fn(close_with_no_content))
-        .layer(axum::middleware::from_fn_with_state(limits, cap_sessions))
+        .layer(axum::middleware::from_fn_with_state(
+            max_sessions,
+            cap_sessions,
+        ))
         // Outermost: nothing else is looked at before the credential.
         .layer(axum::middleware::from_fn_with_state(
             options.tokens.clone(),
@@ -268,39 +361,112 @@ pub fn router(
 pub enum Listener {
     /// Plain HTTP.
     Plain(TcpListener),
-    /// HTTPS (`--tls-cert`); it sets TCP_NODELAY itself.
-    Tls(crate::tls::TlsListener),
+    /// HTTPS (`--tls-cert`): each connection's handshake runs in its own
+    /// task, with a time limit, holding its connection slot.
+    Tls(TcpListener, crate::tls::Tls),
 }
 
-/// Serves MCP over HTTP on `listener` until `shutdown` is cancelled.
+/// Serves MCP over HTTP on `listener` until `shutdown` is cancelled, with
+/// `limits` on its connections ([`crate::conn`]): at most
+/// `max_connections`, each sending its request headers within
+/// `header_timeout` and closed when idle that long between requests.
 pub async fn serve(
     listener: Listener,
     store: Store,
     gate: Arc<Gate>,
     options: HttpOptions,
+    limits: crate::conn::Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = router(store, gate, &options, shutdown.clone());
-    match listener {
-        Listener::Plain(listener) => {
-            // A streamed response is several small writes; with Nagle's algorithm the
-            // second waits for the client's delayed ACK (about 40 ms on Linux).
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "setting TCP_NODELAY on an MCP connection");
+    let (listener, tls) = match listener {
+        Listener::Plain(listener) => (listener, None),
+        Listener::Tls(listener, tls) => (listener, Some(tls)),
+    };
+    let slots = crate::conn::Slots::new(limits.max_connections);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        // The slot first: at the limit, new connections wait in the kernel's
+        // backlog rather than taking a descriptor each.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.acquire() => match slot {
+                Some(slot) => slot,
+                None => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accepting an MCP HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await?;
+            },
+        };
+        // A streamed response is several small writes; with Nagle's algorithm the
+        // second waits for the client's delayed ACK (about 40 ms on Linux).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY on an MCP connection");
         }
-        Listener::Tls(listener) => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await?;
+        let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
+        connections.spawn(async move {
+            match tls {
+                None => serve_connection(tcp, app, slot, limits, shutdown).await,
+                Some(tls) => match tls.accept(tcp).await {
+                    Ok(stream) => serve_connection(stream, app, slot, limits, shutdown).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                },
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// Serves one HTTP/1.1 connection until it closes, is evicted, or, after
+/// `shutdown`, finishes its request in flight.
+async fn serve_connection<I>(
+    io: I,
+    app: axum::Router,
+    slot: crate::conn::Slot,
+    limits: crate::conn::Limits,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let served = slot.served();
+    let service =
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            // Its headers are in: no longer a silent connection to evict.
+            served.store(true, std::sync::atomic::Ordering::Relaxed);
+            tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new))
+        });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        // Covers a half-sent request and, since hyper starts it when it
+        // waits for the next request, an idle kept-alive connection too.
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "an MCP HTTP connection ended");
+            }
+        }
+        _ = slot.evict.cancelled() => {}
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
