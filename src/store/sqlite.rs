@@ -3,7 +3,8 @@
 //! Guarantees:
 //! - Writes go to one writer thread that commits them in groups
 //!   ([`writer`]); a write's future resolves after its group committed.
-//! - Reads run on a small pool of their own connections in `spawn_blocking`;
+//! - Reads run on a small pool of their own connections in `spawn_blocking`,
+//!   at most 16 at once;
 //!   WAL lets them proceed while a write group is in progress, each read
 //!   sees one committed snapshot, and no blocking connection is ever held
 //!   across an `.await`.
@@ -45,6 +46,12 @@ pub(crate) use reads::resolve;
 /// Most read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
+/// Most reads running at once. A read is a blocking thread and a connection
+/// of its own; past this, readers wait (asynchronously) for a turn, so a
+/// flood of readers (2,000 page streams, say) cannot pile up threads and
+/// database handles.
+const MAX_CONCURRENT_READS: usize = 16;
+
 /// The SQLite backend; cheap to clone.
 #[derive(Clone)]
 pub struct SqliteBackend {
@@ -55,6 +62,7 @@ struct Shared {
     path: PathBuf,
     writes: mpsc::Sender<Queued>,
     readers: Mutex<Vec<Connection>>,
+    read_turns: tokio::sync::Semaphore,
     sync: Sync,
 }
 
@@ -81,6 +89,7 @@ impl SqliteBackend {
                 path: path.to_path_buf(),
                 writes: tx,
                 readers: Mutex::new(Vec::new()),
+                read_turns: tokio::sync::Semaphore::new(MAX_CONCURRENT_READS),
                 sync,
             }),
         })
@@ -123,6 +132,12 @@ impl SqliteBackend {
     {
         let shared = self.shared.clone();
         Box::pin(async move {
+            let _turn = shared
+                .read_turns
+                .acquire()
+                .await
+                .map_err(|_| Error::Unavailable("the store is shut down".into()))?;
+            let shared = shared.clone();
             tokio::task::spawn_blocking(move || {
                 let conn = match shared.readers.lock().ok().and_then(|mut r| r.pop()) {
                     Some(c) => c,
