@@ -38,6 +38,19 @@ pub async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
             path.join("pytest-mcp.db").display()
         );
     }
+    let store = open_any(config).await?;
+    if store.read_only() {
+        bail!(
+            "--db {db}: the database is read-only (its file, directory or file system refuses \
+             writes); pytest-mcp needs to write to it to record"
+        );
+    }
+    Ok(store)
+}
+
+/// Opens the store for reading; a read-only database is fine.
+async fn open_any(config: StoreConfig) -> anyhow::Result<Store> {
+    let db = config.location.clone();
     match Store::open(config).await {
         Ok(store) => Ok(store),
         Err(crate::error::Error::Unavailable(why)) => bail!("opening the database {db}: {why}"),
@@ -52,7 +65,7 @@ pub async fn open_existing(location: Location) -> anyhow::Result<Store> {
             "no database at {location} (nothing recorded yet; start `pytest-mcp serve`, or pass --db)"
         );
     }
-    open_store(StoreConfig::new(location)).await
+    open_any(StoreConfig::new(location)).await
 }
 
 /// Opens the database of a reading command and finds the project it reads.

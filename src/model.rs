@@ -47,10 +47,9 @@ pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_ECHO_BYTES: usize = 200;
 
 /// Longest line of a spool file, in bytes; longer lines are refused before
-/// they are parsed. Room for an outcome whose five text fields are each at
-/// the largest `--max-field-bytes` anyone is likely to set (16 MiB together),
-/// escaped.
-pub const MAX_SPOOL_LINE_BYTES: usize = 64 * 1024 * 1024;
+/// they are parsed (and never held whole). The largest gRPC message the
+/// server accepts, so one limit holds a batch on either path.
+pub const MAX_SPOOL_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// At most [`MAX_ECHO_BYTES`] of `text`, quoted, saying how long it was when
 /// cut: what an error shows of input it refuses.
@@ -64,9 +63,9 @@ pub fn echo(text: &str) -> String {
 
 /// Refuses a time further in the future than [`MAX_FUTURE_SKEW`], naming `field`.
 pub fn validate_time(t: Timestamp, field: &str) -> Result<(), Error> {
-    let latest = Timestamp::now().as_micros().saturating_add(
-        i64::try_from(MAX_FUTURE_SKEW.as_micros()).unwrap_or(i64::MAX),
-    );
+    let latest = Timestamp::now()
+        .as_micros()
+        .saturating_add(i64::try_from(MAX_FUTURE_SKEW.as_micros()).unwrap_or(i64::MAX));
     if t.as_micros() > latest {
         return Err(Error::invalid(
             field,
@@ -144,8 +143,9 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Self::parse_rfc3339(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {}", echo(&text))))
+        Self::parse_rfc3339(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("not an RFC 3339 time: {}", echo(&text)))
+        })
     }
 }
 

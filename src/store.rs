@@ -154,8 +154,8 @@ impl<T> PageFill<T> {
     /// Takes the next row of `size` bytes, or says the page is full (the
     /// row is left for the next page).
     pub(crate) fn offer(&mut self, item: T, size: usize) -> bool {
-        let over_bytes =
-            !self.items.is_empty() && self.bytes.saturating_add(size) > crate::model::MAX_PAGE_BYTES;
+        let over_bytes = !self.items.is_empty()
+            && self.bytes.saturating_add(size) > crate::model::MAX_PAGE_BYTES;
         if self.items.len() >= self.limit || over_bytes {
             self.more = true;
             return false;
@@ -280,6 +280,13 @@ impl Store {
 
     fn backend(&self) -> &dyn Backend {
         self.inner.backend.as_ref()
+    }
+
+    /// Whether the database refused writes when it was opened (a read-only
+    /// file, directory or mount): a writer (`serve`, `import`) refuses to
+    /// start on it rather than fail every write.
+    pub fn read_only(&self) -> bool {
+        self.backend().read_only()
     }
 
     /// Where the database is.

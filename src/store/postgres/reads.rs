@@ -6,9 +6,9 @@
 //! full; a session still open (running, incomplete) is read from its rows.
 
 use futures_util::{TryStreamExt, pin_mut};
-use tokio_postgres::types::ToSql;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::rows::{OUTCOME_COLUMNS, OUTCOME_JOINS, SESSION_COLUMNS, session_from_row};
@@ -26,8 +26,7 @@ use crate::store::codes::{kind_code, kind_of};
 use crate::store::digest::{self, Digest};
 use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
-    PageFill,
-    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, RunSession, SessionFilter,
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, PageFill, Run, RunSession, SessionFilter,
     decode_cursor_number, decode_cursor_pair,
 };
 
@@ -266,7 +265,10 @@ pub async fn list_outcomes(
         }
     }
     let (items, more) = page.finish();
-    let next = more.then(|| items.last()).flatten().map(|o| o.seq.to_string());
+    let next = more
+        .then(|| items.last())
+        .flatten()
+        .map(|o| o.seq.to_string());
     Ok((s, Page { items, next }))
 }
 

@@ -31,8 +31,7 @@ use crate::store::backend::{
 use crate::store::digest::{self, Digest};
 use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
-    PageFill,
-    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, RunSession, SessionFilter,
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, PageFill, Run, RunSession, SessionFilter,
     decode_cursor_number, decode_cursor_pair, detail,
 };
 
@@ -273,7 +272,10 @@ pub fn list_outcomes(
         }
     }
     let (items, more) = page.finish();
-    let next = more.then(|| items.last()).flatten().map(|o| o.seq.to_string());
+    let next = more
+        .then(|| items.last())
+        .flatten()
+        .map(|o| o.seq.to_string());
     Ok((s, Page { items, next }))
 }
 
