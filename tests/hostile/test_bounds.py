@@ -146,3 +146,150 @@ def test_listing_failures_with_megabytes_of_text_answers_in_pages_bounded_in_byt
     assert page_html.status_code == 200
     assert len(page_html.content) < 8 * MB
     assert rss.peak < 200, f"server RSS peaked at {rss.peak:.0f} MB"
+
+
+def binary() -> str:
+    return mcp_fixtures.binary()
+
+
+def tool(server, name: str, arguments: dict) -> dict:
+    """Calls an MCP tool over stateless HTTP; returns its result (an error result included)."""
+    status, reply = post_jsonrpc(server, "tools/call", {"name": name, "arguments": arguments}, name=name)
+    assert status == 200, reply
+    return reply.get("result") or {"isError": True, "error": reply.get("error")}
+
+
+def error_text(result: dict) -> str:
+    if result.get("error"):
+        return json.dumps(result["error"])
+    return " ".join(c.get("text", "") for c in result.get("content", []))
+
+
+def test_a_huge_project_name_or_environment_is_refused_on_mcp_as_on_grpc_and_listings_stay_small(server):
+    huge_project = tool(server, "record_session_start", {
+        "environment": {"os": "Linux", "python_version": "3.12", "project": "p" * (3 * MB)}})
+    assert huge_project["isError"], huge_project
+    assert "environment.project" in error_text(huge_project)
+    assert len(error_text(huge_project)) < 8192, "the refusal echoed the input"
+    huge_environment = tool(server, "record_session_start", {
+        "environment": {"os": "L" * (1 * MB), "python_version": "3.12", "project": "demo"}})
+    assert huge_environment["isError"], huge_environment
+    assert "environment" in error_text(huge_environment)
+    # The same environment over gRPC is refused with the same field.
+    channel, stub = recorder_stub(server)
+    with channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.StartSession(recorder_pb2.StartSessionRequest(
+                session_id=str(uuid.uuid4()),
+                environment=recorder_pb2.Environment(os="L" * MB, python_version="3.12")), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details().startswith("environment:")
+        # Sessions with the largest environment allowed list in bounded pages.
+        for _ in range(12):
+            stub.StartSession(recorder_pb2.StartSessionRequest(
+                session_id=str(uuid.uuid4()),
+                environment=recorder_pb2.Environment(os="L" * (250 * 1024), python_version="3.12",
+                                                     project="demo")), timeout=30)
+        page = stub.ListSessions(recorder_pb2.ListSessionsRequest(page_size=1000), timeout=30)
+    assert page.ByteSize() <= PAGE_BYTES + 300 * 1024
+    assert page.next_page_token
+    listed = tool(server, "list_sessions", {"limit": 100})
+    assert not listed["isError"]
+    assert len(json.dumps(listed)) < 256 * 1024
+
+
+def write_spool(path, lines: list[dict]) -> None:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def run_import(db, spool) -> subprocess.CompletedProcess:
+    return subprocess.run([binary(), "import", str(spool), "--db", str(db)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_an_imported_spool_meets_the_same_limits_as_grpc_and_mcp(tmp_path):
+    sid = str(uuid.uuid4())
+    spool = tmp_path / "spool.jsonl"
+    write_spool(spool, [
+        {"type": "start", "session_id": sid,
+         "environment": {"os": "Linux", "python_version": "3.12", "project": "demo",
+                         "extra": {"blob": "x" * MB}}},
+        {"type": "outcome", "session_id": sid, "seq": 1, "nodeid": "", "outcome": "passed"},
+        {"type": "finish", "session_id": sid, "outcomes_sent": 1,
+         "summary": {"total_tests": 0, "passed": 1, "exitstatus": 0}},
+    ])
+    out = run_import(tmp_path / "db.sqlite", spool)
+    report = out.stdout + out.stderr
+    assert f"{spool}:1: environment: " in report, report
+    assert "limit is 262144" in report
+    assert len(report) < 64 * 1024, "the refusal echoed the environment"
+
+
+def test_grpc_refuses_an_empty_nodeid_impossible_counts_and_times_as_mcp_does(server):
+    channel, stub = recorder_stub(server)
+    sid = str(uuid.uuid4())
+    with channel:
+        stub.StartSession(recorder_pb2.StartSessionRequest(
+            session_id=sid, environment=recorder_pb2.Environment(os="Linux", project="demo")), timeout=30)
+        replies = stub.StreamOutcomes(iter([recorder_pb2.StreamOutcomesRequest(session_id=sid, outcomes=[
+            recorder_pb2.Outcome(seq=1, nodeid="", outcome=recorder_pb2.TEST_OUTCOME_PASSED)])]), timeout=30)
+        with pytest.raises(grpc.RpcError) as empty:
+            list(replies)
+        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "outcomes[0].nodeid: must not be empty" in empty.value.details()
+
+        def finish(**kw):
+            summary = kw.pop("summary", recorder_pb2.Summary(total_tests=0))
+            return stub.FinishSession(recorder_pb2.FinishSessionRequest(
+                session_id=sid, summary=summary, **kw), timeout=30)
+
+        for kw, field in [
+            ({"summary": recorder_pb2.Summary(total_tests=1, passed=5)}, "summary.total_tests"),
+            ({"summary": recorder_pb2.Summary(total_tests=2**64 - 1, passed=2**64 - 1)}, "summary.total_tests"),
+            ({"outcomes_sent": 2**64 - 1}, "outcomes_sent"),
+            ({"finished_at": {"seconds": 0}}, "finished_at"),
+            ({"finished_at": {"seconds": 253402300799}}, "finished_at"),
+        ]:
+            with pytest.raises(grpc.RpcError) as refused:
+                finish(**kw)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, kw
+            assert refused.value.details().startswith(f"{field}:"), (kw, refused.value.details())
+        # Nothing refused was stored: the session is still running.
+        got = stub.GetSession(recorder_pb2.GetSessionRequest(session_id=sid), timeout=30)
+        assert got.session.status == recorder_pb2.SESSION_STATUS_RUNNING
+
+        # A session dated in year 9999 would be `latest` forever.
+        with pytest.raises(grpc.RpcError) as future:
+            stub.StartSession(recorder_pb2.StartSessionRequest(
+                session_id=str(uuid.uuid4()), started_at={"seconds": 253402300799},
+                environment=recorder_pb2.Environment(os="Linux", project="demo")), timeout=30)
+        assert future.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert future.value.details().startswith("started_at:")
+        latest = stub.GetSession(recorder_pb2.GetSessionRequest(session_id="latest"), timeout=30)
+        assert latest.session.id == sid
+
+
+def test_errors_quote_only_a_prefix_of_a_megabyte_of_input(server):
+    channel, stub = recorder_stub(server)
+    huge = "z" * MB
+    with channel:
+        stub.StartSession(recorder_pb2.StartSessionRequest(
+            session_id=str(uuid.uuid4()), environment=recorder_pb2.Environment(project="demo")), timeout=30)
+        for call in (
+            lambda: stub.GetSession(recorder_pb2.GetSessionRequest(session_id=huge), timeout=30),
+            lambda: stub.ListSessions(recorder_pb2.ListSessionsRequest(page_token=huge), timeout=30),
+            lambda: stub.ListOutcomes(recorder_pb2.ListOutcomesRequest(session_id="latest", page_token=huge),
+                                      timeout=30),
+            lambda: stub.FinishSession(recorder_pb2.FinishSessionRequest(
+                session_id=huge, summary=recorder_pb2.Summary()), timeout=30),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+            assert "zzzz" in refused.value.details()
+            assert len(refused.value.details()) < 4096 + 100, len(refused.value.details())
+    result = tool(server, "get_session", {"session": huge})
+    assert result["isError"]
+    assert len(error_text(result)) < 8192
+    # Nor does the server's log hold the megabyte.
+    assert all(len(line) < 8192 for line in server.stderr)
