@@ -293,3 +293,122 @@ def test_errors_quote_only_a_prefix_of_a_megabyte_of_input(server):
     assert len(error_text(result)) < 8192
     # Nor does the server's log hold the megabyte.
     assert all(len(line) < 8192 for line in server.stderr)
+
+
+def big_session_db(tmp_path, count: int = 40) -> tuple[str, object]:
+    """A database (on the test's server, then stopped) holding one session
+    whose export is several megabytes: more than a pipe holds."""
+    s = mcp_fixtures.start_server(tmp_path / "big.db")
+    try:
+        sid = plant_large_failures(s, count)
+    finally:
+        s.process.terminate()
+        s.process.wait(timeout=15)
+    return sid, s.db
+
+
+def test_an_export_that_fails_half_way_leaves_the_old_file_and_one_cut_off_by_head_ends_quietly(tmp_path):
+    sid, db = big_session_db(tmp_path)
+    target = tmp_path / "export.json"
+    target.write_text("the previous export\n")
+    # Killed half way: the old file is still whole.
+    export = subprocess.Popen([binary(), "export", sid, "--db", db, "-o", str(target)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    partial = []
+    while time.monotonic() < deadline and export.poll() is None:
+        partial = [p for p in tmp_path.iterdir() if p.name.startswith(".export.json.")]
+        if partial:
+            break
+        time.sleep(0.001)
+    export.kill()
+    export.wait(timeout=15)
+    assert partial, "the export wrote no temporary file beside its target"
+    assert target.read_text() == "the previous export\n"
+    # Completed: the file is replaced whole, and no temporary file is left.
+    done = subprocess.run([binary(), "export", sid, "--db", db, "-o", str(target)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(target.read_text())["session"]["id"] == sid
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.json.") and p not in partial]
+    # `export | head`: the reader leaves; the export ends without a word.
+    piped = subprocess.Popen([binary(), "export", sid, "--db", db], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    assert piped.stdout.read(100)
+    piped.stdout.close()
+    _, stderr = piped.communicate(timeout=60)
+    assert piped.returncode == 0, stderr
+    assert stderr == b""
+
+
+def make_read_only(path) -> list[str]:
+    """A command prefix that runs with `path` read-only for root too: the
+    file made immutable (chattr +i) or, where the file system has no such
+    flag, bind-mounted read-only in a private mount namespace. Root ignores
+    file modes, so chmod would prove nothing here."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+        return []
+    d = path.parent
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind -o ro '{d}' '{d}'"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("neither chattr +i nor a read-only bind mount works here")
+    return ["unshare", "-rm", "sh", "-c", f"mount --bind -o ro '{d}' '{d}' && exec \"$@\"", "sh"]
+
+
+def test_serve_refuses_a_read_only_database_and_says_read_only(tmp_path):
+    sid, db = big_session_db(tmp_path, count=1)
+    db_path = tmp_path / "big.db"
+    wrap = make_read_only(db_path)
+    try:
+        serve = subprocess.run([*wrap, binary(), "serve", "--db", db, "--grpc-addr", "127.0.0.1:0",
+                                "--http-addr", "127.0.0.1:0"], capture_output=True, text=True, timeout=15)
+        assert serve.returncode != 0
+        assert "read-only" in serve.stderr, serve.stderr
+        assert "internal error" not in serve.stderr
+        spool = tmp_path / "spool.jsonl"
+        write_spool(spool, [{"type": "start", "session_id": str(uuid.uuid4()), "environment": {}}])
+        imported = subprocess.run([*wrap, binary(), "import", str(spool), "--db", db],
+                                  capture_output=True, text=True, timeout=30)
+        assert imported.returncode != 0 and "read-only" in imported.stderr, imported.stderr
+        # Reading it still works.
+        show = subprocess.run([*wrap, binary(), "sessions", "--db", db, "--all-projects"],
+                              capture_output=True, text=True, timeout=30)
+        assert show.returncode == 0, show.stderr
+        assert sid[:8] in show.stdout
+    finally:
+        subprocess.run(["chattr", "-i", str(db_path)], capture_output=True)
+
+
+def test_a_spool_line_of_a_hundred_megabytes_is_refused_before_it_is_parsed(tmp_path):
+    sid = str(uuid.uuid4())
+    spool = tmp_path / "spool.jsonl"
+    with spool.open("w") as f:
+        f.write(json.dumps({"type": "start", "session_id": sid, "environment": {"project": "demo"}}) + "\n")
+        f.write('{"type": "outcome", "session_id": "%s", "seq": 1, "nodeid": "t.py::t", '
+                '"outcome": "failed", "longrepr": "' % sid)
+        chunk = "y" * MB
+        for _ in range(100):
+            f.write(chunk)
+        f.write('"}\n')
+        f.write(json.dumps({"type": "outcome", "session_id": sid, "seq": 1, "nodeid": "t.py::t",
+                            "outcome": "passed"}) + "\n")
+    importer = subprocess.Popen([binary(), "import", str(spool), "--db", str(tmp_path / "db.sqlite")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while importer.poll() is None:
+        try:
+            peak = max(peak, rss_mb(importer.pid))
+        except (AssertionError, FileNotFoundError):
+            break
+        time.sleep(0.01)
+    out, err = importer.communicate(timeout=120)
+    report = out + err
+    assert f"{spool}:2: the line is " in report, report
+    assert "longer than the limit" in report
+    assert len(report) < 64 * 1024
+    assert peak < 100, f"import peaked at {peak:.0f} MB for a 100 MB line"
+    # The lines around it were imported.
+    show = subprocess.run([binary(), "show", sid, "--db", str(tmp_path / "db.sqlite")],
+                          capture_output=True, text=True, timeout=30)
+    assert show.returncode == 0 and "1 outcomes: 1 passed" in show.stdout, show.stdout + show.stderr
