@@ -29,15 +29,6 @@ use anyhow::{Context, bail};
 /// (a URL without its password).
 pub async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
     let db = config.location.clone();
-    if let Location::Sqlite(path) = &db
-        && path.is_dir()
-    {
-        bail!(
-            "--db {}: is a directory; give the database file's path, e.g. {}",
-            path.display(),
-            path.join("pytest-mcp.db").display()
-        );
-    }
     let store = open_any(config).await?;
     if store.read_only() {
         bail!(
@@ -51,6 +42,15 @@ pub async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
 /// Opens the store for reading; a read-only database is fine.
 async fn open_any(config: StoreConfig) -> anyhow::Result<Store> {
     let db = config.location.clone();
+    if let Location::Sqlite(path) = &db
+        && path.is_dir()
+    {
+        bail!(
+            "--db {}: is a directory; give the database file's path, e.g. {}",
+            path.display(),
+            path.join("pytest-mcp.db").display()
+        );
+    }
     match Store::open(config).await {
         Ok(store) => Ok(store),
         Err(crate::error::Error::Unavailable(why)) => bail!("opening the database {db}: {why}"),

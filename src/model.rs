@@ -1108,4 +1108,59 @@ mod tests {
         let t = Timestamp(1_764_000_000_123_456);
         assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
     }
+
+    #[test]
+    fn an_error_quotes_a_prefix_of_long_input_and_says_how_long_it_was() {
+        let text = "é".repeat(MAX_ECHO_BYTES);
+        let echoed = echo(&text);
+        assert!(echoed.len() < MAX_ECHO_BYTES + 40, "{echoed}");
+        assert!(echoed.ends_with(&format!("... ({} bytes)", text.len())));
+        assert_eq!(echo("short"), "\"short\"");
+    }
+
+    #[test]
+    fn a_summary_with_counts_past_the_limit_is_refused_without_overflowing() {
+        let huge = Summary {
+            total_tests: MAX_COUNT,
+            passed: MAX_COUNT,
+            failed: MAX_COUNT,
+            skipped: MAX_COUNT,
+            errors: MAX_COUNT,
+            xfailed: MAX_COUNT,
+            xpassed: MAX_COUNT,
+            ..Summary::default()
+        };
+        let e = huge.validate().unwrap_err().to_string();
+        assert!(e.starts_with("summary.total_tests:"), "{e}");
+        let over = Summary {
+            total_tests: u64::MAX,
+            ..Summary::default()
+        };
+        let e = over.validate().unwrap_err().to_string();
+        assert!(e.starts_with("summary.total_tests:"), "{e}");
+        assert!(e.contains("limit"), "{e}");
+    }
+
+    #[test]
+    fn a_time_more_than_a_day_ahead_is_refused_and_now_is_not() {
+        assert!(validate_time(Timestamp::now(), "started_at").is_ok());
+        let year_9999 = Timestamp(253_402_300_799 * 1_000_000);
+        let e = validate_time(year_9999, "started_at")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("started_at:"), "{e}");
+    }
+
+    #[test]
+    fn an_environment_larger_than_the_limit_is_refused_naming_it() {
+        let mut env = Environment::default();
+        env.extra
+            .insert("blob".into(), "x".repeat(MAX_ENVIRONMENT_BYTES));
+        let e = env.validate().unwrap_err().to_string();
+        assert!(e.starts_with("environment:"), "{e}");
+        env.extra.clear();
+        env.project = "p".repeat(MAX_PROJECT_BYTES + 1);
+        let e = env.validate().unwrap_err().to_string();
+        assert!(e.starts_with("environment.project:"), "{e}");
+    }
 }

@@ -442,3 +442,39 @@ async fn flush(
     }
     store.append_prepared(id, valid).await.map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, usize>> {
+        // A tiny buffer, so lines span many fills.
+        let mut reader = std::io::BufReader::with_capacity(4, input);
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            match read_bounded_line(&mut reader, &mut buf, max).unwrap() {
+                Line::End => return out,
+                Line::Read(_) => out.push(Ok(buf)),
+                Line::TooLong(n) => {
+                    assert!(buf.is_empty(), "a refused line was kept");
+                    out.push(Err(n));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_skipped_whole_and_the_next_line_is_read() {
+        let got = lines(b"short\n0123456789abcdef\nlast", 10);
+        assert_eq!(
+            got,
+            vec![Ok(b"short\n".to_vec()), Err(17), Ok(b"last".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_line_exactly_at_the_limit_is_read() {
+        assert_eq!(lines(b"123456789\n", 10), vec![Ok(b"123456789\n".to_vec())]);
+    }
+}

@@ -593,3 +593,33 @@ pub fn bad_cursor(text: &str, field: &str) -> Error {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MAX_PAGE_BYTES;
+
+    #[test]
+    fn a_page_ends_at_its_byte_bound_before_its_row_limit_and_says_more_remain() {
+        let mut page = PageFill::new(100);
+        let row = MAX_PAGE_BYTES / 4 + 1;
+        let taken = (0..10).take_while(|i| page.offer(*i, row)).count();
+        assert_eq!(taken, 3);
+        assert_eq!(page.finish(), (vec![0, 1, 2], true));
+    }
+
+    #[test]
+    fn a_page_always_holds_one_row_however_large() {
+        let mut page = PageFill::new(100);
+        assert!(page.offer("huge", MAX_PAGE_BYTES * 10));
+        assert!(!page.offer("next", 1));
+        assert_eq!(page.finish(), (vec!["huge"], true));
+    }
+
+    #[test]
+    fn a_page_within_both_bounds_says_nothing_remains() {
+        let mut page = PageFill::new(3);
+        assert!(page.offer(1, 10) && page.offer(2, 10));
+        assert_eq!(page.finish(), (vec![1, 2], false));
+    }
+}
