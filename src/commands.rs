@@ -29,6 +29,19 @@ use anyhow::{Context, bail};
 /// (a URL without its password).
 pub async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
     let db = config.location.clone();
+    let store = open_any(config).await?;
+    if store.read_only() {
+        bail!(
+            "--db {db}: the database is read-only (its file, directory or file system refuses \
+             writes); pytest-mcp needs to write to it to record"
+        );
+    }
+    Ok(store)
+}
+
+/// Opens the store for reading; a read-only database is fine.
+async fn open_any(config: StoreConfig) -> anyhow::Result<Store> {
+    let db = config.location.clone();
     if let Location::Sqlite(path) = &db
         && path.is_dir()
     {
@@ -52,7 +65,7 @@ pub async fn open_existing(location: Location) -> anyhow::Result<Store> {
             "no database at {location} (nothing recorded yet; start `pytest-mcp serve`, or pass --db)"
         );
     }
-    open_store(StoreConfig::new(location)).await
+    open_any(StoreConfig::new(location)).await
 }
 
 /// Opens the database of a reading command and finds the project it reads.

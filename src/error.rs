@@ -114,20 +114,32 @@ impl From<deadpool_postgres::PoolError> for Error {
     }
 }
 
+/// Longest error message, in bytes: what a client is told and what the log
+/// holds of one error. Messages quote a peer's input only in part
+/// ([`crate::model::echo`]); this bound holds for the ones that forget.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// `text` cut to [`MAX_ERROR_BYTES`], marked where cut.
+fn bounded(text: impl Into<String>) -> String {
+    let mut text = text.into();
+    crate::model::truncate_marked(&mut text, MAX_ERROR_BYTES);
+    text
+}
+
 impl Error {
     /// An invalid-argument error naming `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidArgument {
-            field: field.into(),
-            message: message.into(),
+            field: bounded(field),
+            message: bounded(message),
         }
     }
 
     /// A not-found error naming `field`.
     pub fn not_found(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::NotFound {
-            field: field.into(),
-            message: message.into(),
+            field: bounded(field),
+            message: bounded(message),
         }
     }
 
@@ -179,24 +191,26 @@ impl Error {
     /// A failed-precondition error naming `field`.
     pub fn precondition(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::FailedPrecondition {
-            field: field.into(),
-            message: message.into(),
+            field: bounded(field),
+            message: bounded(message),
         }
     }
 }
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
+        // Errors built without the constructors are bounded here, once.
+        let text = bounded(e.to_string());
         match &e {
-            Error::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
-            Error::NotFound { .. } => tonic::Status::not_found(e.to_string()),
-            Error::FailedPrecondition { .. } => tonic::Status::failed_precondition(e.to_string()),
-            Error::AlreadyExists { .. } => tonic::Status::already_exists(e.to_string()),
-            Error::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
-            Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(e.to_string()),
-            Error::Conflict(_) => tonic::Status::aborted(e.to_string()),
+            Error::InvalidArgument { .. } => tonic::Status::invalid_argument(text),
+            Error::NotFound { .. } => tonic::Status::not_found(text),
+            Error::FailedPrecondition { .. } => tonic::Status::failed_precondition(text),
+            Error::AlreadyExists { .. } => tonic::Status::already_exists(text),
+            Error::Unavailable(_) => tonic::Status::unavailable(text),
+            Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(text),
+            Error::Conflict(_) => tonic::Status::aborted(text),
             Error::Sqlite(_) | Error::Postgres(_) | Error::Internal(_) => {
-                tracing::error!(error = %e, "internal error");
+                tracing::error!(error = %text, "internal error");
                 tonic::Status::internal("internal error; see the server log")
             }
         }

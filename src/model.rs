@@ -19,6 +19,65 @@ pub const MAX_NODEID_BYTES: usize = 4096;
 /// Default bound for each of traceback, message and captured output, in bytes.
 pub const DEFAULT_MAX_FIELD_BYTES: usize = 64 * 1024;
 
+// The limits below hold on every path into and out of the store (gRPC, MCP,
+// spool import; every page of a read), so that no path is the way around
+// another's bound. Each is checked once, here or in the store, never per
+// transport.
+
+/// Largest environment accepted, in bytes of JSON: it is stored with the
+/// session and repeated in every listing of sessions.
+pub const MAX_ENVIRONMENT_BYTES: usize = 256 * 1024;
+
+/// Most bytes of stored text one page of a read holds (outcomes, sessions,
+/// history entries); past it the page ends early with a next-page token.
+/// Below the 4 MiB a default gRPC client accepts, with room for one more
+/// outcome, since a page always holds at least one item.
+pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Largest count a summary or `outcomes_sent` may carry (10^12): larger
+/// ones cannot be real, and their sums would overflow.
+pub const MAX_COUNT: u64 = 1_000_000_000_000;
+
+/// How far in the future (by this server's clock) a start or finish time
+/// may be: a session dated in year 9999 would stay `latest` forever and
+/// never be pruned. A day covers any clock skew between hosts.
+pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest prefix of a peer's input an error message quotes, in bytes.
+pub const MAX_ECHO_BYTES: usize = 200;
+
+/// Longest line of a spool file, in bytes; longer lines are refused before
+/// they are parsed (and never held whole). The largest gRPC message the
+/// server accepts, so one limit holds a batch on either path.
+pub const MAX_SPOOL_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// At most [`MAX_ECHO_BYTES`] of `text`, quoted, saying how long it was when
+/// cut: what an error shows of input it refuses.
+pub fn echo(text: &str) -> String {
+    if text.len() <= MAX_ECHO_BYTES {
+        return format!("{text:?}");
+    }
+    let head = &text[..floor_char_boundary(text, MAX_ECHO_BYTES)];
+    format!("{head:?}... ({} bytes)", text.len())
+}
+
+/// Refuses a time further in the future than [`MAX_FUTURE_SKEW`], naming `field`.
+pub fn validate_time(t: Timestamp, field: &str) -> Result<(), Error> {
+    let latest = Timestamp::now()
+        .as_micros()
+        .saturating_add(i64::try_from(MAX_FUTURE_SKEW.as_micros()).unwrap_or(i64::MAX));
+    if t.as_micros() > latest {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{} is more than a day ahead of this server's clock",
+                t.to_rfc3339()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A point in time with microsecond precision, stored as microseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub i64);
@@ -84,8 +143,9 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Self::parse_rfc3339(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {text:?}")))
+        Self::parse_rfc3339(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("not an RFC 3339 time: {}", echo(&text)))
+        })
     }
 }
 
@@ -256,6 +316,44 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// Checks the rules every write path shares: a bounded size, a valid
+    /// project name and code state. Errors name `environment.*` fields.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_code_state(&self.code_state, "environment.code_state")?;
+        validate_project(&self.project, "environment.project")?;
+        let size = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
+        if size > MAX_ENVIRONMENT_BYTES {
+            return Err(Error::invalid(
+                "environment",
+                format!("{size} bytes, the limit is {MAX_ENVIRONMENT_BYTES}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Heap bytes it holds, near enough for a page's byte bound.
+    pub fn approximate_size(&self) -> usize {
+        let strs = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+        self.os.len()
+            + self.python_version.len()
+            + self.python_implementation.len()
+            + self.pytest_version.len()
+            + strs(&self.plugins)
+            + self.hostname.len()
+            + self.rootdir.len()
+            + self.project.len()
+            + strs(&self.invocation_args)
+            + self.git_commit.len()
+            + self.git_branch.len()
+            + self.ci_provider.len()
+            + self
+                .extra
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 48)
+                .sum::<usize>()
+            + self.code_state.len()
+    }
+
     /// The code the run tested, as flakiness compares it: the code state
     /// the plugin recorded, or for a client that sends none, the commit of
     /// a checkout known to be clean. `None` when unknown: a dirty tree's
@@ -291,6 +389,50 @@ pub struct Summary {
     pub exitstatus: i32,
     /// Duration of the run in seconds.
     pub duration: f64,
+}
+
+impl Summary {
+    /// Checks the rules every write path shares: finite duration, counts
+    /// no larger than [`MAX_COUNT`], and a total that covers its parts.
+    /// Errors name `summary.*` fields.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_duration(self.duration, "summary.duration")?;
+        let parts = [
+            ("total_tests", self.total_tests),
+            ("passed", self.passed),
+            ("failed", self.failed),
+            ("skipped", self.skipped),
+            ("errors", self.errors),
+            ("xfailed", self.xfailed),
+            ("xpassed", self.xpassed),
+        ];
+        for (name, n) in parts {
+            validate_count(n, &format!("summary.{name}"))?;
+        }
+        // Each part is at most MAX_COUNT, so the sum cannot overflow.
+        let sum: u64 = parts[1..].iter().map(|(_, n)| n).sum();
+        if sum > self.total_tests {
+            return Err(Error::invalid(
+                "summary.total_tests",
+                format!(
+                    "{} is less than passed + failed + skipped + errors + xfailed + xpassed = {sum}",
+                    self.total_tests
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a count larger than [`MAX_COUNT`], naming `field`.
+pub fn validate_count(n: u64, field: &str) -> Result<(), Error> {
+    if n > MAX_COUNT {
+        return Err(Error::invalid(
+            field,
+            format!("{n} is larger than the limit {MAX_COUNT}"),
+        ));
+    }
+    Ok(())
 }
 
 /// pytest's exit status for an interrupted run (`ExitCode.INTERRUPTED`).
@@ -376,6 +518,13 @@ pub struct Session {
     pub counts: OutcomeCounts,
     /// Kept out of every pruning (`pytest-mcp pin`).
     pub pinned: bool,
+}
+
+impl Session {
+    /// Heap bytes it holds, near enough for a page's byte bound.
+    pub fn approximate_size(&self) -> usize {
+        std::mem::size_of::<Session>() + self.environment.approximate_size()
+    }
 }
 
 /// One test attempt's result.
@@ -527,6 +676,27 @@ impl Outcome {
         Ok(())
     }
 
+    /// Heap bytes it holds, near enough for a memory budget or a page's
+    /// byte bound.
+    pub fn approximate_size(&self) -> usize {
+        std::mem::size_of::<Outcome>()
+            + self.nodeid.len()
+            + self.message.len()
+            + self.longrepr.len()
+            + self.stdout.len()
+            + self.stderr.len()
+            + self.log.len()
+            + self.file.len()
+            + self.worker.len()
+            + self.subtest.len()
+            + self.markers.iter().map(|m| m.len() + 24).sum::<usize>()
+            + self
+                .user_properties
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 48)
+                .sum::<usize>()
+    }
+
     /// Whether this is the outcome of a subtest rather than of the test itself.
     pub fn is_subtest(&self) -> bool {
         !self.subtest.is_empty()
@@ -631,8 +801,10 @@ pub fn parse_session_id(text: &str, field: &str) -> Result<Uuid, Error> {
     if text.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
+    // A peer's text is quoted only up to a bound: a megabyte of it would
+    // come back whole in the error.
     Uuid::parse_str(text)
-        .map_err(|e| Error::invalid(field, format!("{text:?} is not a UUID ({e})")))
+        .map_err(|e| Error::invalid(field, format!("{} is not a UUID ({e})", echo(text))))
 }
 
 /// The marker appended to text cut by [`truncate_marked`].
@@ -807,8 +979,9 @@ impl SessionRef {
         Err(Error::invalid(
             field,
             format!(
-                "{text:?} is not a session: give `latest`, a session id, or the start of one \
-                 ({MIN_ID_PREFIX} hex digits or more, as the pages and `pytest-mcp sessions` print them)"
+                "{} is not a session: give `latest`, a session id, or the start of one \
+                 ({MIN_ID_PREFIX} hex digits or more, as the pages and `pytest-mcp sessions` print them)",
+                echo(text)
             ),
         ))
     }
@@ -934,5 +1107,60 @@ mod tests {
     fn timestamps_round_trip_through_rfc3339() {
         let t = Timestamp(1_764_000_000_123_456);
         assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
+    }
+
+    #[test]
+    fn an_error_quotes_a_prefix_of_long_input_and_says_how_long_it_was() {
+        let text = "é".repeat(MAX_ECHO_BYTES);
+        let echoed = echo(&text);
+        assert!(echoed.len() < MAX_ECHO_BYTES + 40, "{echoed}");
+        assert!(echoed.ends_with(&format!("... ({} bytes)", text.len())));
+        assert_eq!(echo("short"), "\"short\"");
+    }
+
+    #[test]
+    fn a_summary_with_counts_past_the_limit_is_refused_without_overflowing() {
+        let huge = Summary {
+            total_tests: MAX_COUNT,
+            passed: MAX_COUNT,
+            failed: MAX_COUNT,
+            skipped: MAX_COUNT,
+            errors: MAX_COUNT,
+            xfailed: MAX_COUNT,
+            xpassed: MAX_COUNT,
+            ..Summary::default()
+        };
+        let e = huge.validate().unwrap_err().to_string();
+        assert!(e.starts_with("summary.total_tests:"), "{e}");
+        let over = Summary {
+            total_tests: u64::MAX,
+            ..Summary::default()
+        };
+        let e = over.validate().unwrap_err().to_string();
+        assert!(e.starts_with("summary.total_tests:"), "{e}");
+        assert!(e.contains("limit"), "{e}");
+    }
+
+    #[test]
+    fn a_time_more_than_a_day_ahead_is_refused_and_now_is_not() {
+        assert!(validate_time(Timestamp::now(), "started_at").is_ok());
+        let year_9999 = Timestamp(253_402_300_799 * 1_000_000);
+        let e = validate_time(year_9999, "started_at")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("started_at:"), "{e}");
+    }
+
+    #[test]
+    fn an_environment_larger_than_the_limit_is_refused_naming_it() {
+        let mut env = Environment::default();
+        env.extra
+            .insert("blob".into(), "x".repeat(MAX_ENVIRONMENT_BYTES));
+        let e = env.validate().unwrap_err().to_string();
+        assert!(e.starts_with("environment:"), "{e}");
+        env.extra.clear();
+        env.project = "p".repeat(MAX_PROJECT_BYTES + 1);
+        let e = env.validate().unwrap_err().to_string();
+        assert!(e.starts_with("environment.project:"), "{e}");
     }
 }

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::error::Error;
 use crate::model::{
-    Environment, Outcome, Phase, SessionRef, Source, Summary, TestOutcome, Timestamp,
-    parse_session_id,
+    Environment, MAX_SPOOL_LINE_BYTES, Outcome, Phase, SessionRef, Source, Summary, TestOutcome,
+    Timestamp, parse_session_id,
 };
 use crate::store::Store;
 
@@ -172,12 +172,23 @@ pub async fn import_file_as(
     let mut lineno = 0usize;
     loop {
         bytes.clear();
-        let n = reader.read_until(b'\n', &mut bytes).map_err(|e| {
-            Error::invalid("FILE", format!("{name}:{}: cannot read: {e}", lineno + 1))
-        })?;
-        if n == 0 {
-            break;
-        }
+        let read =
+            read_bounded_line(&mut reader, &mut bytes, MAX_SPOOL_LINE_BYTES).map_err(|e| {
+                Error::invalid("FILE", format!("{name}:{}: cannot read: {e}", lineno + 1))
+            })?;
+        let n = match read {
+            Line::End => break,
+            Line::Read(n) => n,
+            Line::TooLong(n) => {
+                lineno += 1;
+                report.errors.push(format!(
+                    "{name}:{lineno}: the line is {n} bytes, longer than the limit \
+                     {MAX_SPOOL_LINE_BYTES}; skipped"
+                ));
+                continue;
+            }
+        };
+        debug_assert!(n > 0);
         lineno += 1;
         // A line that is not UTF-8 (a spool cut off mid-character by a
         // crash) is reported, and the rest of the file is still imported.
@@ -291,6 +302,54 @@ pub async fn import_file_as(
     Ok(report)
 }
 
+/// What [`read_bounded_line`] read.
+enum Line {
+    /// The end of the file.
+    End,
+    /// A line of this many bytes, in the buffer.
+    Read(usize),
+    /// A line of this many bytes, longer than the limit: skipped, not kept.
+    TooLong(usize),
+}
+
+/// Reads one line into `buf` (cleared by the caller), holding at most `max`
+/// bytes of it: a longer line is read through to its end and dropped, so a
+/// 1 GB line costs the time to read it, not a gigabyte of memory.
+fn read_bounded_line(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    let mut total = 0usize;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..=i], true),
+            None => (chunk, false),
+        };
+        let len = part.len();
+        total += len;
+        if total <= max {
+            buf.extend_from_slice(part);
+        } else {
+            // Past the limit: what was kept is no use either.
+            buf.clear();
+        }
+        reader.consume(len);
+        if done {
+            break;
+        }
+    }
+    Ok(match total {
+        0 => Line::End,
+        n if n > max => Line::TooLong(n),
+        n => Line::Read(n),
+    })
+}
+
 /// Makes sure the session exists, creating it (as from `source`) from the
 /// start record when it does not; remembers how many outcomes it had before.
 async fn ensure_session(
@@ -382,4 +441,40 @@ async fn flush(
         return Ok(());
     }
     store.append_prepared(id, valid).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, usize>> {
+        // A tiny buffer, so lines span many fills.
+        let mut reader = std::io::BufReader::with_capacity(4, input);
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            match read_bounded_line(&mut reader, &mut buf, max).unwrap() {
+                Line::End => return out,
+                Line::Read(_) => out.push(Ok(buf)),
+                Line::TooLong(n) => {
+                    assert!(buf.is_empty(), "a refused line was kept");
+                    out.push(Err(n));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_skipped_whole_and_the_next_line_is_read() {
+        let got = lines(b"short\n0123456789abcdef\nlast", 10);
+        assert_eq!(
+            got,
+            vec![Ok(b"short\n".to_vec()), Err(17), Ok(b"last".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_line_exactly_at_the_limit_is_read() {
+        assert_eq!(lines(b"123456789\n", 10), vec![Ok(b"123456789\n".to_vec())]);
+    }
 }

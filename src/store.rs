@@ -128,6 +128,49 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// Fills one page of a read, row by row, up to its row limit and
+/// [`MAX_PAGE_BYTES`](crate::model::MAX_PAGE_BYTES): rows of 64 KiB
+/// tracebacks would make a page of 10,000 rows hundreds of megabytes, so
+/// both backends stop reading at the byte bound and hand out a next-page
+/// token. A page holds at least one row, so paging always progresses.
+pub(crate) struct PageFill<T> {
+    items: Vec<T>,
+    bytes: usize,
+    limit: usize,
+    more: bool,
+}
+
+impl<T> PageFill<T> {
+    /// An empty page of at most `limit` rows.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            items: Vec::new(),
+            bytes: 0,
+            limit: limit.max(1),
+            more: false,
+        }
+    }
+
+    /// Takes the next row of `size` bytes, or says the page is full (the
+    /// row is left for the next page).
+    pub(crate) fn offer(&mut self, item: T, size: usize) -> bool {
+        let over_bytes = !self.items.is_empty()
+            && self.bytes.saturating_add(size) > crate::model::MAX_PAGE_BYTES;
+        if self.items.len() >= self.limit || over_bytes {
+            self.more = true;
+            return false;
+        }
+        self.bytes += size;
+        self.items.push(item);
+        true
+    }
+
+    /// The rows taken, and whether rows were left over.
+    pub(crate) fn finish(self) -> (Vec<T>, bool) {
+        (self.items, self.more)
+    }
+}
+
 /// A project and how active it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectSummary {
@@ -239,6 +282,13 @@ impl Store {
         self.inner.backend.as_ref()
     }
 
+    /// Whether the database refused writes when it was opened (a read-only
+    /// file, directory or mount): a writer (`serve`, `import`) refuses to
+    /// start on it rather than fail every write.
+    pub fn read_only(&self) -> bool {
+        self.backend().read_only()
+    }
+
     /// Where the database is.
     pub fn location(&self) -> &Location {
         &self.inner.location
@@ -296,8 +346,12 @@ impl Store {
         started_at: Option<Timestamp>,
         grant: Option<String>,
     ) -> Result<Session> {
-        crate::model::validate_code_state(&environment.code_state, "environment.code_state")?;
-        crate::model::validate_project(&environment.project, "environment.project")?;
+        // Every write path (gRPC, MCP, import) starts sessions here, so the
+        // limits hold on all of them.
+        environment.validate()?;
+        if let Some(t) = started_at {
+            crate::model::validate_time(t, "started_at")?;
+        }
         self.backend()
             .start_session(NewSession {
                 id,
@@ -387,7 +441,27 @@ impl Store {
         outcomes_sent: u64,
         finished_at: Option<Timestamp>,
     ) -> Result<Session> {
-        crate::model::validate_duration(summary.duration, "summary.duration")?;
+        // Every write path finishes sessions here, so these rules hold on all.
+        summary.validate()?;
+        crate::model::validate_count(outcomes_sent, "outcomes_sent")?;
+        if let Some(t) = finished_at {
+            crate::model::validate_time(t, "finished_at")?;
+            match self.get_session(SessionRef::Id(id)).await {
+                Ok(s) if t < s.started_at => {
+                    return Err(Error::invalid(
+                        "finished_at",
+                        format!(
+                            "{} is before the session started ({})",
+                            t.to_rfc3339(),
+                            s.started_at.to_rfc3339()
+                        ),
+                    ));
+                }
+                // A missing session is the backend's to report.
+                Ok(_) | Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         self.backend()
             .finish_session(
                 id,
@@ -523,5 +597,41 @@ pub(crate) fn decode_cursor_number(text: &str, field: &str) -> Result<u64> {
 
 /// An error for a cursor this server did not issue, naming `field`.
 pub fn bad_cursor(text: &str, field: &str) -> Error {
-    Error::invalid(field, format!("{text:?} is not a token this server issued"))
+    Error::invalid(
+        field,
+        format!(
+            "{} is not a token this server issued",
+            crate::model::echo(text)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MAX_PAGE_BYTES;
+
+    #[test]
+    fn a_page_ends_at_its_byte_bound_before_its_row_limit_and_says_more_remain() {
+        let mut page = PageFill::new(100);
+        let row = MAX_PAGE_BYTES / 4 + 1;
+        let taken = (0..10).take_while(|i| page.offer(*i, row)).count();
+        assert_eq!(taken, 3);
+        assert_eq!(page.finish(), (vec![0, 1, 2], true));
+    }
+
+    #[test]
+    fn a_page_always_holds_one_row_however_large() {
+        let mut page = PageFill::new(100);
+        assert!(page.offer("huge", MAX_PAGE_BYTES * 10));
+        assert!(!page.offer("next", 1));
+        assert_eq!(page.finish(), (vec!["huge"], true));
+    }
+
+    #[test]
+    fn a_page_within_both_bounds_says_nothing_remains() {
+        let mut page = PageFill::new(3);
+        assert!(page.offer(1, 10) && page.offer(2, 10));
+        assert_eq!(page.finish(), (vec![1, 2], false));
+    }
 }

@@ -594,9 +594,15 @@ async fn importing_completes_a_session_the_server_only_partly_received(db: TestD
     let server = Server::start(&db);
     let mut c = server.client().await;
     let id = new_id();
+    // Started when the spool says, as the plugin does: a finish before the
+    // start is refused.
     c.start_session(pb::StartSessionRequest {
         session_id: id.clone(),
         environment: Some(env("spooled")),
+        started_at: Some(prost_types::Timestamp {
+            seconds: 1_795_510_800, // 2026-11-24T09:00:00Z
+            nanos: 0,
+        }),
         ..Default::default()
     })
     .await

@@ -152,18 +152,9 @@ pub fn environment_to_pb(e: &Environment) -> pb::Environment {
     }
 }
 
-/// Limit on the serialized size of an environment, so a session row stays small.
-const MAX_ENVIRONMENT_BYTES: usize = 256 * 1024;
-
-/// Protobuf environment to model.
+/// Protobuf environment to model; the store checks its size and fields,
+/// as it does for every path.
 pub fn environment_from_pb(e: pb::Environment) -> Result<Environment> {
-    let size = prost::Message::encoded_len(&e);
-    if size > MAX_ENVIRONMENT_BYTES {
-        return Err(Error::invalid(
-            "environment",
-            format!("{size} bytes, the limit is {MAX_ENVIRONMENT_BYTES}"),
-        ));
-    }
     Ok(Environment {
         os: e.os,
         python_version: e.python_version,

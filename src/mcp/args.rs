@@ -234,22 +234,8 @@ impl TryFrom<&SummaryArg> for Summary {
             exitstatus: s.exitstatus,
             duration: s.duration.unwrap_or(0.0),
         };
-        validate_duration(summary.duration, "summary.duration")?;
-        let parts = summary.passed
-            + summary.failed
-            + summary.skipped
-            + summary.errors
-            + summary.xfailed
-            + summary.xpassed;
-        if parts > summary.total_tests {
-            return Err(Error::invalid(
-                "summary.total_tests",
-                format!(
-                    "{} is less than passed + failed + skipped + errors + xfailed + xpassed = {parts}",
-                    summary.total_tests
-                ),
-            ));
-        }
+        // The rules every write path shares (gRPC, import) live in one place.
+        summary.validate()?;
         Ok(summary)
     }
 }

@@ -304,6 +304,12 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---- shared state ----
 
+    /// Whether the database refuses writes (a read-only file, directory or
+    /// mount), as found when it was opened.
+    fn read_only(&self) -> bool {
+        false
+    }
+
     /// Whether the database answers (health checks).
     fn ping(&self) -> Fut<()> {
         Box::pin(async { Ok(()) })

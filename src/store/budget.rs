@@ -38,7 +38,7 @@ impl ByteBudget {
     /// Waits until `outcomes` fit in the budget and takes their share; a
     /// batch larger than the whole budget takes all of it.
     pub async fn take(&self, outcomes: &[Outcome]) -> QueuedBytes {
-        let bytes: usize = outcomes.iter().map(approximate_size).sum();
+        let bytes: usize = outcomes.iter().map(Outcome::approximate_size).sum();
         let units = bytes
             .div_ceil(BUDGET_UNIT)
             .clamp(1, MAX_QUEUED_BYTES / BUDGET_UNIT);
@@ -46,25 +46,6 @@ impl ByteBudget {
         let permit = self.0.clone().acquire_many_owned(units as u32).await.ok();
         QueuedBytes { _permit: permit }
     }
-}
-
-/// Heap bytes an outcome holds, near enough for a memory budget.
-fn approximate_size(o: &Outcome) -> usize {
-    std::mem::size_of::<Outcome>()
-        + o.nodeid.len()
-        + o.message.len()
-        + o.longrepr.len()
-        + o.stdout.len()
-        + o.stderr.len()
-        + o.log.len()
-        + o.file.len()
-        + o.worker.len()
-        + o.subtest.len()
-        + o.markers.iter().map(|m| m.len() + 24).sum::<usize>()
-        + o.user_properties
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 48)
-            .sum::<usize>()
 }
 
 #[cfg(test)]

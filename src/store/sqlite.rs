@@ -64,6 +64,34 @@ struct Shared {
     readers: Mutex<Vec<Connection>>,
     read_turns: tokio::sync::Semaphore,
     sync: Sync,
+    /// The file refused writes when it was opened.
+    read_only: bool,
+}
+
+/// Whether the database refuses writes. SQLite opens a file it cannot write
+/// read-only without a word (root included, for an immutable file or a
+/// read-only mount), and only the first write would say so; a write
+/// transaction begun and rolled back asks now. Another writer holding the
+/// lock (busy) is not a refusal.
+fn probe_read_only(conn: &Connection) -> Result<bool> {
+    if conn.is_readonly(rusqlite::MAIN_DB)? {
+        return Ok(true);
+    }
+    match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+        Ok(()) => Ok(false),
+        Err(e) if is_read_only(&e) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a SQLite error says the database cannot be written.
+pub(crate) fn is_read_only(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly)
 }
 
 impl SqliteBackend {
@@ -76,6 +104,7 @@ impl SqliteBackend {
         let mut conn = Connection::open(path)?;
         schema::configure(&conn, sync)?;
         schema::migrate(&mut conn)?;
+        let read_only = probe_read_only(&conn)?;
 
         // Bounded: a client faster than the disk waits here (backpressure)
         // instead of growing memory.
@@ -91,6 +120,7 @@ impl SqliteBackend {
                 readers: Mutex::new(Vec::new()),
                 read_turns: tokio::sync::Semaphore::new(MAX_CONCURRENT_READS),
                 sync,
+                read_only,
             }),
         })
     }
@@ -188,6 +218,10 @@ impl SqliteBackend {
 }
 
 impl Backend for SqliteBackend {
+    fn read_only(&self) -> bool {
+        self.shared.read_only
+    }
+
     fn start_session(&self, new: NewSession) -> Fut<Session> {
         self.write(move |reply| WriteCmd::Start {
             new: Box::new(new),

@@ -319,7 +319,10 @@ async fn failures_by_cause(
             .ok_or_else(|| {
                 Error::invalid(
                     "cursor",
-                    format!("{c:?} is not a cursor of failures grouped by cause"),
+                    format!(
+                        "{} is not a cursor of failures grouped by cause",
+                        crate::model::echo(c)
+                    ),
                 )
             })?,
         None => 0,

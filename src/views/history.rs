@@ -247,7 +247,10 @@ pub async fn history(store: &Store, scope: &Scope, q: &HistoryQuery) -> Result<H
         Some(c) => c.parse().map_err(|_| {
             Error::invalid(
                 "cursor",
-                format!("{c:?} is not a cursor this server issued"),
+                format!(
+                    "{} is not a cursor this server issued",
+                    crate::model::echo(c)
+                ),
             )
         })?,
         None => 0,

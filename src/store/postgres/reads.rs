@@ -5,8 +5,10 @@
 //! newest session first, in one statement that stops when the page is
 //! full; a session still open (running, incomplete) is read from its rows.
 
+use futures_util::{TryStreamExt, pin_mut};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::rows::{OUTCOME_COLUMNS, OUTCOME_JOINS, SESSION_COLUMNS, session_from_row};
@@ -24,7 +26,7 @@ use crate::store::codes::{kind_code, kind_of};
 use crate::store::digest::{self, Digest};
 use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
-    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, RunSession, SessionFilter,
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, PageFill, Run, RunSession, SessionFilter,
     decode_cursor_number, decode_cursor_pair,
 };
 
@@ -162,32 +164,31 @@ pub async fn list_sessions(
             in_project(2)
         ))
         .await?;
-    let rows = tx
-        .query(
-            &stmt,
-            &[
-                &statuses,
-                &names,
-                &unnamed,
-                &after_started,
-                &after_pk,
-                &any_project,
-                &as_i64(limit + 1),
-            ],
-        )
-        .await?;
-    let mut items: Vec<(i64, Session)> = rows
-        .iter()
-        .map(|r| session_from_row(r, 0))
-        .collect::<Result<_>>()?;
-    let next = if items.len() > limit {
-        items.truncate(limit);
-        items
-            .last()
-            .map(|(pk, s)| format!("{}.{}", s.started_at.as_micros(), pk))
-    } else {
-        None
-    };
+    let params: [&(dyn ToSql + Sync); 7] = [
+        &statuses,
+        &names,
+        &unnamed,
+        &after_started,
+        &after_pk,
+        &any_project,
+        &as_i64(limit + 1),
+    ];
+    // Streamed, so a page stops at its byte bound without holding the rest.
+    let rows = tx.query_raw(&stmt, params).await?;
+    pin_mut!(rows);
+    let mut page = PageFill::new(limit);
+    while let Some(r) = rows.try_next().await? {
+        let row = session_from_row(&r, 0)?;
+        let size = row.1.approximate_size();
+        if !page.offer(row, size) {
+            break;
+        }
+    }
+    let (items, more) = page.finish();
+    let next = more
+        .then(|| items.last())
+        .flatten()
+        .map(|(pk, s)| format!("{}.{}", s.started_at.as_micros(), pk));
     Ok(Page {
         items: items.into_iter().map(|(_, s)| s).collect(),
         next,
@@ -249,28 +250,25 @@ pub async fn list_outcomes(
              ORDER BY o.seq LIMIT $5"
         ))
         .await?;
-    let rows = tx
-        .query(
-            &stmt,
-            &[
-                &pk,
-                &i64::try_from(after_seq).unwrap_or(i64::MAX),
-                &kinds,
-                &contains,
-                &as_i64(limit + 1),
-            ],
-        )
-        .await?;
-    let mut items: Vec<Outcome> = rows
-        .iter()
-        .map(|r| super::rows::outcome_from_row(r, 0, s.started_at))
-        .collect::<Result<_>>()?;
-    let next = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|o| o.seq.to_string())
-    } else {
-        None
-    };
+    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+    let rows_wanted = as_i64(limit + 1);
+    let params: [&(dyn ToSql + Sync); 5] = [&pk, &after, &kinds, &contains, &rows_wanted];
+    // Streamed, so a page stops at its byte bound without holding the rest.
+    let rows = tx.query_raw(&stmt, params).await?;
+    pin_mut!(rows);
+    let mut page = PageFill::new(limit);
+    while let Some(r) = rows.try_next().await? {
+        let o = super::rows::outcome_from_row(&r, 0, s.started_at)?;
+        let size = o.approximate_size();
+        if !page.offer(o, size) {
+            break;
+        }
+    }
+    let (items, more) = page.finish();
+    let next = more
+        .then(|| items.last())
+        .flatten()
+        .map(|o| o.seq.to_string());
     Ok((s, Page { items, next }))
 }
 
@@ -418,20 +416,33 @@ pub async fn test_history(
     let sessions = sessions_by_pk(tx, &pks).await?;
     let started: HashMap<i64, Timestamp> =
         sessions.iter().map(|(pk, s)| (*pk, s.started_at)).collect();
-    let mut outcomes = outcomes_by_key(tx, &page, &started).await?;
-    let mut items = Vec::with_capacity(page.len());
-    for key in &page {
-        let (Some(session), Some(outcome)) = (sessions.get(&key.0), outcomes.remove(key)) else {
-            return Err(Error::Internal("a session vanished while reading".into()));
-        };
-        items.push(HistoryEntry {
-            session: session.clone(),
-            outcome,
-        });
+    // Read in small batches, so a page stops at its byte bound having
+    // fetched little more than it holds.
+    let mut fill = PageFill::new(limit);
+    'page: for keys in page.chunks(HISTORY_BATCH) {
+        let mut outcomes = outcomes_by_key(tx, keys, &started).await?;
+        for key in keys {
+            let (Some(session), Some(outcome)) = (sessions.get(&key.0), outcomes.remove(key))
+            else {
+                return Err(Error::Internal("a session vanished while reading".into()));
+            };
+            let size = session.approximate_size() + outcome.approximate_size();
+            let entry = HistoryEntry {
+                session: session.clone(),
+                outcome,
+            };
+            if !fill.offer(entry, size) {
+                break 'page;
+            }
+        }
     }
-    let next = more.then(|| (offset as u64 + limit as u64).to_string());
+    let (items, cut) = fill.finish();
+    let next = (cut || more).then(|| (offset as u64 + items.len() as u64).to_string());
     Ok(Page { items, next })
 }
+
+/// Outcomes of a test's history fetched per query.
+const HISTORY_BATCH: usize = 32;
 
 /// Kinds that count as a run: passed, failed, error.
 fn run_kinds() -> Vec<i16> {

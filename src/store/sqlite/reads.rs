@@ -31,7 +31,7 @@ use crate::store::backend::{
 use crate::store::digest::{self, Digest};
 use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
-    AuditEntry, HistoryEntry, OutcomeFilter, Page, Run, RunSession, SessionFilter,
+    AuditEntry, HistoryEntry, OutcomeFilter, Page, PageFill, Run, RunSession, SessionFilter,
     decode_cursor_number, decode_cursor_pair, detail,
 };
 
@@ -174,18 +174,21 @@ pub fn list_sessions(
     sql.push_str(" ORDER BY s.started_at DESC, s.pk DESC LIMIT ?");
     args.push(Box::new(limit_value(limit + 1)));
     let mut stmt = c.prepare_cached(&sql)?;
-    let mut rows: Vec<(i64, Session)> = stmt
-        .query_map(params_from_iter(args.iter()), |r| {
-            rows::session_from_row(r, 0)
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let next = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last()
-            .map(|(pk, s)| format!("{}.{}", s.started_at.as_micros(), pk))
-    } else {
-        None
-    };
+    let mut page = PageFill::new(limit);
+    for row in stmt.query_map(params_from_iter(args.iter()), |r| {
+        rows::session_from_row(r, 0)
+    })? {
+        let row = row?;
+        let size = row.1.approximate_size();
+        if !page.offer(row, size) {
+            break;
+        }
+    }
+    let (rows, more) = page.finish();
+    let next = more
+        .then(|| rows.last())
+        .flatten()
+        .map(|(pk, s)| format!("{}.{}", s.started_at.as_micros(), pk));
     Ok(Page {
         items: rows.into_iter().map(|(_, s)| s).collect(),
         next,
@@ -256,17 +259,23 @@ pub fn list_outcomes(
     args.push(limit_value(limit + 1).into());
     let mut stmt = c.prepare_cached(&sql)?;
     let started = s.started_at;
-    let mut items: Vec<Outcome> = stmt
-        .query_map(params_from_iter(args), |r| {
-            rows::outcome_from_row(r, 0, started)
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let next = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|o| o.seq.to_string())
-    } else {
-        None
-    };
+    // Row by row: each is decoded (and its text decompressed) only if the
+    // page has room for it.
+    let mut page = PageFill::new(limit);
+    for row in stmt.query_map(params_from_iter(args), |r| {
+        rows::outcome_from_row(r, 0, started)
+    })? {
+        let o = row?;
+        let size = o.approximate_size();
+        if !page.offer(o, size) {
+            break;
+        }
+    }
+    let (items, more) = page.finish();
+    let next = more
+        .then(|| items.last())
+        .flatten()
+        .map(|o| o.seq.to_string());
     Ok((s, Page { items, next }))
 }
 
@@ -411,7 +420,7 @@ pub fn test_history(
         .min(found.len());
     let page: Vec<(i64, i64)> = found.into_iter().skip(start).take(limit + 1).collect();
     let mut sessions: HashMap<i64, Session> = HashMap::new();
-    let mut items = Vec::with_capacity(page.len().min(limit));
+    let mut fill = PageFill::new(limit);
     for (pk, id) in page.iter().take(limit) {
         let session = match sessions.get(pk) {
             Some(s) => s.clone(),
@@ -423,9 +432,13 @@ pub fn test_history(
             }
         };
         let outcome = outcome_by_id(c, *id, session.started_at)?;
-        items.push(HistoryEntry { session, outcome });
+        let size = session.approximate_size() + outcome.approximate_size();
+        if !fill.offer(HistoryEntry { session, outcome }, size) {
+            break;
+        }
     }
-    let next = (page.len() > limit).then(|| (offset + limit as u64).to_string());
+    let (items, cut) = fill.finish();
+    let next = (cut || page.len() > limit).then(|| (offset + items.len() as u64).to_string());
     Ok(Page { items, next })
 }
 

@@ -646,6 +646,17 @@ fn failure(e: &Error) -> Error {
             "the recorder's disk is full; nothing of this write was stored".into(),
         );
     }
+    // A file, directory or mount made read-only after the server opened
+    // it: retrying does not help, so say what does.
+    if let Error::Sqlite(e) = e
+        && super::is_read_only(e)
+    {
+        return Error::precondition(
+            "database",
+            "the database is read-only (its file, directory or file system refuses writes); \
+             nothing of this write was stored",
+        );
+    }
     Error::Internal("the write transaction failed; nothing was stored, retry".into())
 }
 
