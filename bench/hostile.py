@@ -18,7 +18,8 @@ The attacks (sizes are options):
 
   outcomes   1,000 failures, each with a 64 KiB message, traceback and stdout
              of one repeated letter (a few MB on disk compressed); then two
-             readers page through ListOutcomes at once, accepting up to 1 GiB.
+             readers page through ListOutcomes at once (asking for pages of
+             10,000), accepting up to 1 GiB.
   idle-http  5,000 HTTP connections that send half a request line and stop.
   texts      20 sessions whose failure messages are 64 KiB runs of `[`, of
              hex digits, `0x` + hex and `[1` (the fingerprint normaliser's
@@ -263,7 +264,8 @@ def attack_outcomes(server: Server, args) -> str:
             stub = pb_grpc.RecorderStub(ch)
             token = ""
             while True:
-                page = stub.ListOutcomes(pb.ListOutcomesRequest(session_id=sid, page_token=token),
+                page = stub.ListOutcomes(pb.ListOutcomesRequest(session_id=sid, page_token=token,
+                                                               page_size=10_000),
                                          timeout=300)
                 size = page.ByteSize()
                 largest[0] = max(largest[0], size)
@@ -289,8 +291,12 @@ def attack_idle_http(server: Server, args) -> str:
         except OSError:
             break
     opened = len(sockets)
-    status, _ = mcp(server, "tools/call", {"name": "list_sessions", "arguments": {}}, timeout=5) \
-        if True else (0, {})
+    try:
+        started = time.monotonic()
+        status, _ = mcp(server, "tools/call", {"name": "list_sessions", "arguments": {}}, timeout=5)
+        status = f"{status} in {(time.monotonic() - started) * 1000:.0f} ms"
+    except OSError as e:
+        status = f"no answer ({e})"
     time.sleep(args.hold)
     closed = 0
     for s in sockets:
@@ -333,7 +339,7 @@ def attack_pattern(server: Server, args) -> str:
 def attack_sessions(server: Server, args) -> str:
     statuses: dict[int, int] = {}
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
+        "protocolVersion": MODERN, "capabilities": {},
         "clientInfo": {"name": "bench", "version": "1"}}}).encode()
 
     def one(_: int) -> None:
@@ -369,7 +375,12 @@ def attack_events(server: Server, args) -> str:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                 s.sendall(request)
-                s.recv(256)  # the response head: the stream has started
+                seen = b""
+                while b"event:" not in seen:  # the stream has started
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return
+                    seen += chunk
         except OSError:
             pass
 
