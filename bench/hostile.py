@@ -16,7 +16,7 @@ descriptors. It prints, per attack and per binary:
 
 The attacks (sizes are options):
 
-  outcomes   1,000 failures, each with a 64 KiB message, traceback and stdout
+  outcomes   1,000 failures, each with a 64 KiB traceback, stdout and stderr
              of one repeated letter (a few MB on disk compressed); then two
              readers page through ListOutcomes at once (asking for pages of
              10,000), accepting up to 1 GiB.
@@ -153,7 +153,7 @@ def outcome(seq: int, nodeid: str, failed: bool = False, text: str = "",
         o.message = text or "AssertionError: assert 1 == 2"
         o.longrepr = ("E" * big) if big else f"def test():\n>       assert f()\nE       {o.message}"
         if big:
-            o.stdout = "o" * big
+            o.stdout, o.stderr = "o" * big, "e" * big
     return o
 
 
@@ -254,8 +254,10 @@ def mcp(server: Server, method: str, params: dict, headers: dict | None = None,
 
 def attack_outcomes(server: Server, args) -> str:
     big = 64 * 1024
+    # A short message: 64 KiB of one letter there is the `texts` attack
+    # (which kept the earlier build's ingest busy for minutes).
     sid = record(server, [outcome(i + 1, f"tests/test_big.py::test_{i}", failed=True,
-                                  text="A" * big, big=big) for i in range(args.big_failures)],
+                                  big=big) for i in range(args.big_failures)],
                  batch=50)
     largest, total = [0], [0]
 
