@@ -151,8 +151,9 @@ pub struct TestOutcomeArgs {
     /// Failure text: the first line is kept as the message, the whole as the traceback.
     #[serde(default)]
     pub error: Option<String>,
-    /// Session to append to; by default the latest running session started
-    /// with `record_session_start`.
+    /// Session to append to; by default the latest running session this
+    /// caller's grant (its token, its MCP session, the stdio process, or
+    /// tokenless stateless HTTP together) started with `record_session_start`.
     #[serde(default)]
     pub session_id: Option<String>,
 }
@@ -246,8 +247,9 @@ impl TryFrom<&SummaryArg> for Summary {
 pub struct SessionFinishArgs {
     /// pytest's summary of the run.
     pub summary: SummaryArg,
-    /// Session to finish; by default the latest running session started with
-    /// `record_session_start`.
+    /// Session to finish; by default the latest running session this caller's
+    /// grant (its token, its MCP session, the stdio process, or tokenless
+    /// stateless HTTP together) started with `record_session_start`.
     #[serde(default)]
     pub session_id: Option<String>,
 }
