@@ -12,10 +12,12 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 from conftest import (
+    mcp_fixtures,
     healthy_get_session,
     open_fds,
     passed,
@@ -304,6 +306,48 @@ def test_idle_and_half_sent_connections_cannot_starve_either_listener(tmp_path, 
             # Half-sent connections are closed once the header timeout passes.
             time.sleep(3)
             assert open_fds(pid) <= base_fds + 20, open_fds(pid)
+        finally:
+            for sock in sockets:
+                sock.close()
+    finally:
+        stop(s)
+
+
+def test_under_a_low_descriptor_limit_both_listeners_leave_a_reserve_and_keep_answering(
+        tmp_path, monkeypatch):
+    # The server started under a hard limit of 700 descriptors: it fits each
+    # listener's connections into (700 - 512 reserved) / 2 and says so.
+    wrapper = tmp_path / "pytest-mcp-700"
+    wrapper.write_text(f'#!/bin/sh\nulimit -n 700\nexec "{mcp_fixtures.binary()}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PYTEST_MCP_BIN", str(wrapper))
+    s = start_server(tmp_path / "db.sqlite")
+    try:
+        pid = s.process.pid
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        assert any(line.startswith("Max open files") and line.split()[3:5] == ["700", "700"]
+                   for line in limits.splitlines()), limits
+        sid = stream_plugin_session(s, [passed("t.py::test_a")])
+        time.sleep(0.2)
+        assert any("--max-connections lowered" in line for line in s.stderr), s.stderr
+        # Both listeners flooded with silent connections, far past what fits:
+        # the process stays inside its limit with room to spare, and a
+        # healthy client of each is served (the oldest silent connection
+        # makes way for it).
+        sockets = flood(http_addr(s), 400, b"GET / HTTP/1.1\r\n")
+        sockets += flood(host_port(s.grpc_addr), 400, b"PRI * ")
+        try:
+            assert len(sockets) == 800
+            assert open_fds(pid) <= 700 - 256, open_fds(pid)
+            assert healthy_get_session(s, sid) < 1.0
+            started = time.monotonic()
+            status, reply = post_jsonrpc(s, "tools/call",
+                                         {"name": "list_sessions", "arguments": {}},
+                                         name="list_sessions")
+            assert status == 200 and not reply["result"]["isError"], reply
+            assert time.monotonic() - started < 1.0
+            # The database still opens what it needs: a write commits.
+            assert stream_plugin_session(s, [passed("t.py::test_b")])
         finally:
             for sock in sockets:
                 sock.close()
