@@ -353,3 +353,24 @@ def test_under_a_low_descriptor_limit_both_listeners_leave_a_reserve_and_keep_an
                 sock.close()
     finally:
         stop(s)
+
+
+def test_a_kept_alive_http_connection_idle_past_the_timeout_is_closed(tmp_path):
+    s = start_server(tmp_path / "db.sqlite", "--header-timeout-secs", "2")
+    try:
+        with socket.create_connection(http_addr(s), timeout=10) as sock:
+            # One complete request, answered, and the connection kept alive.
+            sock.sendall(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            head = sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 "), head[:100]
+            assert b"connection: close" not in head.lower(), head[:300]
+            # Then silence: the server closes it after the timeout.
+            sock.settimeout(8)
+            started = time.monotonic()
+            rest = b""
+            while chunk := sock.recv(65536):
+                rest += chunk
+            waited = time.monotonic() - started
+            assert 1.0 < waited < 6.0, waited
+    finally:
+        stop(s)
