@@ -53,6 +53,11 @@ pub const READS: usize = 4;
 /// Traceback bytes shown per failure.
 pub const TRACEBACK_BYTES: usize = 64 * 1024;
 
+/// Bytes of failures' markup one event carries, about: a stream catching up
+/// on a session of thousands of large failures sends them in events of
+/// this size rather than building one event of them all in memory.
+const EVENT_FAILURE_BYTES: usize = 256 * 1024;
+
 #[derive(Serialize)]
 struct Progress {
     text: std::collections::BTreeMap<&'static str, String>,
@@ -206,19 +211,27 @@ async fn follow_session(
             break;
         };
         let mut shown = String::new();
-        // Catch up to what is stored now, failures only, in order.
-        while after < s.outcomes_stored {
+        // Catch up to what is stored now, failures only, in order, an
+        // event's worth at a time.
+        let mut stalled = false;
+        while after < s.outcomes_stored && shown.len() < EVENT_FAILURE_BYTES {
             let batch = match live.read(store.outcomes_after(id, after, BATCH)).await {
                 Some(Ok(b)) => b,
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, %id, "reading outcomes for a page");
+                    stalled = true;
                     break;
                 }
                 None => return,
             };
-            let Some(last) = batch.last() else { break };
-            let upto = last.seq.min(s.outcomes_stored);
-            for o in batch.iter().filter(|o| o.seq <= upto) {
+            let Some(last) = batch.last() else {
+                stalled = true;
+                break;
+            };
+            // Seqs may have gaps (an incomplete session): past the batch,
+            // or up to what is stored, unless the event fills up first.
+            let mut upto = last.seq.min(s.outcomes_stored);
+            for o in batch.iter().take_while(|o| o.seq <= upto) {
                 if matches!(o.outcome, TestOutcome::Failed | TestOutcome::Error) {
                     shown.push_str(
                         &failure(
@@ -228,11 +241,17 @@ async fn follow_session(
                         .into_string(),
                     );
                 }
+                if shown.len() >= EVENT_FAILURE_BYTES {
+                    upto = o.seq;
+                    break;
+                }
             }
             after = upto;
         }
+        // More is stored than sent: the next event follows at once.
+        let behind = !stalled && after < s.outcomes_stored;
         let view = SessionView::from(&*s);
-        let closed = s.status.is_closed();
+        let closed = s.status.is_closed() && !behind;
         if !shown.is_empty() || view.status != last_status || closed {
             let c = &view.counts;
             // Without a failure there is nothing to rerun, and nothing to read.
@@ -288,6 +307,9 @@ async fn follow_session(
             if tx.send(Ok(event)).await.is_err() || closed {
                 break;
             }
+        }
+        if behind {
+            continue;
         }
         // The browser's going away ends the stream now, not at the next send.
         tokio::select! {

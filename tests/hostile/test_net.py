@@ -7,6 +7,7 @@ asserts what a healthy client sees meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 import socket
 import threading
@@ -18,6 +19,7 @@ import httpx2 as httpx
 import pytest
 from conftest import (
     mcp_fixtures,
+    failed,
     healthy_get_session,
     open_fds,
     passed,
@@ -178,6 +180,49 @@ def test_two_thousand_dropped_event_streams_leave_nothing_behind(server):
     # session still answers.
     assert threads(pid) <= base_threads + 16, (base_threads, threads(pid))
     assert open_fds(pid) <= base_fds + 8, (base_fds, open_fds(pid))
+    assert max(peak_rss) < 200, max(peak_rss)
+    assert healthy_get_session(server, sid) < 1.0
+
+
+def test_page_streams_catching_up_on_large_failures_send_them_in_bounded_events(server):
+    # A running session of 400 failures, each with a 64 KiB traceback; four
+    # browsers ask for all of it (after=0) at once.
+    big = [{**failed(f"tests/test_big.py::test_{i}", "AssertionError: big"),
+            "longrepr": "E" * 65536} for i in range(400)]
+    sid = stream_plugin_session(server, [], finish=False)
+    for first in range(0, 400, 100):
+        mcp_fixtures.send_outcomes(server, sid, big[first:first + 100], first_seq=first + 1)
+    host, port = http_addr(server)
+    pid = server.process.pid
+    peak_rss = [rss_mb(pid)]
+
+    def read_all() -> tuple[int, int]:
+        """Reads events until every failure arrived; returns (failures, largest event)."""
+        seen: set[bytes] = set()
+        largest = 0
+        with socket.create_connection((host, port), timeout=30) as sock:
+            sock.sendall(f"GET /sessions/{sid}/events?after=0 HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                         "Accept: text/event-stream\r\n\r\n".encode())
+            buffer = b""
+            while len(seen) < 400:
+                chunk = sock.recv(1 << 20)
+                assert chunk, f"the stream ended after {len(seen)} failures"
+                buffer += chunk
+                peak_rss.append(rss_mb(pid))
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    largest = max(largest, len(event))
+                    seen.update(re.findall(rb"test_big\.py::test_(\d+)", event))
+        return len(seen), largest
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: read_all(), range(4)))
+    for seen, largest in results:
+        assert seen == 400
+        # One event holds about 256 KiB of failures (and one failure more),
+        # not all 26 MB of them.
+        assert largest < 1024 * 1024, largest
     assert max(peak_rss) < 200, max(peak_rss)
     assert healthy_get_session(server, sid) < 1.0
 
