@@ -11,7 +11,7 @@ use super::components::{
 use crate::views::history::short_code;
 use crate::views::{
     ClustersView, ComparedTestView, ComparisonView, EnvironmentView, FailureView, ProjectsView,
-    SessionView, SlowestView, StabilityView,
+    SessionView, SlowestView, StabilityView, count,
 };
 
 /// The sessions list.
@@ -206,7 +206,7 @@ pub fn session(p: &SessionPage) -> Markup {
                                 td.num { (c.tests_total) }
                                 td {
                                     @match &c.first_seen {
-                                        Some(first) => { "in " (c.seen_in_sessions) " other sessions, first " (ago(first)) }
+                                        Some(first) => { "in " (count(c.seen_in_sessions, "other session", "other sessions")) ", first " (ago(first)) }
                                         None => { span.status.new { "new" } }
                                     }
                                     @if c.known_flaky_tests > 0 {
