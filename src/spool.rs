@@ -410,10 +410,11 @@ async fn flush(
         return Ok(());
     }
     ensure_session(store, id, state, None, Source::Import).await?;
-    let mut pending = std::mem::take(&mut state.pending);
-    pending.sort_by_key(|(_, o)| o.seq);
-    pending.dedup_by_key(|(_, o)| o.seq);
-    // Validate line by line first so an error names the line it came from.
+    let pending = std::mem::take(&mut state.pending);
+    // Validate line by line first so an error names the line it came from,
+    // then keep the first valid line of each seq: a malformed line followed
+    // by a good one for the same seq stores the good one, whether the two
+    // arrive in one chunk or in two (so a second import adds nothing).
     let mut valid = Vec::with_capacity(pending.len());
     for (lineno, mut o) in pending {
         match store.prepare(&mut o).map_err(|e| e.within("outcome")) {
@@ -421,6 +422,8 @@ async fn flush(
             Err(e) => errors.push(format!("{name}:{lineno}: {e}")),
         }
     }
+    valid.sort_by_key(|o| o.seq);
+    valid.dedup_by_key(|o| o.seq);
     if state.blocked_at.is_some() {
         state.skipped += valid.len() as u64;
         return Ok(());
