@@ -31,9 +31,13 @@ pub async fn open_store(config: StoreConfig) -> anyhow::Result<Store> {
     let db = config.location.clone();
     let store = open_any(config).await?;
     if store.read_only() {
+        let why = match db {
+            Location::Sqlite(_) => "its file, directory or file system refuses writes",
+            _ => "a standby, or default_transaction_read_only is on",
+        };
         bail!(
-            "--db {db}: the database is read-only (its file, directory or file system refuses \
-             writes); pytest-mcp needs to write to it to record"
+            "--db {db}: the database is read-only ({why}); pytest-mcp needs to write to it to \
+             record"
         );
     }
     Ok(store)

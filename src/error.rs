@@ -85,10 +85,19 @@ impl From<tokio_postgres::Error> for Error {
         }
         // Connection exceptions, the server shutting down or starting, and
         // too many connections: the database is away for now.
+        // A read-only transaction: a standby (a primary demoted during a
+        // failover, for now) or default_transaction_read_only. Unavailable,
+        // since a failover ends it, but named as what it is.
+        if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+            return Error::Unavailable(
+                "the database is read-only (a standby, or default_transaction_read_only is on); \
+                 nothing of this write was stored"
+                    .into(),
+            );
+        }
         if state.starts_with("08")
             || state.starts_with("57P")
             || *code == SqlState::TOO_MANY_CONNECTIONS
-            || *code == SqlState::READ_ONLY_SQL_TRANSACTION
         {
             return Error::Unavailable(format!("the database is unavailable: {e}"));
         }

@@ -263,6 +263,67 @@ async fn a_newer_schema_is_refused_and_passwords_stay_out_of_errors() {
     assert!(!text.contains("hunter2"), "{text}");
 }
 
+#[tokio::test]
+async fn a_read_only_database_is_named_read_only_and_serve_refuses_it() {
+    let Some((_db, url)) =
+        fresh_database("a_read_only_database_is_named_read_only_and_serve_refuses_it")
+    else {
+        return;
+    };
+    // A database with history, then set to read-only transactions (as a
+    // standby is).
+    let store = open(&url).await;
+    let id = Uuid::new_v4();
+    store
+        .start_session(id, Source::Plugin, Environment::default(), None)
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" SET default_transaction_read_only = on"
+        ))
+        .await
+        .unwrap();
+
+    // A write on a connection opened before says read-only once the new
+    // setting reaches it; on a new store, at once.
+    store.shutdown().await;
+    let store = open(&url).await;
+    assert!(store.read_only());
+    let err = store
+        .start_session(Uuid::new_v4(), Source::Plugin, Environment::default(), None)
+        .await
+        .expect_err("a read-only database takes no writes");
+    assert!(err.to_string().contains("read-only"), "{err}");
+    // Reading still works.
+    let s = store.get_session(SessionRef::Id(id)).await.unwrap();
+    assert_eq!(s.id, id);
+    store.shutdown().await;
+
+    // `serve` refuses to start on it, saying why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pytest-mcp"))
+        .args(["serve", "--db", &url, "--grpc-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the database is read-only"), "{stderr}");
+    assert!(stderr.contains("standby"), "{stderr}");
+
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" SET default_transaction_read_only = off"
+        ))
+        .await
+        .unwrap();
+}
+
 /// Turns TLS on in the test server with a fresh self-signed certificate for
 /// 127.0.0.1 and returns that certificate's PEM file (the CA to trust).
 async fn server_with_tls(url: &str) -> std::path::PathBuf {

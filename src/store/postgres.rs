@@ -75,6 +75,9 @@ struct Shared {
     closed: std::sync::atomic::AtomicBool,
     /// Stops the listener.
     stop: tokio_util::sync::CancellationToken,
+    /// The database took no writes when it was opened (a standby, or
+    /// `default_transaction_read_only`).
+    read_only: bool,
 }
 
 /// Most outcomes one group transaction commits.
@@ -156,6 +159,13 @@ impl PgBackend {
             .map_err(|e| Error::Internal(format!("database pool: {e}")))?;
         let mut client = pool.get().await?;
         schema::migrate(&mut client).await?;
+        // A standby, or a database set to read-only transactions: every
+        // write would fail, so a writer refuses to start on it.
+        let read_only = client
+            .query_one("SHOW transaction_read_only", &[])
+            .await?
+            .get::<_, String>(0)
+            == "on";
         drop(client);
         let stop = tokio_util::sync::CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -165,6 +175,7 @@ impl PgBackend {
             queues: Mutex::new(Queues::default()),
             closed: std::sync::atomic::AtomicBool::new(false),
             stop: stop.clone(),
+            read_only,
         });
         listen::spawn(url, shared.pool.clone(), events, stop);
         Ok(PgBackend { shared })
@@ -367,6 +378,10 @@ async fn append_once(shared: &Shared, id: Uuid, outcomes: Arc<Vec<NewOutcome>>) 
 }
 
 impl Backend for PgBackend {
+    fn read_only(&self) -> bool {
+        self.shared.read_only
+    }
+
     fn start_session(&self, new: NewSession) -> Fut<Session> {
         let new = Arc::new(new);
         self.write(move |tx, _| {

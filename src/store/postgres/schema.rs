@@ -220,9 +220,20 @@ pub async fn migrate(client: &mut Client) -> Result<()> {
 }
 
 async fn migrate_locked(client: &mut Client) -> Result<()> {
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS pytest_mcp_schema (version integer NOT NULL)")
-        .await?;
+    // Created only when missing: even `IF NOT EXISTS` is a write, and a
+    // read-only database (a standby) with a current schema must still open
+    // for reading.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('pytest_mcp_schema') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS pytest_mcp_schema (version integer NOT NULL)",
+            )
+            .await?;
+    }
     let version: i64 = match client
         .query_opt("SELECT max(version)::bigint FROM pytest_mcp_schema", &[])
         .await?
