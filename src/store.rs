@@ -169,6 +169,20 @@ impl<T> PageFill<T> {
     pub(crate) fn finish(self) -> (Vec<T>, bool) {
         (self.items, self.more)
     }
+
+    /// The page: its rows turned into items by `item`, and when rows were
+    /// left over, a next-page token made by `cursor` from the last row.
+    pub(crate) fn into_page<U>(
+        self,
+        cursor: impl FnOnce(&T) -> String,
+        item: impl FnMut(T) -> U,
+    ) -> Page<U> {
+        let next = self.items.last().filter(|_| self.more).map(cursor);
+        Page {
+            items: self.items.into_iter().map(item).collect(),
+            next,
+        }
+    }
 }
 
 /// A project and how active it is.

@@ -184,15 +184,10 @@ pub async fn list_sessions(
             break;
         }
     }
-    let (items, more) = page.finish();
-    let next = more
-        .then(|| items.last())
-        .flatten()
-        .map(|(pk, s)| format!("{}.{}", s.started_at.as_micros(), pk));
-    Ok(Page {
-        items: items.into_iter().map(|(_, s)| s).collect(),
-        next,
-    })
+    Ok(page.into_page(
+        |(pk, s)| format!("{}.{}", s.started_at.as_micros(), pk),
+        |(_, s)| s,
+    ))
 }
 
 /// Every project spelling with its sessions and the start of its newest.
@@ -264,12 +259,7 @@ pub async fn list_outcomes(
             break;
         }
     }
-    let (items, more) = page.finish();
-    let next = more
-        .then(|| items.last())
-        .flatten()
-        .map(|o| o.seq.to_string());
-    Ok((s, Page { items, next }))
+    Ok((s, page.into_page(|o| o.seq.to_string(), |o| o)))
 }
 
 /// Outcomes by (session pk, seq), each with its session's start.

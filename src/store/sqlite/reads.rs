@@ -184,15 +184,10 @@ pub fn list_sessions(
             break;
         }
     }
-    let (rows, more) = page.finish();
-    let next = more
-        .then(|| rows.last())
-        .flatten()
-        .map(|(pk, s)| format!("{}.{}", s.started_at.as_micros(), pk));
-    Ok(Page {
-        items: rows.into_iter().map(|(_, s)| s).collect(),
-        next,
-    })
+    Ok(page.into_page(
+        |(pk, s)| format!("{}.{}", s.started_at.as_micros(), pk),
+        |(_, s)| s,
+    ))
 }
 
 /// Every project spelling with its sessions and the start of its newest.
@@ -271,12 +266,7 @@ pub fn list_outcomes(
             break;
         }
     }
-    let (items, more) = page.finish();
-    let next = more
-        .then(|| items.last())
-        .flatten()
-        .map(|o| o.seq.to_string());
-    Ok((s, Page { items, next }))
+    Ok((s, page.into_page(|o| o.seq.to_string(), |o| o)))
 }
 
 /// One outcome row by id, with its session's start.
