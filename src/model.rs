@@ -213,6 +213,50 @@ named_enum! {
 }
 
 named_enum! {
+    /// What kind of code a dependency unit is.
+    UnitKind {
+        /// A function or method, with what is written inside it.
+        Function => "function",
+        /// A class body without its methods' bodies.
+        Class => "class",
+        /// A module's top-level code without its functions' and classes' bodies.
+        Module => "module",
+        /// A file the test read (its bytes).
+        File => "file",
+    }
+}
+
+/// Longest checksum text a code unit may carry (hex digits).
+pub const MAX_CHECKSUM_CHARS: usize = 64;
+
+/// Most units one test may depend on; more is refused as bad input.
+pub const MAX_TEST_UNITS: usize = 100_000;
+
+/// One piece of project code (or a data file) as a test ran it; tests name
+/// it by [`CodeUnit::key`] (the plugin's content key), and a project stores
+/// each once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeUnit {
+    /// Content key: a digest of kind, path, name, line span and checksum.
+    pub key: u64,
+    /// A digest of kind, path, name and checksum (no span): equal codes are
+    /// the same code wherever it sits in its file.
+    pub code: u64,
+    /// What kind of unit.
+    pub kind: UnitKind,
+    /// Path relative to rootdir, `/`-separated.
+    pub path: String,
+    /// Qualified name; empty for a module or a file.
+    pub name: String,
+    /// First line (its first decorator), 1-based; 0 for a file.
+    pub line_start: u32,
+    /// Last line; 0 for a file.
+    pub line_end: u32,
+    /// Checksum of the normalised source, or of a file's bytes (hex).
+    pub checksum: String,
+}
+
+named_enum! {
     /// The lifecycle state of a session.
     SessionStatus {
         /// Started and not finished.

@@ -14,6 +14,7 @@
 //! after commit too.
 
 pub(crate) mod analysis;
+pub mod affected;
 mod audit;
 pub mod backend;
 mod blob;
