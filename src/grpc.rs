@@ -420,6 +420,20 @@ impl pb::recorder_server::Recorder for RecorderService {
         }))
     }
 
+    async fn get_dependencies(
+        &self,
+        _request: Request<pb::GetDependenciesRequest>,
+    ) -> Result<Response<pb::GetDependenciesResponse>, Status> {
+        Err(Status::unimplemented("GetDependencies: not yet"))
+    }
+
+    async fn select_affected(
+        &self,
+        _request: Request<pb::SelectAffectedRequest>,
+    ) -> Result<Response<pb::SelectAffectedResponse>, Status> {
+        Err(Status::unimplemented("SelectAffected: not yet"))
+    }
+
     async fn watch_session(
         &self,
         request: Request<pb::WatchSessionRequest>,

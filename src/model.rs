@@ -357,6 +357,17 @@ pub struct Environment {
     /// working tree's changes when there are any; empty when unknown.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub code_state: String,
+    /// Checksums of the files that can change any test without being any
+    /// test's dependency (conftest.py, pytest.ini, ...), path -> checksum.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub watched_files: std::collections::BTreeMap<String, String>,
+    /// A digest of the installed distributions and their versions.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub packages: String,
+    /// How the run chose its tests: empty for all it collected, else a
+    /// description of a partial run (e.g. "affected: 12 of 2459").
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub selection: String,
 }
 
 impl Environment {
@@ -617,6 +628,10 @@ pub struct Outcome {
     /// pytest was told a failure does not fail the run.
     #[serde(default)]
     pub quarantined: bool,
+    /// Keys of the code units the test depended on ([`CodeUnit::key`]);
+    /// `None` when dependencies were not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deps: Option<Vec<u64>>,
 }
 
 impl AsRef<Outcome> for Outcome {
@@ -660,6 +675,7 @@ impl Outcome {
             subtest: String::new(),
             user_properties: Vec::new(),
             quarantined: false,
+            deps: None,
         }
     }
 

@@ -103,6 +103,7 @@ impl SpoolOutcome {
             subtest: self.subtest,
             user_properties: self.user_properties,
             quarantined: self.quarantined,
+            deps: None,
         }
     }
 }

@@ -149,6 +149,9 @@ pub fn environment_to_pb(e: &Environment) -> pb::Environment {
         xdist_workers: e.xdist_workers,
         extra: e.extra.clone().into_iter().collect(),
         code_state: e.code_state.clone(),
+        watched_files: e.watched_files.clone().into_iter().collect(),
+        packages: e.packages.clone(),
+        selection: e.selection.clone(),
     }
 }
 
@@ -172,6 +175,9 @@ pub fn environment_from_pb(e: pb::Environment) -> Result<Environment> {
         xdist_workers: e.xdist_workers,
         extra: e.extra.into_iter().collect(),
         code_state: e.code_state,
+        watched_files: e.watched_files.into_iter().collect(),
+        packages: e.packages,
+        selection: e.selection,
     })
 }
 
@@ -275,6 +281,9 @@ pub fn outcome_to_pb(session_id: &str, o: &Outcome) -> pb::Outcome {
             })
             .collect(),
         quarantined: o.quarantined,
+        deps: o.deps.as_ref().map(|units| pb::TestDependencies {
+            units: units.clone(),
+        }),
     }
 }
 
@@ -310,5 +319,6 @@ pub fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome> {
             .map(|p| (p.name, p.value))
             .collect(),
         quarantined: o.quarantined,
+        deps: o.deps.map(|d| d.units),
     })
 }

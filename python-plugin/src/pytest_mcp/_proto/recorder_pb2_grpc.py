@@ -62,6 +62,16 @@ class RecorderStub:
                 request_serializer=pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineRequest.SerializeToString,
                 response_deserializer=pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineResponse.FromString,
                 _registered_method=True)
+        self.GetDependencies = channel.unary_unary(
+                '/pytest_mcp.v1.Recorder/GetDependencies',
+                request_serializer=pytest__mcp_dot_v1_dot_recorder__pb2.GetDependenciesRequest.SerializeToString,
+                response_deserializer=pytest__mcp_dot_v1_dot_recorder__pb2.GetDependenciesResponse.FromString,
+                _registered_method=True)
+        self.SelectAffected = channel.unary_unary(
+                '/pytest_mcp.v1.Recorder/SelectAffected',
+                request_serializer=pytest__mcp_dot_v1_dot_recorder__pb2.SelectAffectedRequest.SerializeToString,
+                response_deserializer=pytest__mcp_dot_v1_dot_recorder__pb2.SelectAffectedResponse.FromString,
+                _registered_method=True)
 
 
 class RecorderServicer:
@@ -145,6 +155,26 @@ class RecorderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDependencies(self, request, context):
+        """Returns what the newest run of each of a project's tests depended on, as
+        the distinct code units and files to check: a client that can see the
+        working tree computes their checksums now and sends them to
+        SelectAffected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SelectAffected(self, request, context):
+        """Selects the tests a change needs, each with its reason: tests whose
+        dependencies changed, new tests, tests whose last run did not pass, and
+        every test when a file no dependency covers but that can change any test
+        changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecorderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +222,16 @@ def add_RecorderServicer_to_server(servicer, server):
                     servicer.ListQuarantine,
                     request_deserializer=pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineRequest.FromString,
                     response_serializer=pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineResponse.SerializeToString,
+            ),
+            'GetDependencies': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDependencies,
+                    request_deserializer=pytest__mcp_dot_v1_dot_recorder__pb2.GetDependenciesRequest.FromString,
+                    response_serializer=pytest__mcp_dot_v1_dot_recorder__pb2.GetDependenciesResponse.SerializeToString,
+            ),
+            'SelectAffected': grpc.unary_unary_rpc_method_handler(
+                    servicer.SelectAffected,
+                    request_deserializer=pytest__mcp_dot_v1_dot_recorder__pb2.SelectAffectedRequest.FromString,
+                    response_serializer=pytest__mcp_dot_v1_dot_recorder__pb2.SelectAffectedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +478,60 @@ class Recorder:
             '/pytest_mcp.v1.Recorder/ListQuarantine',
             pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineRequest.SerializeToString,
             pytest__mcp_dot_v1_dot_recorder__pb2.ListQuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDependencies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pytest_mcp.v1.Recorder/GetDependencies',
+            pytest__mcp_dot_v1_dot_recorder__pb2.GetDependenciesRequest.SerializeToString,
+            pytest__mcp_dot_v1_dot_recorder__pb2.GetDependenciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SelectAffected(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pytest_mcp.v1.Recorder/SelectAffected',
+            pytest__mcp_dot_v1_dot_recorder__pb2.SelectAffectedRequest.SerializeToString,
+            pytest__mcp_dot_v1_dot_recorder__pb2.SelectAffectedResponse.FromString,
             options,
             channel_credentials,
             insecure,
