@@ -13,8 +13,8 @@
 //! Every write resolves only after it has committed; [`StoreEvent`]s are sent
 //! after commit too.
 
-pub(crate) mod analysis;
 pub mod affected;
+pub(crate) mod analysis;
 mod audit;
 pub mod backend;
 mod blob;
