@@ -56,6 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sessions(args) => commands::sessions::run(args).await,
         Command::Show(args) => commands::show::run(args).await,
         Command::Flaky(args) => commands::flaky::run(args).await,
+        Command::Affected(args) => commands::affected::run(args).await,
         Command::Compare(args) => commands::compare::run(args).await,
         Command::History(args) => commands::history::run(args).await,
         Command::Causes(args) => commands::causes::run(args).await,

@@ -53,6 +53,8 @@ pub enum Command {
     Show(ShowArgs),
     /// Tests that passed and failed on the same code lately (as find_flaky_tests).
     Flaky(FlakyArgs),
+    /// The tests a change needs, each with its reason (as affected_tests).
+    Affected(AffectedArgs),
     /// Compare two sessions: new failures, fixed, new causes, slower (as compare_sessions).
     Compare(CompareArgs),
     /// One test across the project's sessions, with its verdict (as get_test_history).
@@ -553,6 +555,37 @@ pub struct FlakyArgs {
     /// Most tests to list (at most 100).
     #[arg(long, short = 'n', default_value_t = 20)]
     pub limit: u32,
+}
+
+/// `affected` options. With none of --diff, --files and --rev, the working
+/// tree of the current directory's project is compared with the code each
+/// test last ran (this needs the project's Python with the plugin).
+#[derive(Debug, Args)]
+pub struct AffectedArgs {
+    /// Database, project and format.
+    #[command(flatten)]
+    pub view: ViewArgs,
+    /// The change as a unified diff in FILE (`-`: standard input), e.g. `git diff main | pytest-mcp affected --diff -`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["files", "rev"])]
+    pub diff: Option<PathBuf>,
+    /// The change as changed files (relative to the rootdir).
+    #[arg(long, value_name = "PATH", num_args = 1.., conflicts_with = "rev")]
+    pub files: Vec<String>,
+    /// The change as a git revision (the working tree against it) or range BASE..HEAD.
+    #[arg(long, value_name = "REV")]
+    pub rev: Option<String>,
+    /// The node ids collected now, one per line in FILE (`pytest --collect-only -q`), to select new tests.
+    #[arg(long, value_name = "FILE")]
+    pub collected: Option<PathBuf>,
+    /// A glob of files whose change selects every test (repeatable; replaces the defaults).
+    #[arg(long, value_name = "GLOB")]
+    pub watch: Vec<String>,
+    /// The Python that reads the working tree (one with the pytest-mcp plugin installed).
+    #[arg(long, env = "PYTEST_MCP_PYTHON", value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// List every selected test, not only what fits an agent's answer.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `compare` options.

@@ -1,6 +1,7 @@
 //! The CLI commands that read or maintain the database, one file each; the
 //! long-running servers (`serve`, `stdio`) are wired in [`crate::app`].
 
+pub mod affected;
 pub mod audit;
 pub mod causes;
 pub mod compare;

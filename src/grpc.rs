@@ -422,16 +422,71 @@ impl pb::recorder_server::Recorder for RecorderService {
 
     async fn get_dependencies(
         &self,
-        _request: Request<pb::GetDependenciesRequest>,
+        request: Request<pb::GetDependenciesRequest>,
     ) -> Result<Response<pb::GetDependenciesResponse>, Status> {
-        Err(Status::unimplemented("GetDependencies: not yet"))
+        let req = request.into_inner();
+        let scope = self.scope(opt(req.project).as_deref()).await?;
+        let snapshot = self.store.deps_snapshot(&scope.project).await?;
+        let mut units: Vec<pb::UnitRef> = snapshot
+            .units
+            .iter()
+            .map(|u| pb::UnitRef {
+                kind: convert::unit_kind_to_pb(u.kind) as i32,
+                path: u.path.clone(),
+                name: u.name.clone(),
+                checksum: u.checksum.clone(),
+            })
+            .collect();
+        units.sort_by(|a, b| {
+            (a.kind, &a.path, &a.name, &a.checksum).cmp(&(b.kind, &b.path, &b.name, &b.checksum))
+        });
+        units.dedup();
+        Ok(Response::new(pb::GetDependenciesResponse {
+            units,
+            watched_files: snapshot
+                .watched_files
+                .iter()
+                .map(|(path, checksum)| pb::UnitRef {
+                    kind: pb::UnitKind::File as i32,
+                    path: path.clone(),
+                    name: String::new(),
+                    checksum: checksum.clone(),
+                })
+                .collect(),
+            project: snapshot.project.clone(),
+        }))
     }
 
     async fn select_affected(
         &self,
-        _request: Request<pb::SelectAffectedRequest>,
+        request: Request<pb::SelectAffectedRequest>,
     ) -> Result<Response<pb::SelectAffectedResponse>, Status> {
-        Err(Status::unimplemented("SelectAffected: not yet"))
+        let req = request.into_inner();
+        let scope = self.scope(opt(req.project).as_deref()).await?;
+        let change = convert::change_from_pb(req.change)?;
+        let described = change.describe().to_string();
+        let select = crate::store::affected::SelectRequest {
+            change: Some(change),
+            collected: (!req.collected.is_empty()).then_some(req.collected),
+            watch: req.watch,
+        };
+        let (snapshot, selection) = self.store.affected(&scope.project, &select).await?;
+        let view = crate::views::AffectedView::new(&snapshot, &selection, described);
+        Ok(Response::new(pb::SelectAffectedResponse {
+            tests: selection
+                .tests
+                .into_iter()
+                .map(|t| pb::AffectedTest {
+                    nodeid: t.nodeid,
+                    reason: t.reason,
+                })
+                .collect(),
+            total: selection.total,
+            confidence: selection.confidence.as_str().to_string(),
+            notes: selection.notes,
+            command: view.command,
+            all: selection.all,
+        }))
     }
 
     async fn watch_session(

@@ -362,7 +362,8 @@ started in, or the most recently active one); list_projects names them. To find 
 happened: get_session (default latest), get_failure_clusters (many failures grouped by cause: start \
 there when many tests fail), get_failures (tracebacks and a rerun command), \
 compare_sessions (new failures vs. the previous run), get_test_history and find_flaky_tests \
-(is it flaky? only when it passed and failed on the same code), slowest_tests. Session ids may \
+(is it flaky? only when it passed and failed on the same code), slowest_tests. After an edit, \
+affected_tests says which tests the change needs (from the code each test ran). Session ids may \
 be shortened to their first 8 hex digits. To record a run yourself: record_session_start, \
 record_test_outcome for each test, record_session_finish. To keep a known-broken test from \
 failing runs while it is fixed: quarantine_test (release_test ends it; list_quarantine). Resources pytest://sessions/latest, \

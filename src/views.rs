@@ -13,6 +13,7 @@
 //! (`truncated: true`) and says how to get the rest (`next_cursor` or
 //! `note`); every text from a test run is bounded.
 
+pub mod affected;
 pub mod causes;
 pub mod compare;
 pub mod durations;
@@ -24,6 +25,7 @@ pub mod record;
 pub mod scope;
 pub mod session;
 
+pub use affected::{AffectedQuery, AffectedTestView, AffectedView, ChangeSpec};
 pub use causes::{CauseView, ClusterView, ClustersQuery, ClustersView};
 pub use compare::{CompareQuery, ComparedTestView, ComparisonCounts, ComparisonView, SlowerView};
 pub use durations::{

@@ -5,7 +5,7 @@ use super::pb;
 use crate::error::{Error, Result};
 use crate::model::{
     Environment, Outcome, OutcomeCounts, Phase, QuarantineEntry, Session, SessionStatus, Source,
-    Summary, TestOutcome, Timestamp,
+    Summary, TestOutcome, Timestamp, UnitKind,
 };
 
 /// Model timestamp to protobuf.
@@ -320,5 +320,69 @@ pub fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome> {
             .collect(),
         quarantined: o.quarantined,
         deps: o.deps.map(|d| d.units),
+    })
+}
+
+/// Model unit kind to protobuf.
+pub fn unit_kind_to_pb(k: UnitKind) -> pb::UnitKind {
+    match k {
+        UnitKind::Function => pb::UnitKind::Function,
+        UnitKind::Class => pb::UnitKind::Class,
+        UnitKind::Module => pb::UnitKind::Module,
+        UnitKind::File => pb::UnitKind::File,
+    }
+}
+
+/// Protobuf unit kind to model, naming `field`.
+pub fn unit_kind_from_pb(v: i32, field: &str) -> Result<UnitKind> {
+    match pb::UnitKind::try_from(v) {
+        Ok(pb::UnitKind::Function) => Ok(UnitKind::Function),
+        Ok(pb::UnitKind::Class) => Ok(UnitKind::Class),
+        Ok(pb::UnitKind::Module) => Ok(UnitKind::Module),
+        Ok(pb::UnitKind::File) => Ok(UnitKind::File),
+        Ok(pb::UnitKind::Unspecified) => Err(Error::invalid(
+            field,
+            "is not set; expected function, class, module or file",
+        )),
+        Err(_) => Err(Error::invalid(field, format!("unknown unit kind {v}"))),
+    }
+}
+
+/// A described change to model; errors name `change.*` fields.
+pub fn change_from_pb(c: Option<pb::Change>) -> Result<crate::store::affected::ChangeInput> {
+    use crate::store::affected::{ChangeInput, CurrentUnit, normalise_path};
+    let Some(change) = c.and_then(|c| c.change) else {
+        return Err(Error::invalid(
+            "change",
+            "is not set; give working_tree, files or diff",
+        ));
+    };
+    Ok(match change {
+        pb::change::Change::WorkingTree(t) => ChangeInput::WorkingTree {
+            units: t
+                .units
+                .into_iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    Ok(CurrentUnit {
+                        kind: unit_kind_from_pb(
+                            u.kind,
+                            &format!("change.working_tree.units[{i}].kind"),
+                        )?,
+                        path: normalise_path(&u.path),
+                        name: u.name,
+                        checksum: u.checksum,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            watched: t
+                .watched_files
+                .into_iter()
+                .map(|u| (normalise_path(&u.path), u.checksum))
+                .collect(),
+            packages: t.packages,
+        },
+        pb::change::Change::Files(f) => ChangeInput::Files(f.paths),
+        pb::change::Change::Diff(d) => ChangeInput::Diff(d),
     })
 }

@@ -533,6 +533,71 @@ pub struct SlowestArgs {
     pub project: Option<String>,
 }
 
+/// Arguments of `affected_tests`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AffectedArgs {
+    /// The change as the text of a unified diff (`git diff` output),
+    /// compared with the line spans each test's newest run recorded.
+    #[serde(default)]
+    pub diff: Option<String>,
+    /// The change as the paths of the changed files, relative to the
+    /// project's rootdir: every function in them counts as changed.
+    #[serde(default)]
+    pub files: Option<Vec<String>>,
+    /// The change as a git revision (`BASE`: the working tree against it) or
+    /// range (`BASE..HEAD`), read with git in the project's checkout (when
+    /// this server can see it). With no `diff`, `files` or `revisions`, the
+    /// checkout's working tree is read (each test compared with the code it
+    /// last ran).
+    #[serde(default)]
+    pub revisions: Option<String>,
+    /// The node ids collected now (`pytest --collect-only -q`), when known:
+    /// new ones are selected, recorded tests not among them are left out.
+    #[serde(default)]
+    pub collected: Option<Vec<String>>,
+    /// Glob patterns of the files whose change selects every test (matched
+    /// against the base name, or the whole path when they hold a `/`). By
+    /// default conftest.py, pytest.ini, pyproject.toml, setup.cfg, setup.py,
+    /// tox.ini, requirements*.txt, constraints*.txt, *.lock, Pipfile.
+    #[serde(default)]
+    pub watch: Option<Vec<String>>,
+    /// The project (the rootdir's name, as `pytest --mcp` records it;
+    /// matched case-insensitively). By default the server's project: the
+    /// one it was started in (stdio), else the most recently active one.
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+impl AffectedArgs {
+    /// The change these arguments describe: at most one of `diff`, `files`
+    /// and `revisions`; none is the working tree.
+    pub fn change(&self) -> Result<crate::views::ChangeSpec, Error> {
+        use crate::store::affected::ChangeInput;
+        use crate::views::ChangeSpec;
+        let given = [
+            self.diff.is_some(),
+            self.files.is_some(),
+            self.revisions.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(Error::invalid(
+                "diff",
+                "give at most one of diff, files and revisions",
+            ));
+        }
+        Ok(if let Some(d) = &self.diff {
+            ChangeSpec::Given(ChangeInput::Diff(d.clone()))
+        } else if let Some(f) = &self.files {
+            ChangeSpec::Given(ChangeInput::Files(f.clone()))
+        } else if let Some(r) = &self.revisions {
+            ChangeSpec::Revisions(r.trim().to_string())
+        } else {
+            ChangeSpec::WorkingTree
+        })
+    }
+}
+
 /// Parses an optional session UUID, naming `field`.
 pub fn session_id(text: Option<&str>, field: &str) -> Result<Option<uuid::Uuid>, Error> {
     text.map(str::trim)

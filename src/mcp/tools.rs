@@ -8,9 +8,10 @@ use rmcp::{ErrorData, RoleServer, tool, tool_router};
 use uuid::Uuid;
 
 use super::args::{
-    ClustersArgs, CompareArgs, FailuresArgs, FlakyArgs, HistoryArgs, ListSessionsArgs, Parameters,
-    ProjectsArgs, QuarantineArgs, QuarantineListArgs, RegressionArgs, ReleaseArgs, SessionArgs,
-    SessionFinishArgs, SessionStartArgs, SlowestArgs, TestOutcomeArgs, session_id,
+    AffectedArgs, ClustersArgs, CompareArgs, FailuresArgs, FlakyArgs, HistoryArgs,
+    ListSessionsArgs, Parameters, ProjectsArgs, QuarantineArgs, QuarantineListArgs, RegressionArgs,
+    ReleaseArgs, SessionArgs, SessionFinishArgs, SessionStartArgs, SlowestArgs, TestOutcomeArgs,
+    session_id,
 };
 use super::{PytestMcp, structured, tool_failure};
 use crate::error::{Error, Result};
@@ -452,6 +453,41 @@ impl PytestMcp {
             async {
                 let scope = self.scope(a.project.as_deref()).await?;
                 let view = views::compare::compare(&self.store, &scope, &(&a).into()).await?;
+                done(&view, view.render())
+            }
+            .await,
+        )
+    }
+
+    /// Which tests a change needs: tests whose recorded dependencies (the
+    /// functions, classes, modules and files each test ran or read) changed,
+    /// new tests, tests whose last run did not pass, and every test when a
+    /// watched file (conftest.py, pytest.ini, ...) changed. Each with its
+    /// reason, the counts, a confidence and a pytest command line. Describe
+    /// the change by `diff`, `files` or `revisions`; with none, the project's
+    /// working tree (when this server can read it).
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<views::AffectedView>()
+    )]
+    async fn affected_tests(&self, Parameters(a): Parameters<AffectedArgs>) -> ToolResult {
+        answer(
+            async {
+                let scope = self.scope(a.project.as_deref()).await?;
+                let query = views::AffectedQuery {
+                    change: a.change()?,
+                    collected: a.collected.clone(),
+                    watch: a.watch.clone().unwrap_or_default(),
+                    checkout: match &*self.default_project {
+                        DefaultProject::Directory { name, dir } if scope.project.holds(name) => {
+                            Some(crate::rootdir::rootdir(dir))
+                        }
+                        _ => None,
+                    },
+                    python: None,
+                    whole: false,
+                };
+                let view = views::affected::affected(&self.store, &scope, &query).await?;
                 done(&view, view.render())
             }
             .await,

@@ -728,36 +728,14 @@ fn parse_diff(text: &str) -> Vec<DiffFile> {
                 f.old = diff_path(rest);
                 f.seen_old = true;
             }
-        } else if let Some(rest) = line.strip_prefix("+++ ") {
-            if let Some(f) = cur.as_mut() {
-                f.new = diff_path(rest);
-            }
         } else if let Some(rest) = line.strip_prefix("@@ -") {
             flush_hunk(&mut cur, &mut hunk_touched, &mut hunk_code);
             let (old, new) = hunk_ranges(rest);
             old_line = old.0;
             old_left = old.1;
             new_left = new.1;
-        } else if line.starts_with("Binary files ") || line.starts_with("GIT binary patch") {
-            if let Some(f) = cur.as_mut() {
-                f.whole = true;
-            }
-        } else if let Some(rest) = line.strip_prefix("rename from ") {
-            if let Some(f) = cur.as_mut() {
-                f.old = Some(normalise_path(rest));
-            }
-        } else if let Some(rest) = line.strip_prefix("rename to ") {
-            if let Some(f) = cur.as_mut() {
-                f.new = Some(normalise_path(rest));
-            }
-        } else if line.starts_with("new file mode") {
-            if let Some(f) = cur.as_mut() {
-                f.old = None;
-            }
-        } else if line.starts_with("deleted file mode") {
-            if let Some(f) = cur.as_mut() {
-                f.new = None;
-            }
+        } else if let Some(f) = cur.as_mut() {
+            file_header(f, line);
         }
     }
     flush_hunk(&mut cur, &mut hunk_touched, &mut hunk_code);
@@ -767,6 +745,23 @@ fn parse_diff(text: &str) -> Vec<DiffFile> {
         f.touched.dedup();
     }
     files
+}
+
+/// Reads one of a file's header lines (`+++`, binary, rename, new, deleted).
+fn file_header(f: &mut DiffFile, line: &str) {
+    if let Some(rest) = line.strip_prefix("+++ ") {
+        f.new = diff_path(rest);
+    } else if line.starts_with("Binary files ") || line.starts_with("GIT binary patch") {
+        f.whole = true;
+    } else if let Some(rest) = line.strip_prefix("rename from ") {
+        f.old = Some(normalise_path(rest));
+    } else if let Some(rest) = line.strip_prefix("rename to ") {
+        f.new = Some(normalise_path(rest));
+    } else if line.starts_with("new file mode") {
+        f.old = None;
+    } else if line.starts_with("deleted file mode") {
+        f.new = None;
+    }
 }
 
 /// The old and new (start, length) of a hunk header's rest, after `@@ -`.
@@ -784,6 +779,26 @@ fn hunk_ranges(rest: &str) -> ((u32, u32), (u32, u32)) {
         .and_then(|p| p.strip_prefix('+'))
         .map_or((0, 0), range);
     (old, new)
+}
+
+impl super::Store {
+    /// The tests a change needs in `project`, from what each test's newest
+    /// run depended on (and the flaky verdicts over the usual window).
+    pub async fn affected(
+        &self,
+        project: &crate::model::Project,
+        request: &SelectRequest,
+    ) -> crate::error::Result<(std::sync::Arc<DepsSnapshot>, Selection)> {
+        let snapshot = self.deps_snapshot(project).await?;
+        let nodeids = snapshot.tests.iter().map(|t| t.nodeid.clone()).collect();
+        let flaky: std::collections::HashSet<String> = self
+            .known_flaky(crate::views::FLAKY_WINDOW, project, nodeids)
+            .await?
+            .into_keys()
+            .collect();
+        let selection = select(&snapshot, request, &flaky)?;
+        Ok((snapshot, selection))
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ MODES = [("legacy", "2025-11-25"), ("auto", "2026-07-28"), ("2026-07-28", "2026-
 
 READ_TOOLS = {"list_sessions", "get_session", "get_failures", "get_failure_clusters", "duration_regressions", "get_test_history",
               "find_flaky_tests", "compare_sessions", "slowest_tests", "list_quarantine",
-              "list_projects"}
+              "list_projects", "affected_tests"}
 WRITE_TOOLS = {"record_session_start", "record_test_outcome", "record_session_finish",
                "quarantine_test", "release_test"}
 

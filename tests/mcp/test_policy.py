@@ -23,7 +23,7 @@ TRANSPORTS = ["stdio", "http"]
 
 ALL_TOOLS = {"list_sessions", "get_session", "get_failures", "get_failure_clusters", "duration_regressions", "get_test_history",
              "find_flaky_tests", "compare_sessions", "slowest_tests", "list_quarantine", "list_projects",
-             "record_session_start", "record_test_outcome", "record_session_finish",
+             "affected_tests", "record_session_start", "record_test_outcome", "record_session_finish",
              "quarantine_test", "release_test"}
 
 # The policy of the issue, byte for byte.

@@ -546,6 +546,7 @@ pub async fn stream(
         .map(|outcomes| pb::StreamOutcomesRequest {
             session_id: session_id.into(),
             outcomes,
+            units: Vec::new(),
         })
         .collect();
     let mut acks = client
