@@ -486,6 +486,7 @@ impl pb::recorder_server::Recorder for RecorderService {
             notes: selection.notes,
             command: view.command,
             all: selection.all,
+            unselected: selection.unselected,
         }))
     }
 

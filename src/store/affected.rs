@@ -184,6 +184,8 @@ pub struct Selection {
     pub notes: Vec<String>,
     /// Whether every test is selected.
     pub all: bool,
+    /// The recorded tests considered and not selected, in node id order.
+    pub unselected: Vec<String>,
 }
 
 /// Which units of the snapshot changed, and how.
@@ -226,6 +228,7 @@ pub fn select(
     let recorded: std::collections::HashSet<&str> =
         snapshot.tests.iter().map(|t| t.nodeid.as_str()).collect();
     let mut tests: Vec<Selected> = Vec::new();
+    let mut unselected: Vec<String> = Vec::new();
     let mut without_deps = 0u64;
     let mut considered = 0u64;
     for run in &snapshot.tests {
@@ -238,11 +241,12 @@ pub fn select(
         if run.set.is_none() {
             without_deps += 1;
         }
-        if let Some(reason) = reason_for(snapshot, run, &changed, flaky) {
-            tests.push(Selected {
+        match reason_for(snapshot, run, &changed, flaky) {
+            Some(reason) => tests.push(Selected {
                 nodeid: run.nodeid.clone(),
                 reason,
-            });
+            }),
+            None => unselected.push(run.nodeid.clone()),
         }
     }
     let mut total = considered;
@@ -316,7 +320,10 @@ pub fn select(
             })
             .collect();
         total = tests.len() as u64;
+        unselected.clear();
     }
+    unselected.sort_unstable();
+    unselected.dedup();
     tests.sort_by(|a, b| a.nodeid.cmp(&b.nodeid));
     tests.dedup_by(|a, b| a.nodeid == b.nodeid);
     if !all && total > 0 && tests.len() as u64 >= total {
@@ -328,6 +335,7 @@ pub fn select(
         confidence,
         notes,
         all,
+        unselected,
     })
 }
 

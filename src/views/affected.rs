@@ -91,6 +91,10 @@ pub struct AffectedView {
     pub command: String,
     /// Whether tests were left off to fit the answer (`command` still runs them all).
     pub truncated: bool,
+    /// The recorded tests not selected (only in the CLI's `--all` answer,
+    /// for a client that deselects them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unselected: Vec<String>,
 }
 
 /// `affected_tests`' answer for the scope's project.
@@ -120,6 +124,9 @@ pub async fn affected(store: &Store, scope: &Scope, q: &AffectedQuery) -> Result
     };
     let (snapshot, selection) = store.affected(project, &request).await?;
     let mut view = AffectedView::new(&snapshot, &selection, described);
+    if q.whole {
+        view.unselected = selection.unselected;
+    }
     if !q.whole && fit_budget(&mut view, |v| &mut v.tests) > 0 {
         view.truncated = true;
     }
@@ -156,6 +163,7 @@ impl AffectedView {
             notes: s.notes.clone(),
             command,
             truncated: false,
+            unselected: Vec::new(),
         }
     }
 
