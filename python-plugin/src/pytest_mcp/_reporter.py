@@ -253,6 +253,11 @@ class Reporter:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         started = time.time()
         self._t0 = time.perf_counter()
+        environment = _environment.from_config(self.config)
+        affected = self.config.pluginmanager.get_plugin("mcp-affected")
+        if affected is not None and affected.select() is not None:
+            # A partial run: history and verdicts count what ran.
+            environment["selection"] = affected.select().label()
         self._sender = Sender(
             addresses=self.settings.addresses,
             token=self.settings.token,
@@ -261,7 +266,7 @@ class Reporter:
             timeout=self.settings.timeout,
             session_id=self.session_id,
             started_at=started,
-            environment=_environment.from_config(self.config),
+            environment=environment,
         )
         self._append = self._sender.queue.append
         # With no address configured and a binary to record with, a recorder

@@ -83,7 +83,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "and is recorded, but its failure does not fail the run "
         "(env PYTEST_MCP_QUARANTINE=1, ini mcp_quarantine = true)",
     )
+    group.addoption(
+        "--mcp-affected",
+        action="store_true",
+        default=None,
+        help="run only the tests the working tree's changes need, as the recorder selects them "
+        "from the code each test last ran (record it with --mcp-deps); the rest are deselected "
+        "(env PYTEST_MCP_AFFECTED=1, ini mcp_affected = true)",
+    )
+    group.addoption(
+        "--mcp-base",
+        metavar="REV",
+        default=None,
+        help="with --mcp-affected: select by the change from git revision REV to the working tree "
+        "(git diff REV) instead of by the code each test last ran",
+    )
     parser.addini("mcp", type="bool", default=False, help="record results with pytest-mcp")
+    parser.addini(
+        "mcp_affected", type="bool", default=False,
+        help="pytest-mcp: run only the tests the working tree's changes need",
+    )
     parser.addini(
         "mcp_quarantine", type="bool", default=False,
         help="pytest-mcp: let quarantined tests' failures not fail the run",
@@ -201,6 +220,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         # An xdist worker: its reports reach the controller, which sends them.
         config.pluginmanager.register(WorkerMarkers(), "mcp-markers")
+        unselected = config.workerinput.get("mcp_unselected")
+        if unselected:
+            from ._affected import WorkerAffected
+
+            config.pluginmanager.register(WorkerAffected(unselected), "mcp-affected")
         pairs = config.workerinput.get("mcp_quarantine")
         if pairs:
             from ._quarantine import WorkerQuarantine
@@ -240,6 +264,18 @@ def pytest_configure(config: pytest.Config) -> None:
         spool_dir=_setting(config, "mcp_spool", "PYTEST_MCP_SPOOL", "mcp_spool"),
         timeout=timeout,
     )
+    if _switch(config, "mcp_affected", "PYTEST_MCP_AFFECTED", "mcp_affected"):
+        from ._affected import Affected
+
+        config.pluginmanager.register(
+            Affected(config, settings.addresses, settings.token, settings.tls_ca,
+                     settings.record_locally, config.getoption("mcp_base")),
+            "mcp-affected",
+        )
+    elif config.getoption("mcp_base") is not None:
+        raise pytest.UsageError("--mcp-base: only with --mcp-affected")
+    if config.getoption("collectonly"):
+        return  # nothing runs, so nothing is recorded
     markers = MarkerIndex()
     config.pluginmanager.register(markers, "mcp-markers")
     config.pluginmanager.register(Reporter(config, settings, markers), "mcp-reporter")
