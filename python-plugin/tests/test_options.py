@@ -22,10 +22,12 @@ def test_help_lists_the_options_in_their_own_group(pytester):
     group = text[text.index("pytest-mcp (record results in a pytest-mcp server):") :]
     group = group[: group.index("\n\n")]
     for option in ("--mcp ", "--mcp-address", "--mcp-token", "--mcp-spool", "--mcp-timeout",
-                   "--mcp-quarantine"):
+                   "--mcp-quarantine", "--mcp-deps"):
         assert option in group
+    # What --mcp-deps cannot see is said where the option is.
+    assert "subprocesses is not seen" in " ".join(group.split())
     for ini in ("mcp (bool)", "mcp_address (string)", "mcp_spool (string)", "mcp_timeout (string)",
-                "mcp_quarantine (bool)"):
+                "mcp_quarantine (bool)", "mcp_deps (bool)"):
         assert ini in text
 
 

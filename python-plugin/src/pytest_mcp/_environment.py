@@ -2,8 +2,9 @@
 
 ``from_config`` reads what pytest knows (cheap, on the main thread);
 ``complete`` adds what needs a subprocess or a file read (git, the code state,
-pyproject.toml) and runs on the background thread, so the run never waits for
-git.
+pyproject.toml; with dependencies, the watched files' checksums and the
+installed distributions' digest) and runs on the background thread, so the
+run never waits for git.
 """
 
 from __future__ import annotations
@@ -169,9 +170,9 @@ def project_name(root: str) -> str:
     return Path(root).name
 
 
-def complete(base: Dict[str, Any]) -> Dict[str, Any]:
-    """base plus the machine, the project name, git, the code state and CI; may take a
-    moment (subprocesses)."""
+def complete(base: Dict[str, Any], deps: bool = False) -> Dict[str, Any]:
+    """base plus the machine, the project name, git, the code state and CI, and with
+    ``deps`` the watched files and the packages digest; may take a moment (subprocesses)."""
     env = dict(base)
     root = env.get("rootdir") or os.getcwd()
     env["os"] = platform.platform()
@@ -185,4 +186,25 @@ def complete(base: Dict[str, Any]) -> Dict[str, Any]:
     env.update(git_info(root))
     env["code_state"] = code_state(root)
     env["ci_provider"] = ci_provider()
+    if deps:
+        _add_watched(env, root)
     return env
+
+
+def _add_watched(env: Dict[str, Any], root: str) -> None:
+    """watched_files and packages (``_deps``); a failure leaves them out (empty:
+    not known), as it must not cost the run its results."""
+    from . import _deps
+
+    try:
+        watched, cut = _deps.bounded_watched(_deps.watched_now(root))
+        env["watched_files"] = watched
+        if cut:
+            env.setdefault("extra", {})
+            env["extra"] = dict(env["extra"], watched_files_cut=str(cut))
+    except Exception:  # best effort, never a reason to lose the run
+        pass
+    try:
+        env["packages"] = _deps.packages_digest()
+    except Exception:
+        pass

@@ -22,6 +22,10 @@ STARTED = 14  # seconds since the epoch, or None
 SUBTEST = 15  # the subtest's label, e.g. "[even] (i=1)"; "" for the test itself
 PROPERTIES = 16  # (name, value) text pairs from record_property; () for none
 QUARANTINED = 17  # True when the test ran under quarantine (--mcp-quarantine)
+# None: not recorded (--mcp-deps off, a subtest, a collection error, or a
+# test whose set may be incomplete); else a tuple of unit keys (ints), each in
+# the units dict (key -> unit tuple, see _deps) the reporter shares with the sender.
+DEPS = 18
 
 # Captured output: kept only for outcomes that did not pass, unless the
 # recorder asks for passing tests' output too.

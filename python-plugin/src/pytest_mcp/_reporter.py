@@ -16,6 +16,13 @@ pytest-rerunfailures attempt keeps its record, with the attempt number.
 
 Captured output is collected for tests that did not pass; for passing ones
 only while the recorder may keep it (see ``Sender.keep_passing_output``).
+
+With dependencies (``--mcp-deps``) an attempt's record carries the keys of
+the units it ran in setup, call and teardown, known at its teardown report:
+without xdist from the tracer of this process (``_deps.Handoff``), from a
+worker on the report itself (``mcp_deps``, with ``mcp_units`` declaring the
+units that worker had not sent before). A teardown error's second record
+carries the same keys; subtests and collection errors carry none.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from . import _records as R
 from ._sender import Sender
 
 MESSAGE_LIMIT = 2000  # characters of the one-line crash message
+#: The key in an xdist worker's ``workerinput`` that asks it to record dependencies.
+WORKER_DEPS = "mcp_deps"
 _KINDS = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
 _STATS_KEYS = {"error": "errors"}
 
@@ -58,6 +67,8 @@ class Settings:
     record_locally: bool = False
     #: Fetch the quarantine list at session start (--mcp-quarantine).
     quarantine: bool = False
+    #: Record each test's dependencies (--mcp-deps).
+    deps: bool = False
 
 
 @dataclass
@@ -230,10 +241,14 @@ def _subtest_label(report: Any, from_worker: bool) -> str:
 class Reporter:
     """The recording plugin object; see the module docstring."""
 
-    def __init__(self, config: pytest.Config, settings: Settings, markers) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings, markers, deps=None) -> None:
+        """``deps``: the ``_deps.Handoff`` shared with this process's tracer, when
+        dependencies are recorded."""
         self.config = config
         self.settings = settings
         self._markers = markers  # plugin.MarkerIndex
+        self._deps = deps
+        self._deps_warned = False
         self.session_id = str(uuid.uuid4())
         self._sender: Optional[Sender] = None
         self._append = None
@@ -267,6 +282,7 @@ class Reporter:
             session_id=self.session_id,
             started_at=started,
             environment=environment,
+            units=self._deps.units if self._deps is not None else None,
         )
         self._append = self._sender.queue.append
         # With no address configured and a binary to record with, a recorder
@@ -277,12 +293,19 @@ class Reporter:
 
         self._hold_warning = self.settings.record_locally and _binary.bundled() is not None
         self._sender.start()
+        if self._deps is not None:
+            from . import _deps
+
+            _deps.quiet_thread(self._sender.thread_ident)
         if self.settings.quarantine:
             self._start_quarantine()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node) -> None:
-        """xdist: each worker gets the list, for its own ``-x`` count."""
+        """xdist: each worker records dependencies when asked to, and gets the
+        quarantine list for its own ``-x`` count."""
+        if self._deps is not None:
+            node.workerinput[WORKER_DEPS] = True
         if not self.settings.quarantine:
             return
         # xdist may set its workers up before this plugin's sessionstart.
@@ -348,6 +371,10 @@ class Reporter:
                 return
             if local.problem is not None:
                 self._lines.append(f"pytest-mcp: could not record in {local.where}: {local.problem}")
+        deps = self._deps
+        if deps is not None and deps.warning is not None and not self._deps_warned:
+            self._deps_warned = True
+            self._lines.append(deps.warning)
         if sender.warning is not None and not self._warned:
             # Noticed at the very end: it leads the lines of the terminal summary.
             self._warned = True
@@ -434,7 +461,7 @@ class Reporter:
         path = nodeid.split("::", 1)[0] if nodeid != "." else ""
         self._record(
             (nodeid, kind, "collect", 0.0, message, text, "", "", "", path, None, (),
-             report.__dict__.get("worker_id", ""), 1, None, "", (), False)
+             report.__dict__.get("worker_id", ""), 1, None, "", (), False, None)
         )
 
     @pytest.hookimpl(trylast=True)
@@ -470,9 +497,34 @@ class Reporter:
                 state[3].append(report)
         if when == "teardown":
             del self._open[key]
-            self._attempt_done(key, state, report)
+            deps = self._take_deps(key[0], d) if self._deps is not None else None
+            self._attempt_done(key, state, report, deps)
 
-    def _attempt_done(self, key, state, last) -> None:
+    def _take_deps(self, nodeid: str, d: Dict[str, Any]):
+        """The attempt's dependency keys, from its teardown report (an xdist
+        worker's) or from this process's tracer; None when not recorded."""
+        handoff = self._deps
+        warning = d.get("mcp_deps_warning") or handoff.warning
+        if warning and not self._deps_warned:
+            self._deps_warned = True
+            self._write_warning(str(warning))
+        keys = d.get("mcp_deps")
+        if keys is None:
+            return handoff.pending.pop(nodeid, None)
+        units = handoff.units
+        try:
+            for unit in d.get("mcp_units") or ():
+                units.setdefault(int(unit[0]), tuple(unit))
+            keys = tuple(int(k) for k in keys)
+        except (TypeError, ValueError, IndexError):
+            return None
+        # A key no unit declares would make the recorder refuse the batch.
+        for k in keys:
+            if k not in units:
+                return None
+        return keys
+
+    def _attempt_done(self, key, state, last, deps=None) -> None:
         """Records one attempt; ``last`` is its last report (normally the teardown)."""
         attempts = self._attempts.get(key, 0) + 1
         self._attempts[key] = attempts
@@ -500,7 +552,7 @@ class Reporter:
         quarantined = _quarantine.REAL in decided.__dict__
         self._record(
             (key[0], kind, decided.when, duration, message, text, out, err, log, path, line,
-             markers, worker, attempt, state[0], "", props, quarantined)
+             markers, worker, attempt, state[0], "", props, quarantined, deps)
         )
         if extras:
             for extra in extras:
@@ -508,7 +560,7 @@ class Reporter:
                 message, text = _detail(extra, extra_kind)
                 self._record(
                     (key[0], extra_kind, extra.when, extra.duration, message, text, "", "", "",
-                     path, line, markers, worker, attempt, state[0], "", props, quarantined)
+                     path, line, markers, worker, attempt, state[0], "", props, quarantined, deps)
                 )
 
     def _subtest(self, report) -> None:
@@ -534,7 +586,7 @@ class Reporter:
              d.get("mcp_markers") or self._markers.get(parent), worker,
              self._attempts.get((parent, worker), 0) + 1, d.get("start"),
              _subtest_label(report, bool(worker)), _user_properties(report),
-             _quarantine.REAL in d)
+             _quarantine.REAL in d, None)
         )
 
     def _sender_drops_passing_output(self) -> bool:

@@ -25,6 +25,13 @@ Invariants:
   failed in a row does it wait (``BACKOFF_FIRST`` doubling up to
   ``BACKOFF_MAX``) before the next round. The recorders share one database,
   so an ack from any of them counts, and a seq stored by one is stored once.
+* Dependencies (``--mcp-deps``): an outcome names unit keys; each batch
+  declares in ``units`` every unit its outcomes name that no acknowledged
+  batch declared (``_stored_units``). Declarations of batches not
+  acknowledged count for nothing after a reconnect or a move to another
+  address: those outcomes are sent again, and so are their units. The units
+  themselves are in the dict shared with the reporter (key -> unit tuple),
+  which is only ever added to.
 * At most one warning line is produced per run (``warning``); the reporter
   prints it from the main thread, where pytest's output capture is not active.
   It is set once the sender knows where the run goes: with several addresses,
@@ -69,10 +76,13 @@ MAX_ID_BYTES = 4096  # the server's limit for nodeid, file and worker
 MAX_MARKERS = 256
 MAX_MARKER_BYTES = 1024
 RECORD_OVERHEAD = 200  # rough bytes of a record beyond its text fields
+DEP_BYTES = 9  # bytes of one dependency key on the wire (and a little more spooled)
+UNIT_OVERHEAD = 64  # rough bytes of a unit declaration beyond its path and name
 MAX_PROPERTIES = 1000  # per outcome sent; the recorder keeps 64
 MAX_PROPERTY_CHARS = 8192  # per name or value sent; the recorder keeps 4 KiB
 
 OUTCOMES = {"passed": 1, "failed": 2, "skipped": 3, "error": 4, "xfailed": 5, "xpassed": 6}
+UNIT_KINDS = {"function": 1, "class": 2, "module": 3, "file": 4}
 PHASES = {None: 0, "collect": 1, "setup": 2, "call": 3, "teardown": 4}
 # Outcome fields set only when not empty: (field, record index).
 _OPTIONAL_TEXT = (
@@ -214,9 +224,11 @@ def sanitize(r: Tuple) -> Tuple[Tuple, int]:
         and len(r[R.SUBTEST]) <= MAX_ID_BYTES // 4
         and not r[R.PROPERTIES]
     ):
-        return r, RECORD_OVERHEAD + text  # nearly always: nothing can be over a limit
+        deps = r[R.DEPS]
+        # nearly always: nothing can be over a limit
+        return r, RECORD_OVERHEAD + text + (DEP_BYTES * len(deps) if deps else 0)
     fix = list(r)
-    size = RECORD_OVERHEAD
+    size = RECORD_OVERHEAD + (DEP_BYTES * len(r[R.DEPS]) if r[R.DEPS] else 0)
     for index in (R.MESSAGE, R.LONGREPR, R.STDOUT, R.STDERR, R.LOG):
         if len(fix[index]) > MAX_TEXT:
             fix[index] = _clip(fix[index])
@@ -340,7 +352,10 @@ class Sender:
         session_id: str,
         started_at: float,
         environment: Dict[str, Any],
+        units: Optional[Dict[int, tuple]] = None,
     ) -> None:
+        """``units``: the units outcomes' dependencies name, by key (shared with
+        the reporter, only ever added to); None when dependencies are not recorded."""
         self.queue: deque = deque()
         #: One line for the main thread to print, set at most once per run.
         self.warning: Optional[str] = None
@@ -364,6 +379,9 @@ class Sender:
         self._timeout = timeout
         self._started_at = started_at
         self._environment = environment
+        self._units = units
+        self._stored_units: set = set()  # keys an acknowledged batch declared
+        self._declared: deque = deque()  # (last seq of a batch on the stream, keys it declared)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
         self._closing = threading.Event()
@@ -404,6 +422,11 @@ class Sender:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pytest-mcp-sender", daemon=True)
         self._thread.start()
+
+    @property
+    def thread_ident(self) -> Optional[int]:
+        """The sender thread's ident, once started."""
+        return self._thread.ident if self._thread is not None else None
 
     def _wake_soon(self) -> None:
         """Ends the sender's current wait; callable from any thread."""
@@ -501,7 +524,7 @@ class Sender:
         self._grpc = grpc
         self._pb = recorder_pb2
         self._Timestamp = Timestamp
-        self._environment = _environment.complete(self._environment)
+        self._environment = _environment.complete(self._environment, deps=self._units is not None)
         options = [
             # Find a restarted server quickly instead of after grpc's default minutes.
             ("grpc.initial_reconnect_backoff_ms", 100),
@@ -607,8 +630,10 @@ class Sender:
         self._stream = _Stream(self, replica.stub, self._metadata)
         self._mode = STREAMING
         self._backoff = BACKOFF_FIRST
-        # Everything not acknowledged goes out again, in seq order.
+        # Everything not acknowledged goes out again, in seq order, and
+        # declares its units again.
         self._trim()
+        self._declared.clear()
         if self._inflight:
             self._inflight.extend(self._unsent)
             self._unsent = self._inflight
@@ -701,6 +726,9 @@ class Sender:
         while unsent and unsent[0][0] <= acked:  # stored before a reconnect
             freed += unsent.popleft()[2]
         self._held_bytes -= freed
+        declared = self._declared
+        while declared and declared[0][0] <= acked:
+            self._stored_units.update(declared.popleft()[1])
 
     def _send(self) -> None:
         unsent = self._unsent
@@ -712,11 +740,15 @@ class Sender:
         passing_text = _OPTIONAL_TEXT if self.keep_passing_output else _PASSING_TEXT
         stream = self._stream
         inflight = self._inflight
+        units = self._units
+        stored = self._stored_units
         while unsent:
             request = new_request(session_id=self.session_id)
             add = request.outcomes.add
             count = 0
             size = 0
+            declared: set = set()
+            last_seq = 0
             while unsent and count < MAX_BATCH and size < MAX_BATCH_BYTES:
                 item = unsent.popleft()
                 seq, r, item_size = item
@@ -755,6 +787,12 @@ class Sender:
                         stamp = o.started_at
                         stamp.seconds = whole
                         stamp.nanos = _nanos(started, whole)
+                    deps = r[R.DEPS]
+                    if deps is not None:
+                        o.deps.SetInParent()  # recorded, even when empty
+                        o.deps.units.extend(deps)
+                        if units is not None:
+                            size += self._declare(request, deps, declared, stored, units)
                 except (UnicodeError, ValueError):
                     if getattr(r, "repaired", False):
                         raise  # not a problem repair() knows: _run spools everything
@@ -766,8 +804,29 @@ class Sender:
                 inflight.append(item)
                 count += 1
                 size += item_size
+                last_seq = seq
             if count:
+                if declared:
+                    self._declared.append((last_seq, declared))
                 stream.put(request)
+
+    @staticmethod
+    def _declare(request, deps, declared: set, stored: set, units: Dict[int, tuple]) -> int:
+        """Adds to the request the units of ``deps`` it does not declare yet and no
+        acknowledged batch declared; returns their rough size in bytes."""
+        size = 0
+        add = request.units.add
+        for k in deps:
+            if k in stored or k in declared:
+                continue
+            unit = units.get(k)
+            if unit is None:
+                continue
+            declared.add(k)
+            add(key=k, code=unit[1], kind=UNIT_KINDS[unit[2]], path=unit[3], name=unit[4],
+                line_start=unit[5], line_end=unit[6], checksum=unit[7])
+            size += UNIT_OVERHEAD + len(unit[3]) + len(unit[4])
+        return size
 
     def _check_memory(self) -> None:
         held = self._held()
@@ -890,7 +949,9 @@ class Sender:
                 return
             try:
                 if self._spool is None:
-                    self._spool = SpoolFile(self._spool_dir, self.session_id, self._start_line())
+                    self._spool = SpoolFile(
+                        self._spool_dir, self.session_id, self._start_line(), self._units
+                    )
                 self._spool.outcomes(items, self._keep_output())
             except OSError as error:
                 self._note(f"cannot write the spool file: {error}")
@@ -921,7 +982,9 @@ class Sender:
                 self._next_seq = seq
                 self._result.outcomes = seq - 1
                 if self._spool is None:
-                    self._spool = SpoolFile(self._spool_dir, self.session_id, self._start_line())
+                    self._spool = SpoolFile(
+                        self._spool_dir, self.session_id, self._start_line(), self._units
+                    )
                 self._spool.outcomes(items, self._keep_output())
                 if self._summary is not None:
                     self._spool.finish(

@@ -5,6 +5,8 @@ thread, no per-test hook. When it is, the reporter (``_reporter``) is
 registered on the process that sees every result, which is the xdist
 controller under pytest-xdist and never a worker; the small marker index runs
 wherever tests are collected, so markers travel with reports from workers.
+With ``--mcp-deps`` the dependency tracer (``_deps``) runs where tests run:
+in the only process, or on each worker, whose reports carry what it found.
 """
 
 from __future__ import annotations
@@ -84,6 +86,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(env PYTEST_MCP_QUARANTINE=1, ini mcp_quarantine = true)",
     )
     group.addoption(
+        "--mcp-deps",
+        action="store_true",
+        default=None,
+        help="record for each test the code under rootdir it ran (setup, call, teardown, and "
+        "the setup of the wider-scoped fixtures it uses) and the files under rootdir it read, "
+        "so flakiness compares runs of the same code and a change selects the tests it affects; "
+        "code run in subprocesses is not seen. Python 3.12+ uses sys.monitoring; older Pythons "
+        "sys.settrace, which is slower and gives way to coverage or a debugger "
+        "(env PYTEST_MCP_DEPS=1, ini mcp_deps = true; off by default)",
+    )
+    group.addoption(
         "--mcp-affected",
         action="store_true",
         default=None,
@@ -99,6 +112,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(git diff REV) instead of by the code each test last ran",
     )
     parser.addini("mcp", type="bool", default=False, help="record results with pytest-mcp")
+    parser.addini(
+        "mcp_deps", type="bool", default=False,
+        help="pytest-mcp: record each test's dependencies (code run, files read)",
+    )
     parser.addini(
         "mcp_affected", type="bool", default=False,
         help="pytest-mcp: run only the tests the working tree's changes need",
@@ -230,6 +247,12 @@ def pytest_configure(config: pytest.Config) -> None:
             from ._quarantine import WorkerQuarantine
 
             config.pluginmanager.register(WorkerQuarantine(pairs), "mcp-quarantine")
+        # The controller decides (its reporter sets _reporter.WORKER_DEPS),
+        # so its settings win.
+        if config.workerinput.get("mcp_deps"):
+            from ._deps import Tracer
+
+            config.pluginmanager.register(Tracer(config, None), "mcp-deps")
         return
 
     from ._reporter import Reporter, Settings
@@ -263,6 +286,7 @@ def pytest_configure(config: pytest.Config) -> None:
         tls_ca=tls_ca,
         spool_dir=_setting(config, "mcp_spool", "PYTEST_MCP_SPOOL", "mcp_spool"),
         timeout=timeout,
+        deps=_switch(config, "mcp_deps", "PYTEST_MCP_DEPS", "mcp_deps"),
     )
     if _switch(config, "mcp_affected", "PYTEST_MCP_AFFECTED", "mcp_affected"):
         from ._affected import Affected
@@ -276,6 +300,14 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--mcp-base: only with --mcp-affected")
     if config.getoption("collectonly"):
         return  # nothing runs, so nothing is recorded
+    handoff = None
+    if settings.deps:
+        from ._deps import Handoff, Tracer
+
+        handoff = Handoff()
+        # Under xdist this process runs no test: the tracer stays idle, and
+        # each worker has its own (see pytest_configure_node in the reporter).
+        config.pluginmanager.register(Tracer(config, handoff), "mcp-deps")
     markers = MarkerIndex()
     config.pluginmanager.register(markers, "mcp-markers")
-    config.pluginmanager.register(Reporter(config, settings, markers), "mcp-reporter")
+    config.pluginmanager.register(Reporter(config, settings, markers, handoff), "mcp-reporter")
