@@ -410,6 +410,7 @@ fn make_run(suite: &[TestDef], run: u64, order: Order, shape: Shape, batch: usiz
             batches.push(pb::StreamOutcomesRequest {
                 session_id: id.clone(),
                 outcomes: std::mem::replace(&mut current, Vec::with_capacity(batch)),
+                ..Default::default()
             });
         }
     }
@@ -1115,6 +1116,18 @@ impl Recorder for Sink {
         &self,
         _: Request<pb::ListQuarantineRequest>,
     ) -> Result<Response<pb::ListQuarantineResponse>, Status> {
+        Err(Status::unimplemented("the sink only streams"))
+    }
+    async fn get_dependencies(
+        &self,
+        _: Request<pb::GetDependenciesRequest>,
+    ) -> Result<Response<pb::GetDependenciesResponse>, Status> {
+        Err(Status::unimplemented("the sink only streams"))
+    }
+    async fn select_affected(
+        &self,
+        _: Request<pb::SelectAffectedRequest>,
+    ) -> Result<Response<pb::SelectAffectedResponse>, Status> {
         Err(Status::unimplemented("the sink only streams"))
     }
 }

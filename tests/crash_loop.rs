@@ -79,6 +79,7 @@ async fn stream_until_killed(
                 let req = pb::StreamOutcomesRequest {
                     session_id: id.clone(),
                     outcomes,
+                    ..Default::default()
                 };
                 if tx.send(req).await.is_err() {
                     return;

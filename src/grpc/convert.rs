@@ -4,8 +4,8 @@
 use super::pb;
 use crate::error::{Error, Result};
 use crate::model::{
-    Environment, Outcome, OutcomeCounts, Phase, QuarantineEntry, Session, SessionStatus, Source,
-    Summary, TestOutcome, Timestamp,
+    CodeUnit, Environment, Outcome, OutcomeCounts, Phase, QuarantineEntry, Session, SessionStatus,
+    Source, Summary, TestOutcome, Timestamp, UnitKind,
 };
 
 /// Model timestamp to protobuf.
@@ -320,5 +320,45 @@ pub fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome> {
             .collect(),
         quarantined: o.quarantined,
         deps: o.deps.map(|d| d.units),
+    })
+}
+
+/// Model unit kind to protobuf.
+pub fn unit_kind_to_pb(k: UnitKind) -> pb::UnitKind {
+    match k {
+        UnitKind::Function => pb::UnitKind::Function,
+        UnitKind::Class => pb::UnitKind::Class,
+        UnitKind::Module => pb::UnitKind::Module,
+        UnitKind::File => pb::UnitKind::File,
+    }
+}
+
+/// Protobuf unit kind to model; unset or unknown is refused, naming `field`.
+pub fn unit_kind_from_pb(v: i32, field: &str) -> Result<UnitKind> {
+    match pb::UnitKind::try_from(v) {
+        Ok(pb::UnitKind::Function) => Ok(UnitKind::Function),
+        Ok(pb::UnitKind::Class) => Ok(UnitKind::Class),
+        Ok(pb::UnitKind::Module) => Ok(UnitKind::Module),
+        Ok(pb::UnitKind::File) => Ok(UnitKind::File),
+        Ok(pb::UnitKind::Unspecified) => Err(Error::invalid(
+            field,
+            "is not set; expected function, class, module or file",
+        )),
+        Err(_) => Err(Error::invalid(field, format!("unknown unit kind {v}"))),
+    }
+}
+
+/// Protobuf code unit to model (checked by [`CodeUnit::validate`] in the
+/// store); errors name fields relative to the unit.
+pub fn unit_from_pb(u: pb::CodeUnit) -> Result<CodeUnit> {
+    Ok(CodeUnit {
+        key: u.key,
+        code: u.code,
+        kind: unit_kind_from_pb(u.kind, "kind")?,
+        path: u.path,
+        name: u.name,
+        line_start: u.line_start,
+        line_end: u.line_end,
+        checksum: u.checksum,
     })
 }

@@ -66,15 +66,26 @@ impl Digest {
 
     /// The kinds of test `i`'s attempts, in order.
     pub fn attempts(&self, i: usize) -> &[TestOutcome] {
+        self.kinds.get(self.attempt_range(i)).unwrap_or_default()
+    }
+
+    /// Where test `i`'s attempts are among all the session's attempts (the
+    /// order of anything kept per attempt, such as dependency sets).
+    pub fn attempt_range(&self, i: usize) -> std::ops::Range<usize> {
         if self.firsts.is_empty() {
-            return self.kinds.get(i..=i).unwrap_or_default();
+            return i..i + 1;
         }
         let start = self.firsts[i] as usize;
         let end = self
             .firsts
             .get(i + 1)
             .map_or(self.kinds.len(), |f| *f as usize);
-        self.kinds.get(start..end).unwrap_or_default()
+        start..end
+    }
+
+    /// How many attempts the session's tests had in all.
+    pub fn attempt_count(&self) -> usize {
+        self.kinds.len()
     }
 
     /// The positions of the tests with a failed or errored attempt.
@@ -154,34 +165,48 @@ pub fn flaky_input(recent: &[RunSession], digests: &[Digest]) -> FlakyInput {
 /// Builds a digest from a session's outcomes given in seq order as (test,
 /// is a subtest, kind, duration).
 pub fn build(outcomes: impl IntoIterator<Item = (i64, bool, TestOutcome, f64)>) -> Digest {
+    build_with(outcomes.into_iter().map(|(t, s, k, d)| (t, s, k, d, ()))).0
+}
+
+/// Like [`build`], carrying a value per outcome (its dependency set, say)
+/// into the digest's attempt order: the second vector is parallel to the
+/// attempts ([`Digest::attempt_range`]).
+pub fn build_with<T>(
+    outcomes: impl IntoIterator<Item = (i64, bool, TestOutcome, f64, T)>,
+) -> (Digest, Vec<T>) {
     let mut at: HashMap<i64, usize> = HashMap::new();
-    let mut grouped: Vec<(i64, bool, Vec<TestOutcome>, f64)> = Vec::new();
-    for (test, subtest, kind, duration) in outcomes {
+    type Group<T> = (i64, bool, Vec<(TestOutcome, T)>, f64);
+    let mut grouped: Vec<Group<T>> = Vec::new();
+    for (test, subtest, kind, duration, extra) in outcomes {
         match at.get(&test) {
             Some(&i) => {
                 let e = &mut grouped[i];
-                e.2.push(kind);
+                e.2.push((kind, extra));
                 e.3 = duration;
             }
             None => {
                 at.insert(test, grouped.len());
-                grouped.push((test, subtest, vec![kind], duration));
+                grouped.push((test, subtest, vec![(kind, extra)], duration));
             }
         }
     }
     grouped.sort_by_key(|e| e.0);
     let reruns = grouped.iter().any(|e| e.2.len() > 1);
     let mut d = Digest::default();
-    for (test, subtest, kinds, duration) in grouped {
+    let mut extras = Vec::new();
+    for (test, subtest, attempts, duration) in grouped {
         d.tests.push(test);
         d.subtests.push(subtest);
         if reruns {
             d.firsts.push(d.kinds.len() as u32);
         }
-        d.kinds.extend(kinds);
+        for (kind, extra) in attempts {
+            d.kinds.push(kind);
+            extras.push(extra);
+        }
         d.durations.push(duration);
     }
-    d
+    (d, extras)
 }
 
 fn code(kind: TestOutcome) -> u8 {

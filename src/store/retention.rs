@@ -194,6 +194,10 @@ impl Store {
             }
             pause_for(pause).await;
         }
+        if report.deleted > 0 {
+            // A snapshot may name runs of the deleted sessions.
+            self.inner.snapshots.clear();
+        }
         // A crash may have left rows of earlier deletions: always reclaim.
         let mut reclaimed = 0;
         loop {

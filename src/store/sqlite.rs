@@ -16,6 +16,7 @@ mod rows;
 mod schema;
 mod writer;
 
+use crate::store::affected::DepsSnapshot;
 use crate::store::backend::KnownCause;
 use crate::store::fingerprint::KeyedFailure;
 use rusqlite::{Connection, OpenFlags};
@@ -37,7 +38,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    Outcome, Project, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp,
+    CodeUnit, Outcome, Project, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp,
 };
 use writer::{Queued, WriteCmd};
 
@@ -233,6 +234,7 @@ impl Backend for SqliteBackend {
         &self,
         id: Uuid,
         outcomes: Vec<NewOutcome>,
+        units: Vec<CodeUnit>,
         budget: QueuedBytes,
     ) -> Fut<Fut<u64>> {
         let shared = self.shared.clone();
@@ -240,6 +242,7 @@ impl Backend for SqliteBackend {
             let rx = Self::enqueue(&shared.writes, move |reply| WriteCmd::Append {
                 id,
                 outcomes,
+                units,
                 _budget: budget,
                 reply,
             })
@@ -387,6 +390,10 @@ impl Backend for SqliteBackend {
 
     fn projects(&self) -> Fut<Vec<ProjectActivity>> {
         self.read(reads::projects)
+    }
+
+    fn deps_snapshot(&self, project: Project) -> Fut<DepsSnapshot> {
+        self.read(move |c| reads::deps_snapshot(c, &project))
     }
 
     fn session_finals(&self, session: SessionRef) -> Fut<SessionFinals> {

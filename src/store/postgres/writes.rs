@@ -18,7 +18,9 @@ use super::rows::{SESSION_COLUMNS, session_from_row};
 use super::schema::{CHANNEL, TESTS_LOCK};
 use super::{Shared, reads};
 use crate::error::{Error, Result};
-use crate::model::{QuarantineEntry, Session, SessionRef, SessionStatus, Summary, Timestamp};
+use crate::model::{
+    CodeUnit, QuarantineEntry, Session, SessionRef, SessionStatus, Summary, Timestamp,
+};
 use crate::store::audit::{self, AuditEntry};
 use crate::store::backend::Reclaimed;
 use crate::store::codes::{kind_code, phase_code};
@@ -170,8 +172,16 @@ pub async fn append_next(
     let mut numbered = outcome.clone();
     numbered.outcome.seq = rules::next_seq(&session);
     let seq = numbered.outcome.seq;
-    let (_, learned) =
-        append_locked(tx, shared, id, pk, session, std::slice::from_ref(&numbered)).await?;
+    let (_, learned) = append_locked(
+        tx,
+        shared,
+        id,
+        pk,
+        session,
+        std::slice::from_ref(&numbered),
+        &[],
+    )
+    .await?;
     Ok((seq, learned))
 }
 
@@ -182,11 +192,12 @@ pub async fn append(
     shared: &Shared,
     id: Uuid,
     outcomes: &[NewOutcome],
+    units: &[CodeUnit],
 ) -> Result<(u64, Learned)> {
     let (pk, session) = lock_session(tx, id)
         .await?
         .ok_or_else(|| rules::no_session_for_outcomes(id))?;
-    append_locked(tx, shared, id, pk, session, outcomes).await
+    append_locked(tx, shared, id, pk, session, outcomes, units).await
 }
 
 async fn append_locked(
@@ -196,11 +207,19 @@ async fn append_locked(
     pk: i64,
     session: Session,
     outcomes: &[NewOutcome],
+    units: &[CodeUnit],
 ) -> Result<(u64, Learned)> {
     let Some(plan) = rules::plan_append(&session, outcomes)? else {
         return Ok((session.outcomes_stored, Learned::default()));
     };
     let new = &outcomes[plan.first..plan.first + plan.count];
+    let _ = units;
+    if new.iter().any(|n| n.deps.is_some()) {
+        return Err(Error::precondition(
+            "deps",
+            "this PostgreSQL store does not keep dependencies yet",
+        ));
+    }
     // Shared: the remover of unused tests waits for this transaction. The
     // generation, read by the next statement (a snapshot taken after the
     // lock), tells whether cached ids still hold. Sent together.

@@ -24,10 +24,13 @@ use crate::model::{
     Outcome, Project, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome,
     Timestamp,
 };
+use crate::store::affected::{DepsSnapshot, StoredUnit};
 use crate::store::analysis::attempts_of;
 use crate::store::backend::{
     FlakyInput, ProjectActivity, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
 };
+use crate::store::codes::unit_kind_of;
+use crate::store::deps::{self, SnapshotParts, SnapshotScan};
 use crate::store::digest::{self, Digest};
 use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
@@ -573,6 +576,151 @@ pub fn digest_from_rows(c: &Connection, pk: i64) -> Result<Digest> {
         outcomes.push((r.get(0)?, r.get(1)?, kind, r.get(3)?));
     }
     Ok(digest::build(outcomes))
+}
+
+/// Builds a session's digest from its rows, and each attempt's dependency
+/// set in the digest's attempt order.
+pub fn digest_and_sets_from_rows(c: &Connection, pk: i64) -> Result<(Digest, Vec<Option<i64>>)> {
+    let (lo, hi) = outcome_rowid_range(pk);
+    let mut stmt = c.prepare_cached(
+        "SELECT o.test_id, t.subtest != '', o.kind, o.duration, o.deps
+         FROM outcomes o JOIN tests t ON t.id = o.test_id
+         WHERE o.id BETWEEN ?1 AND ?2 ORDER BY o.id",
+    )?;
+    let mut rows = stmt.query([lo, hi])?;
+    let mut outcomes = Vec::new();
+    while let Some(r) = rows.next()? {
+        let kind: i64 = r.get(2)?;
+        let kind = kind_of(kind)
+            .ok_or_else(|| Error::Internal(format!("unknown outcome kind {kind} stored")))?;
+        outcomes.push((r.get(0)?, r.get(1)?, kind, r.get(3)?, r.get(4)?));
+    }
+    Ok(digest::build_with(outcomes))
+}
+
+/// What each test of `project` last ran ([`crate::store::deps::SnapshotScan`]):
+/// its closed sessions' digests and per-attempt sets, newest first, then the
+/// names, sets and units the newest runs need.
+pub fn deps_snapshot(c: &Connection, project: &Project) -> Result<DepsSnapshot> {
+    let sql = format!(
+        "SELECT s.pk, s.id, s.status FROM sessions s WHERE {}
+             AND s.status IN ('finished', 'interrupted')
+         ORDER BY s.started_at DESC, s.pk DESC",
+        in_project(1)
+    );
+    let (spellings, unnamed) = project_args(project);
+    let sessions: Vec<(i64, Uuid, SessionStatus)> = c
+        .prepare_cached(&sql)?
+        .query_map(params![spellings.clone(), unnamed], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .map(|row| {
+            let (pk, id, status) = row?;
+            Ok((
+                pk,
+                Uuid::parse_str(&id)
+                    .map_err(|e| Error::Internal(format!("stored session id: {e}")))?,
+                status.parse().map_err(Error::Internal)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut scan = SnapshotScan::default();
+    let mut read = c.prepare_cached("SELECT tests, deps FROM digests WHERE session_pk = ?1")?;
+    for (at, (pk, _, _)) in sessions.iter().enumerate() {
+        let stored: Option<(Vec<u8>, Option<Vec<u8>>)> = read
+            .query_row([pk], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let decoded = stored.as_ref().and_then(|(tests, sets)| {
+            let d = digest::decode(tests, None)
+                .map_err(|e| tracing::warn!(session_pk = pk, error = %e, "reading the session's rows instead"))
+                .ok()?;
+            Some((d, sets.as_deref()))
+        });
+        match decoded {
+            Some((d, sets)) => scan.add(at, &d, || match sets {
+                Some(blob) => deps::decode_session_sets(blob),
+                None => Ok(Vec::new()),
+            })?,
+            None => {
+                let (d, sets) = digest_and_sets_from_rows(c, *pk)?;
+                scan.add(at, &d, || Ok(sets))?;
+            }
+        }
+    }
+    let tests: Vec<TestKey> = scan.found.iter().map(|f| f.test).collect();
+    let names = test_names(c, &tests)?;
+    let mut sets = HashMap::new();
+    let mut unit_ids = Vec::new();
+    {
+        let mut stmt = c.prepare_cached("SELECT id, units FROM dep_sets WHERE id IN rarray(?1)")?;
+        let mut rows = stmt.query([id_array(scan.set_ids())])?;
+        while let Some(r) = rows.next()? {
+            let ids = deps::decode_units(&r.get::<_, Vec<u8>>(1)?)?;
+            unit_ids.extend_from_slice(&ids);
+            sets.insert(r.get::<_, i64>(0)?, ids);
+        }
+    }
+    unit_ids.sort_unstable();
+    unit_ids.dedup();
+    let mut units = HashMap::with_capacity(unit_ids.len());
+    {
+        let mut stmt = c.prepare_cached(
+            "SELECT id, kind, path, name, line_start, line_end, checksum FROM dep_units
+             WHERE id IN rarray(?1)",
+        )?;
+        let mut rows = stmt.query([id_array(unit_ids)])?;
+        while let Some(r) = rows.next()? {
+            let kind: i64 = r.get(1)?;
+            units.insert(
+                r.get::<_, i64>(0)?,
+                StoredUnit {
+                    kind: unit_kind_of(kind).ok_or_else(|| {
+                        Error::Internal(format!("unknown unit kind {kind} stored"))
+                    })?,
+                    path: r.get(2)?,
+                    name: r.get(3)?,
+                    line_start: r.get(4)?,
+                    line_end: r.get(5)?,
+                    checksum: r.get(6)?,
+                },
+            );
+        }
+    }
+    // The newest closed session that recorded either (the environment
+    // leaves out what is empty).
+    let sql = format!(
+        "SELECT s.environment FROM sessions s WHERE {}
+             AND s.status IN ('finished', 'interrupted')
+             AND (json_extract(s.environment, '$.watched_files') IS NOT NULL
+                  OR json_extract(s.environment, '$.packages') IS NOT NULL)
+         ORDER BY s.started_at DESC, s.pk DESC LIMIT 1",
+        in_project(1)
+    );
+    let environment: Option<String> = c
+        .prepare_cached(&sql)?
+        .query_row(params![spellings, unnamed], |r| r.get(0))
+        .optional()?;
+    let environment: crate::model::Environment = match environment {
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| Error::Internal(format!("stored environment: {e}")))?,
+        None => crate::model::Environment::default(),
+    };
+    deps::assemble(
+        scan,
+        SnapshotParts {
+            project: project.name.clone(),
+            sessions: sessions.into_iter().map(|(_, id, st)| (id, st)).collect(),
+            names,
+            sets,
+            units,
+            watched_files: environment.watched_files,
+            packages: environment.packages,
+        },
+    )
 }
 
 /// The newest `window` sessions of `project` and the tests (not subtests)
