@@ -21,6 +21,7 @@ backend_tests! {
     async fn units_are_shared_by_every_spelling_of_a_project_and_not_across_projects;
     fn a_spool_with_units_lines_imports_its_dependencies_and_importing_it_twice_adds_nothing;
     async fn the_snapshot_holds_each_tests_newest_closed_run_its_set_and_the_newest_watched_files;
+    async fn a_database_taken_back_to_the_schema_before_dependencies_upgrades_and_takes_them;
 }
 
 const A: &str = "tests/test_d.py::test_a";
@@ -595,5 +596,59 @@ async fn the_snapshot_holds_each_tests_newest_closed_run_its_set_and_the_newest_
     assert_eq!(e_run.session, id(&s4));
     let a_now = after.tests.iter().find(|t| t.nodeid == A).unwrap();
     assert_eq!(a_now.outcome, TestOutcome::Failed);
+    store.shutdown().await;
+}
+
+async fn a_database_taken_back_to_the_schema_before_dependencies_upgrades_and_takes_them(
+    db: TestDb,
+) {
+    let server = Server::start(db.arg());
+    let mut client = server.client().await;
+    let old = new_id();
+    start_session(&mut client, &old, "up").await;
+    stream(&mut client, &old, vec![vec![passed(1, A), passed(2, B)]])
+        .await
+        .unwrap();
+    finish(&mut client, &old, 2, 0).await.unwrap();
+    drop(client);
+    assert!(server.terminate().success());
+    match db.backend() {
+        Backend::Sqlite => db.execute(&format!("{WITHOUT_DEPENDENCIES}; PRAGMA user_version = 8")),
+        Backend::Postgres => db.execute(&format!(
+            "{WITHOUT_DEPENDENCIES}; UPDATE pytest_mcp_schema SET version = 6"
+        )),
+    }
+    let server = Server::start(db.arg());
+    let mut client = server.client().await;
+    let new = new_id();
+    start_session(&mut client, &new, "up").await;
+    let acks = stream_units(
+        &mut client,
+        &new,
+        vec![(vec![with_deps(passed(1, A), &[1])], vec![unit(1, "aa")])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(acks, [1]);
+    finish(&mut client, &new, 1, 0).await.unwrap();
+    assert_eq!(count(&db, "dep_sets"), 1);
+    let location = pytest_mcp::store::Location::parse(db.arg().to_str().unwrap().as_ref()).unwrap();
+    let store = pytest_mcp::store::Store::open(pytest_mcp::store::StoreConfig::new(location))
+        .await
+        .unwrap();
+    let snap = store
+        .deps_snapshot(&pytest_mcp::model::Project::named("up"))
+        .await
+        .unwrap();
+    let sets: Vec<(&str, bool)> = snap
+        .tests
+        .iter()
+        .map(|t| (t.nodeid.as_str(), t.set.is_some()))
+        .collect();
+    assert_eq!(
+        sets,
+        [(A, true), (B, false)],
+        "B's newest run is from before"
+    );
     store.shutdown().await;
 }

@@ -631,13 +631,7 @@ impl Backend for PgBackend {
     }
 
     fn deps_snapshot(&self, project: Project) -> Fut<DepsSnapshot> {
-        let _ = project;
-        Box::pin(async {
-            Err(Error::precondition(
-                "project",
-                "this PostgreSQL store does not keep dependencies yet",
-            ))
-        })
+        self.read(move |tx| boxed!(async move { reads::deps_snapshot(tx, &project).await }))
     }
 
     fn session_finals(&self, session: SessionRef) -> Fut<SessionFinals> {

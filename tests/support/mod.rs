@@ -177,6 +177,12 @@ impl TestDb {
     }
 }
 
+/// SQL that takes a database back to the schema before dependencies were
+/// stored (the same on both backends), for tests of the upgrade.
+pub const WITHOUT_DEPENDENCIES: &str = "DROP TABLE dep_units; DROP TABLE dep_sets; \
+     ALTER TABLE outcomes DROP COLUMN deps; ALTER TABLE digests DROP COLUMN deps; \
+     DELETE FROM meta WHERE key = 'deps_generation'";
+
 /// One line per table: its name and the md5 of its rows in text form, sorted.
 const PG_DIGEST: &str = r#"
     SELECT string_agg(c.relname || ' ' || (xpath('/row/h/text()', query_to_xml(

@@ -17,12 +17,15 @@ use crate::model::{
     Outcome, Project, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome,
     Timestamp,
 };
+use crate::store::affected::{DepsSnapshot, StoredUnit};
 use crate::store::analysis::attempts_of;
 use crate::store::backend::{
     FlakyInput, KNOWN_TESTS_NAMED, KnownCause, ProjectActivity, SessionFinals, SessionKey,
     SessionMeta, StorageStats, TestKey,
 };
+use crate::store::codes::unit_kind_of;
 use crate::store::codes::{kind_code, kind_of};
+use crate::store::deps::{self, SnapshotParts, SnapshotScan};
 use crate::store::digest::{self, Digest};
 use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
@@ -571,6 +574,142 @@ pub async fn digest_from_rows(tx: &Tx<'_>, pk: i64) -> Result<Digest> {
         outcomes.push((r.get(0), r.get(1), kind, r.get(3)));
     }
     Ok(digest::build(outcomes))
+}
+
+/// Builds a session's digest from its rows, and each attempt's dependency
+/// set in the digest's attempt order.
+pub async fn digest_and_sets_from_rows(tx: &Tx<'_>, pk: i64) -> Result<(Digest, Vec<Option<i64>>)> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT o.test_id, t.subtest <> '', o.kind, o.duration, o.deps
+             FROM outcomes o JOIN tests t ON t.id = o.test_id
+             WHERE o.session_pk = $1 ORDER BY o.seq",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&pk]).await?;
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let kind: i16 = r.get(2);
+        let kind = kind_of(i64::from(kind))
+            .ok_or_else(|| Error::Internal(format!("unknown outcome kind {kind} stored")))?;
+        outcomes.push((
+            r.get(0),
+            r.get(1),
+            kind,
+            r.get(3),
+            r.get::<_, Option<i64>>(4),
+        ));
+    }
+    Ok(digest::build_with(outcomes))
+}
+
+/// What each test of `project` last ran (see the SQLite backend's
+/// `deps_snapshot`: the same scan, the same assembly).
+pub async fn deps_snapshot(tx: &Tx<'_>, project: &Project) -> Result<DepsSnapshot> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT s.pk, s.id, s.status FROM sessions s WHERE {}
+                 AND s.status IN ('finished', 'interrupted')
+             ORDER BY s.started_at DESC, s.pk DESC",
+            in_project(1)
+        ))
+        .await?;
+    let (spellings, unnamed) = project_args(project);
+    let mut sessions: Vec<(i64, Uuid, SessionStatus)> = Vec::new();
+    for r in tx.query(&stmt, &[&spellings, &unnamed]).await? {
+        let status: String = r.get(2);
+        sessions.push((r.get(0), r.get(1), status.parse().map_err(Error::Internal)?));
+    }
+    let pks: Vec<i64> = sessions.iter().map(|s| s.0).collect();
+    let stmt = tx
+        .prepare_cached("SELECT session_pk, tests, deps FROM digests WHERE session_pk = ANY($1)")
+        .await?;
+    let mut stored: HashMap<i64, (Vec<u8>, Option<Vec<u8>>)> = HashMap::new();
+    for r in tx.query(&stmt, &[&pks]).await? {
+        stored.insert(r.get(0), (r.get(1), r.get(2)));
+    }
+    let mut scan = SnapshotScan::default();
+    for (at, (pk, _, _)) in sessions.iter().enumerate() {
+        let decoded = stored.get(pk).and_then(|(tests, sets)| {
+            let d = digest::decode(tests, None)
+                .map_err(|e| tracing::warn!(session_pk = pk, error = %e, "reading the session's rows instead"))
+                .ok()?;
+            Some((d, sets.as_deref()))
+        });
+        match decoded {
+            Some((d, sets)) => scan.add(at, &d, || match sets {
+                Some(blob) => deps::decode_session_sets(blob),
+                None => Ok(Vec::new()),
+            })?,
+            None => {
+                let (d, sets) = digest_and_sets_from_rows(tx, *pk).await?;
+                scan.add(at, &d, || Ok(sets))?;
+            }
+        }
+    }
+    let tests: Vec<TestKey> = scan.found.iter().map(|f| f.test).collect();
+    let names = test_names(tx, &tests).await?;
+    let stmt = tx
+        .prepare_cached("SELECT id, units FROM dep_sets WHERE id = ANY($1)")
+        .await?;
+    let mut sets = HashMap::new();
+    let mut unit_ids = Vec::new();
+    for r in tx.query(&stmt, &[&scan.set_ids()]).await? {
+        let ids = deps::decode_units(r.get::<_, &[u8]>(1))?;
+        unit_ids.extend_from_slice(&ids);
+        sets.insert(r.get::<_, i64>(0), ids);
+    }
+    unit_ids.sort_unstable();
+    unit_ids.dedup();
+    let stmt = tx
+        .prepare_cached(
+            "SELECT id, kind, path, name, line_start, line_end, checksum FROM dep_units
+             WHERE id = ANY($1)",
+        )
+        .await?;
+    let mut units = HashMap::with_capacity(unit_ids.len());
+    for r in tx.query(&stmt, &[&unit_ids]).await? {
+        let kind: i16 = r.get(1);
+        units.insert(
+            r.get::<_, i64>(0),
+            StoredUnit {
+                kind: unit_kind_of(i64::from(kind))
+                    .ok_or_else(|| Error::Internal(format!("unknown unit kind {kind} stored")))?,
+                path: r.get(2),
+                name: r.get(3),
+                line_start: u32::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+                line_end: u32::try_from(r.get::<_, i64>(5)).unwrap_or(0),
+                checksum: r.get(6),
+            },
+        );
+    }
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT s.environment FROM sessions s WHERE {}
+                 AND s.status IN ('finished', 'interrupted')
+                 AND (s.environment::jsonb ? 'watched_files' OR s.environment::jsonb ? 'packages')
+             ORDER BY s.started_at DESC, s.pk DESC LIMIT 1",
+            in_project(1)
+        ))
+        .await?;
+    let environment: crate::model::Environment =
+        match tx.query_opt(&stmt, &[&spellings, &unnamed]).await? {
+            Some(r) => serde_json::from_str(r.get::<_, &str>(0))
+                .map_err(|e| Error::Internal(format!("stored environment: {e}")))?,
+            None => crate::model::Environment::default(),
+        };
+    deps::assemble(
+        scan,
+        SnapshotParts {
+            project: project.name.clone(),
+            sessions: sessions.into_iter().map(|(_, id, st)| (id, st)).collect(),
+            names,
+            sets,
+            units,
+            watched_files: environment.watched_files,
+            packages: environment.packages,
+        },
+    )
 }
 
 /// The digests of sessions (with durations when asked): stored ones, and
