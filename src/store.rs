@@ -40,9 +40,9 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 pub use analysis::{
-    Causes, Change, ChangedCauses, ComparedTest, Comparison, Described, DurationChange, Evidence,
-    Final, FlakyTest, Regression, RegressionRule, Regressions, Run, RunSession, Stability, Verdict,
-    flakiness_verdict, regressions_of, stability_of,
+    Causes, Change, ChangedCauses, CodeRule, ComparedTest, Comparison, Described, DurationChange,
+    Evidence, Final, FlakyTest, Regression, RegressionRule, Regressions, Run, RunSession,
+    Stability, Verdict, flakiness_verdict, regressions_of, stability_of,
 };
 pub use audit::AuditEntry;
 pub use backend::{Backend, ProjectActivity, SessionMeta, StorageStats};

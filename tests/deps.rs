@@ -22,6 +22,8 @@ backend_tests! {
     fn a_spool_with_units_lines_imports_its_dependencies_and_importing_it_twice_adds_nothing;
     async fn the_snapshot_holds_each_tests_newest_closed_run_its_set_and_the_newest_watched_files;
     async fn a_database_taken_back_to_the_schema_before_dependencies_upgrades_and_takes_them;
+    async fn passing_and_failing_with_the_same_dependencies_is_flaky_across_commits_by_that_rule;
+    async fn dependencies_that_changed_between_a_pass_and_a_failure_are_a_regression_on_one_code_state;
 }
 
 const A: &str = "tests/test_d.py::test_a";
@@ -650,5 +652,159 @@ async fn a_database_taken_back_to_the_schema_before_dependencies_upgrades_and_ta
         [(A, true), (B, false)],
         "B's newest run is from before"
     );
+    store.shutdown().await;
+}
+
+/// Opens the store on the test's database beside the server.
+async fn open_store(db: &TestDb) -> pytest_mcp::store::Store {
+    let location = pytest_mcp::store::Location::parse(db.arg().to_str().unwrap().as_ref()).unwrap();
+    pytest_mcp::store::Store::open(pytest_mcp::store::StoreConfig::new(location))
+        .await
+        .unwrap()
+}
+
+async fn passing_and_failing_with_the_same_dependencies_is_flaky_across_commits_by_that_rule(
+    db: TestDb,
+) {
+    use pytest_mcp::model::Project;
+    use pytest_mcp::store::{CodeRule, Verdict, flakiness_verdict};
+    use pytest_mcp::views::history::StabilityView;
+    let server = Server::start(db.arg());
+    let mut client = server.client().await;
+    let failed = |seq, nodeid| outcome(seq, nodeid, pb::TestOutcome::Failed);
+    // Two commits; the units A ran are the same code on both (unit 2 moved
+    // down a few lines in the second: another key, the same code).
+    let mut moved = unit(20, "bb");
+    moved.code = unit(2, "bb").code;
+    moved.line_start += 5;
+    moved.line_end += 5;
+    let runs = [
+        (
+            "c1",
+            with_deps(passed(1, A), &[1, 2]),
+            vec![unit(1, "aa"), unit(2, "bb")],
+        ),
+        ("c2", with_deps(failed(1, A), &[1, 20]), vec![moved]),
+    ];
+    let mut ids = Vec::new();
+    for (commit, o, units) in runs {
+        let id = start_with(&mut client, "fl", |e| {
+            e.git_commit = commit.repeat(20);
+            e.code_state = commit.repeat(20);
+        })
+        .await;
+        stream_units(&mut client, &id, vec![(vec![o], units)])
+            .await
+            .unwrap();
+        finish(&mut client, &id, 1, 0).await.unwrap();
+        ids.push(uuid::Uuid::parse_str(&id).unwrap());
+    }
+    // And once more, still running, on a third commit: read from its rows.
+    let open = start_with(&mut client, "fl", |e| e.code_state = "c3".repeat(20)).await;
+    stream_units(
+        &mut client,
+        &open,
+        vec![(vec![with_deps(failed(1, A), &[20, 1])], Vec::new())],
+    )
+    .await
+    .unwrap();
+    let open = uuid::Uuid::parse_str(&open).unwrap();
+
+    let store = open_store(&db).await;
+    let fl = Project::named("fl");
+    let (total, flaky) = store.flaky_tests(30, &fl, 10).await.unwrap();
+    assert_eq!(total, 1, "{flaky:?}");
+    let evidence = flaky[0].stability.evidence.clone().unwrap();
+    assert_eq!(evidence.rule, CodeRule::Dependencies);
+    assert!(
+        evidence.code_state.as_deref().unwrap().starts_with("deps:"),
+        "{evidence:?}"
+    );
+    assert_eq!(evidence.passed_in, [ids[0]]);
+    assert_eq!(evidence.failed_in, [open, ids[1]]);
+    // A test's own history says the same, and so does the label on a failure.
+    let stability = store.test_stability(A.into(), &fl, 50).await.unwrap();
+    assert_eq!(flakiness_verdict(&stability), Verdict::Flaky);
+    assert_eq!(
+        stability.evidence.as_ref().map(|e| e.rule),
+        Some(CodeRule::Dependencies)
+    );
+    let view = StabilityView::judged(&stability);
+    let json = serde_json::to_value(&view).unwrap();
+    assert_eq!(json["evidence"]["rule"], "same_dependencies", "{json}");
+    assert!(
+        view.why.contains("with the same dependencies"),
+        "{}",
+        view.why
+    );
+    let known = store.known_flaky(30, &fl, vec![A.into()]).await.unwrap();
+    assert_eq!(
+        known[A].evidence.as_ref().map(|e| e.rule),
+        Some(CodeRule::Dependencies)
+    );
+    store.shutdown().await;
+}
+
+async fn dependencies_that_changed_between_a_pass_and_a_failure_are_a_regression_on_one_code_state(
+    db: TestDb,
+) {
+    use pytest_mcp::model::Project;
+    use pytest_mcp::store::{CodeRule, Verdict, flakiness_verdict};
+    use pytest_mcp::views::history::StabilityView;
+    let server = Server::start(db.arg());
+    let mut client = server.client().await;
+    let failed = |seq, nodeid| outcome(seq, nodeid, pb::TestOutcome::Failed);
+    // One commit, one dirty tree, as far as the code state can tell; but
+    // unit 2 changed (another checksum, another code) before the failure.
+    let mut changed = unit(21, "cc");
+    changed.name = "f2".into();
+    let runs = [
+        (
+            with_deps(passed(1, A), &[1, 2]),
+            vec![unit(1, "aa"), unit(2, "bb")],
+        ),
+        (with_deps(passed(1, A), &[1, 2]), Vec::new()),
+        (with_deps(failed(1, A), &[1, 21]), vec![changed]),
+        (with_deps(failed(1, A), &[1, 21]), Vec::new()),
+    ];
+    let mut ids = Vec::new();
+    for (o, units) in runs {
+        let id = start_with(&mut client, "rg", |e| {
+            e.git_commit = "d".repeat(40);
+            e.git_dirty = Some(true);
+            e.code_state = format!("{}+{}", "d".repeat(40), "e".repeat(16));
+        })
+        .await;
+        stream_units(&mut client, &id, vec![(vec![o], units)])
+            .await
+            .unwrap();
+        finish(&mut client, &id, 1, 0).await.unwrap();
+        ids.push(uuid::Uuid::parse_str(&id).unwrap());
+    }
+    let store = open_store(&db).await;
+    let rg = Project::named("rg");
+    let (total, flaky) = store.flaky_tests(30, &rg, 10).await.unwrap();
+    assert_eq!(total, 0, "not flaky: {flaky:?}");
+    let stability = store.test_stability(A.into(), &rg, 50).await.unwrap();
+    assert_eq!(
+        flakiness_verdict(&stability),
+        Verdict::Regressed,
+        "{stability:?}"
+    );
+    assert_eq!(stability.mixed_code_states, 0);
+    let change = stability.changes.last().unwrap();
+    assert_eq!(change.session, ids[2]);
+    assert_eq!(change.rule, CodeRule::Dependencies);
+    let json = serde_json::to_value(StabilityView::judged(&stability)).unwrap();
+    assert_eq!(json["changes"][0]["rule"], "dependencies", "{json}");
+    assert!(
+        json["why"]
+            .as_str()
+            .unwrap()
+            .contains("dependencies changed"),
+        "{json}"
+    );
+    let known = store.known_flaky(30, &rg, vec![A.into()]).await.unwrap();
+    assert!(known.is_empty(), "{known:?}");
     store.shutdown().await;
 }

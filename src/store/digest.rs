@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use super::analysis::{Final, Run, RunSession, attempts_of};
+use super::analysis::{Final, Run, RunSession, attempts_with, run_code};
 use super::backend::{FlakyInput, TestKey};
 use super::blob::{VarintError, put_varint, read_varint, unzip};
 use crate::error::{Error, Result};
@@ -129,10 +129,9 @@ impl Digest {
     }
 }
 
-/// The flaky-test candidates of a window of sessions, given oldest first
-/// with their digests: every test (not subtest) that failed in one of them,
-/// with its pass/fail runs there.
-pub fn flaky_input(recent: &[RunSession], digests: &[Digest]) -> FlakyInput {
+/// The flaky-test candidates of a window of sessions: every test (not
+/// subtest) that failed in one of them, sorted.
+pub fn flaky_candidates(digests: &[Digest]) -> Vec<i64> {
     // Only a test that failed in the window can be flaky.
     let mut candidates: Vec<i64> = Vec::new();
     for d in digests {
@@ -140,17 +139,73 @@ pub fn flaky_input(recent: &[RunSession], digests: &[Digest]) -> FlakyInput {
     }
     candidates.sort_unstable();
     candidates.dedup();
+    candidates
+}
+
+/// The dependency sets the candidates' attempts used, given each session's
+/// sets per attempt (empty: none recorded): the only sets whose code the
+/// flaky rule needs.
+pub fn candidate_sets(
+    candidates: &[i64],
+    digests: &[Digest],
+    sets: &[Vec<Option<i64>>],
+) -> Vec<i64> {
+    let mut out = Vec::new();
+    for (d, sets) in digests.iter().zip(sets) {
+        if sets.is_empty() {
+            continue;
+        }
+        for test in candidates {
+            if let Some(i) = d.find(*test) {
+                out.extend(
+                    sets.get(d.attempt_range(i))
+                        .unwrap_or_default()
+                        .iter()
+                        .flatten(),
+                );
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The flaky-test candidates of a window of sessions, given oldest first
+/// with their digests and their sets per attempt (empty: none recorded, or
+/// not read when there is no candidate), with the code of each set: every
+/// test (not subtest) that failed in one of them, with its pass/fail runs
+/// there, each on its dependencies' code when it recorded them.
+pub fn flaky_input(
+    recent: &[RunSession],
+    digests: &[Digest],
+    sets: &[Vec<Option<i64>>],
+    codes: &HashMap<i64, u64>,
+) -> FlakyInput {
+    let candidates = flaky_candidates(digests);
     let mut runs: Vec<(i64, Vec<Run>)> = candidates.iter().map(|t| (*t, Vec::new())).collect();
-    for (s, d) in recent.iter().zip(digests) {
+    let none: Vec<Option<i64>> = Vec::new();
+    for (si, (s, d)) in recent.iter().zip(digests).enumerate() {
+        let session_sets = sets.get(si).unwrap_or(&none);
         for (test, test_runs) in runs.iter_mut() {
             let Some(i) = d.find(*test) else {
                 continue;
             };
-            for failed in attempts_of(d.attempts(i).iter().copied()) {
+            let range = d.attempt_range(i);
+            let attempt_sets = session_sets.get(range).unwrap_or_default();
+            let outcomes = d.attempts(i).iter().enumerate().map(|(k, kind)| {
+                let code = attempt_sets
+                    .get(k)
+                    .copied()
+                    .flatten()
+                    .and_then(|set| codes.get(&set).copied());
+                (*kind, code)
+            });
+            for (failed, code) in attempts_with(outcomes) {
                 test_runs.push(Run {
                     session: s.key,
                     id: s.id,
-                    code: s.code.clone(),
+                    code: run_code(code, &s.code),
                     failed,
                 });
             }

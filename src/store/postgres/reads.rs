@@ -18,7 +18,7 @@ use crate::model::{
     Timestamp,
 };
 use crate::store::affected::{DepsSnapshot, StoredUnit};
-use crate::store::analysis::attempts_of;
+use crate::store::analysis::{attempts_with, run_code};
 use crate::store::backend::{
     FlakyInput, KNOWN_TESTS_NAMED, KnownCause, ProjectActivity, SessionFinals, SessionKey,
     SessionMeta, StorageStats, TestKey,
@@ -315,6 +315,8 @@ struct Found {
     code: Option<String>,
     seq: i64,
     kind: i16,
+    /// The outcome's dependency set's code, when it recorded one.
+    deps: Option<u64>,
 }
 
 /// Every outcome of `tests` in the sessions of `project` from `first_pk`
@@ -335,16 +337,18 @@ async fn outcomes_of_tests(
     let order = if newest_attempt_first { "DESC" } else { "" };
     let stmt = tx
         .prepare_cached(&format!(
-            "SELECT s.pk, s.id, s.code_state, x.seq, x.kind
+            "SELECT s.pk, s.id, s.code_state, x.seq, x.kind, ds.code
              FROM sessions s CROSS JOIN LATERAL (
-                 SELECT st.seq, st.kind FROM session_tests st
+                 SELECT st.seq, st.kind, o.deps FROM session_tests st
+                 LEFT JOIN outcomes o ON o.session_pk = st.session_pk AND o.seq = st.seq
                  WHERE s.status IN ('finished', 'interrupted')
                    AND st.session_pk = s.pk AND st.test_id = ANY($1)
                  UNION ALL
-                 SELECT o.seq, o.kind FROM outcomes o
+                 SELECT o.seq, o.kind, o.deps FROM outcomes o
                  WHERE s.status NOT IN ('finished', 'interrupted')
                    AND o.session_pk = s.pk AND o.test_id = ANY($1)
              ) x
+             LEFT JOIN dep_sets ds ON ds.id = x.deps
              WHERE s.pk >= $2 AND (cardinality($3::int2[]) = 0 OR x.kind = ANY($3))
                AND {}
              ORDER BY s.started_at DESC, s.pk DESC, x.seq {order}
@@ -375,6 +379,7 @@ async fn outcomes_of_tests(
             code: r.get(2),
             seq: r.get(3),
             kind: r.get(4),
+            deps: r.get::<_, Option<i64>>(5).map(deps::from_sql),
         })
         .collect())
 }
@@ -473,13 +478,16 @@ pub async fn test_runs(
     .await?;
     let mut runs: Vec<Run> = Vec::new();
     for session in found.chunk_by(|a, b| a.pk == b.pk) {
-        let kinds = session.iter().filter_map(|f| kind_of(i64::from(f.kind)));
+        let kinds = session
+            .iter()
+            .filter_map(|f| kind_of(i64::from(f.kind)).map(|k| (k, f.deps)));
         let first = &session[0];
-        for failed in attempts_of(kinds).into_iter().rev() {
+        let code = first.code.as_deref().map(Arc::from);
+        for (failed, deps) in attempts_with(kinds).into_iter().rev() {
             runs.push(Run {
                 session: first.pk,
                 id: first.id,
-                code: first.code.as_deref().map(Arc::from),
+                code: run_code(deps, &code),
                 failed,
             });
         }
@@ -512,16 +520,18 @@ pub async fn runs_of(
             "WITH recent AS (
                  SELECT s.pk, s.id, s.code_state, s.status, s.started_at FROM sessions s
                  WHERE {} ORDER BY s.started_at DESC, s.pk DESC LIMIT $3)
-             SELECT r.pk, r.id, r.code_state, x.test_id, x.kind
+             SELECT r.pk, r.id, r.code_state, x.test_id, x.kind, ds.code
              FROM recent r CROSS JOIN LATERAL (
-                 SELECT st.test_id, st.seq, st.kind FROM session_tests st
+                 SELECT st.test_id, st.seq, st.kind, o.deps FROM session_tests st
+                 LEFT JOIN outcomes o ON o.session_pk = st.session_pk AND o.seq = st.seq
                  WHERE r.status IN ('finished', 'interrupted')
                    AND st.session_pk = r.pk AND st.test_id = ANY($4)
                  UNION ALL
-                 SELECT o.test_id, o.seq, o.kind FROM outcomes o
+                 SELECT o.test_id, o.seq, o.kind, o.deps FROM outcomes o
                  WHERE r.status NOT IN ('finished', 'interrupted')
                    AND o.session_pk = r.pk AND o.test_id = ANY($4)
              ) x
+             LEFT JOIN dep_sets ds ON ds.id = x.deps
              ORDER BY r.started_at, r.pk, x.test_id, x.seq",
             in_project(1)
         ))
@@ -539,16 +549,17 @@ pub async fn runs_of(
     }) {
         let first = &group[0];
         let test: i64 = first.get(3);
-        let kinds = group
-            .iter()
-            .filter_map(|r| kind_of(i64::from(r.get::<_, i16>(4))));
-        let code: Option<String> = first.get(2);
+        let kinds = group.iter().filter_map(|r| {
+            kind_of(i64::from(r.get::<_, i16>(4)))
+                .map(|k| (k, r.get::<_, Option<i64>>(5).map(deps::from_sql)))
+        });
+        let code: Option<Arc<str>> = first.get::<_, Option<String>>(2).map(Arc::from);
         let runs = out.entry(names[&test].to_string()).or_default();
-        for failed in attempts_of(kinds) {
+        for (failed, deps) in attempts_with(kinds) {
             runs.push(Run {
                 session: first.get(0),
                 id: first.get(1),
-                code: code.as_deref().map(Arc::from),
+                code: run_code(deps, &code),
                 failed,
             });
         }
@@ -769,7 +780,45 @@ pub async fn flaky_input(tx: &Tx<'_>, window: usize, project: &Project) -> Resul
     recent.reverse(); // oldest first: runs are chronological
     let pks: Vec<i64> = recent.iter().map(|r| r.key).collect();
     let digests = digests_of(tx, &pks, false).await?;
-    Ok(digest::flaky_input(&recent, &digests))
+    // The candidates' dependencies' code, only when there are candidates.
+    let candidates = digest::flaky_candidates(&digests);
+    let mut sets: Vec<Vec<Option<i64>>> = Vec::new();
+    let mut codes: HashMap<i64, u64> = HashMap::new();
+    if !candidates.is_empty() {
+        let stmt = tx
+            .prepare_cached("SELECT session_pk, deps FROM digests WHERE session_pk = ANY($1)")
+            .await?;
+        let mut stored: HashMap<i64, Option<Vec<u8>>> = HashMap::new();
+        for r in tx.query(&stmt, &[&pks]).await? {
+            stored.insert(r.get(0), r.get(1));
+        }
+        for (pk, d) in pks.iter().zip(&digests) {
+            let found = match stored.remove(pk) {
+                Some(None) => Vec::new(),
+                Some(Some(blob)) => deps::decode_session_sets(&blob).unwrap_or_else(|e| {
+                    tracing::warn!(session_pk = pk, error = %e, "ignoring the session's sets");
+                    Vec::new()
+                }),
+                None => digest_and_sets_from_rows(tx, *pk).await?.1,
+            };
+            // Sets that do not line up with the digest say nothing.
+            sets.push(if found.len() == d.attempt_count() {
+                found
+            } else {
+                Vec::new()
+            });
+        }
+        let wanted = digest::candidate_sets(&candidates, &digests, &sets);
+        if !wanted.is_empty() {
+            let stmt = tx
+                .prepare_cached("SELECT id, code FROM dep_sets WHERE id = ANY($1)")
+                .await?;
+            for r in tx.query(&stmt, &[&wanted]).await? {
+                codes.insert(r.get(0), deps::from_sql(r.get(1)));
+            }
+        }
+    }
+    Ok(digest::flaky_input(&recent, &digests, &sets, &codes))
 }
 
 /// A session, its pk, and the final outcome (last attempt) of each of its tests.

@@ -25,7 +25,7 @@ use crate::model::{
     Timestamp,
 };
 use crate::store::affected::{DepsSnapshot, StoredUnit};
-use crate::store::analysis::attempts_of;
+use crate::store::analysis::{attempts_with, run_code};
 use crate::store::backend::{
     FlakyInput, ProjectActivity, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
 };
@@ -349,28 +349,61 @@ fn outcomes_of_tests(
     open: bool,
     tests: &Rc<Vec<Value>>,
 ) -> Result<Vec<(u64, i64, i64)>> {
-    let mut out: Vec<(u64, i64, i64)> = Vec::new();
+    Ok(runs_of_tests(c, pk, open, tests, false)?
+        .into_iter()
+        .map(|(seq, test, kind, _)| (seq, test, kind))
+        .collect())
+}
+
+/// Like [`outcomes_of_tests`], with each outcome's dependency set's code
+/// when `with_code` and it recorded one (what the flaky rule compares).
+fn runs_of_tests(
+    c: &Connection,
+    pk: i64,
+    open: bool,
+    tests: &Rc<Vec<Value>>,
+    with_code: bool,
+) -> Result<Vec<(u64, i64, i64, Option<u64>)>> {
+    let mut out: Vec<(u64, i64, i64, Option<u64>)> = Vec::new();
     if open {
         let (lo, hi) = outcome_rowid_range(pk);
-        let mut stmt = c.prepare_cached(
-            "SELECT id, test_id, kind FROM outcomes
-             WHERE id BETWEEN ?1 AND ?2 AND test_id IN rarray(?3) ORDER BY id",
-        )?;
+        let sql = if with_code {
+            "SELECT o.id, o.test_id, o.kind, ds.code FROM outcomes o
+             LEFT JOIN dep_sets ds ON ds.id = o.deps
+             WHERE o.id BETWEEN ?1 AND ?2 AND o.test_id IN rarray(?3) ORDER BY o.id"
+        } else {
+            "SELECT id, test_id, kind, NULL FROM outcomes
+             WHERE id BETWEEN ?1 AND ?2 AND test_id IN rarray(?3) ORDER BY id"
+        };
+        let mut stmt = c.prepare_cached(sql)?;
         let mut rows = stmt.query(params![lo, hi, tests.clone()])?;
         while let Some(r) = rows.next()? {
-            out.push((seq_of(r.get(0)?), r.get(1)?, r.get(2)?));
+            out.push((
+                seq_of(r.get(0)?),
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, Option<i64>>(3)?.map(deps::from_sql),
+            ));
         }
     } else {
-        let mut stmt = c.prepare_cached(
-            "SELECT seq, test_id, kind FROM session_tests
-             WHERE session_pk = ?1 AND test_id IN rarray(?2)",
-        )?;
+        // A closed session's index has no sets: its outcome rows do, by rowid.
+        let sql = if with_code {
+            "SELECT st.seq, st.test_id, st.kind, ds.code FROM session_tests st
+             LEFT JOIN outcomes o ON o.id = ((st.session_pk << 32) | st.seq)
+             LEFT JOIN dep_sets ds ON ds.id = o.deps
+             WHERE st.session_pk = ?1 AND st.test_id IN rarray(?2)"
+        } else {
+            "SELECT seq, test_id, kind, NULL FROM session_tests
+             WHERE session_pk = ?1 AND test_id IN rarray(?2)"
+        };
+        let mut stmt = c.prepare_cached(sql)?;
         let mut rows = stmt.query(params![pk, tests.clone()])?;
         while let Some(r) = rows.next()? {
             out.push((
                 u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
                 r.get(1)?,
                 r.get(2)?,
+                r.get::<_, Option<i64>>(3)?.map(deps::from_sql),
             ));
         }
         out.sort_unstable_by_key(|o| o.0);
@@ -457,18 +490,18 @@ pub fn test_runs(
     let mut runs: Vec<Run> = Vec::new();
     let only = id_array([test]);
     sessions_newest_first(c, first_pk, project, |s| {
-        let kinds = outcomes_of_tests(c, s.pk, s.open, &only)?
+        let kinds = runs_of_tests(c, s.pk, s.open, &only, true)?
             .into_iter()
-            .filter_map(|(_, _, kind)| kind_of(kind));
+            .filter_map(|(_, _, kind, code)| kind_of(kind).map(|k| (k, code)));
         // Newest first: this session's attempts from its last one back.
-        for failed in attempts_of(kinds).into_iter().rev() {
+        for (failed, code) in attempts_with(kinds).into_iter().rev() {
             if runs.len() == window {
                 break;
             }
             runs.push(Run {
                 session: s.pk,
                 id: s.id,
-                code: s.code.clone(),
+                code: run_code(code, &s.code),
                 failed,
             });
         }
@@ -505,19 +538,19 @@ pub fn runs_of(
     let mut looked = 0;
     sessions_newest_first(c, first, project, |s| {
         looked += 1;
-        let mut kinds: HashMap<i64, Vec<TestOutcome>> = HashMap::new();
-        for (_, test, kind) in outcomes_of_tests(c, s.pk, s.open, &ids)? {
+        let mut kinds: HashMap<i64, Vec<(TestOutcome, Option<u64>)>> = HashMap::new();
+        for (_, test, kind, code) in runs_of_tests(c, s.pk, s.open, &ids, true)? {
             if let Some(kind) = kind_of(kind) {
-                kinds.entry(test).or_default().push(kind);
+                kinds.entry(test).or_default().push((kind, code));
             }
         }
         for (test, kinds) in kinds {
-            let runs = attempts_of(kinds)
+            let runs = attempts_with(kinds)
                 .into_iter()
-                .map(|failed| Run {
+                .map(|(failed, code)| Run {
                     session: s.pk,
                     id: s.id,
-                    code: s.code.clone(),
+                    code: run_code(code, &s.code),
                     failed,
                 })
                 .collect();
@@ -756,7 +789,49 @@ pub fn flaky_input(c: &Connection, window: usize, project: &Project) -> Result<F
         .iter()
         .map(|s| digest_of(c, s.key, false))
         .collect::<Result<_>>()?;
-    Ok(digest::flaky_input(&recent, &digests))
+    // The candidates' dependencies' code, only when there are candidates.
+    let candidates = digest::flaky_candidates(&digests);
+    let mut sets: Vec<Vec<Option<i64>>> = Vec::new();
+    let mut codes: HashMap<i64, u64> = HashMap::new();
+    if !candidates.is_empty() {
+        for (s, d) in recent.iter().zip(&digests) {
+            sets.push(session_sets(c, s.key, d)?);
+        }
+        let wanted = digest::candidate_sets(&candidates, &digests, &sets);
+        if !wanted.is_empty() {
+            let mut stmt =
+                c.prepare_cached("SELECT id, code FROM dep_sets WHERE id IN rarray(?1)")?;
+            let mut rows = stmt.query([id_array(wanted)])?;
+            while let Some(r) = rows.next()? {
+                codes.insert(r.get(0)?, deps::from_sql(r.get(1)?));
+            }
+        }
+    }
+    Ok(digest::flaky_input(&recent, &digests, &sets, &codes))
+}
+
+/// A session's dependency set per attempt, in the order of its digest `d`
+/// (empty: none recorded): the closed session's stored ones, else (still
+/// open) from its rows.
+fn session_sets(c: &Connection, pk: i64, d: &Digest) -> Result<Vec<Option<i64>>> {
+    let stored: Option<Option<Vec<u8>>> = c
+        .prepare_cached("SELECT deps FROM digests WHERE session_pk = ?1")?
+        .query_row([pk], |r| r.get(0))
+        .optional()?;
+    let sets = match stored {
+        Some(None) => Vec::new(),
+        Some(Some(blob)) => deps::decode_session_sets(&blob).unwrap_or_else(|e| {
+            tracing::warn!(session_pk = pk, error = %e, "reading the session's sets from its rows");
+            Vec::new()
+        }),
+        None => digest_and_sets_from_rows(c, pk)?.1,
+    };
+    // Sets that do not line up with the digest say nothing.
+    Ok(if sets.len() == d.attempt_count() {
+        sets
+    } else {
+        Vec::new()
+    })
 }
 
 /// A session, its pk, and the final outcome (last attempt) of each of its tests.
