@@ -24,6 +24,7 @@ backend_tests! {
     async fn a_database_taken_back_to_the_schema_before_dependencies_upgrades_and_takes_them;
     async fn passing_and_failing_with_the_same_dependencies_is_flaky_across_commits_by_that_rule;
     async fn dependencies_that_changed_between_a_pass_and_a_failure_are_a_regression_on_one_code_state;
+    async fn pruning_removes_sets_no_outcome_uses_and_units_no_set_names_beside_a_running_server;
 }
 
 const A: &str = "tests/test_d.py::test_a";
@@ -806,5 +807,78 @@ async fn dependencies_that_changed_between_a_pass_and_a_failure_are_a_regression
     );
     let known = store.known_flaky(30, &rg, vec![A.into()]).await.unwrap();
     assert!(known.is_empty(), "{known:?}");
+    store.shutdown().await;
+}
+
+async fn pruning_removes_sets_no_outcome_uses_and_units_no_set_names_beside_a_running_server(
+    db: TestDb,
+) {
+    let server = Server::start(db.arg());
+    let mut client = server.client().await;
+    let runs = [
+        (
+            vec![with_deps(passed(1, A), &[1, 2])],
+            vec![unit(1, "aa"), unit(2, "bb")],
+        ),
+        (vec![with_deps(passed(1, A), &[1, 3])], vec![unit(3, "cc")]),
+        (vec![with_deps(passed(1, A), &[3, 1])], Vec::new()),
+    ];
+    for batch in runs {
+        let id = new_id();
+        start_session(&mut client, &id, "pr").await;
+        stream_units(&mut client, &id, vec![batch]).await.unwrap();
+        finish(&mut client, &id, 1, 0).await.unwrap();
+    }
+    assert_eq!((count(&db, "dep_sets"), count(&db, "dep_units")), (2, 3));
+    // Pruned by another process while the server (and its caches) runs.
+    let out = Command::new(binary())
+        .args(["prune", "--keep-sessions", "1", "--db"])
+        .arg(db.arg())
+        .env_remove("PYTEST_MCP_DB")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        (count(&db, "dep_sets"), count(&db, "dep_units")),
+        (1, 2),
+        "the set {{1, 2}} and unit 2 only the pruned session used are gone"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM dep_units WHERE checksum = 'bb'"),
+        0
+    );
+    // The server's writer stored them before; it stores them again.
+    let id = new_id();
+    start_session(&mut client, &id, "pr").await;
+    let err = stream_units(
+        &mut client,
+        &id,
+        vec![(vec![with_deps(passed(1, A), &[1, 2])], Vec::new())],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.message()
+            .contains("unit 0000000000000002 was not declared"),
+        "{}",
+        err.message()
+    );
+    let acks = stream_units(
+        &mut client,
+        &id,
+        vec![(vec![with_deps(passed(1, A), &[1, 2])], vec![unit(2, "bb")])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(acks, [1]);
+    finish(&mut client, &id, 1, 0).await.unwrap();
+    assert_eq!((count(&db, "dep_sets"), count(&db, "dep_units")), (2, 3));
+    let store = open_store(&db).await;
+    let snap = store
+        .deps_snapshot(&pytest_mcp::model::Project::named("pr"))
+        .await
+        .unwrap();
+    assert_eq!(snap.sets.len(), 1);
+    assert_eq!(snap.units.len(), 2);
     store.shutdown().await;
 }

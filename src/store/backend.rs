@@ -191,6 +191,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Removes the tests no outcome refers to any more; returns how many.
     fn remove_unused_tests(&self) -> Fut<u64>;
 
+    /// Removes the dependency sets no outcome refers to any more and the
+    /// units no remaining set names; returns how many rows.
+    fn remove_unused_deps(&self) -> Fut<u64>;
+
     /// Returns up to `max_bytes` of free space to the file system; returns the bytes returned.
     fn shrink(&self, max_bytes: u64) -> Fut<u64>;
 

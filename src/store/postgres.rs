@@ -530,6 +530,10 @@ impl Backend for PgBackend {
         })
     }
 
+    fn remove_unused_deps(&self) -> Fut<u64> {
+        self.write(move |tx, _| boxed!(async move { writes::remove_unused_deps(tx).await }))
+    }
+
     fn shrink(&self, _max_bytes: u64) -> Fut<u64> {
         // PostgreSQL's (auto)vacuum reuses and returns the space of deleted rows.
         Box::pin(async { Ok(0) })

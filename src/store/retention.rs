@@ -213,6 +213,8 @@ impl Store {
         if report.deleted > 0 || reclaimed > 0 {
             self.backend().remove_unused_tests().await?;
             pause_for(pause).await;
+            self.backend().remove_unused_deps().await?;
+            pause_for(pause).await;
         }
         while self.backend().shrink(SHRINK_STEP_BYTES).await? > 0 {
             pause_for(pause).await;

@@ -319,6 +319,25 @@ impl Backend for SqliteBackend {
         Box::pin(async move { this.remove_unreferenced_tests().await })
     }
 
+    fn remove_unused_deps(&self) -> Fut<u64> {
+        let this = self.clone();
+        Box::pin(async move {
+            let scan = this.read(reads::unreferenced_deps).await?;
+            if scan.sets.is_empty() && scan.units.is_empty() {
+                return Ok(0);
+            }
+            this.write(move |reply| WriteCmd::RemoveDeps {
+                sets: scan.sets,
+                units: scan.units,
+                newer_than_set: scan.max_set_id,
+                newer_than_pk: scan.max_session_pk,
+                open_sessions: scan.open_sessions,
+                reply,
+            })
+            .await
+        })
+    }
+
     fn shrink(&self, max_bytes: u64) -> Fut<u64> {
         self.write(move |reply| WriteCmd::Shrink { max_bytes, reply })
     }

@@ -1280,6 +1280,46 @@ pub async fn remove_unused_tests(tx: &Tx<'_>) -> Result<u64> {
     Ok(removed)
 }
 
+/// Removes the dependency sets no outcome refers to and the units no
+/// remaining set names, holding [`TESTS_LOCK`] exclusively so that no
+/// writer refers to one meanwhile (writers hold it shared); bumps
+/// `deps_generation` so that every replica drops its cached ids.
+pub async fn remove_unused_deps(tx: &Tx<'_>) -> Result<u64> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TESTS_LOCK])
+        .await?;
+    let mut removed = tx
+        .execute(
+            "DELETE FROM dep_sets
+             WHERE id NOT IN (SELECT deps FROM outcomes WHERE deps IS NOT NULL)",
+            &[],
+        )
+        .await?;
+    let mut named: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    for r in tx.query("SELECT units FROM dep_sets", &[]).await? {
+        named.extend(deps::decode_units(r.get::<_, &[u8]>(0))?);
+    }
+    let unused: Vec<i64> = tx
+        .query("SELECT id FROM dep_units", &[])
+        .await?
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .filter(|id| !named.contains(id))
+        .collect();
+    if !unused.is_empty() {
+        removed += tx
+            .execute("DELETE FROM dep_units WHERE id = ANY($1)", &[&unused])
+            .await?;
+    }
+    if removed > 0 {
+        tx.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'deps_generation'",
+            &[],
+        )
+        .await?;
+    }
+    Ok(removed)
+}
+
 fn grant_key(key: &Key) -> String {
     match &key.grant {
         Some(g) => format!("g:{g}"),

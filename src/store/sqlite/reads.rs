@@ -1204,3 +1204,82 @@ pub fn unreferenced_tests(c: &Connection) -> Result<UnreferencedTests> {
         open_sessions,
     })
 }
+
+/// Dependency sets no outcome referred to on this snapshot, units no
+/// remaining set names, and what a writer must recheck before removing them.
+pub struct UnreferencedDeps {
+    /// The sets.
+    pub sets: Vec<i64>,
+    /// The units.
+    pub units: Vec<i64>,
+    /// The newest set id of the snapshot: newer sets may name the units.
+    pub max_set_id: i64,
+    /// The newest session pk of the snapshot.
+    pub max_session_pk: i64,
+    /// Sessions that could still take outcomes (running, incomplete).
+    pub open_sessions: Vec<i64>,
+}
+
+/// Finds dependency sets no outcome refers to (closed sessions' sets are in
+/// their digests' `deps`, open ones' in their rows; a deleted session's rows
+/// count for nothing), and units only those sets named.
+pub fn unreferenced_deps(c: &Connection) -> Result<UnreferencedDeps> {
+    let max_session_pk: i64 =
+        c.query_row("SELECT coalesce(max(pk), 0) FROM sessions", [], |r| {
+            r.get(0)
+        })?;
+    let open_sessions: Vec<i64> = c
+        .prepare("SELECT pk FROM sessions WHERE status NOT IN ('finished', 'interrupted')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut used: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    let mut stmt = c.prepare(
+        "SELECT d.session_pk, d.deps FROM digests d JOIN sessions s ON s.pk = d.session_pk
+         WHERE d.deps IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let pk: i64 = r.get(0)?;
+        match deps::decode_session_sets(&r.get::<_, Vec<u8>>(1)?) {
+            Ok(sets) => used.extend(sets.into_iter().flatten()),
+            // Unreadable: its rows say which sets it uses.
+            Err(_) => used.extend(digest_and_sets_from_rows(c, pk)?.1.into_iter().flatten()),
+        }
+    }
+    let mut session_rows = c.prepare(
+        "SELECT DISTINCT deps FROM outcomes WHERE id BETWEEN ?1 AND ?2 AND deps IS NOT NULL",
+    )?;
+    for pk in &open_sessions {
+        let (lo, hi) = outcome_rowid_range(*pk);
+        let mut rows = session_rows.query([lo, hi])?;
+        while let Some(r) = rows.next()? {
+            used.insert(r.get(0)?);
+        }
+    }
+    let mut sets = Vec::new();
+    let mut units_used: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    let mut max_set_id = 0;
+    let mut all = c.prepare("SELECT id, units FROM dep_sets")?;
+    let mut rows = all.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        max_set_id = max_set_id.max(id);
+        if used.contains(&id) {
+            units_used.extend(deps::decode_units(&r.get::<_, Vec<u8>>(1)?)?);
+        } else {
+            sets.push(id);
+        }
+    }
+    let units: Vec<i64> = c
+        .prepare("SELECT id FROM dep_units")?
+        .query_map([], |r| r.get(0))?
+        .filter(|id| id.as_ref().map_or(true, |id| !units_used.contains(id)))
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(UnreferencedDeps {
+        sets,
+        units,
+        max_set_id,
+        max_session_pk,
+        open_sessions,
+    })
+}

@@ -151,6 +151,21 @@ pub enum WriteCmd {
         /// How many were removed.
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// Remove dependency sets no outcome refers to and units no set names.
+    RemoveDeps {
+        /// Sets no outcome referred to when a reader looked.
+        sets: Vec<i64>,
+        /// Units only those sets (or none) named then.
+        units: Vec<i64>,
+        /// Sets newer than this may name the units.
+        newer_than_set: i64,
+        /// Sessions that could have gained outcomes since: pk above this ...
+        newer_than_pk: i64,
+        /// ... or one of these (open when the reader looked).
+        open_sessions: Vec<i64>,
+        /// How many rows were removed.
+        reply: oneshot::Sender<Result<u64>>,
+    },
     /// Return free pages to the file system.
     Shrink {
         /// At most this many bytes.
@@ -217,6 +232,7 @@ impl WriteCmd {
             | WriteCmd::AppendNext { reply, .. }
             | WriteCmd::Audit { reply, .. }
             | WriteCmd::RemoveTests { reply, .. }
+            | WriteCmd::RemoveDeps { reply, .. }
             | WriteCmd::Shrink { reply, .. } => {
                 let _ = reply.send(number(result));
             }
@@ -884,6 +900,20 @@ impl Ctx<'_> {
                 open_sessions,
                 ..
             } => Answer::Number(self.remove_tests(candidates, *newer_than_pk, open_sessions)?),
+            WriteCmd::RemoveDeps {
+                sets,
+                units,
+                newer_than_set,
+                newer_than_pk,
+                open_sessions,
+                ..
+            } => Answer::Number(self.remove_deps(
+                sets,
+                units,
+                *newer_than_set,
+                *newer_than_pk,
+                open_sessions,
+            )?),
             WriteCmd::Shrink { max_bytes, .. } => Answer::Number(shrink(self.conn, *max_bytes)?),
         })
     }
@@ -1298,6 +1328,84 @@ impl Ctx<'_> {
             // the next group clears other writers'.
             self.interned.clear();
             self.interned.generation += 1;
+        }
+        Ok(removed)
+    }
+}
+
+impl Ctx<'_> {
+    /// Removes the sets and units a reader found unreferenced, except those
+    /// that sessions which could have gained outcomes since (and sets
+    /// stored since) refer to.
+    fn remove_deps(
+        &mut self,
+        sets: &[i64],
+        units: &[i64],
+        newer_than_set: i64,
+        newer_than_pk: i64,
+        open_sessions: &[i64],
+    ) -> Result<u64> {
+        let mut recheck: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT pk FROM sessions WHERE pk > ?1")?
+            .query_map([newer_than_pk], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        recheck.extend_from_slice(open_sessions);
+        let mut kept_sets: HashSet<i64> = HashSet::new();
+        {
+            let mut used = self.conn.prepare_cached(
+                "SELECT DISTINCT deps FROM outcomes
+                 WHERE id BETWEEN ?1 AND ?2 AND deps IS NOT NULL",
+            )?;
+            for pk in recheck {
+                let (lo, hi) = outcome_rowid_range(pk);
+                let mut rows = used.query([lo, hi])?;
+                while let Some(r) = rows.next()? {
+                    kept_sets.insert(r.get(0)?);
+                }
+            }
+        }
+        // Units of sets kept after all, or stored since, stay.
+        let mut kept_units: HashSet<i64> = HashSet::new();
+        {
+            let mut newer = self
+                .conn
+                .prepare_cached("SELECT id, units FROM dep_sets WHERE id > ?1")?;
+            let mut rows = newer.query([newer_than_set])?;
+            while let Some(r) = rows.next()? {
+                kept_units.extend(deps::decode_units(&r.get::<_, Vec<u8>>(1)?)?);
+            }
+            let mut one = self
+                .conn
+                .prepare_cached("SELECT units FROM dep_sets WHERE id = ?1")?;
+            for id in sets.iter().filter(|s| kept_sets.contains(s)) {
+                if let Some(blob) = one.query_row([id], |r| r.get::<_, Vec<u8>>(0)).optional()? {
+                    kept_units.extend(deps::decode_units(&blob)?);
+                }
+            }
+        }
+        let mut removed = 0u64;
+        let mut delete_set = self
+            .conn
+            .prepare_cached("DELETE FROM dep_sets WHERE id = ?1")?;
+        for id in sets.iter().filter(|s| !kept_sets.contains(s)) {
+            removed += delete_set.execute([id])? as u64;
+        }
+        let mut delete_unit = self
+            .conn
+            .prepare_cached("DELETE FROM dep_units WHERE id = ?1")?;
+        for id in units.iter().filter(|u| !kept_units.contains(u)) {
+            removed += delete_unit.execute([id])? as u64;
+        }
+        if removed > 0 {
+            self.conn.execute(
+                "UPDATE meta SET value = value + 1 WHERE key = 'deps_generation'",
+                [],
+            )?;
+            // This writer's own cache may name them; the generation check at
+            // the next group clears other writers'.
+            self.interned.clear_deps();
+            self.interned.deps_generation += 1;
         }
         Ok(removed)
     }
