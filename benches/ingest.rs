@@ -410,7 +410,7 @@ fn make_run(suite: &[TestDef], run: u64, order: Order, shape: Shape, batch: usiz
             batches.push(pb::StreamOutcomesRequest {
                 session_id: id.clone(),
                 outcomes: std::mem::replace(&mut current, Vec::with_capacity(batch)),
-                units: Vec::new(),
+                ..Default::default()
             });
         }
     }
@@ -1118,14 +1118,12 @@ impl Recorder for Sink {
     ) -> Result<Response<pb::ListQuarantineResponse>, Status> {
         Err(Status::unimplemented("the sink only streams"))
     }
-
     async fn get_dependencies(
         &self,
         _: Request<pb::GetDependenciesRequest>,
     ) -> Result<Response<pb::GetDependenciesResponse>, Status> {
         Err(Status::unimplemented("the sink only streams"))
     }
-
     async fn select_affected(
         &self,
         _: Request<pb::SelectAffectedRequest>,

@@ -250,8 +250,8 @@ impl pb::recorder_server::Recorder for RecorderService {
                     }
                 };
                 let step = async {
-                    let (id, outcomes) = convert_batch(request, &store)?;
-                    let rx = store.enqueue_append(id, outcomes).await?;
+                    let (id, outcomes, units) = convert_batch(request, &store)?;
+                    let rx = store.enqueue_append(id, outcomes, units).await?;
                     Ok::<_, Error>(Next::Ack(id.to_string(), rx))
                 };
                 let next = step.await.unwrap_or_else(|e| Next::Fail(e.into()));
@@ -522,10 +522,15 @@ impl pb::recorder_server::Recorder for RecorderService {
 }
 
 /// Turns one stream message into a session id and validated outcomes.
-fn convert_batch(
-    request: pb::StreamOutcomesRequest,
-    store: &Store,
-) -> Result<(Uuid, Vec<crate::model::Outcome>), Error> {
+/// One StreamOutcomes message as the store takes it: the session, its
+/// outcomes and the code units it declares.
+type Batch = (
+    Uuid,
+    Vec<crate::model::Outcome>,
+    Vec<crate::model::CodeUnit>,
+);
+
+fn convert_batch(request: pb::StreamOutcomesRequest, store: &Store) -> Result<Batch, Error> {
     let id = parse_session_id(&request.session_id, "session_id")?;
     if request.outcomes.is_empty() {
         return Err(Error::invalid("outcomes", "must hold at least one outcome"));
@@ -557,7 +562,13 @@ fn convert_batch(
         }
         outcomes.push(outcome);
     }
-    Ok((id, outcomes))
+    let units = request
+        .units
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| convert::unit_from_pb(u).map_err(|e| e.within(format_args!("units[{i}]"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((id, outcomes, units))
 }
 
 /// Sends one session's stored and new outcomes to a watcher.

@@ -256,6 +256,72 @@ pub struct CodeUnit {
     pub checksum: String,
 }
 
+impl CodeUnit {
+    /// Checks the rules every write path shares: bounded path and name,
+    /// a lowercase hex checksum, a span that does not end before it starts.
+    /// Errors name fields relative to the unit (`checksum`); place them with
+    /// [`Error::within`].
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, text) in [("path", &self.path), ("name", &self.name)] {
+            if text.len() > MAX_NODEID_BYTES {
+                return Err(Error::invalid(
+                    field,
+                    format!("{} bytes, the limit is {MAX_NODEID_BYTES}", text.len()),
+                ));
+            }
+        }
+        if self.checksum.len() > MAX_CHECKSUM_CHARS {
+            return Err(Error::invalid(
+                "checksum",
+                format!(
+                    "{} characters, the limit is {MAX_CHECKSUM_CHARS}",
+                    self.checksum.len()
+                ),
+            ));
+        }
+        if !self
+            .checksum
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Error::invalid(
+                "checksum",
+                format!("{} is not lowercase hex", echo(&self.checksum)),
+            ));
+        }
+        if self.line_start > self.line_end {
+            return Err(Error::invalid(
+                "line_end",
+                format!("{} is before line_start {}", self.line_end, self.line_start),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Heap bytes it holds, near enough for a memory budget.
+    pub fn approximate_size(&self) -> usize {
+        std::mem::size_of::<CodeUnit>() + self.path.len() + self.name.len() + self.checksum.len()
+    }
+}
+
+/// A unit key as the spool and messages write it: 16 lowercase hex digits.
+pub fn unit_key_text(key: u64) -> String {
+    format!("{key:016x}")
+}
+
+/// Parses a unit key or code written as 16 hex digits (as the spool
+/// writes them); errors name `field`.
+pub fn parse_unit_key(text: &str, field: &str) -> Result<u64, Error> {
+    if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::invalid(
+            field,
+            format!("{} is not 16 hex digits", echo(text)),
+        ));
+    }
+    u64::from_str_radix(text, 16)
+        .map_err(|_| Error::invalid(field, format!("{} is not 16 hex digits", echo(text))))
+}
+
 named_enum! {
     /// The lifecycle state of a session.
     SessionStatus {
@@ -407,6 +473,13 @@ impl Environment {
                 .map(|(k, v)| k.len() + v.len() + 48)
                 .sum::<usize>()
             + self.code_state.len()
+            + self
+                .watched_files
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 48)
+                .sum::<usize>()
+            + self.packages.len()
+            + self.selection.len()
     }
 
     /// The code the run tested, as flakiness compares it: the code state
@@ -733,6 +806,14 @@ impl Outcome {
             }
         }
         bound_properties(&mut self.user_properties);
+        if let Some(units) = &self.deps
+            && units.len() > MAX_TEST_UNITS
+        {
+            return Err(Error::invalid(
+                "deps.units",
+                format!("{} units, the limit is {MAX_TEST_UNITS}", units.len()),
+            ));
+        }
         Ok(())
     }
 
@@ -755,6 +836,7 @@ impl Outcome {
                 .iter()
                 .map(|(n, v)| n.len() + v.len() + 48)
                 .sum::<usize>()
+            + self.deps.as_ref().map_or(0, |d| d.len() * 8)
     }
 
     /// Whether this is the outcome of a subtest rather than of the test itself.
@@ -938,6 +1020,19 @@ impl Project {
     pub fn holds(&self, project: &str) -> bool {
         self.spellings.iter().any(|s| s == project)
     }
+
+    /// The one key of all its spellings (the name lower-cased), for what
+    /// is stored per project whatever spelling recorded it.
+    pub fn folded(&self) -> String {
+        fold_project(&self.name)
+    }
+}
+
+/// The key a project's per-project rows are stored under: its name
+/// lower-cased, so every spelling of it shares them (names match
+/// case-insensitively, as [`Project`] groups them).
+pub fn fold_project(name: &str) -> String {
+    name.to_lowercase()
 }
 
 impl fmt::Display for Project {

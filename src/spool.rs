@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::error::Error;
 use crate::model::{
-    Environment, MAX_SPOOL_LINE_BYTES, Outcome, Phase, SessionRef, Source, Summary, TestOutcome,
-    Timestamp, parse_session_id,
+    CodeUnit, Environment, MAX_SPOOL_LINE_BYTES, Outcome, Phase, SessionRef, Source, Summary,
+    TestOutcome, Timestamp, UnitKind, parse_session_id, parse_unit_key,
 };
 use crate::store::Store;
 
@@ -32,6 +32,11 @@ enum Record {
         environment: Environment,
     },
     Outcome(SpoolOutcome),
+    /// Code units the session's outcomes after it name in their `deps`.
+    Units {
+        session_id: String,
+        units: Vec<SpoolUnit>,
+    },
     Finish {
         session_id: String,
         outcomes_sent: u64,
@@ -79,11 +84,58 @@ struct SpoolOutcome {
     user_properties: Vec<(String, String)>,
     #[serde(default)]
     quarantined: bool,
+    /// Unit keys as 16 hex digits; absent when dependencies were not recorded.
+    #[serde(default)]
+    deps: Option<Vec<String>>,
+}
+
+/// One code unit of a `units` line; keys and codes as 16 hex digits.
+#[derive(Debug, Deserialize)]
+struct SpoolUnit {
+    key: String,
+    code: String,
+    kind: UnitKind,
+    path: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    line_start: u32,
+    #[serde(default)]
+    line_end: u32,
+    checksum: String,
+}
+
+impl SpoolUnit {
+    /// The unit, checked as every write path checks one; errors name
+    /// fields relative to the unit.
+    fn into_model(self) -> Result<CodeUnit, Error> {
+        let unit = CodeUnit {
+            key: parse_unit_key(&self.key, "key")?,
+            code: parse_unit_key(&self.code, "code")?,
+            kind: self.kind,
+            path: self.path,
+            name: self.name,
+            line_start: self.line_start,
+            line_end: self.line_end,
+            checksum: self.checksum,
+        };
+        unit.validate()?;
+        Ok(unit)
+    }
 }
 
 impl SpoolOutcome {
-    fn into_model(self) -> Outcome {
-        Outcome {
+    fn into_model(self) -> Result<Outcome, Error> {
+        let deps = match self.deps {
+            None => None,
+            Some(keys) => Some(
+                keys.iter()
+                    .enumerate()
+                    .map(|(i, k)| parse_unit_key(k, &format!("deps[{i}]")))
+                    .collect::<Result<Vec<u64>, Error>>()?,
+            ),
+        };
+        Ok(Outcome {
             seq: self.seq,
             nodeid: self.nodeid,
             outcome: self.outcome,
@@ -103,8 +155,8 @@ impl SpoolOutcome {
             subtest: self.subtest,
             user_properties: self.user_properties,
             quarantined: self.quarantined,
-            deps: None,
-        }
+            deps,
+        })
     }
 }
 
@@ -147,6 +199,8 @@ struct SessionState {
     blocked_at: Option<u64>,
     /// Outcomes read after `blocked_at` and therefore not stored.
     skipped: u64,
+    /// Units declared by `units` lines, sent with the next outcomes.
+    units: Vec<CodeUnit>,
 }
 
 /// Replays one spool file into `store`.
@@ -237,15 +291,43 @@ pub async fn import_file_as(
                         ..Default::default()
                     });
                     state.read += 1;
-                    state.pending.push((lineno, o.into_model()));
-                    if state.pending.len() >= CHUNK {
-                        flush(store, id, state, &name, &mut report.errors).await
-                    } else {
-                        Ok(())
+                    match o.into_model() {
+                        Ok(o) => {
+                            state.pending.push((lineno, o));
+                            if state.pending.len() >= CHUNK {
+                                flush(store, id, state, &name, &mut report.errors).await
+                            } else {
+                                Ok(())
+                            }
+                        }
+                        Err(e) => Err(e.within("outcome")),
                     }
                 }
                 Err(e) => Err(e),
             },
+            Record::Units { session_id, units } => {
+                match parse_session_id(&session_id, "session_id") {
+                    Ok(id) => {
+                        let next = sessions.len();
+                        let state = sessions.entry(id).or_insert_with(|| SessionState {
+                            order: next,
+                            ..Default::default()
+                        });
+                        // A line with a bad unit declares none of its units:
+                        // the outcomes naming them are refused in turn.
+                        units
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, u)| {
+                                u.into_model()
+                                    .map_err(|e| e.within(format_args!("units[{i}]")))
+                            })
+                            .collect::<Result<Vec<_>, Error>>()
+                            .map(|units| state.units.extend(units))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Record::Finish {
                 session_id,
                 outcomes_sent,
@@ -419,12 +501,12 @@ async fn flush(
     let mut valid = Vec::with_capacity(pending.len());
     for (lineno, mut o) in pending {
         match store.prepare(&mut o).map_err(|e| e.within("outcome")) {
-            Ok(()) => valid.push(o),
+            Ok(()) => valid.push((lineno, o)),
             Err(e) => errors.push(format!("{name}:{lineno}: {e}")),
         }
     }
-    valid.sort_by_key(|o| o.seq);
-    valid.dedup_by_key(|o| o.seq);
+    valid.sort_by_key(|(_, o)| o.seq);
+    valid.dedup_by_key(|(_, o)| o.seq);
     if state.blocked_at.is_some() {
         state.skipped += valid.len() as u64;
         return Ok(());
@@ -434,17 +516,70 @@ async fn flush(
     // rather than refusing the whole chunk.
     let run = valid
         .windows(2)
-        .position(|w| w[1].seq != w[0].seq + 1)
+        .position(|w| w[1].1.seq != w[0].1.seq + 1)
         .map_or(valid.len(), |i| i + 1);
     if run < valid.len() {
-        state.blocked_at = Some(valid[run - 1].seq + 1);
+        state.blocked_at = Some(valid[run - 1].1.seq + 1);
         state.skipped += (valid.len() - run) as u64;
         valid.truncate(run);
     }
     if valid.is_empty() {
         return Ok(());
     }
-    store.append_prepared(id, valid).await.map(|_| ())
+    let units = std::mem::take(&mut state.units);
+    let (lines, outcomes): (Vec<usize>, Vec<Outcome>) = valid.into_iter().unzip();
+    // Only an outcome with dependencies can be refused alone; keep a copy
+    // to store the others then.
+    if outcomes.iter().all(|o| o.deps.is_none()) {
+        return store.append_prepared(id, outcomes, units).await.map(|_| ());
+    }
+    match store
+        .append_prepared(id, outcomes.clone(), units.clone())
+        .await
+    {
+        Ok(_) => Ok(()),
+        // One outcome the store refused (a unit no line declared): that line
+        // is reported, and like a malformed line it stops its session's
+        // outcomes after it; those before it are stored.
+        Err(e) => match refused_outcome(&e) {
+            Some(i) if i < outcomes.len() => {
+                errors.push(format!(
+                    "{name}:{}: {}",
+                    lines[i],
+                    rename_outcome_field(e, i)
+                ));
+                state.blocked_at = Some(outcomes[i].seq);
+                state.skipped += (outcomes.len() - i) as u64;
+                let mut outcomes = outcomes;
+                outcomes.truncate(i);
+                if outcomes.is_empty() {
+                    return Ok(());
+                }
+                store.append_prepared(id, outcomes, units).await.map(|_| ())
+            }
+            _ => Err(e),
+        },
+    }
+}
+
+/// The index of the outcome a refusal names (`outcomes[3].deps...`).
+fn refused_outcome(e: &Error) -> Option<usize> {
+    let Error::InvalidArgument { field, .. } = e else {
+        return None;
+    };
+    let rest = field.strip_prefix("outcomes[")?;
+    rest[..rest.find(']')?].parse().ok()
+}
+
+/// A refusal of `outcomes[i]` as the spool names it: `outcome.…`.
+fn rename_outcome_field(e: Error, i: usize) -> Error {
+    match e {
+        Error::InvalidArgument { field, message } => Error::InvalidArgument {
+            field: field.replacen(&format!("outcomes[{i}]"), "outcome", 1),
+            message,
+        },
+        other => other,
+    }
 }
 
 #[cfg(test)]

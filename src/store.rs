@@ -22,6 +22,7 @@ mod budget;
 pub mod changes;
 pub mod codes;
 pub mod counters;
+pub mod deps;
 pub mod detail;
 pub mod digest;
 pub mod fingerprint;
@@ -39,9 +40,9 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 pub use analysis::{
-    Causes, Change, ChangedCauses, ComparedTest, Comparison, Described, DurationChange, Evidence,
-    Final, FlakyTest, Regression, RegressionRule, Regressions, Run, RunSession, Stability, Verdict,
-    flakiness_verdict, regressions_of, stability_of,
+    Causes, Change, ChangedCauses, CodeRule, ComparedTest, Comparison, Described, DurationChange,
+    Evidence, Final, FlakyTest, Regression, RegressionRule, Regressions, Run, RunSession,
+    Stability, Verdict, flakiness_verdict, regressions_of, stability_of,
 };
 pub use audit::AuditEntry;
 pub use backend::{Backend, ProjectActivity, SessionMeta, StorageStats};
@@ -50,8 +51,8 @@ pub use sqlite::{SCHEMA_VERSION, Sync};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    DEFAULT_MAX_FIELD_BYTES, Environment, Outcome, Project, Session, SessionRef, SessionStatus,
-    Source, Summary, TestOutcome, Timestamp,
+    CodeUnit, DEFAULT_MAX_FIELD_BYTES, Environment, Outcome, Project, Session, SessionRef,
+    SessionStatus, Source, Summary, TestOutcome, Timestamp,
 };
 use budget::ByteBudget;
 use rules::NewSession;
@@ -257,6 +258,8 @@ struct Inner {
     /// Each project's flaky tests as last judged, with what its newest
     /// session was then ([`analysis::FlakyCache`]).
     flaky: analysis::FlakyCache,
+    /// Each project's dependency snapshot as last read ([`deps::SnapshotCache`]).
+    snapshots: deps::SnapshotCache,
 }
 
 impl Store {
@@ -289,6 +292,7 @@ impl Store {
                 max_field_bytes: config.max_field_bytes,
                 keep_passing_output: config.keep_passing_output,
                 flaky: analysis::FlakyCache::default(),
+                snapshots: deps::SnapshotCache::default(),
             }),
         })
     }
@@ -404,35 +408,61 @@ impl Store {
 
     /// Appends outcomes (validated and bounded here) and returns the highest
     /// contiguous seq stored, after it has committed.
-    pub async fn append_outcomes(&self, id: Uuid, mut outcomes: Vec<Outcome>) -> Result<u64> {
+    pub async fn append_outcomes(&self, id: Uuid, outcomes: Vec<Outcome>) -> Result<u64> {
+        self.append_with_units(id, outcomes, Vec::new()).await
+    }
+
+    /// Appends outcomes with the code units their dependencies name that
+    /// the store may not hold yet (validated here; a unit already stored
+    /// for the project is a no-op). Every unit key an outcome names must be
+    /// among `units` or already stored, else nothing is stored.
+    pub async fn append_with_units(
+        &self,
+        id: Uuid,
+        mut outcomes: Vec<Outcome>,
+        units: Vec<CodeUnit>,
+    ) -> Result<u64> {
         for (i, o) in outcomes.iter_mut().enumerate() {
             self.prepare(o)
                 .map_err(|e| e.within(format_args!("outcomes[{i}]")))?;
         }
-        self.append_prepared(id, outcomes).await
+        self.append_prepared(id, outcomes, units).await
     }
 
-    /// Like [`Store::append_outcomes`] for outcomes the caller has already
+    /// Like [`Store::append_with_units`] for outcomes the caller has already
     /// passed through [`Store::prepare`].
-    pub async fn append_prepared(&self, id: Uuid, outcomes: Vec<Outcome>) -> Result<u64> {
-        self.enqueue_append(id, outcomes).await?.await
+    pub async fn append_prepared(
+        &self,
+        id: Uuid,
+        outcomes: Vec<Outcome>,
+        units: Vec<CodeUnit>,
+    ) -> Result<u64> {
+        self.enqueue_append(id, outcomes, units).await?.await
     }
 
-    /// Queues prepared outcomes without waiting for the commit, so a stream
-    /// can read its next batch meanwhile; the returned future resolves after
-    /// commit with the highest contiguous stored seq.
+    /// Queues prepared outcomes (and the units they declare, validated
+    /// here) without waiting for the commit, so a stream can read its next
+    /// batch meanwhile; the returned future resolves after commit with the
+    /// highest contiguous stored seq.
     pub async fn enqueue_append(
         &self,
         id: Uuid,
         outcomes: Vec<Outcome>,
+        units: Vec<CodeUnit>,
     ) -> Result<backend::Fut<u64>> {
+        for (i, u) in units.iter().enumerate() {
+            u.validate()
+                .map_err(|e| e.within(format_args!("units[{i}]")))?;
+        }
         let budget = self.inner.budget.take(&outcomes).await;
         // Encoded (and failures fingerprinted) here, not on the backend's
         // writer: compressing tracebacks runs beside the writes. It is CPU
         // work on text a peer chose, so on a blocking thread, never on the
         // async runtime that answers every other client.
         let outcomes = split_off_runtime(outcomes).await?;
-        self.backend().enqueue_append(id, outcomes, budget).await
+        self.backend()
+            .enqueue_append(id, outcomes, units, budget)
+            .await
     }
 
     /// Appends one outcome (validated and bounded here) as the session's next
@@ -440,6 +470,8 @@ impl Store {
     pub async fn append_next(&self, id: Uuid, mut outcome: Outcome) -> Result<u64> {
         // The backend assigns the real seq; 1 only passes validation.
         outcome.seq = 1;
+        // One outcome alone declares no units: it records no dependencies.
+        outcome.deps = None;
         self.prepare(&mut outcome)
             .map_err(|e| e.within("outcome"))?;
         let Some(outcome) = split_off_runtime(vec![outcome]).await?.pop() else {
@@ -637,17 +669,6 @@ pub fn bad_cursor(text: &str, field: &str) -> Error {
             crate::model::echo(text)
         ),
     )
-}
-
-impl Store {
-    /// What each test of `project` last ran (placeholder until the backends
-    /// store dependencies).
-    pub async fn deps_snapshot(&self, project: &Project) -> Result<Arc<affected::DepsSnapshot>> {
-        Ok(Arc::new(affected::DepsSnapshot {
-            project: project.name.clone(),
-            ..Default::default()
-        }))
-    }
 }
 
 #[cfg(test)]

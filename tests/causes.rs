@@ -119,13 +119,17 @@ async fn a_cause_is_known_from_other_sessions_once_each_and_outlives_pruning(db:
 
 /// Takes the database back to the schema before failures' causes were
 /// stored, as the previous release left it: no `cause` column, no recorded
-/// causes (and no quarantine or code states, which came after).
+/// causes (and no quarantine, code states or dependencies, which came after).
 fn downgrade_to_unkeyed_failures(db: &TestDb) {
-    let common = "DROP TABLE cause_tests;
+    let common = format!(
+        "{}; {}",
+        support::WITHOUT_DEPENDENCIES,
+        "DROP TABLE cause_tests;
         ALTER TABLE sessions DROP COLUMN code_state; ALTER TABLE sessions DROP COLUMN git_branch;
         DROP TABLE quarantine; ALTER TABLE outcomes DROP COLUMN quarantined;
         DELETE FROM cause_sessions; DELETE FROM causes;
-        DROP INDEX cause_sessions_by_session; ALTER TABLE outcomes DROP COLUMN cause";
+        DROP INDEX cause_sessions_by_session; ALTER TABLE outcomes DROP COLUMN cause"
+    );
     match db.backend() {
         support::Backend::Sqlite => db.execute(&format!("{common}; PRAGMA user_version = 4")),
         support::Backend::Postgres => db.execute(&format!(

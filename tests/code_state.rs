@@ -144,9 +144,12 @@ async fn sessions_stored_before_code_states_get_them_from_a_clean_checkouts_comm
     }
     store.shutdown().await;
     drop(store);
-    // Back to the schema of the release before: no code states, no branches.
-    let drop_columns =
-        "ALTER TABLE sessions DROP COLUMN code_state; ALTER TABLE sessions DROP COLUMN git_branch";
+    // Back to the schema of the release before: no code states, no
+    // branches, and none of what later schemas added (dependencies).
+    let drop_columns = format!(
+        "{}; ALTER TABLE sessions DROP COLUMN code_state; ALTER TABLE sessions DROP COLUMN git_branch",
+        support::WITHOUT_DEPENDENCIES
+    );
     match db.backend() {
         support::Backend::Sqlite => db.execute(&format!("{drop_columns}; PRAGMA user_version = 7")),
         support::Backend::Postgres => db.execute(&format!(

@@ -79,7 +79,7 @@ async fn stream_until_killed(
                 let req = pb::StreamOutcomesRequest {
                     session_id: id.clone(),
                     outcomes,
-                    units: Vec::new(),
+                    ..Default::default()
                 };
                 if tx.send(req).await.is_err() {
                     return;

@@ -379,7 +379,7 @@ async fn acks_never_run_ahead_of_what_a_restarted_server_finds_after_sigkill(db:
             let req = pb::StreamOutcomesRequest {
                 session_id: id2.clone(),
                 outcomes: batch,
-                units: Vec::new(),
+                ..Default::default()
             };
             if tx.send(req).await.is_err() {
                 return;
@@ -539,7 +539,7 @@ async fn sigterm_turns_health_off_sends_final_acks_and_exits_zero(db: TestDb) {
     tx.send(pb::StreamOutcomesRequest {
         session_id: id.clone(),
         outcomes: (1..=50).map(numbered).collect(),
-        units: Vec::new(),
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -4,8 +4,8 @@
 use super::pb;
 use crate::error::{Error, Result};
 use crate::model::{
-    Environment, Outcome, OutcomeCounts, Phase, QuarantineEntry, Session, SessionStatus, Source,
-    Summary, TestOutcome, Timestamp, UnitKind,
+    CodeUnit, Environment, Outcome, OutcomeCounts, Phase, QuarantineEntry, Session, SessionStatus,
+    Source, Summary, TestOutcome, Timestamp, UnitKind,
 };
 
 /// Model timestamp to protobuf.
@@ -333,7 +333,7 @@ pub fn unit_kind_to_pb(k: UnitKind) -> pb::UnitKind {
     }
 }
 
-/// Protobuf unit kind to model, naming `field`.
+/// Protobuf unit kind to model; unset or unknown is refused, naming `field`.
 pub fn unit_kind_from_pb(v: i32, field: &str) -> Result<UnitKind> {
     match pb::UnitKind::try_from(v) {
         Ok(pb::UnitKind::Function) => Ok(UnitKind::Function),
@@ -384,5 +384,20 @@ pub fn change_from_pb(c: Option<pb::Change>) -> Result<crate::store::affected::C
         },
         pb::change::Change::Files(f) => ChangeInput::Files(f.paths),
         pb::change::Change::Diff(d) => ChangeInput::Diff(d),
+    })
+}
+
+/// Protobuf code unit to model (checked by [`CodeUnit::validate`] in the
+/// store); errors name fields relative to the unit.
+pub fn unit_from_pb(u: pb::CodeUnit) -> Result<CodeUnit> {
+    Ok(CodeUnit {
+        key: u.key,
+        code: u.code,
+        kind: unit_kind_from_pb(u.kind, "kind")?,
+        path: u.path,
+        name: u.name,
+        line_start: u.line_start,
+        line_end: u.line_end,
+        checksum: u.checksum,
     })
 }

@@ -113,7 +113,7 @@ pub(super) async fn get(
         "Start from the causes: one fix may clear a whole cluster. For each cause, answer:\n\
          1. What does the traceback point at: the test, the code under test, or the environment (setup/teardown errors, missing services)?\n\
          2. Is it new? Call compare_sessions with head {id}: it lists the causes new in this session and those fixed since the previous one, and which tests newly fail.\n\
-         3. Is it flaky? A failure marked known flaky (`known_flaky`) passed and failed on the same code lately; get_test_history with its nodeid gives the verdict and its evidence. `flaky` means it passed and failed on the same code (the same commit and uncommitted changes, or reruns in one session); a test that fails since a code change is `regressed`, not flaky: do not quarantine it, fix it.\n\
+         3. Is it flaky? A failure marked known flaky (`known_flaky`) passed and failed on the same code lately; get_test_history with its nodeid gives the verdict and its evidence. `flaky` means it passed and failed on the same code (the same code in every unit it ran when its dependencies were recorded, else the same commit and uncommitted changes, or reruns in one session; the evidence's `rule` says which); a test that fails since a code change is `regressed`, not flaky: do not quarantine it, fix it.\n\
          4. Did tests also get slower? duration_regressions with session {id} compares each test with its usual duration.\n\
          5. What is the smallest change that fixes it, and which command reruns exactly the affected tests?\n\
          Use get_failures with session {id} and the next cursor for more failures, or a larger traceback_bytes for a cut traceback.\n"

@@ -55,13 +55,62 @@ impl Verdict {
     }
 }
 
+/// Which rule said two runs were on the same code (or, for a [`Change`],
+/// that they were not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeRule {
+    /// Both runs recorded their dependencies, and their code is compared:
+    /// the code digests of their dependency sets ([`crate::store::deps`]).
+    Dependencies,
+    /// Without dependencies: the session's code state (commit and a digest
+    /// of uncommitted changes).
+    CodeState,
+    /// Reruns within one session, whatever else: the code cannot change
+    /// between them.
+    Reruns,
+}
+
+impl CodeRule {
+    /// The rule of a run's code identity ([`Run::code`]).
+    pub fn of_code(code: &str) -> CodeRule {
+        if code.starts_with(crate::store::deps::DEPS_PREFIX) {
+            CodeRule::Dependencies
+        } else {
+            CodeRule::CodeState
+        }
+    }
+
+    /// The name of the rule behind a flaky verdict's evidence, as the wire
+    /// says it: `same_dependencies`, `same_code_state` or `same_session_reruns`.
+    pub fn evidence_name(self) -> &'static str {
+        match self {
+            CodeRule::Dependencies => "same_dependencies",
+            CodeRule::CodeState => "same_code_state",
+            CodeRule::Reruns => "same_session_reruns",
+        }
+    }
+
+    /// What changed between the runs of a [`Change`], as the wire says it:
+    /// `dependencies` or `code_state`.
+    pub fn change_name(self) -> &'static str {
+        match self {
+            CodeRule::Dependencies => "dependencies",
+            CodeRule::CodeState | CodeRule::Reruns => "code_state",
+        }
+    }
+}
+
 /// Why a test is flaky: one code on which it both passed and failed, and
 /// the sessions that show it (newest first, at most [`EVIDENCE_SESSIONS`]
 /// each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evidence {
-    /// The code state it passed and failed on; `None` when the evidence is
-    /// one session's reruns (whatever its code state).
+    /// Which rule found the code the same.
+    pub rule: CodeRule,
+    /// The code it passed and failed on: a code state, or for
+    /// [`CodeRule::Dependencies`] `deps:` and its dependencies' code digest;
+    /// `None` when the evidence is one session's reruns (whatever its code).
     pub code_state: Option<Arc<str>>,
     /// Sessions it passed in on that code.
     pub passed_in: Vec<Uuid>,
@@ -77,8 +126,11 @@ pub struct Change {
     pub verdict: Verdict,
     /// The session of the first run after the change.
     pub session: Uuid,
-    /// Its code state, when known.
+    /// Its code (as [`Evidence::code_state`]), when known.
     pub code_state: Option<Arc<str>>,
+    /// What said the code differed: the dependencies' code, when both runs
+    /// recorded it, else the code state.
+    pub rule: CodeRule,
 }
 
 /// Most changes a [`Stability`] keeps (the newest).
@@ -189,7 +241,9 @@ pub struct Run {
     pub session: SessionKey,
     /// That session's id.
     pub id: Uuid,
-    /// The code it ran on ([`crate::model::Environment::code_identity`]);
+    /// The code it ran on: its dependency set's code identity
+    /// ([`crate::store::deps::code_identity`]) when the outcome recorded
+    /// one, else the session's ([`crate::model::Environment::code_identity`]);
     /// `None` when unknown, which is the same as no other run's.
     pub code: Option<Arc<str>>,
     /// Failed or error (else passed).
@@ -204,21 +258,47 @@ pub struct Run {
 /// a rerun that passed. Skips and expected failures are not attempts that
 /// say anything about reliability.
 pub fn attempts_of(kinds: impl IntoIterator<Item = TestOutcome>) -> Vec<bool> {
-    let mut attempts: Vec<bool> = Vec::new();
+    attempts_with(kinds.into_iter().map(|k| (k, None::<()>)))
+        .into_iter()
+        .map(|(failed, _)| failed)
+        .collect()
+}
+
+/// Like [`attempts_of`], carrying a value of each outcome (its dependency
+/// set's code, say) into its attempt: an attempt takes its first outcome's
+/// value, or a later one's when the first has none.
+pub fn attempts_with<T>(
+    outcomes: impl IntoIterator<Item = (TestOutcome, Option<T>)>,
+) -> Vec<(bool, Option<T>)> {
+    let mut attempts: Vec<(bool, Option<T>)> = Vec::new();
     let mut prev: Option<TestOutcome> = None;
-    for kind in kinds {
+    for (kind, value) in outcomes {
         match kind {
-            TestOutcome::Passed => attempts.push(false),
-            TestOutcome::Failed => attempts.push(true),
+            TestOutcome::Passed => attempts.push((false, value)),
+            TestOutcome::Failed => attempts.push((true, value)),
             TestOutcome::Error => match (prev, attempts.last_mut()) {
-                (Some(TestOutcome::Passed | TestOutcome::Failed), Some(last)) => *last = true,
-                _ => attempts.push(true),
+                (Some(TestOutcome::Passed | TestOutcome::Failed), Some(last)) => {
+                    last.0 = true;
+                    if last.1.is_none() {
+                        last.1 = value;
+                    }
+                }
+                _ => attempts.push((true, value)),
             },
             _ => {}
         }
         prev = Some(kind);
     }
     attempts
+}
+
+/// A run's code: its dependency set's code when the outcome recorded one
+/// (`deps`), else its session's.
+pub fn run_code(deps: Option<u64>, session: &Option<Arc<str>>) -> Option<Arc<str>> {
+    match deps {
+        Some(code) => Some(Arc::from(crate::store::deps::code_identity(code))),
+        None => session.clone(),
+    }
 }
 
 /// A session as the stability rules see it: its key, id and code.
@@ -260,7 +340,7 @@ impl Sides {
         !self.passed.is_empty() && !self.failed.is_empty()
     }
 
-    fn evidence(&self, code_state: Option<Arc<str>>) -> Evidence {
+    fn evidence(&self, rule: CodeRule, code_state: Option<Arc<str>>) -> Evidence {
         let newest_first = |v: &[Uuid]| {
             v.iter()
                 .rev()
@@ -269,6 +349,7 @@ impl Sides {
                 .collect::<Vec<_>>()
         };
         Evidence {
+            rule,
             code_state,
             passed_in: newest_first(&self.passed),
             failed_in: newest_first(&self.failed),
@@ -303,6 +384,16 @@ pub fn stability_of(runs: &[Run]) -> Stability {
                     },
                     session: r.id,
                     code_state: r.code.clone(),
+                    // Dependencies only when both sides had them.
+                    rule: match (p.code.as_deref(), r.code.as_deref()) {
+                        (Some(a), Some(b))
+                            if CodeRule::of_code(a) == CodeRule::Dependencies
+                                && CodeRule::of_code(b) == CodeRule::Dependencies =>
+                        {
+                            CodeRule::Dependencies
+                        }
+                        _ => CodeRule::CodeState,
+                    },
                 });
             }
         }
@@ -319,12 +410,17 @@ pub fn stability_of(runs: &[Run]) -> Stability {
         .iter()
         .filter(|(_, x)| x.mixed())
         .max_by_key(|(_, x)| x.newest)
-        .map(|(c, x)| (x.newest, x.evidence(Some(Arc::from(*c)))));
+        .map(|(c, x)| {
+            (
+                x.newest,
+                x.evidence(CodeRule::of_code(c), Some(Arc::from(*c))),
+            )
+        });
     let newest_session = by_session
         .values()
         .filter(|x| x.mixed())
         .max_by_key(|x| x.newest)
-        .map(|x| (x.newest, x.evidence(None)));
+        .map(|x| (x.newest, x.evidence(CodeRule::Reruns, None)));
     // A same-code witness names its code; a rerun names its session.
     s.evidence = match (newest_code, newest_session) {
         (Some((a, e)), Some((b, _))) if a >= b => Some(e),

@@ -17,6 +17,7 @@ use std::pin::Pin;
 
 use uuid::Uuid;
 
+use super::affected::DepsSnapshot;
 use super::analysis::{Final, Run};
 use super::audit::AuditEntry;
 use super::budget::QueuedBytes;
@@ -27,8 +28,8 @@ use super::rules::NewSession;
 use super::{HistoryEntry, OutcomeFilter, Page, SessionFilter};
 use crate::error::Result;
 use crate::model::{
-    Outcome, Project, QuarantineEntry, Session, SessionRef, SessionStatus, Source, Summary,
-    Timestamp,
+    CodeUnit, Outcome, Project, QuarantineEntry, Session, SessionRef, SessionStatus, Source,
+    Summary, Timestamp,
 };
 
 /// What every backend method returns.
@@ -137,14 +138,19 @@ pub trait Backend: Send + Sync + 'static {
     /// ([`super::rules::check_restart`]).
     fn start_session(&self, new: NewSession) -> Fut<Session>;
 
-    /// Queues validated outcomes (seqs increasing) and resolves once queued;
-    /// the inner future resolves after commit with the highest contiguous
-    /// stored seq ([`super::rules::plan_append`]). `budget` is held until
+    /// Queues validated outcomes (seqs increasing) and the units they
+    /// declare, and resolves once queued; the inner future resolves after
+    /// commit with the highest contiguous stored seq
+    /// ([`super::rules::plan_append`]). In the same transaction, before any
+    /// write, every unit key a new outcome names must be among `units` or
+    /// stored for the session's project ([`super::deps::undeclared`]);
+    /// units already stored are left as they are. `budget` is held until
     /// the outcomes are dropped.
     fn enqueue_append(
         &self,
         id: Uuid,
         outcomes: Vec<NewOutcome>,
+        units: Vec<CodeUnit>,
         budget: QueuedBytes,
     ) -> Fut<Fut<u64>>;
 
@@ -184,6 +190,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Removes the tests no outcome refers to any more; returns how many.
     fn remove_unused_tests(&self) -> Fut<u64>;
+
+    /// Removes the dependency sets no outcome refers to any more and the
+    /// units no remaining set names; returns how many rows.
+    fn remove_unused_deps(&self) -> Fut<u64>;
 
     /// Returns up to `max_bytes` of free space to the file system; returns the bytes returned.
     fn shrink(&self, max_bytes: u64) -> Fut<u64>;
@@ -246,6 +256,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Every project name its sessions were recorded under, with activity.
     fn projects(&self) -> Fut<Vec<ProjectActivity>>;
+
+    /// What each test of `project` last ran: its kept closed sessions
+    /// scanned newest first ([`super::deps::SnapshotScan`]) and put together
+    /// by [`super::deps::assemble`].
+    fn deps_snapshot(&self, project: Project) -> Fut<DepsSnapshot>;
 
     /// A session, its key, and the final outcome (last attempt) of each of
     /// its tests, sorted by test key.

@@ -1,7 +1,7 @@
 //! The small integers outcome kinds and phases are stored as, the same in
 //! every backend and in every blob (digests), so that one decoder reads all.
 
-use crate::model::{Phase, TestOutcome};
+use crate::model::{Phase, TestOutcome, UnitKind};
 
 /// The outcome kinds as stored: small integers in [`TestOutcome::ALL`] order, from 1.
 pub fn kind_code(kind: TestOutcome) -> i64 {
@@ -58,4 +58,25 @@ pub fn file_column<'a>(nodeid: &str, file: &'a str) -> Option<&'a str> {
 /// The file of an outcome from its file column.
 pub fn file_from_column(nodeid: &str, column: Option<String>) -> String {
     column.unwrap_or_else(|| nodeid.split("::").next().unwrap_or_default().to_string())
+}
+
+/// The unit kinds as stored.
+pub fn unit_kind_code(kind: UnitKind) -> i64 {
+    match kind {
+        UnitKind::Function => 1,
+        UnitKind::Class => 2,
+        UnitKind::Module => 3,
+        UnitKind::File => 4,
+    }
+}
+
+/// The unit kind of a stored code.
+pub fn unit_kind_of(code: i64) -> Option<UnitKind> {
+    Some(match code {
+        1 => UnitKind::Function,
+        2 => UnitKind::Class,
+        3 => UnitKind::Module,
+        4 => UnitKind::File,
+        _ => return None,
+    })
 }

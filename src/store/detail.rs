@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 
 use super::blob::{VarintError, put_varint, read_varint, unzip};
+use super::deps::DepSet;
 use super::fingerprint::StoredCause;
 use crate::error::{Error, Result};
 use crate::model::Outcome;
@@ -145,6 +146,9 @@ pub struct NewOutcome {
     /// A failure's cause, computed here from its full text, once: what
     /// clusters and new causes are counted from.
     pub cause: Option<StoredCause>,
+    /// Its dependency set (sorted keys and digest), computed here once;
+    /// `outcome.deps` keeps the keys as sent, for errors that name one.
+    pub deps: Option<DepSet>,
 }
 
 impl AsRef<Outcome> for NewOutcome {
@@ -157,6 +161,7 @@ impl AsRef<Outcome> for NewOutcome {
 /// failure from it.
 pub fn split(mut outcome: Outcome) -> NewOutcome {
     let cause = StoredCause::of(&outcome);
+    let deps = outcome.deps.as_deref().map(DepSet::of);
     let detail = ENCODER.with(|e| e.borrow_mut().encode(&outcome));
     if detail.is_some() {
         if outcome.message.len() > INLINE_MESSAGE_BYTES {
@@ -172,6 +177,7 @@ pub fn split(mut outcome: Outcome) -> NewOutcome {
         outcome,
         detail,
         cause,
+        deps,
     }
 }
 

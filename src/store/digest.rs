@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use super::analysis::{Final, Run, RunSession, attempts_of};
+use super::analysis::{Final, Run, RunSession, attempts_with, run_code};
 use super::backend::{FlakyInput, TestKey};
 use super::blob::{VarintError, put_varint, read_varint, unzip};
 use crate::error::{Error, Result};
@@ -66,15 +66,26 @@ impl Digest {
 
     /// The kinds of test `i`'s attempts, in order.
     pub fn attempts(&self, i: usize) -> &[TestOutcome] {
+        self.kinds.get(self.attempt_range(i)).unwrap_or_default()
+    }
+
+    /// Where test `i`'s attempts are among all the session's attempts (the
+    /// order of anything kept per attempt, such as dependency sets).
+    pub fn attempt_range(&self, i: usize) -> std::ops::Range<usize> {
         if self.firsts.is_empty() {
-            return self.kinds.get(i..=i).unwrap_or_default();
+            return i..i + 1;
         }
         let start = self.firsts[i] as usize;
         let end = self
             .firsts
             .get(i + 1)
             .map_or(self.kinds.len(), |f| *f as usize);
-        self.kinds.get(start..end).unwrap_or_default()
+        start..end
+    }
+
+    /// How many attempts the session's tests had in all.
+    pub fn attempt_count(&self) -> usize {
+        self.kinds.len()
     }
 
     /// The positions of the tests with a failed or errored attempt.
@@ -118,10 +129,9 @@ impl Digest {
     }
 }
 
-/// The flaky-test candidates of a window of sessions, given oldest first
-/// with their digests: every test (not subtest) that failed in one of them,
-/// with its pass/fail runs there.
-pub fn flaky_input(recent: &[RunSession], digests: &[Digest]) -> FlakyInput {
+/// The flaky-test candidates of a window of sessions: every test (not
+/// subtest) that failed in one of them, sorted.
+pub fn flaky_candidates(digests: &[Digest]) -> Vec<i64> {
     // Only a test that failed in the window can be flaky.
     let mut candidates: Vec<i64> = Vec::new();
     for d in digests {
@@ -129,17 +139,73 @@ pub fn flaky_input(recent: &[RunSession], digests: &[Digest]) -> FlakyInput {
     }
     candidates.sort_unstable();
     candidates.dedup();
+    candidates
+}
+
+/// The dependency sets the candidates' attempts used, given each session's
+/// sets per attempt (empty: none recorded): the only sets whose code the
+/// flaky rule needs.
+pub fn candidate_sets(
+    candidates: &[i64],
+    digests: &[Digest],
+    sets: &[Vec<Option<i64>>],
+) -> Vec<i64> {
+    let mut out = Vec::new();
+    for (d, sets) in digests.iter().zip(sets) {
+        if sets.is_empty() {
+            continue;
+        }
+        for test in candidates {
+            if let Some(i) = d.find(*test) {
+                out.extend(
+                    sets.get(d.attempt_range(i))
+                        .unwrap_or_default()
+                        .iter()
+                        .flatten(),
+                );
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The flaky-test candidates of a window of sessions, given oldest first
+/// with their digests and their sets per attempt (empty: none recorded, or
+/// not read when there is no candidate), with the code of each set: every
+/// test (not subtest) that failed in one of them, with its pass/fail runs
+/// there, each on its dependencies' code when it recorded them.
+pub fn flaky_input(
+    recent: &[RunSession],
+    digests: &[Digest],
+    sets: &[Vec<Option<i64>>],
+    codes: &HashMap<i64, u64>,
+) -> FlakyInput {
+    let candidates = flaky_candidates(digests);
     let mut runs: Vec<(i64, Vec<Run>)> = candidates.iter().map(|t| (*t, Vec::new())).collect();
-    for (s, d) in recent.iter().zip(digests) {
+    let none: Vec<Option<i64>> = Vec::new();
+    for (si, (s, d)) in recent.iter().zip(digests).enumerate() {
+        let session_sets = sets.get(si).unwrap_or(&none);
         for (test, test_runs) in runs.iter_mut() {
             let Some(i) = d.find(*test) else {
                 continue;
             };
-            for failed in attempts_of(d.attempts(i).iter().copied()) {
+            let range = d.attempt_range(i);
+            let attempt_sets = session_sets.get(range).unwrap_or_default();
+            let outcomes = d.attempts(i).iter().enumerate().map(|(k, kind)| {
+                let code = attempt_sets
+                    .get(k)
+                    .copied()
+                    .flatten()
+                    .and_then(|set| codes.get(&set).copied());
+                (*kind, code)
+            });
+            for (failed, code) in attempts_with(outcomes) {
                 test_runs.push(Run {
                     session: s.key,
                     id: s.id,
-                    code: s.code.clone(),
+                    code: run_code(code, &s.code),
                     failed,
                 });
             }
@@ -154,34 +220,48 @@ pub fn flaky_input(recent: &[RunSession], digests: &[Digest]) -> FlakyInput {
 /// Builds a digest from a session's outcomes given in seq order as (test,
 /// is a subtest, kind, duration).
 pub fn build(outcomes: impl IntoIterator<Item = (i64, bool, TestOutcome, f64)>) -> Digest {
+    build_with(outcomes.into_iter().map(|(t, s, k, d)| (t, s, k, d, ()))).0
+}
+
+/// Like [`build`], carrying a value per outcome (its dependency set, say)
+/// into the digest's attempt order: the second vector is parallel to the
+/// attempts ([`Digest::attempt_range`]).
+pub fn build_with<T>(
+    outcomes: impl IntoIterator<Item = (i64, bool, TestOutcome, f64, T)>,
+) -> (Digest, Vec<T>) {
     let mut at: HashMap<i64, usize> = HashMap::new();
-    let mut grouped: Vec<(i64, bool, Vec<TestOutcome>, f64)> = Vec::new();
-    for (test, subtest, kind, duration) in outcomes {
+    type Group<T> = (i64, bool, Vec<(TestOutcome, T)>, f64);
+    let mut grouped: Vec<Group<T>> = Vec::new();
+    for (test, subtest, kind, duration, extra) in outcomes {
         match at.get(&test) {
             Some(&i) => {
                 let e = &mut grouped[i];
-                e.2.push(kind);
+                e.2.push((kind, extra));
                 e.3 = duration;
             }
             None => {
                 at.insert(test, grouped.len());
-                grouped.push((test, subtest, vec![kind], duration));
+                grouped.push((test, subtest, vec![(kind, extra)], duration));
             }
         }
     }
     grouped.sort_by_key(|e| e.0);
     let reruns = grouped.iter().any(|e| e.2.len() > 1);
     let mut d = Digest::default();
-    for (test, subtest, kinds, duration) in grouped {
+    let mut extras = Vec::new();
+    for (test, subtest, attempts, duration) in grouped {
         d.tests.push(test);
         d.subtests.push(subtest);
         if reruns {
             d.firsts.push(d.kinds.len() as u32);
         }
-        d.kinds.extend(kinds);
+        for (kind, extra) in attempts {
+            d.kinds.push(kind);
+            extras.push(extra);
+        }
         d.durations.push(duration);
     }
-    d
+    (d, extras)
 }
 
 fn code(kind: TestOutcome) -> u8 {

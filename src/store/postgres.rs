@@ -26,6 +26,7 @@ mod rows;
 mod schema;
 mod writes;
 
+use crate::store::affected::DepsSnapshot;
 use crate::store::backend::KnownCause;
 use crate::store::fingerprint::KeyedFailure;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -48,7 +49,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::model::Project;
-use crate::model::{Outcome, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp};
+use crate::model::{
+    CodeUnit, Outcome, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp,
+};
 use crate::store::backend::ProjectActivity;
 use crate::store::counters::{Key as CounterKey, Update};
 
@@ -86,6 +89,8 @@ const MAX_GROUP_OUTCOMES: usize = 20_000;
 /// A batch waiting to be committed.
 struct Queued {
     outcomes: Vec<NewOutcome>,
+    /// The code units the batch declared.
+    units: Vec<CodeUnit>,
     /// Held until the batch is committed (or refused).
     _budget: QueuedBytes,
     reply: oneshot::Sender<Result<u64>>,
@@ -320,7 +325,7 @@ async fn write_session(shared: Arc<Shared>, id: Uuid) {
         };
         if group.len() == 1 {
             for q in group {
-                let result = append_once(&shared, id, Arc::new(q.outcomes)).await;
+                let result = append_once(&shared, id, Arc::new((q.outcomes, q.units))).await;
                 let _ = q.reply.send(result);
             }
             continue;
@@ -334,10 +339,12 @@ async fn write_session(shared: Arc<Shared>, id: Uuid) {
             .map(|q| q.outcomes.iter().map(|o| o.outcome.seq).max().unwrap_or(0))
             .collect();
         let mut all = Vec::with_capacity(lengths.iter().sum());
+        let mut units = Vec::new();
         for q in &mut group {
             all.append(&mut q.outcomes);
+            units.extend(q.units.iter().cloned());
         }
-        let all = Arc::new(all);
+        let all = Arc::new((all, units));
         match append_once(&shared, id, all.clone()).await {
             Ok(stored) => {
                 // Each batch is answered with the seqs up to its own last,
@@ -353,12 +360,12 @@ async fn write_session(shared: Arc<Shared>, id: Uuid) {
             // Refused (a gap, a resent overlap, a closed session) or failed:
             // batch by batch, so each gets its own answer.
             Err(_) => {
-                let mut all = Arc::try_unwrap(all).unwrap_or_else(|shared| (*shared).clone());
+                let (mut all, _) = Arc::try_unwrap(all).unwrap_or_else(|shared| (*shared).clone());
                 for (q, length) in group.iter_mut().zip(&lengths).rev() {
                     q.outcomes = all.split_off(all.len() - length);
                 }
                 for q in group {
-                    let result = append_once(&shared, id, Arc::new(q.outcomes)).await;
+                    let result = append_once(&shared, id, Arc::new((q.outcomes, q.units))).await;
                     let _ = q.reply.send(result);
                 }
             }
@@ -366,11 +373,14 @@ async fn write_session(shared: Arc<Shared>, id: Uuid) {
     }
 }
 
+/// A run of outcomes and the units it declares.
+type Batch = (Vec<NewOutcome>, Vec<CodeUnit>);
+
 /// Appends one run of outcomes in one transaction; caches what it learned.
-async fn append_once(shared: &Shared, id: Uuid, outcomes: Arc<Vec<NewOutcome>>) -> Result<u64> {
+async fn append_once(shared: &Shared, id: Uuid, batch: Arc<Batch>) -> Result<u64> {
     let (stored, learned): (u64, writes::Learned) = run_write(shared, &|tx, shared| {
-        let outcomes = outcomes.clone();
-        boxed!(async move { writes::append(tx, shared, id, &outcomes).await })
+        let batch = batch.clone();
+        boxed!(async move { writes::append(tx, shared, id, &batch.0, &batch.1).await })
     })
     .await?;
     learned.keep(&shared.interned);
@@ -394,6 +404,7 @@ impl Backend for PgBackend {
         &self,
         id: Uuid,
         outcomes: Vec<NewOutcome>,
+        units: Vec<CodeUnit>,
         budget: QueuedBytes,
     ) -> Fut<Fut<u64>> {
         let shared = self.shared.clone();
@@ -404,6 +415,7 @@ impl Backend for PgBackend {
                 let mut queues = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
                 let queued = Queued {
                     outcomes,
+                    units,
                     _budget: budget,
                     reply,
                 };
@@ -518,6 +530,10 @@ impl Backend for PgBackend {
         })
     }
 
+    fn remove_unused_deps(&self) -> Fut<u64> {
+        self.write(move |tx, _| boxed!(async move { writes::remove_unused_deps(tx).await }))
+    }
+
     fn shrink(&self, _max_bytes: u64) -> Fut<u64> {
         // PostgreSQL's (auto)vacuum reuses and returns the space of deleted rows.
         Box::pin(async { Ok(0) })
@@ -616,6 +632,10 @@ impl Backend for PgBackend {
 
     fn projects(&self) -> Fut<Vec<ProjectActivity>> {
         self.read(move |tx| boxed!(async move { reads::projects(tx).await }))
+    }
+
+    fn deps_snapshot(&self, project: Project) -> Fut<DepsSnapshot> {
+        self.read(move |tx| boxed!(async move { reads::deps_snapshot(tx, &project).await }))
     }
 
     fn session_finals(&self, session: SessionRef) -> Fut<SessionFinals> {

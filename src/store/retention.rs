@@ -194,6 +194,10 @@ impl Store {
             }
             pause_for(pause).await;
         }
+        if report.deleted > 0 {
+            // A snapshot may name runs of the deleted sessions.
+            self.inner.snapshots.clear();
+        }
         // A crash may have left rows of earlier deletions: always reclaim.
         let mut reclaimed = 0;
         loop {
@@ -208,6 +212,8 @@ impl Store {
         // them reads every session's tests, so not on a round that deleted nothing.
         if report.deleted > 0 || reclaimed > 0 {
             self.backend().remove_unused_tests().await?;
+            pause_for(pause).await;
+            self.backend().remove_unused_deps().await?;
             pause_for(pause).await;
         }
         while self.backend().shrink(SHRINK_STEP_BYTES).await? > 0 {

@@ -16,6 +16,7 @@ mod rows;
 mod schema;
 mod writer;
 
+use crate::store::affected::DepsSnapshot;
 use crate::store::backend::KnownCause;
 use crate::store::fingerprint::KeyedFailure;
 use rusqlite::{Connection, OpenFlags};
@@ -37,7 +38,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    Outcome, Project, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp,
+    CodeUnit, Outcome, Project, QuarantineEntry, Session, SessionRef, Source, Summary, Timestamp,
 };
 use writer::{Queued, WriteCmd};
 
@@ -233,6 +234,7 @@ impl Backend for SqliteBackend {
         &self,
         id: Uuid,
         outcomes: Vec<NewOutcome>,
+        units: Vec<CodeUnit>,
         budget: QueuedBytes,
     ) -> Fut<Fut<u64>> {
         let shared = self.shared.clone();
@@ -240,6 +242,7 @@ impl Backend for SqliteBackend {
             let rx = Self::enqueue(&shared.writes, move |reply| WriteCmd::Append {
                 id,
                 outcomes,
+                units,
                 _budget: budget,
                 reply,
             })
@@ -316,6 +319,25 @@ impl Backend for SqliteBackend {
         Box::pin(async move { this.remove_unreferenced_tests().await })
     }
 
+    fn remove_unused_deps(&self) -> Fut<u64> {
+        let this = self.clone();
+        Box::pin(async move {
+            let scan = this.read(reads::unreferenced_deps).await?;
+            if scan.sets.is_empty() && scan.units.is_empty() {
+                return Ok(0);
+            }
+            this.write(move |reply| WriteCmd::RemoveDeps {
+                sets: scan.sets,
+                units: scan.units,
+                newer_than_set: scan.max_set_id,
+                newer_than_pk: scan.max_session_pk,
+                open_sessions: scan.open_sessions,
+                reply,
+            })
+            .await
+        })
+    }
+
     fn shrink(&self, max_bytes: u64) -> Fut<u64> {
         self.write(move |reply| WriteCmd::Shrink { max_bytes, reply })
     }
@@ -387,6 +409,10 @@ impl Backend for SqliteBackend {
 
     fn projects(&self) -> Fut<Vec<ProjectActivity>> {
         self.read(reads::projects)
+    }
+
+    fn deps_snapshot(&self, project: Project) -> Fut<DepsSnapshot> {
+        self.read(move |c| reads::deps_snapshot(c, &project))
     }
 
     fn session_finals(&self, session: SessionRef) -> Fut<SessionFinals> {

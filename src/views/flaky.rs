@@ -116,12 +116,19 @@ impl FlakyView {
         );
         for t in &self.tests {
             let s = &t.stability;
-            let code = s
-                .evidence
-                .as_ref()
-                .and_then(|e| e.code_state.as_deref())
-                .map(|c| format!(" on code state {}", short_code(c)))
-                .unwrap_or_else(|| " in one session's reruns".into());
+            let code = match s.evidence.as_ref() {
+                Some(e) if e.rule == "same_dependencies" => e
+                    .code_state
+                    .as_deref()
+                    .map(|c| format!(" with the same dependencies ({})", short_code(c)))
+                    .unwrap_or_else(|| " with the same dependencies".into()),
+                Some(e) => e
+                    .code_state
+                    .as_deref()
+                    .map(|c| format!(" on code state {}", short_code(c)))
+                    .unwrap_or_else(|| " in one session's reruns".into()),
+                None => " in one session's reruns".into(),
+            };
             let _ = write!(
                 out,
                 "\n{}{}: {} passed, {} failed{code}; last: {}",

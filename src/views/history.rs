@@ -10,13 +10,21 @@ use serde::Serialize;
 use super::scope::Scope;
 use super::{budget_text, excerpt, fit_budget, non_empty};
 use crate::error::{Error, Result};
-use crate::store::{Change, Evidence, HistoryEntry, Stability, Store, Verdict, flakiness_verdict};
+use crate::store::{
+    Change, CodeRule, Evidence, HistoryEntry, Stability, Store, Verdict, flakiness_verdict,
+};
 
 /// Why a test is judged flaky: a code it both passed and failed on.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct EvidenceView {
-    /// The code state it passed and failed on; absent when the evidence is
-    /// the reruns of one session.
+    /// Which rule found the code the same: `same_dependencies` (the code of
+    /// the units the test ran was the same, whatever else changed),
+    /// `same_code_state` (no dependencies recorded: the same commit and
+    /// uncommitted changes) or `same_session_reruns` (one session's reruns).
+    pub rule: String,
+    /// The code it passed and failed on: a code state, or `deps:` and the
+    /// digest of its dependencies' code; absent when the evidence is the
+    /// reruns of one session.
     pub code_state: Option<String>,
     /// Sessions it passed in on that code (newest first, at most 5).
     pub passed_in: Vec<String>,
@@ -28,6 +36,7 @@ impl From<&Evidence> for EvidenceView {
     fn from(e: &Evidence) -> Self {
         let ids = |v: &[uuid::Uuid]| v.iter().map(uuid::Uuid::to_string).collect();
         EvidenceView {
+            rule: e.rule.evidence_name().to_string(),
             code_state: e.code_state.as_deref().map(str::to_string),
             passed_in: ids(&e.passed_in),
             failed_in: ids(&e.failed_in),
@@ -42,8 +51,12 @@ pub struct ChangeView {
     pub change: String,
     /// The session of the first run after the change.
     pub session_id: String,
-    /// Its code state, when known.
+    /// Its code (a code state, or `deps:` and its dependencies' code
+    /// digest), when known.
     pub code_state: Option<String>,
+    /// What changed: `dependencies` (the code of the units the test ran,
+    /// when both runs recorded them) or `code_state`.
+    pub rule: String,
 }
 
 impl From<&Change> for ChangeView {
@@ -52,6 +65,7 @@ impl From<&Change> for ChangeView {
             change: c.verdict.as_str().to_string(),
             session_id: c.session.to_string(),
             code_state: c.code_state.as_deref().map(str::to_string),
+            rule: c.rule.change_name().to_string(),
         }
     }
 }
@@ -88,6 +102,9 @@ pub struct StabilityView {
 /// A code state as it is shown: the commit's first 12 digits and the
 /// digest of the uncommitted changes, if any.
 pub fn short_code(code: &str) -> String {
+    if code.starts_with(crate::store::deps::DEPS_PREFIX) {
+        return code.to_string();
+    }
     match code.split_once('+') {
         Some((commit, changes)) => format!("{}+{changes}", commit.get(..12).unwrap_or(commit)),
         None => code.get(..12).unwrap_or(code).to_string(),
@@ -126,9 +143,22 @@ fn why(s: &Stability, verdict: Verdict) -> String {
         Verdict::Failing => format!("failed all {} runs", s.runs),
         Verdict::Flaky => match &s.evidence {
             Some(Evidence {
+                rule: CodeRule::Dependencies,
                 code_state: Some(code),
                 passed_in,
                 failed_in,
+            }) => format!(
+                "passed and failed with the same dependencies (their code {}), whatever else \
+                 changed: passed in {}, failed in {}",
+                short_code(code),
+                passed_in.iter().map(short).collect::<Vec<_>>().join(", "),
+                failed_in.iter().map(short).collect::<Vec<_>>().join(", "),
+            ),
+            Some(Evidence {
+                code_state: Some(code),
+                passed_in,
+                failed_in,
+                ..
             }) => format!(
                 "passed and failed on the same code, code state {}: passed in {}, failed in {}",
                 short_code(code),
@@ -148,6 +178,15 @@ fn why(s: &Stability, verdict: Verdict) -> String {
                 "passes since"
             };
             match s.changes.last() {
+                Some(c) if c.rule == CodeRule::Dependencies => format!(
+                    "{what} session {}, where its dependencies changed{}; it never passed and \
+                     failed with the same dependencies: not flaky",
+                    short(&c.session),
+                    c.code_state
+                        .as_deref()
+                        .map(|code| format!(" (their code {})", short_code(code)))
+                        .unwrap_or_default()
+                ),
                 Some(c) => format!(
                     "{what} session {}{}; it never passed and failed on the same code, so the \
                      code changed: not flaky",
@@ -283,6 +322,11 @@ impl HistoryView {
             self.nodeid, self.project, s.verdict, s.why, s.runs, s.passed, s.failed,
         );
         for c in &s.changes {
+            let what = if c.rule == "dependencies" {
+                "dependencies changed, their code"
+            } else {
+                "code state"
+            };
             let _ = write!(
                 out,
                 "\n{} in session {}{}",
@@ -290,7 +334,7 @@ impl HistoryView {
                 c.session_id,
                 c.code_state
                     .as_deref()
-                    .map(|code| format!(" (code state {})", short_code(code)))
+                    .map(|code| format!(" ({what} {})", short_code(code)))
                     .unwrap_or_default()
             );
         }

@@ -356,7 +356,10 @@ pub fn test(p: &TestPage) -> Markup {
                 @for c in &st.changes {
                     li { span.verdict.(c.change) { (c.change) } " in "
                         a.mono href=(format!("/sessions/{}", c.session_id)) { (c.session_id.get(..8).unwrap_or(&c.session_id)) }
-                        @if let Some(code) = &c.code_state { " on code state " span.mono { (short_code(code)) } }
+                        @if let Some(code) = &c.code_state {
+                            @if c.rule == "dependencies" { " where its dependencies changed, their code " } @else { " on code state " }
+                            span.mono { (short_code(code)) }
+                        }
                     }
                 }
             }
@@ -438,9 +441,10 @@ pub fn flaky(p: &FlakyPage) -> Markup {
                                 @if t.quarantined { " " span.quarantined { "quarantined" } } }
                             td.num { (t.stability.runs) } td.num { (t.stability.failed) }
                             td.num { (t.stability.flips) } td.num { (t.stability.mixed_code_states) }
-                            td.mono { @match t.stability.evidence.as_ref().and_then(|e| e.code_state.as_deref()) {
-                                Some(code) => { (short_code(code)) }
-                                None => { "reruns" }
+                            td.mono { @match t.stability.evidence.as_ref().map(|e| (e.rule.as_str(), e.code_state.as_deref())) {
+                                Some(("same_dependencies", Some(code))) => { "same dependencies " (short_code(code)) }
+                                Some((_, Some(code))) => { (short_code(code)) }
+                                _ => { "reruns" }
                             } }
                             td { (strip(&t.runs)) }
                             td { (t.last_message) }

@@ -177,6 +177,12 @@ impl TestDb {
     }
 }
 
+/// SQL that takes a database back to the schema before dependencies were
+/// stored (the same on both backends), for tests of the upgrade.
+pub const WITHOUT_DEPENDENCIES: &str = "DROP TABLE dep_units; DROP TABLE dep_sets; \
+     ALTER TABLE outcomes DROP COLUMN deps; ALTER TABLE digests DROP COLUMN deps; \
+     DELETE FROM meta WHERE key = 'deps_generation'";
+
 /// One line per table: its name and the md5 of its rows in text form, sorted.
 const PG_DIGEST: &str = r#"
     SELECT string_agg(c.relname || ' ' || (xpath('/row/h/text()', query_to_xml(
@@ -204,6 +210,20 @@ impl TestDb {
                     "run SQL",
                 );
             }
+        }
+    }
+
+    /// The one integer a query answers (a count, say), read directly.
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        match &self.pg {
+            None => rusqlite::Connection::open(&self.arg)
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Some(_) => psql(self.arg.to_str().unwrap(), sql, "query")
+                .trim()
+                .parse()
+                .unwrap(),
         }
     }
 
@@ -546,7 +566,7 @@ pub async fn stream(
         .map(|outcomes| pb::StreamOutcomesRequest {
             session_id: session_id.into(),
             outcomes,
-            units: Vec::new(),
+            ..Default::default()
         })
         .collect();
     let mut acks = client
@@ -558,6 +578,55 @@ pub async fn stream(
         seen.push(ack.acked_seq);
     }
     Ok(seen)
+}
+
+/// Streams `batches` of (outcomes, declared units) on one stream and
+/// returns every ack (or the error).
+pub async fn stream_units(
+    client: &mut RecorderClient<Channel>,
+    session_id: &str,
+    batches: Vec<(Vec<pb::Outcome>, Vec<pb::CodeUnit>)>,
+) -> Result<Vec<u64>, tonic::Status> {
+    let requests: Vec<pb::StreamOutcomesRequest> = batches
+        .into_iter()
+        .map(|(outcomes, units)| pb::StreamOutcomesRequest {
+            session_id: session_id.into(),
+            outcomes,
+            units,
+        })
+        .collect();
+    let mut acks = client
+        .stream_outcomes(tokio_stream::iter(requests))
+        .await?
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(ack) = acks.message().await? {
+        seen.push(ack.acked_seq);
+    }
+    Ok(seen)
+}
+
+/// A function unit with this key, its code derived from the key and its
+/// checksum `sum` (hex).
+pub fn unit(key: u64, sum: &str) -> pb::CodeUnit {
+    pb::CodeUnit {
+        key,
+        code: key ^ 0x5555,
+        kind: pb::UnitKind::Function.into(),
+        path: "pkg/mod.py".into(),
+        name: format!("f{key}"),
+        line_start: 1,
+        line_end: 3,
+        checksum: sum.into(),
+    }
+}
+
+/// An outcome that depended on these unit keys.
+pub fn with_deps(mut o: pb::Outcome, keys: &[u64]) -> pb::Outcome {
+    o.deps = Some(pb::TestDependencies {
+        units: keys.to_vec(),
+    });
+    o
 }
 
 pub async fn finish(

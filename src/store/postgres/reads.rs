@@ -17,12 +17,15 @@ use crate::model::{
     Outcome, Project, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome,
     Timestamp,
 };
-use crate::store::analysis::attempts_of;
+use crate::store::affected::{DepsSnapshot, StoredUnit};
+use crate::store::analysis::{attempts_with, run_code};
 use crate::store::backend::{
     FlakyInput, KNOWN_TESTS_NAMED, KnownCause, ProjectActivity, SessionFinals, SessionKey,
     SessionMeta, StorageStats, TestKey,
 };
+use crate::store::codes::unit_kind_of;
 use crate::store::codes::{kind_code, kind_of};
+use crate::store::deps::{self, SnapshotParts, SnapshotScan};
 use crate::store::digest::{self, Digest};
 use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
@@ -312,6 +315,8 @@ struct Found {
     code: Option<String>,
     seq: i64,
     kind: i16,
+    /// The outcome's dependency set's code, when it recorded one.
+    deps: Option<u64>,
 }
 
 /// Every outcome of `tests` in the sessions of `project` from `first_pk`
@@ -332,16 +337,18 @@ async fn outcomes_of_tests(
     let order = if newest_attempt_first { "DESC" } else { "" };
     let stmt = tx
         .prepare_cached(&format!(
-            "SELECT s.pk, s.id, s.code_state, x.seq, x.kind
+            "SELECT s.pk, s.id, s.code_state, x.seq, x.kind, ds.code
              FROM sessions s CROSS JOIN LATERAL (
-                 SELECT st.seq, st.kind FROM session_tests st
+                 SELECT st.seq, st.kind, o.deps FROM session_tests st
+                 LEFT JOIN outcomes o ON o.session_pk = st.session_pk AND o.seq = st.seq
                  WHERE s.status IN ('finished', 'interrupted')
                    AND st.session_pk = s.pk AND st.test_id = ANY($1)
                  UNION ALL
-                 SELECT o.seq, o.kind FROM outcomes o
+                 SELECT o.seq, o.kind, o.deps FROM outcomes o
                  WHERE s.status NOT IN ('finished', 'interrupted')
                    AND o.session_pk = s.pk AND o.test_id = ANY($1)
              ) x
+             LEFT JOIN dep_sets ds ON ds.id = x.deps
              WHERE s.pk >= $2 AND (cardinality($3::int2[]) = 0 OR x.kind = ANY($3))
                AND {}
              ORDER BY s.started_at DESC, s.pk DESC, x.seq {order}
@@ -372,6 +379,7 @@ async fn outcomes_of_tests(
             code: r.get(2),
             seq: r.get(3),
             kind: r.get(4),
+            deps: r.get::<_, Option<i64>>(5).map(deps::from_sql),
         })
         .collect())
 }
@@ -470,13 +478,16 @@ pub async fn test_runs(
     .await?;
     let mut runs: Vec<Run> = Vec::new();
     for session in found.chunk_by(|a, b| a.pk == b.pk) {
-        let kinds = session.iter().filter_map(|f| kind_of(i64::from(f.kind)));
+        let kinds = session
+            .iter()
+            .filter_map(|f| kind_of(i64::from(f.kind)).map(|k| (k, f.deps)));
         let first = &session[0];
-        for failed in attempts_of(kinds).into_iter().rev() {
+        let code = first.code.as_deref().map(Arc::from);
+        for (failed, deps) in attempts_with(kinds).into_iter().rev() {
             runs.push(Run {
                 session: first.pk,
                 id: first.id,
-                code: first.code.as_deref().map(Arc::from),
+                code: run_code(deps, &code),
                 failed,
             });
         }
@@ -509,16 +520,18 @@ pub async fn runs_of(
             "WITH recent AS (
                  SELECT s.pk, s.id, s.code_state, s.status, s.started_at FROM sessions s
                  WHERE {} ORDER BY s.started_at DESC, s.pk DESC LIMIT $3)
-             SELECT r.pk, r.id, r.code_state, x.test_id, x.kind
+             SELECT r.pk, r.id, r.code_state, x.test_id, x.kind, ds.code
              FROM recent r CROSS JOIN LATERAL (
-                 SELECT st.test_id, st.seq, st.kind FROM session_tests st
+                 SELECT st.test_id, st.seq, st.kind, o.deps FROM session_tests st
+                 LEFT JOIN outcomes o ON o.session_pk = st.session_pk AND o.seq = st.seq
                  WHERE r.status IN ('finished', 'interrupted')
                    AND st.session_pk = r.pk AND st.test_id = ANY($4)
                  UNION ALL
-                 SELECT o.test_id, o.seq, o.kind FROM outcomes o
+                 SELECT o.test_id, o.seq, o.kind, o.deps FROM outcomes o
                  WHERE r.status NOT IN ('finished', 'interrupted')
                    AND o.session_pk = r.pk AND o.test_id = ANY($4)
              ) x
+             LEFT JOIN dep_sets ds ON ds.id = x.deps
              ORDER BY r.started_at, r.pk, x.test_id, x.seq",
             in_project(1)
         ))
@@ -536,16 +549,17 @@ pub async fn runs_of(
     }) {
         let first = &group[0];
         let test: i64 = first.get(3);
-        let kinds = group
-            .iter()
-            .filter_map(|r| kind_of(i64::from(r.get::<_, i16>(4))));
-        let code: Option<String> = first.get(2);
+        let kinds = group.iter().filter_map(|r| {
+            kind_of(i64::from(r.get::<_, i16>(4)))
+                .map(|k| (k, r.get::<_, Option<i64>>(5).map(deps::from_sql)))
+        });
+        let code: Option<Arc<str>> = first.get::<_, Option<String>>(2).map(Arc::from);
         let runs = out.entry(names[&test].to_string()).or_default();
-        for failed in attempts_of(kinds) {
+        for (failed, deps) in attempts_with(kinds) {
             runs.push(Run {
                 session: first.get(0),
                 id: first.get(1),
-                code: code.as_deref().map(Arc::from),
+                code: run_code(deps, &code),
                 failed,
             });
         }
@@ -571,6 +585,142 @@ pub async fn digest_from_rows(tx: &Tx<'_>, pk: i64) -> Result<Digest> {
         outcomes.push((r.get(0), r.get(1), kind, r.get(3)));
     }
     Ok(digest::build(outcomes))
+}
+
+/// Builds a session's digest from its rows, and each attempt's dependency
+/// set in the digest's attempt order.
+pub async fn digest_and_sets_from_rows(tx: &Tx<'_>, pk: i64) -> Result<(Digest, Vec<Option<i64>>)> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT o.test_id, t.subtest <> '', o.kind, o.duration, o.deps
+             FROM outcomes o JOIN tests t ON t.id = o.test_id
+             WHERE o.session_pk = $1 ORDER BY o.seq",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&pk]).await?;
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let kind: i16 = r.get(2);
+        let kind = kind_of(i64::from(kind))
+            .ok_or_else(|| Error::Internal(format!("unknown outcome kind {kind} stored")))?;
+        outcomes.push((
+            r.get(0),
+            r.get(1),
+            kind,
+            r.get(3),
+            r.get::<_, Option<i64>>(4),
+        ));
+    }
+    Ok(digest::build_with(outcomes))
+}
+
+/// What each test of `project` last ran (see the SQLite backend's
+/// `deps_snapshot`: the same scan, the same assembly).
+pub async fn deps_snapshot(tx: &Tx<'_>, project: &Project) -> Result<DepsSnapshot> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT s.pk, s.id, s.status FROM sessions s WHERE {}
+                 AND s.status IN ('finished', 'interrupted')
+             ORDER BY s.started_at DESC, s.pk DESC",
+            in_project(1)
+        ))
+        .await?;
+    let (spellings, unnamed) = project_args(project);
+    let mut sessions: Vec<(i64, Uuid, SessionStatus)> = Vec::new();
+    for r in tx.query(&stmt, &[&spellings, &unnamed]).await? {
+        let status: String = r.get(2);
+        sessions.push((r.get(0), r.get(1), status.parse().map_err(Error::Internal)?));
+    }
+    let pks: Vec<i64> = sessions.iter().map(|s| s.0).collect();
+    let stmt = tx
+        .prepare_cached("SELECT session_pk, tests, deps FROM digests WHERE session_pk = ANY($1)")
+        .await?;
+    let mut stored: HashMap<i64, (Vec<u8>, Option<Vec<u8>>)> = HashMap::new();
+    for r in tx.query(&stmt, &[&pks]).await? {
+        stored.insert(r.get(0), (r.get(1), r.get(2)));
+    }
+    let mut scan = SnapshotScan::default();
+    for (at, (pk, _, _)) in sessions.iter().enumerate() {
+        let decoded = stored.get(pk).and_then(|(tests, sets)| {
+            let d = digest::decode(tests, None)
+                .map_err(|e| tracing::warn!(session_pk = pk, error = %e, "reading the session's rows instead"))
+                .ok()?;
+            Some((d, sets.as_deref()))
+        });
+        match decoded {
+            Some((d, sets)) => scan.add(at, &d, || match sets {
+                Some(blob) => deps::decode_session_sets(blob),
+                None => Ok(Vec::new()),
+            })?,
+            None => {
+                let (d, sets) = digest_and_sets_from_rows(tx, *pk).await?;
+                scan.add(at, &d, || Ok(sets))?;
+            }
+        }
+    }
+    let tests: Vec<TestKey> = scan.found.iter().map(|f| f.test).collect();
+    let names = test_names(tx, &tests).await?;
+    let stmt = tx
+        .prepare_cached("SELECT id, units FROM dep_sets WHERE id = ANY($1)")
+        .await?;
+    let mut sets = HashMap::new();
+    let mut unit_ids = Vec::new();
+    for r in tx.query(&stmt, &[&scan.set_ids()]).await? {
+        let ids = deps::decode_units(r.get::<_, &[u8]>(1))?;
+        unit_ids.extend_from_slice(&ids);
+        sets.insert(r.get::<_, i64>(0), ids);
+    }
+    unit_ids.sort_unstable();
+    unit_ids.dedup();
+    let stmt = tx
+        .prepare_cached(
+            "SELECT id, kind, path, name, line_start, line_end, checksum FROM dep_units
+             WHERE id = ANY($1)",
+        )
+        .await?;
+    let mut units = HashMap::with_capacity(unit_ids.len());
+    for r in tx.query(&stmt, &[&unit_ids]).await? {
+        let kind: i16 = r.get(1);
+        units.insert(
+            r.get::<_, i64>(0),
+            StoredUnit {
+                kind: unit_kind_of(i64::from(kind))
+                    .ok_or_else(|| Error::Internal(format!("unknown unit kind {kind} stored")))?,
+                path: r.get(2),
+                name: r.get(3),
+                line_start: u32::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+                line_end: u32::try_from(r.get::<_, i64>(5)).unwrap_or(0),
+                checksum: r.get(6),
+            },
+        );
+    }
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT s.environment FROM sessions s WHERE {}
+                 AND s.status IN ('finished', 'interrupted')
+                 AND (s.environment::jsonb ? 'watched_files' OR s.environment::jsonb ? 'packages')
+             ORDER BY s.started_at DESC, s.pk DESC LIMIT 1",
+            in_project(1)
+        ))
+        .await?;
+    let environment: crate::model::Environment =
+        match tx.query_opt(&stmt, &[&spellings, &unnamed]).await? {
+            Some(r) => serde_json::from_str(r.get::<_, &str>(0))
+                .map_err(|e| Error::Internal(format!("stored environment: {e}")))?,
+            None => crate::model::Environment::default(),
+        };
+    deps::assemble(
+        scan,
+        SnapshotParts {
+            project: project.name.clone(),
+            sessions: sessions.into_iter().map(|(_, id, st)| (id, st)).collect(),
+            names,
+            sets,
+            units,
+            watched_files: environment.watched_files,
+            packages: environment.packages,
+        },
+    )
 }
 
 /// The digests of sessions (with durations when asked): stored ones, and
@@ -630,7 +780,45 @@ pub async fn flaky_input(tx: &Tx<'_>, window: usize, project: &Project) -> Resul
     recent.reverse(); // oldest first: runs are chronological
     let pks: Vec<i64> = recent.iter().map(|r| r.key).collect();
     let digests = digests_of(tx, &pks, false).await?;
-    Ok(digest::flaky_input(&recent, &digests))
+    // The candidates' dependencies' code, only when there are candidates.
+    let candidates = digest::flaky_candidates(&digests);
+    let mut sets: Vec<Vec<Option<i64>>> = Vec::new();
+    let mut codes: HashMap<i64, u64> = HashMap::new();
+    if !candidates.is_empty() {
+        let stmt = tx
+            .prepare_cached("SELECT session_pk, deps FROM digests WHERE session_pk = ANY($1)")
+            .await?;
+        let mut stored: HashMap<i64, Option<Vec<u8>>> = HashMap::new();
+        for r in tx.query(&stmt, &[&pks]).await? {
+            stored.insert(r.get(0), r.get(1));
+        }
+        for (pk, d) in pks.iter().zip(&digests) {
+            let found = match stored.remove(pk) {
+                Some(None) => Vec::new(),
+                Some(Some(blob)) => deps::decode_session_sets(&blob).unwrap_or_else(|e| {
+                    tracing::warn!(session_pk = pk, error = %e, "ignoring the session's sets");
+                    Vec::new()
+                }),
+                None => digest_and_sets_from_rows(tx, *pk).await?.1,
+            };
+            // Sets that do not line up with the digest say nothing.
+            sets.push(if found.len() == d.attempt_count() {
+                found
+            } else {
+                Vec::new()
+            });
+        }
+        let wanted = digest::candidate_sets(&candidates, &digests, &sets);
+        if !wanted.is_empty() {
+            let stmt = tx
+                .prepare_cached("SELECT id, code FROM dep_sets WHERE id = ANY($1)")
+                .await?;
+            for r in tx.query(&stmt, &[&wanted]).await? {
+                codes.insert(r.get(0), deps::from_sql(r.get(1)));
+            }
+        }
+    }
+    Ok(digest::flaky_input(&recent, &digests, &sets, &codes))
 }
 
 /// A session, its pk, and the final outcome (last attempt) of each of its tests.

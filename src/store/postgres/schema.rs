@@ -20,8 +20,9 @@ use crate::error::{Error, Result};
 /// The advisory lock migrations run under (an arbitrary, fixed key).
 const MIGRATION_LOCK: i64 = 0x7079_6d63_7001;
 
-/// Writers hold this shared, the remover of unused tests exclusively, so a
-/// writer never refers to a test that is being removed.
+/// Writers hold this shared, the remover of unused tests (and dependency
+/// sets and units) exclusively, so a writer never refers to a row that is
+/// being removed.
 pub const TESTS_LOCK: i64 = 0x7079_6d63_7002;
 
 /// The channel committed changes are announced on.
@@ -196,6 +197,35 @@ const MIGRATIONS: &[&str] = &[
           AND (environment::jsonb ->> 'git_dirty') = 'false';
     UPDATE sessions SET git_branch = environment::jsonb ->> 'git_branch'
         WHERE (environment::jsonb ->> 'git_branch') <> '';
+    "#,
+    // 7: per-test dependencies (see SQLite's migration 9): each unit and
+    // each distinct set of units of a project once, an outcome's set, and
+    // each attempt's set of a closed session beside its digest.
+    r#"
+    CREATE TABLE dep_units (
+        id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        project    text NOT NULL,      -- the project's name lower-cased
+        key        bigint NOT NULL,    -- CodeUnit.key (u64 bits)
+        code       bigint NOT NULL,    -- CodeUnit.code (u64 bits)
+        kind       smallint NOT NULL,  -- 1 function 2 class 3 module 4 file
+        path       text NOT NULL,
+        name       text NOT NULL,
+        line_start bigint NOT NULL,
+        line_end   bigint NOT NULL,
+        checksum   text NOT NULL,
+        UNIQUE (project, key)
+    );
+    CREATE TABLE dep_sets (
+        id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        project text NOT NULL,
+        digest  bytea NOT NULL,        -- SHA-256 of the sorted unit keys, 16 bytes
+        code    bigint NOT NULL,       -- digest of the units' codes (u64 bits)
+        units   bytea NOT NULL,        -- sorted dep_units ids as varint deltas
+        UNIQUE (project, digest)
+    );
+    ALTER TABLE outcomes ADD COLUMN deps bigint;     -- dep_sets.id; NULL: not recorded
+    ALTER TABLE digests ADD COLUMN deps bytea;       -- each attempt's set (store::deps)
+    INSERT INTO meta (key, value) VALUES ('deps_generation', 0);
     "#,
 ];
 

@@ -18,11 +18,15 @@ use super::rows::{SESSION_COLUMNS, session_from_row};
 use super::schema::{CHANNEL, TESTS_LOCK};
 use super::{Shared, reads};
 use crate::error::{Error, Result};
-use crate::model::{QuarantineEntry, Session, SessionRef, SessionStatus, Summary, Timestamp};
+use crate::model::fold_project;
+use crate::model::{
+    CodeUnit, QuarantineEntry, Session, SessionRef, SessionStatus, Summary, Timestamp,
+};
 use crate::store::audit::{self, AuditEntry};
 use crate::store::backend::Reclaimed;
-use crate::store::codes::{kind_code, phase_code};
+use crate::store::codes::{kind_code, phase_code, unit_kind_code};
 use crate::store::counters::{Count, Key, Update};
+use crate::store::deps::{self, DepSet, SetDigest};
 use crate::store::detail::NewOutcome;
 use crate::store::digest;
 use crate::store::rules::{self, FinishPlan, NewSession};
@@ -40,6 +44,12 @@ pub struct Interned {
     markers: HashMap<Box<str>, i64>,
     /// The `tests_generation` these ids are valid for.
     generation: i64,
+    /// (folded project, unit key) -> (unit id, code).
+    units: HashMap<(Box<str>, u64), (i64, u64)>,
+    /// (folded project, set digest) -> set id.
+    sets: HashMap<(Box<str>, SetDigest), i64>,
+    /// The `deps_generation` the units and sets are valid for.
+    deps_generation: i64,
 }
 
 impl Interned {
@@ -47,8 +57,13 @@ impl Interned {
     pub fn clear(&mut self) {
         self.tests.clear();
         self.markers.clear();
+        self.units.clear();
+        self.sets.clear();
     }
 }
+
+/// Most dependency units and sets the cache holds before it starts over.
+const MAX_CACHED_DEPS: usize = 2_000_000;
 
 /// A test's (nodeid, subtest) and its (id, first session pk).
 type TestEntry = ((Box<str>, Box<str>), (i64, i64));
@@ -59,6 +74,9 @@ pub struct Learned {
     generation: i64,
     tests: Vec<TestEntry>,
     markers: Vec<(Box<str>, i64)>,
+    deps_generation: i64,
+    units: Vec<((Box<str>, u64), (i64, u64))>,
+    sets: Vec<((Box<str>, SetDigest), i64)>,
 }
 
 impl Learned {
@@ -76,6 +94,17 @@ impl Learned {
         }
         cache.tests.extend(self.tests);
         cache.markers.extend(self.markers);
+        if cache.deps_generation != self.deps_generation {
+            return;
+        }
+        if cache.units.len() + cache.sets.len() + self.units.len() + self.sets.len()
+            > MAX_CACHED_DEPS
+        {
+            cache.units.clear();
+            cache.sets.clear();
+        }
+        cache.units.extend(self.units);
+        cache.sets.extend(self.sets);
     }
 }
 
@@ -170,8 +199,16 @@ pub async fn append_next(
     let mut numbered = outcome.clone();
     numbered.outcome.seq = rules::next_seq(&session);
     let seq = numbered.outcome.seq;
-    let (_, learned) =
-        append_locked(tx, shared, id, pk, session, std::slice::from_ref(&numbered)).await?;
+    let (_, learned) = append_locked(
+        tx,
+        shared,
+        id,
+        pk,
+        session,
+        std::slice::from_ref(&numbered),
+        &[],
+    )
+    .await?;
     Ok((seq, learned))
 }
 
@@ -182,11 +219,12 @@ pub async fn append(
     shared: &Shared,
     id: Uuid,
     outcomes: &[NewOutcome],
+    units: &[CodeUnit],
 ) -> Result<(u64, Learned)> {
     let (pk, session) = lock_session(tx, id)
         .await?
         .ok_or_else(|| rules::no_session_for_outcomes(id))?;
-    append_locked(tx, shared, id, pk, session, outcomes).await
+    append_locked(tx, shared, id, pk, session, outcomes, units).await
 }
 
 async fn append_locked(
@@ -196,6 +234,7 @@ async fn append_locked(
     pk: i64,
     session: Session,
     outcomes: &[NewOutcome],
+    units: &[CodeUnit],
 ) -> Result<(u64, Learned)> {
     let Some(plan) = rules::plan_append(&session, outcomes)? else {
         return Ok((session.outcomes_stored, Learned::default()));
@@ -208,18 +247,32 @@ async fn append_locked(
         .prepare_cached("SELECT pg_advisory_xact_lock_shared($1)")
         .await?;
     let read = tx
-        .prepare_cached("SELECT value FROM meta WHERE key = 'tests_generation'")
+        .prepare_cached(
+            "SELECT (SELECT value FROM meta WHERE key = 'tests_generation'),
+                    (SELECT value FROM meta WHERE key = 'deps_generation')",
+        )
         .await?;
-    let (_, generation) =
+    let (_, generations) =
         tokio::try_join!(tx.execute(&lock, &[&TESTS_LOCK]), tx.query_one(&read, &[]))?;
-    let generation: i64 = generation.get(0);
     let mut learned = Learned {
-        generation,
+        generation: generations.get(0),
+        deps_generation: generations.get::<_, Option<i64>>(1).unwrap_or(0),
         ..Learned::default()
     };
+    let project = fold_project(&session.environment.project);
+    let set_ids = intern_sets(tx, shared, &project, plan.first, new, units, &mut learned).await?;
     let test_ids = intern_tests(tx, shared, pk, new, &mut learned).await?;
     let marker_ids = intern_markers(tx, shared, new, &mut learned).await?;
-    insert_outcomes(tx, pk, session.started_at, new, &test_ids, &marker_ids).await?;
+    insert_outcomes(
+        tx,
+        pk,
+        session.started_at,
+        new,
+        &test_ids,
+        &marker_ids,
+        &set_ids,
+    )
+    .await?;
     name_causes(tx, &session.environment.project, new).await?;
     let c = plan.counts;
     let update = tx
@@ -252,6 +305,266 @@ async fn append_locked(
     }
     notify(tx, id, plan.status, plan.stored).await?;
     Ok((plan.stored, learned))
+}
+
+/// Each new outcome's dependency set id (`None`: not recorded), storing the
+/// declared units and the sets that are new. Every key of a set the project
+/// does not hold must be declared in `units` or stored, else the whole
+/// request is refused (and the transaction, rolled back, stores nothing).
+/// Rows go in key and digest order, so two replicas storing the same new
+/// units or sets take their locks in one order.
+async fn intern_sets(
+    tx: &Tx<'_>,
+    shared: &Shared,
+    project: &str,
+    first: usize,
+    outcomes: &[NewOutcome],
+    units: &[CodeUnit],
+    learned: &mut Learned,
+) -> Result<Vec<Option<i64>>> {
+    let mut ids: Vec<Option<i64>> = vec![None; outcomes.len()];
+    if outcomes.iter().all(|n| n.deps.is_none()) && units.is_empty() {
+        return Ok(ids);
+    }
+    let project_key: Box<str> = project.into();
+    // Sets and units this replica knows.
+    let mut known_sets: HashMap<SetDigest, i64> = HashMap::new();
+    let mut known_units: HashMap<u64, (i64, u64)> = HashMap::new();
+    let mut missing_sets: Vec<&[u8]> = Vec::new();
+    {
+        let mut cache = shared.interned.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.deps_generation != learned.deps_generation {
+            cache.units.clear();
+            cache.sets.clear();
+            cache.deps_generation = learned.deps_generation;
+        }
+        for set in outcomes.iter().filter_map(|n| n.deps.as_ref()) {
+            match cache.sets.get(&(project_key.clone(), set.digest)) {
+                Some(&id) => {
+                    known_sets.insert(set.digest, id);
+                }
+                None => missing_sets.push(&set.digest),
+            }
+        }
+        for u in units {
+            if let Some(&unit) = cache.units.get(&(project_key.clone(), u.key)) {
+                known_units.insert(u.key, unit);
+            }
+        }
+    }
+    if !missing_sets.is_empty() {
+        missing_sets.sort_unstable();
+        missing_sets.dedup();
+        let select = tx
+            .prepare_cached(
+                "SELECT digest, id FROM dep_sets WHERE project = $1 AND digest = ANY($2)",
+            )
+            .await?;
+        for r in tx.query(&select, &[&project, &missing_sets]).await? {
+            let digest = set_digest_of(r.get::<_, &[u8]>(0))?;
+            let id: i64 = r.get(1);
+            known_sets.insert(digest, id);
+            learned.sets.push(((project_key.clone(), digest), id));
+        }
+    }
+    // The keys of the new sets, and the declared units, that this replica
+    // does not know: are they stored?
+    let new_sets: Vec<(usize, &DepSet)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.deps.as_ref().map(|d| (i, d)))
+        .filter(|(_, d)| !known_sets.contains_key(&d.digest))
+        .collect();
+    let mut wanted: Vec<i64> = new_sets
+        .iter()
+        .flat_map(|(_, d)| d.keys.iter())
+        .chain(units.iter().map(|u| &u.key))
+        .filter(|k| !known_units.contains_key(k))
+        .map(|k| deps::to_sql(*k))
+        .collect();
+    if !wanted.is_empty() {
+        {
+            let cache = shared.interned.lock().unwrap_or_else(|p| p.into_inner());
+            wanted.retain(
+                |k| match cache.units.get(&(project_key.clone(), deps::from_sql(*k))) {
+                    Some(&unit) => {
+                        known_units.insert(deps::from_sql(*k), unit);
+                        false
+                    }
+                    None => true,
+                },
+            );
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        if !wanted.is_empty() {
+            let select = tx
+                .prepare_cached(
+                    "SELECT key, id, code FROM dep_units WHERE project = $1 AND key = ANY($2)",
+                )
+                .await?;
+            for r in tx.query(&select, &[&project, &wanted]).await? {
+                let key = deps::from_sql(r.get(0));
+                let unit = (r.get(1), deps::from_sql(r.get(2)));
+                known_units.insert(key, unit);
+                learned.units.push(((project_key.clone(), key), unit));
+            }
+        }
+    }
+    // Refused before anything of the request is written.
+    let declared: std::collections::HashSet<u64> = units.iter().map(|u| u.key).collect();
+    for (i, set) in &new_sets {
+        if let Some(key) = set
+            .keys
+            .iter()
+            .find(|k| !known_units.contains_key(k) && !declared.contains(k))
+        {
+            return Err(crate::store::deps::undeclared(
+                first + i,
+                &outcomes[*i].outcome,
+                *key,
+            ));
+        }
+    }
+    // The declared units not stored yet.
+    let mut fresh: Vec<&CodeUnit> = units
+        .iter()
+        .filter(|u| !known_units.contains_key(&u.key))
+        .collect();
+    fresh.sort_unstable_by_key(|u| deps::to_sql(u.key));
+    fresh.dedup_by_key(|u| u.key);
+    if !fresh.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO dep_units (project, key, code, kind, path, name, line_start,
+                     line_end, checksum)
+                 SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::int2[], $5::text[],
+                     $6::text[], $7::int8[], $8::int8[], $9::text[])
+                 ON CONFLICT (project, key) DO NOTHING
+                 RETURNING key, id, code",
+            )
+            .await?;
+        let keys: Vec<i64> = fresh.iter().map(|u| deps::to_sql(u.key)).collect();
+        let codes: Vec<i64> = fresh.iter().map(|u| deps::to_sql(u.code)).collect();
+        let kinds: Vec<i16> = fresh
+            .iter()
+            .map(|u| unit_kind_code(u.kind) as i16)
+            .collect();
+        let paths: Vec<&str> = fresh.iter().map(|u| u.path.as_str()).collect();
+        let names: Vec<&str> = fresh.iter().map(|u| u.name.as_str()).collect();
+        let starts: Vec<i64> = fresh.iter().map(|u| i64::from(u.line_start)).collect();
+        let ends: Vec<i64> = fresh.iter().map(|u| i64::from(u.line_end)).collect();
+        let sums: Vec<&str> = fresh.iter().map(|u| u.checksum.as_str()).collect();
+        let rows = tx
+            .query(
+                &insert,
+                &[
+                    &project, &keys, &codes, &kinds, &paths, &names, &starts, &ends, &sums,
+                ],
+            )
+            .await?;
+        for r in rows {
+            let key = deps::from_sql(r.get(0));
+            let unit = (r.get(1), deps::from_sql(r.get(2)));
+            known_units.insert(key, unit);
+            learned.units.push(((project_key.clone(), key), unit));
+        }
+        // Stored meanwhile by a replica that has committed since.
+        let rest: Vec<i64> = keys
+            .into_iter()
+            .filter(|k| !known_units.contains_key(&deps::from_sql(*k)))
+            .collect();
+        if !rest.is_empty() {
+            let select = tx
+                .prepare_cached(
+                    "SELECT key, id, code FROM dep_units WHERE project = $1 AND key = ANY($2)",
+                )
+                .await?;
+            for r in tx.query(&select, &[&project, &rest]).await? {
+                let key = deps::from_sql(r.get(0));
+                let unit = (r.get(1), deps::from_sql(r.get(2)));
+                known_units.insert(key, unit);
+                learned.units.push(((project_key.clone(), key), unit));
+            }
+        }
+    }
+    // The new sets, each once.
+    let mut fresh_sets: Vec<&DepSet> = new_sets.iter().map(|(_, d)| *d).collect();
+    fresh_sets.sort_unstable_by_key(|d| d.digest);
+    fresh_sets.dedup_by_key(|d| d.digest);
+    if !fresh_sets.is_empty() {
+        let mut digests: Vec<&[u8]> = Vec::with_capacity(fresh_sets.len());
+        let mut codes: Vec<i64> = Vec::with_capacity(fresh_sets.len());
+        let mut blobs: Vec<Vec<u8>> = Vec::with_capacity(fresh_sets.len());
+        for set in &fresh_sets {
+            let mut unit_ids = Vec::with_capacity(set.keys.len());
+            let mut unit_codes = Vec::with_capacity(set.keys.len());
+            for key in &set.keys {
+                let (id, code) = known_units.get(key).copied().ok_or_else(|| {
+                    Error::Conflict(format!(
+                        "unit {} could not be stored",
+                        crate::model::unit_key_text(*key)
+                    ))
+                })?;
+                unit_ids.push(id);
+                unit_codes.push(code);
+            }
+            unit_ids.sort_unstable();
+            digests.push(&set.digest);
+            codes.push(deps::to_sql(deps::code_digest(&mut unit_codes)));
+            blobs.push(deps::encode_units(&unit_ids));
+        }
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO dep_sets (project, digest, code, units)
+                 SELECT $1, * FROM UNNEST($2::bytea[], $3::int8[], $4::bytea[])
+                 ON CONFLICT (project, digest) DO NOTHING
+                 RETURNING digest, id",
+            )
+            .await?;
+        for r in tx
+            .query(&insert, &[&project, &digests, &codes, &blobs])
+            .await?
+        {
+            let digest = set_digest_of(r.get::<_, &[u8]>(0))?;
+            let id: i64 = r.get(1);
+            known_sets.insert(digest, id);
+            learned.sets.push(((project_key.clone(), digest), id));
+        }
+        let rest: Vec<&[u8]> = digests
+            .into_iter()
+            .filter(|d| set_digest_of(d).is_ok_and(|d| !known_sets.contains_key(&d)))
+            .collect();
+        if !rest.is_empty() {
+            let select = tx
+                .prepare_cached(
+                    "SELECT digest, id FROM dep_sets WHERE project = $1 AND digest = ANY($2)",
+                )
+                .await?;
+            for r in tx.query(&select, &[&project, &rest]).await? {
+                let digest = set_digest_of(r.get::<_, &[u8]>(0))?;
+                let id: i64 = r.get(1);
+                known_sets.insert(digest, id);
+                learned.sets.push(((project_key.clone(), digest), id));
+            }
+        }
+    }
+    for (slot, n) in ids.iter_mut().zip(outcomes) {
+        if let Some(set) = &n.deps {
+            *slot =
+                Some(known_sets.get(&set.digest).copied().ok_or_else(|| {
+                    Error::Conflict("a dependency set could not be stored".into())
+                })?);
+        }
+    }
+    Ok(ids)
+}
+
+/// A stored set digest.
+fn set_digest_of(bytes: &[u8]) -> Result<SetDigest> {
+    bytes
+        .try_into()
+        .map_err(|_| Error::Internal("a stored dependency set digest is not 16 bytes".into()))
 }
 
 /// The test id of each outcome, storing the tests that are new; moves a
@@ -474,9 +787,9 @@ async fn intern_markers(
 
 /// The outcome columns, in the order both bulk paths write them.
 const OUTCOME_INSERT_COLUMNS: &str = "session_pk, seq, test_id, kind, phase, duration, attempt, \
-     line, start_us, markers, message, worker, file, detail, cause, quarantined";
+     line, start_us, markers, message, worker, file, detail, cause, quarantined, deps";
 
-const OUTCOME_TYPES: [Type; 16] = [
+const OUTCOME_TYPES: [Type; 17] = [
     Type::INT8,
     Type::INT8,
     Type::INT8,
@@ -493,6 +806,7 @@ const OUTCOME_TYPES: [Type; 16] = [
     Type::BYTEA,
     Type::TEXT,
     Type::BOOL,
+    Type::INT8,
 ];
 
 /// One outcome row, ready to send.
@@ -512,6 +826,7 @@ struct Row<'o> {
     detail: Option<&'o [u8]>,
     cause: Option<&'o str>,
     quarantined: bool,
+    deps: Option<i64>,
 }
 
 async fn insert_outcomes(
@@ -521,12 +836,13 @@ async fn insert_outcomes(
     outcomes: &[NewOutcome],
     test_ids: &[i64],
     marker_ids: &[Option<i64>],
+    set_ids: &[Option<i64>],
 ) -> Result<()> {
     let started = session_started.as_micros();
     let rows: Vec<Row<'_>> = outcomes
         .iter()
-        .zip(test_ids.iter().zip(marker_ids))
-        .map(|(n, (&test_id, &markers))| {
+        .zip(test_ids.iter().zip(marker_ids.iter().zip(set_ids)))
+        .map(|(n, (&test_id, (&markers, &deps)))| {
             let o = &n.outcome;
             Row {
                 seq: as_i64(o.seq),
@@ -544,6 +860,7 @@ async fn insert_outcomes(
                 detail: n.detail.as_deref(),
                 cause: n.cause.as_ref().map(|c| c.key.as_str()),
                 quarantined: o.quarantined,
+                deps,
             }
         })
         .collect();
@@ -556,7 +873,7 @@ async fn insert_outcomes(
         let writer = BinaryCopyInWriter::new(sink, &OUTCOME_TYPES);
         pin_mut!(writer);
         for r in &rows {
-            let values: [&(dyn ToSql + Sync); 16] = [
+            let values: [&(dyn ToSql + Sync); 17] = [
                 &pk,
                 &r.seq,
                 &r.test_id,
@@ -573,6 +890,7 @@ async fn insert_outcomes(
                 &r.detail,
                 &r.cause,
                 &r.quarantined,
+                &r.deps,
             ];
             writer.as_mut().write(&values).await?;
         }
@@ -584,7 +902,7 @@ async fn insert_outcomes(
                  SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::int2[], $5::int2[],
                      $6::float8[], $7::int4[], $8::int4[], $9::int8[], $10::int8[],
                      $11::text[], $12::text[], $13::text[], $14::bytea[], $15::text[],
-                     $16::bool[])"
+                     $16::bool[], $17::int8[])"
             ))
             .await?;
         let seq: Vec<i64> = rows.iter().map(|r| r.seq).collect();
@@ -602,6 +920,7 @@ async fn insert_outcomes(
         let detail: Vec<Option<&[u8]>> = rows.iter().map(|r| r.detail).collect();
         let cause: Vec<Option<&str>> = rows.iter().map(|r| r.cause).collect();
         let quarantined: Vec<bool> = rows.iter().map(|r| r.quarantined).collect();
+        let deps: Vec<Option<i64>> = rows.iter().map(|r| r.deps).collect();
         tx.execute(
             &stmt,
             &[
@@ -621,6 +940,7 @@ async fn insert_outcomes(
                 &detail,
                 &cause,
                 &quarantined,
+                &deps,
             ],
         )
         .await?;
@@ -710,16 +1030,19 @@ pub async fn index_closed_session(tx: &Tx<'_>, pk: i64) -> Result<()> {
         )
         .await?;
     tx.execute(&index, &[&pk]).await?;
-    let d = reads::digest_from_rows(tx, pk).await?;
+    let (d, sets) = reads::digest_and_sets_from_rows(tx, pk).await?;
     let (tests, durations) = digest::encode(&d);
+    let sets = deps::encode_session_sets(&sets);
     let store = tx
         .prepare_cached(
-            "INSERT INTO digests (session_pk, tests, durations) VALUES ($1, $2, $3)
+            "INSERT INTO digests (session_pk, tests, durations, deps) VALUES ($1, $2, $3, $4)
              ON CONFLICT (session_pk) DO UPDATE
-                 SET tests = EXCLUDED.tests, durations = EXCLUDED.durations",
+                 SET tests = EXCLUDED.tests, durations = EXCLUDED.durations,
+                     deps = EXCLUDED.deps",
         )
         .await?;
-    tx.execute(&store, &[&pk, &tests, &durations]).await?;
+    tx.execute(&store, &[&pk, &tests, &durations, &sets])
+        .await?;
     record_cause_sessions(tx, pk).await?;
     record_cause_tests(tx, pk).await
 }
@@ -950,6 +1273,46 @@ pub async fn remove_unused_tests(tx: &Tx<'_>) -> Result<u64> {
     if removed > 0 {
         tx.execute(
             "UPDATE meta SET value = value + 1 WHERE key = 'tests_generation'",
+            &[],
+        )
+        .await?;
+    }
+    Ok(removed)
+}
+
+/// Removes the dependency sets no outcome refers to and the units no
+/// remaining set names, holding [`TESTS_LOCK`] exclusively so that no
+/// writer refers to one meanwhile (writers hold it shared); bumps
+/// `deps_generation` so that every replica drops its cached ids.
+pub async fn remove_unused_deps(tx: &Tx<'_>) -> Result<u64> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TESTS_LOCK])
+        .await?;
+    let mut removed = tx
+        .execute(
+            "DELETE FROM dep_sets
+             WHERE id NOT IN (SELECT deps FROM outcomes WHERE deps IS NOT NULL)",
+            &[],
+        )
+        .await?;
+    let mut named: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    for r in tx.query("SELECT units FROM dep_sets", &[]).await? {
+        named.extend(deps::decode_units(r.get::<_, &[u8]>(0))?);
+    }
+    let unused: Vec<i64> = tx
+        .query("SELECT id FROM dep_units", &[])
+        .await?
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .filter(|id| !named.contains(id))
+        .collect();
+    if !unused.is_empty() {
+        removed += tx
+            .execute("DELETE FROM dep_units WHERE id = ANY($1)", &[&unused])
+            .await?;
+    }
+    if removed > 0 {
+        tx.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'deps_generation'",
             &[],
         )
         .await?;

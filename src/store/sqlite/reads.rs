@@ -24,10 +24,13 @@ use crate::model::{
     Outcome, Project, QuarantineEntry, Session, SessionRef, SessionStatus, Source, TestOutcome,
     Timestamp,
 };
-use crate::store::analysis::attempts_of;
+use crate::store::affected::{DepsSnapshot, StoredUnit};
+use crate::store::analysis::{attempts_with, run_code};
 use crate::store::backend::{
     FlakyInput, ProjectActivity, SessionFinals, SessionKey, SessionMeta, StorageStats, TestKey,
 };
+use crate::store::codes::unit_kind_of;
+use crate::store::deps::{self, SnapshotParts, SnapshotScan};
 use crate::store::digest::{self, Digest};
 use crate::store::fingerprint::KeyedFailure;
 use crate::store::{
@@ -346,28 +349,61 @@ fn outcomes_of_tests(
     open: bool,
     tests: &Rc<Vec<Value>>,
 ) -> Result<Vec<(u64, i64, i64)>> {
-    let mut out: Vec<(u64, i64, i64)> = Vec::new();
+    Ok(runs_of_tests(c, pk, open, tests, false)?
+        .into_iter()
+        .map(|(seq, test, kind, _)| (seq, test, kind))
+        .collect())
+}
+
+/// Like [`outcomes_of_tests`], with each outcome's dependency set's code
+/// when `with_code` and it recorded one (what the flaky rule compares).
+fn runs_of_tests(
+    c: &Connection,
+    pk: i64,
+    open: bool,
+    tests: &Rc<Vec<Value>>,
+    with_code: bool,
+) -> Result<Vec<(u64, i64, i64, Option<u64>)>> {
+    let mut out: Vec<(u64, i64, i64, Option<u64>)> = Vec::new();
     if open {
         let (lo, hi) = outcome_rowid_range(pk);
-        let mut stmt = c.prepare_cached(
-            "SELECT id, test_id, kind FROM outcomes
-             WHERE id BETWEEN ?1 AND ?2 AND test_id IN rarray(?3) ORDER BY id",
-        )?;
+        let sql = if with_code {
+            "SELECT o.id, o.test_id, o.kind, ds.code FROM outcomes o
+             LEFT JOIN dep_sets ds ON ds.id = o.deps
+             WHERE o.id BETWEEN ?1 AND ?2 AND o.test_id IN rarray(?3) ORDER BY o.id"
+        } else {
+            "SELECT id, test_id, kind, NULL FROM outcomes
+             WHERE id BETWEEN ?1 AND ?2 AND test_id IN rarray(?3) ORDER BY id"
+        };
+        let mut stmt = c.prepare_cached(sql)?;
         let mut rows = stmt.query(params![lo, hi, tests.clone()])?;
         while let Some(r) = rows.next()? {
-            out.push((seq_of(r.get(0)?), r.get(1)?, r.get(2)?));
+            out.push((
+                seq_of(r.get(0)?),
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, Option<i64>>(3)?.map(deps::from_sql),
+            ));
         }
     } else {
-        let mut stmt = c.prepare_cached(
-            "SELECT seq, test_id, kind FROM session_tests
-             WHERE session_pk = ?1 AND test_id IN rarray(?2)",
-        )?;
+        // A closed session's index has no sets: its outcome rows do, by rowid.
+        let sql = if with_code {
+            "SELECT st.seq, st.test_id, st.kind, ds.code FROM session_tests st
+             LEFT JOIN outcomes o ON o.id = ((st.session_pk << 32) | st.seq)
+             LEFT JOIN dep_sets ds ON ds.id = o.deps
+             WHERE st.session_pk = ?1 AND st.test_id IN rarray(?2)"
+        } else {
+            "SELECT seq, test_id, kind, NULL FROM session_tests
+             WHERE session_pk = ?1 AND test_id IN rarray(?2)"
+        };
+        let mut stmt = c.prepare_cached(sql)?;
         let mut rows = stmt.query(params![pk, tests.clone()])?;
         while let Some(r) = rows.next()? {
             out.push((
                 u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
                 r.get(1)?,
                 r.get(2)?,
+                r.get::<_, Option<i64>>(3)?.map(deps::from_sql),
             ));
         }
         out.sort_unstable_by_key(|o| o.0);
@@ -454,18 +490,18 @@ pub fn test_runs(
     let mut runs: Vec<Run> = Vec::new();
     let only = id_array([test]);
     sessions_newest_first(c, first_pk, project, |s| {
-        let kinds = outcomes_of_tests(c, s.pk, s.open, &only)?
+        let kinds = runs_of_tests(c, s.pk, s.open, &only, true)?
             .into_iter()
-            .filter_map(|(_, _, kind)| kind_of(kind));
+            .filter_map(|(_, _, kind, code)| kind_of(kind).map(|k| (k, code)));
         // Newest first: this session's attempts from its last one back.
-        for failed in attempts_of(kinds).into_iter().rev() {
+        for (failed, code) in attempts_with(kinds).into_iter().rev() {
             if runs.len() == window {
                 break;
             }
             runs.push(Run {
                 session: s.pk,
                 id: s.id,
-                code: s.code.clone(),
+                code: run_code(code, &s.code),
                 failed,
             });
         }
@@ -502,19 +538,19 @@ pub fn runs_of(
     let mut looked = 0;
     sessions_newest_first(c, first, project, |s| {
         looked += 1;
-        let mut kinds: HashMap<i64, Vec<TestOutcome>> = HashMap::new();
-        for (_, test, kind) in outcomes_of_tests(c, s.pk, s.open, &ids)? {
+        let mut kinds: HashMap<i64, Vec<(TestOutcome, Option<u64>)>> = HashMap::new();
+        for (_, test, kind, code) in runs_of_tests(c, s.pk, s.open, &ids, true)? {
             if let Some(kind) = kind_of(kind) {
-                kinds.entry(test).or_default().push(kind);
+                kinds.entry(test).or_default().push((kind, code));
             }
         }
         for (test, kinds) in kinds {
-            let runs = attempts_of(kinds)
+            let runs = attempts_with(kinds)
                 .into_iter()
-                .map(|failed| Run {
+                .map(|(failed, code)| Run {
                     session: s.pk,
                     id: s.id,
-                    code: s.code.clone(),
+                    code: run_code(code, &s.code),
                     failed,
                 })
                 .collect();
@@ -575,6 +611,151 @@ pub fn digest_from_rows(c: &Connection, pk: i64) -> Result<Digest> {
     Ok(digest::build(outcomes))
 }
 
+/// Builds a session's digest from its rows, and each attempt's dependency
+/// set in the digest's attempt order.
+pub fn digest_and_sets_from_rows(c: &Connection, pk: i64) -> Result<(Digest, Vec<Option<i64>>)> {
+    let (lo, hi) = outcome_rowid_range(pk);
+    let mut stmt = c.prepare_cached(
+        "SELECT o.test_id, t.subtest != '', o.kind, o.duration, o.deps
+         FROM outcomes o JOIN tests t ON t.id = o.test_id
+         WHERE o.id BETWEEN ?1 AND ?2 ORDER BY o.id",
+    )?;
+    let mut rows = stmt.query([lo, hi])?;
+    let mut outcomes = Vec::new();
+    while let Some(r) = rows.next()? {
+        let kind: i64 = r.get(2)?;
+        let kind = kind_of(kind)
+            .ok_or_else(|| Error::Internal(format!("unknown outcome kind {kind} stored")))?;
+        outcomes.push((r.get(0)?, r.get(1)?, kind, r.get(3)?, r.get(4)?));
+    }
+    Ok(digest::build_with(outcomes))
+}
+
+/// What each test of `project` last ran ([`crate::store::deps::SnapshotScan`]):
+/// its closed sessions' digests and per-attempt sets, newest first, then the
+/// names, sets and units the newest runs need.
+pub fn deps_snapshot(c: &Connection, project: &Project) -> Result<DepsSnapshot> {
+    let sql = format!(
+        "SELECT s.pk, s.id, s.status FROM sessions s WHERE {}
+             AND s.status IN ('finished', 'interrupted')
+         ORDER BY s.started_at DESC, s.pk DESC",
+        in_project(1)
+    );
+    let (spellings, unnamed) = project_args(project);
+    let sessions: Vec<(i64, Uuid, SessionStatus)> = c
+        .prepare_cached(&sql)?
+        .query_map(params![spellings.clone(), unnamed], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .map(|row| {
+            let (pk, id, status) = row?;
+            Ok((
+                pk,
+                Uuid::parse_str(&id)
+                    .map_err(|e| Error::Internal(format!("stored session id: {e}")))?,
+                status.parse().map_err(Error::Internal)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut scan = SnapshotScan::default();
+    let mut read = c.prepare_cached("SELECT tests, deps FROM digests WHERE session_pk = ?1")?;
+    for (at, (pk, _, _)) in sessions.iter().enumerate() {
+        let stored: Option<(Vec<u8>, Option<Vec<u8>>)> = read
+            .query_row([pk], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let decoded = stored.as_ref().and_then(|(tests, sets)| {
+            let d = digest::decode(tests, None)
+                .map_err(|e| tracing::warn!(session_pk = pk, error = %e, "reading the session's rows instead"))
+                .ok()?;
+            Some((d, sets.as_deref()))
+        });
+        match decoded {
+            Some((d, sets)) => scan.add(at, &d, || match sets {
+                Some(blob) => deps::decode_session_sets(blob),
+                None => Ok(Vec::new()),
+            })?,
+            None => {
+                let (d, sets) = digest_and_sets_from_rows(c, *pk)?;
+                scan.add(at, &d, || Ok(sets))?;
+            }
+        }
+    }
+    let tests: Vec<TestKey> = scan.found.iter().map(|f| f.test).collect();
+    let names = test_names(c, &tests)?;
+    let mut sets = HashMap::new();
+    let mut unit_ids = Vec::new();
+    {
+        let mut stmt = c.prepare_cached("SELECT id, units FROM dep_sets WHERE id IN rarray(?1)")?;
+        let mut rows = stmt.query([id_array(scan.set_ids())])?;
+        while let Some(r) = rows.next()? {
+            let ids = deps::decode_units(&r.get::<_, Vec<u8>>(1)?)?;
+            unit_ids.extend_from_slice(&ids);
+            sets.insert(r.get::<_, i64>(0)?, ids);
+        }
+    }
+    unit_ids.sort_unstable();
+    unit_ids.dedup();
+    let mut units = HashMap::with_capacity(unit_ids.len());
+    {
+        let mut stmt = c.prepare_cached(
+            "SELECT id, kind, path, name, line_start, line_end, checksum FROM dep_units
+             WHERE id IN rarray(?1)",
+        )?;
+        let mut rows = stmt.query([id_array(unit_ids)])?;
+        while let Some(r) = rows.next()? {
+            let kind: i64 = r.get(1)?;
+            units.insert(
+                r.get::<_, i64>(0)?,
+                StoredUnit {
+                    kind: unit_kind_of(kind).ok_or_else(|| {
+                        Error::Internal(format!("unknown unit kind {kind} stored"))
+                    })?,
+                    path: r.get(2)?,
+                    name: r.get(3)?,
+                    line_start: r.get(4)?,
+                    line_end: r.get(5)?,
+                    checksum: r.get(6)?,
+                },
+            );
+        }
+    }
+    // The newest closed session that recorded either (the environment
+    // leaves out what is empty).
+    let sql = format!(
+        "SELECT s.environment FROM sessions s WHERE {}
+             AND s.status IN ('finished', 'interrupted')
+             AND (json_extract(s.environment, '$.watched_files') IS NOT NULL
+                  OR json_extract(s.environment, '$.packages') IS NOT NULL)
+         ORDER BY s.started_at DESC, s.pk DESC LIMIT 1",
+        in_project(1)
+    );
+    let environment: Option<String> = c
+        .prepare_cached(&sql)?
+        .query_row(params![spellings, unnamed], |r| r.get(0))
+        .optional()?;
+    let environment: crate::model::Environment = match environment {
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| Error::Internal(format!("stored environment: {e}")))?,
+        None => crate::model::Environment::default(),
+    };
+    deps::assemble(
+        scan,
+        SnapshotParts {
+            project: project.name.clone(),
+            sessions: sessions.into_iter().map(|(_, id, st)| (id, st)).collect(),
+            names,
+            sets,
+            units,
+            watched_files: environment.watched_files,
+            packages: environment.packages,
+        },
+    )
+}
+
 /// The newest `window` sessions of `project` and the tests (not subtests)
 /// that failed in one of them, with their pass/fail runs there, oldest first.
 pub fn flaky_input(c: &Connection, window: usize, project: &Project) -> Result<FlakyInput> {
@@ -608,7 +789,49 @@ pub fn flaky_input(c: &Connection, window: usize, project: &Project) -> Result<F
         .iter()
         .map(|s| digest_of(c, s.key, false))
         .collect::<Result<_>>()?;
-    Ok(digest::flaky_input(&recent, &digests))
+    // The candidates' dependencies' code, only when there are candidates.
+    let candidates = digest::flaky_candidates(&digests);
+    let mut sets: Vec<Vec<Option<i64>>> = Vec::new();
+    let mut codes: HashMap<i64, u64> = HashMap::new();
+    if !candidates.is_empty() {
+        for (s, d) in recent.iter().zip(&digests) {
+            sets.push(session_sets(c, s.key, d)?);
+        }
+        let wanted = digest::candidate_sets(&candidates, &digests, &sets);
+        if !wanted.is_empty() {
+            let mut stmt =
+                c.prepare_cached("SELECT id, code FROM dep_sets WHERE id IN rarray(?1)")?;
+            let mut rows = stmt.query([id_array(wanted)])?;
+            while let Some(r) = rows.next()? {
+                codes.insert(r.get(0)?, deps::from_sql(r.get(1)?));
+            }
+        }
+    }
+    Ok(digest::flaky_input(&recent, &digests, &sets, &codes))
+}
+
+/// A session's dependency set per attempt, in the order of its digest `d`
+/// (empty: none recorded): the closed session's stored ones, else (still
+/// open) from its rows.
+fn session_sets(c: &Connection, pk: i64, d: &Digest) -> Result<Vec<Option<i64>>> {
+    let stored: Option<Option<Vec<u8>>> = c
+        .prepare_cached("SELECT deps FROM digests WHERE session_pk = ?1")?
+        .query_row([pk], |r| r.get(0))
+        .optional()?;
+    let sets = match stored {
+        Some(None) => Vec::new(),
+        Some(Some(blob)) => deps::decode_session_sets(&blob).unwrap_or_else(|e| {
+            tracing::warn!(session_pk = pk, error = %e, "reading the session's sets from its rows");
+            Vec::new()
+        }),
+        None => digest_and_sets_from_rows(c, pk)?.1,
+    };
+    // Sets that do not line up with the digest say nothing.
+    Ok(if sets.len() == d.attempt_count() {
+        sets
+    } else {
+        Vec::new()
+    })
 }
 
 /// A session, its pk, and the final outcome (last attempt) of each of its tests.
@@ -977,6 +1200,85 @@ pub fn unreferenced_tests(c: &Connection) -> Result<UnreferencedTests> {
     }
     Ok(UnreferencedTests {
         candidates,
+        max_session_pk,
+        open_sessions,
+    })
+}
+
+/// Dependency sets no outcome referred to on this snapshot, units no
+/// remaining set names, and what a writer must recheck before removing them.
+pub struct UnreferencedDeps {
+    /// The sets.
+    pub sets: Vec<i64>,
+    /// The units.
+    pub units: Vec<i64>,
+    /// The newest set id of the snapshot: newer sets may name the units.
+    pub max_set_id: i64,
+    /// The newest session pk of the snapshot.
+    pub max_session_pk: i64,
+    /// Sessions that could still take outcomes (running, incomplete).
+    pub open_sessions: Vec<i64>,
+}
+
+/// Finds dependency sets no outcome refers to (closed sessions' sets are in
+/// their digests' `deps`, open ones' in their rows; a deleted session's rows
+/// count for nothing), and units only those sets named.
+pub fn unreferenced_deps(c: &Connection) -> Result<UnreferencedDeps> {
+    let max_session_pk: i64 =
+        c.query_row("SELECT coalesce(max(pk), 0) FROM sessions", [], |r| {
+            r.get(0)
+        })?;
+    let open_sessions: Vec<i64> = c
+        .prepare("SELECT pk FROM sessions WHERE status NOT IN ('finished', 'interrupted')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut used: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    let mut stmt = c.prepare(
+        "SELECT d.session_pk, d.deps FROM digests d JOIN sessions s ON s.pk = d.session_pk
+         WHERE d.deps IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let pk: i64 = r.get(0)?;
+        match deps::decode_session_sets(&r.get::<_, Vec<u8>>(1)?) {
+            Ok(sets) => used.extend(sets.into_iter().flatten()),
+            // Unreadable: its rows say which sets it uses.
+            Err(_) => used.extend(digest_and_sets_from_rows(c, pk)?.1.into_iter().flatten()),
+        }
+    }
+    let mut session_rows = c.prepare(
+        "SELECT DISTINCT deps FROM outcomes WHERE id BETWEEN ?1 AND ?2 AND deps IS NOT NULL",
+    )?;
+    for pk in &open_sessions {
+        let (lo, hi) = outcome_rowid_range(*pk);
+        let mut rows = session_rows.query([lo, hi])?;
+        while let Some(r) = rows.next()? {
+            used.insert(r.get(0)?);
+        }
+    }
+    let mut sets = Vec::new();
+    let mut units_used: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    let mut max_set_id = 0;
+    let mut all = c.prepare("SELECT id, units FROM dep_sets")?;
+    let mut rows = all.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        max_set_id = max_set_id.max(id);
+        if used.contains(&id) {
+            units_used.extend(deps::decode_units(&r.get::<_, Vec<u8>>(1)?)?);
+        } else {
+            sets.push(id);
+        }
+    }
+    let units: Vec<i64> = c
+        .prepare("SELECT id FROM dep_units")?
+        .query_map([], |r| r.get(0))?
+        .filter(|id| id.as_ref().map_or(true, |id| !units_used.contains(id)))
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(UnreferencedDeps {
+        sets,
+        units,
+        max_set_id,
         max_session_pk,
         open_sessions,
     })

@@ -41,6 +41,13 @@
 //! - Since version 8, `sessions.code_state` names the code a session
 //!   tested (the commit plus a digest of uncommitted changes); two runs of a
 //!   test are compared for flakiness only when it is equal.
+//! - Since version 9, per-test dependencies ([`crate::store::deps`]):
+//!   `dep_units` holds each code unit of a project once (by its client key),
+//!   `dep_sets` each distinct set of units once (by its digest), and an
+//!   outcome's `deps` names its set. A closed session's digest row carries
+//!   each attempt's set (`digests.deps`), so reading what many sessions'
+//!   tests depended on reads one blob per session. Projects are keyed by
+//!   their lower-cased name, so every spelling of one shares its units.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::collections::HashMap;
@@ -48,8 +55,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::model::{Phase, TestOutcome};
-use crate::store::detail;
 use crate::store::fingerprint::StoredCause;
+use crate::store::{deps, detail};
 
 /// One step of the schema's history.
 enum Migration {
@@ -213,6 +220,37 @@ const MIGRATIONS: &[Migration] = &[
           AND json_extract(environment, '$.git_dirty') = 0;
     UPDATE sessions SET git_branch = json_extract(environment, '$.git_branch')
         WHERE json_extract(environment, '$.git_branch') <> '';
+    "#,
+    ),
+    // 9: per-test dependencies (see the module docs). Sessions recorded
+    // before it have none: their outcomes' `deps` stay NULL.
+    Migration::Sql(
+        r#"
+    CREATE TABLE dep_units (
+        id         INTEGER PRIMARY KEY,
+        project    TEXT NOT NULL,      -- the project's name lower-cased
+        key        INTEGER NOT NULL,   -- CodeUnit.key (u64 bits)
+        code       INTEGER NOT NULL,   -- CodeUnit.code (u64 bits)
+        kind       INTEGER NOT NULL,   -- 1 function 2 class 3 module 4 file
+        path       TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        line_start INTEGER NOT NULL,
+        line_end   INTEGER NOT NULL,
+        checksum   TEXT NOT NULL,
+        UNIQUE (project, key)
+    );
+    CREATE TABLE dep_sets (
+        id      INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,         -- the project's name lower-cased
+        digest  BLOB NOT NULL,         -- SHA-256 of the sorted unit keys, 16 bytes
+        code    INTEGER NOT NULL,      -- digest of the units' codes (u64 bits)
+        units   BLOB NOT NULL,         -- sorted dep_units ids as varint deltas
+        UNIQUE (project, digest)
+    );
+    ALTER TABLE outcomes ADD COLUMN deps INTEGER;   -- dep_sets.id; NULL: not recorded
+    ALTER TABLE digests ADD COLUMN deps BLOB;       -- each attempt's set (crate::store::deps)
+    -- Bumped whenever sets or units are removed, so writers drop cached ids.
+    INSERT INTO meta (key, value) VALUES ('deps_generation', 0);
     "#,
     ),
 ];
@@ -620,8 +658,19 @@ pub fn record_cause_tests(conn: &Connection, pk: i64) -> Result<()> {
 /// close it.
 pub fn index_closed_session(conn: &Connection, pk: i64) -> Result<()> {
     index_session_tests(conn, pk)?;
+    record_session_sets(conn, pk)?;
     record_cause_sessions(conn, pk)?;
     record_cause_tests(conn, pk)
+}
+
+/// A closed session's dependency set per attempt, beside its digest
+/// (migration 9's column; migration 3 writes digests before it exists, so
+/// this is apart). Nothing when no outcome recorded dependencies.
+fn record_session_sets(conn: &Connection, pk: i64) -> Result<()> {
+    let (_, sets) = super::reads::digest_and_sets_from_rows(conn, pk)?;
+    conn.prepare_cached("UPDATE digests SET deps = ?2 WHERE session_pk = ?1")?
+        .execute(params![pk, deps::encode_session_sets(&sets)])?;
+    Ok(())
 }
 
 /// A closed session's digest and `session_tests` (what migration 3 builds,
@@ -649,6 +698,15 @@ fn index_session_tests(conn: &Connection, pk: i64) -> Result<()> {
 pub fn tests_generation(conn: &Connection) -> Result<i64> {
     Ok(conn
         .prepare_cached("SELECT value FROM meta WHERE key = 'tests_generation'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// The generation of the dependency sets and units (see `meta`).
+pub fn deps_generation(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'deps_generation'")?
         .query_row([], |r| r.get(0))
         .optional()?
         .unwrap_or(0))

@@ -25,11 +25,16 @@ use uuid::Uuid;
 use super::rows::{self, SESSION_COLUMNS, nullable, outcome_rowid, outcome_rowid_range};
 use super::schema::{self, file_column, kind_code, phase_code};
 use crate::error::{Error, Result};
-use crate::model::{QuarantineEntry, Session, SessionRef, SessionStatus, Summary, Timestamp};
+use crate::model::{
+    CodeUnit, QuarantineEntry, Session, SessionRef, SessionStatus, Summary, Timestamp,
+    fold_project, unit_key_text,
+};
 use crate::store::StoreEvent;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::backend::Reclaimed;
 use crate::store::budget::QueuedBytes;
+use crate::store::codes::unit_kind_code;
+use crate::store::deps::{self, DepSet, SetDigest};
 use crate::store::detail::NewOutcome;
 use crate::store::fingerprint::StoredCause;
 use crate::store::rules::{self, FinishPlan, NewSession};
@@ -59,6 +64,8 @@ pub enum WriteCmd {
         id: Uuid,
         /// Outcomes, already validated, bounded and encoded.
         outcomes: Vec<NewOutcome>,
+        /// The code units the request declared, validated.
+        units: Vec<CodeUnit>,
         /// Their share of the queued-bytes budget, given back when the
         /// command (and with it the outcomes) is dropped.
         _budget: QueuedBytes,
@@ -144,6 +151,21 @@ pub enum WriteCmd {
         /// How many were removed.
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// Remove dependency sets no outcome refers to and units no set names.
+    RemoveDeps {
+        /// Sets no outcome referred to when a reader looked.
+        sets: Vec<i64>,
+        /// Units only those sets (or none) named then.
+        units: Vec<i64>,
+        /// Sets newer than this may name the units.
+        newer_than_set: i64,
+        /// Sessions that could have gained outcomes since: pk above this ...
+        newer_than_pk: i64,
+        /// ... or one of these (open when the reader looked).
+        open_sessions: Vec<i64>,
+        /// How many rows were removed.
+        reply: oneshot::Sender<Result<u64>>,
+    },
     /// Return free pages to the file system.
     Shrink {
         /// At most this many bytes.
@@ -210,6 +232,7 @@ impl WriteCmd {
             | WriteCmd::AppendNext { reply, .. }
             | WriteCmd::Audit { reply, .. }
             | WriteCmd::RemoveTests { reply, .. }
+            | WriteCmd::RemoveDeps { reply, .. }
             | WriteCmd::Shrink { reply, .. } => {
                 let _ = reply.send(number(result));
             }
@@ -253,6 +276,12 @@ fn is_refusal(e: &Error) -> bool {
 /// A cached test: (subtest label, test id, first session pk).
 type CachedTest = (Box<str>, i64, i64);
 
+/// Most dependency units and sets the writer remembers before it starts over.
+const MAX_CACHED_DEPS: usize = 2_000_000;
+
+/// A stored unit as the writer needs it: its id and its code.
+type CachedUnit = (i64, u64);
+
 /// Ids of tests and marker sets this writer has read or stored.
 #[derive(Default)]
 struct Interned {
@@ -271,6 +300,15 @@ struct Interned {
     cause_count: usize,
     added_causes: Vec<(Box<str>, Box<str>)>,
     generation: i64,
+    /// Per folded project: unit key -> stored unit.
+    units: HashMap<Box<str>, HashMap<u64, CachedUnit>>,
+    /// Per folded project: set digest -> set id.
+    sets: HashMap<Box<str>, HashMap<SetDigest, i64>>,
+    dep_entries: usize,
+    added_units: Vec<(Box<str>, u64)>,
+    added_sets: Vec<(Box<str>, SetDigest)>,
+    /// `deps_generation` in `meta` when the dependency caches were filled.
+    deps_generation: i64,
 }
 
 impl Interned {
@@ -283,9 +321,28 @@ impl Interned {
         self.causes.clear();
         self.cause_count = 0;
         self.added_causes.clear();
+        self.clear_deps();
+    }
+
+    fn clear_deps(&mut self) {
+        self.units.clear();
+        self.sets.clear();
+        self.dep_entries = 0;
+        self.added_units.clear();
+        self.added_sets.clear();
     }
 
     fn rollback(&mut self) {
+        for (project, key) in self.added_units.drain(..) {
+            if let Some(units) = self.units.get_mut(&project) {
+                units.remove(&key);
+            }
+        }
+        for (project, digest) in self.added_sets.drain(..) {
+            if let Some(sets) = self.sets.get_mut(&project) {
+                sets.remove(&digest);
+            }
+        }
         for nodeid in self.added_tests.drain(..) {
             self.tests.remove(&nodeid);
         }
@@ -303,6 +360,131 @@ impl Interned {
         self.added_tests.clear();
         self.added_markers.clear();
         self.added_causes.clear();
+        self.added_units.clear();
+        self.added_sets.clear();
+    }
+
+    /// Makes room for one more dependency entry.
+    fn note_dep_entry(&mut self) {
+        if self.dep_entries >= MAX_CACHED_DEPS {
+            self.clear_deps();
+        }
+        self.dep_entries += 1;
+    }
+
+    /// A unit of `project` this writer knows, or reads, or `None`.
+    fn unit(&mut self, conn: &Connection, project: &str, key: u64) -> Result<Option<CachedUnit>> {
+        if let Some(u) = self.units.get(project).and_then(|u| u.get(&key)) {
+            return Ok(Some(*u));
+        }
+        let found: Option<(i64, i64)> = conn
+            .prepare_cached("SELECT id, code FROM dep_units WHERE project = ?1 AND key = ?2")?
+            .query_row(params![project, deps::to_sql(key)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        Ok(found.map(|(id, code)| {
+            let unit = (id, deps::from_sql(code));
+            self.remember_unit(project, key, unit);
+            unit
+        }))
+    }
+
+    fn remember_unit(&mut self, project: &str, key: u64, unit: CachedUnit) {
+        self.note_dep_entry();
+        self.added_units.push((project.into(), key));
+        self.units
+            .entry(project.into())
+            .or_default()
+            .insert(key, unit);
+    }
+
+    /// Stores a declared unit unless the project has it (a redeclaration
+    /// is a no-op: the first declaration stays).
+    fn declare_unit(&mut self, conn: &Connection, project: &str, u: &CodeUnit) -> Result<()> {
+        if self.unit(conn, project, u.key)?.is_some() {
+            return Ok(());
+        }
+        conn.prepare_cached(
+            "INSERT INTO dep_units (project, key, code, kind, path, name, line_start, line_end,
+                 checksum)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            project,
+            deps::to_sql(u.key),
+            deps::to_sql(u.code),
+            unit_kind_code(u.kind),
+            u.path,
+            u.name,
+            u.line_start,
+            u.line_end,
+            u.checksum,
+        ])?;
+        self.remember_unit(project, u.key, (conn.last_insert_rowid(), u.code));
+        Ok(())
+    }
+
+    /// The id of a set of `project` this writer knows, or reads, or `None`.
+    fn set_id(
+        &mut self,
+        conn: &Connection,
+        project: &str,
+        digest: &SetDigest,
+    ) -> Result<Option<i64>> {
+        if let Some(id) = self.sets.get(project).and_then(|s| s.get(digest)) {
+            return Ok(Some(*id));
+        }
+        let found: Option<i64> = conn
+            .prepare_cached("SELECT id FROM dep_sets WHERE project = ?1 AND digest = ?2")?
+            .query_row(params![project, &digest[..]], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = found {
+            self.remember_set(project, digest, id);
+        }
+        Ok(found)
+    }
+
+    fn remember_set(&mut self, project: &str, digest: &SetDigest, id: i64) {
+        self.note_dep_entry();
+        self.added_sets.push((project.into(), *digest));
+        self.sets
+            .entry(project.into())
+            .or_default()
+            .insert(*digest, id);
+    }
+
+    /// Stores a new set of `project` whose units are all stored (checked
+    /// before the command's first write) and returns its id.
+    fn store_set(&mut self, conn: &Connection, project: &str, set: &DepSet) -> Result<i64> {
+        if let Some(id) = self.set_id(conn, project, &set.digest)? {
+            return Ok(id);
+        }
+        let mut ids = Vec::with_capacity(set.keys.len());
+        let mut codes = Vec::with_capacity(set.keys.len());
+        for key in &set.keys {
+            let (id, code) = self.unit(conn, project, *key)?.ok_or_else(|| {
+                Error::Internal(format!(
+                    "unit {} vanished while its set was stored",
+                    unit_key_text(*key)
+                ))
+            })?;
+            ids.push(id);
+            codes.push(code);
+        }
+        ids.sort_unstable();
+        conn.prepare_cached(
+            "INSERT INTO dep_sets (project, digest, code, units) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            project,
+            &set.digest[..],
+            deps::to_sql(deps::code_digest(&mut codes)),
+            deps::encode_units(&ids),
+        ])?;
+        let id = conn.last_insert_rowid();
+        self.remember_set(project, &set.digest, id);
+        Ok(id)
     }
 
     /// Names a cause of `project` in `causes` unless this writer did already.
@@ -526,6 +708,11 @@ impl Writer {
             interned.clear();
             interned.generation = generation;
         }
+        let deps_generation = schema::deps_generation(&tx)?;
+        if deps_generation != interned.deps_generation {
+            interned.clear_deps();
+            interned.deps_generation = deps_generation;
+        }
         let mut answers = Vec::with_capacity(cmds.len());
         for cmd in cmds.iter_mut() {
             if savepoints {
@@ -572,13 +759,13 @@ impl Writer {
 const ROWS_PER_INSERT: usize = 32;
 
 /// Columns of an outcome row, in [`insert_sql`]'s order.
-const COLUMNS: usize = 15;
+const COLUMNS: usize = 16;
 
 /// `INSERT INTO outcomes ... VALUES (...), (...)` for `rows` rows.
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO outcomes (id, session_pk, test_id, kind, phase, duration, attempt, \
-         line, start_us, markers, message, worker, file, cause, quarantined) VALUES ",
+         line, start_us, markers, message, worker, file, cause, quarantined, deps) VALUES ",
     );
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
@@ -610,6 +797,7 @@ struct Row<'o> {
     file: Option<&'o str>,
     cause: Option<&'o str>,
     quarantined: bool,
+    deps: Option<i64>,
 }
 
 impl Row<'_> {
@@ -631,6 +819,7 @@ impl Row<'_> {
         stmt.raw_bind_parameter(at(12), self.file)?;
         stmt.raw_bind_parameter(at(13), self.cause)?;
         stmt.raw_bind_parameter(at(14), self.quarantined)?;
+        stmt.raw_bind_parameter(at(15), self.deps)?;
         Ok(())
     }
 }
@@ -672,7 +861,12 @@ impl Ctx<'_> {
     fn apply(&mut self, cmd: &WriteCmd) -> Result<Answer> {
         Ok(match cmd {
             WriteCmd::Start { new, .. } => Answer::Session(Box::new(self.start(new)?)),
-            WriteCmd::Append { id, outcomes, .. } => Answer::Number(self.append(*id, outcomes)?),
+            WriteCmd::Append {
+                id,
+                outcomes,
+                units,
+                ..
+            } => Answer::Number(self.append(*id, outcomes, units)?),
             WriteCmd::AppendNext { id, outcome, .. } => {
                 Answer::Number(self.append_next(*id, outcome)?)
             }
@@ -706,6 +900,20 @@ impl Ctx<'_> {
                 open_sessions,
                 ..
             } => Answer::Number(self.remove_tests(candidates, *newer_than_pk, open_sessions)?),
+            WriteCmd::RemoveDeps {
+                sets,
+                units,
+                newer_than_set,
+                newer_than_pk,
+                open_sessions,
+                ..
+            } => Answer::Number(self.remove_deps(
+                sets,
+                units,
+                *newer_than_set,
+                *newer_than_pk,
+                open_sessions,
+            )?),
             WriteCmd::Shrink { max_bytes, .. } => Answer::Number(shrink(self.conn, *max_bytes)?),
         })
     }
@@ -753,30 +961,36 @@ impl Ctx<'_> {
         let mut numbered = outcome.clone();
         numbered.outcome.seq = rules::next_seq(&session);
         let seq = numbered.outcome.seq;
-        self.append(id, std::slice::from_ref(&numbered))?;
+        self.append(id, std::slice::from_ref(&numbered), &[])?;
         Ok(seq)
     }
 
-    fn append(&mut self, id: Uuid, outcomes: &[NewOutcome]) -> Result<u64> {
+    fn append(&mut self, id: Uuid, outcomes: &[NewOutcome], units: &[CodeUnit]) -> Result<u64> {
         let (pk, session) =
             load_session(self.conn, id)?.ok_or_else(|| rules::no_session_for_outcomes(id))?;
         let Some(plan) = rules::plan_append(&session, outcomes)? else {
             return Ok(session.outcomes_stored);
         };
+        let new_outcomes = &outcomes[plan.first..plan.first + plan.count];
+        let project = fold_project(&session.environment.project);
+        let sets = self.check_sets(&project, plan.first, new_outcomes, units)?;
+        // Checked: from here on the command writes.
+        let sets = self.store_sets(&project, new_outcomes, units, sets)?;
         let started = session.started_at.as_micros();
         let mut insert_detail = self
             .conn
             .prepare_cached("INSERT INTO details (id, data) VALUES (?1, ?2)")?;
-        let new_outcomes = &outcomes[plan.first..plan.first + plan.count];
         // Rows go in statements of ROWS_PER_INSERT rows: per statement,
         // SQLite's setup and teardown cost about as much as a narrow row.
         let mut chunks = new_outcomes.chunks_exact(ROWS_PER_INSERT);
         let mut many = self.conn.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
         // Consecutive outcomes nearly always share their markers.
         let mut last_markers: Option<(&[String], Option<i64>)> = None;
+        let mut set_of = sets.iter().copied();
         for chunk in chunks.by_ref() {
             for (i, new) in chunk.iter().enumerate() {
-                let row = self.row(pk, started, new, &mut last_markers)?;
+                let set = set_of.next().flatten();
+                let row = self.row(pk, started, new, set, &mut last_markers)?;
                 row.bind(&mut many, i * COLUMNS)?;
             }
             many.raw_execute()?;
@@ -788,7 +1002,8 @@ impl Ctx<'_> {
         }
         let mut one = self.conn.prepare_cached(&insert_sql(1))?;
         for new in chunks.remainder() {
-            let row = self.row(pk, started, new, &mut last_markers)?;
+            let set = set_of.next().flatten();
+            let row = self.row(pk, started, new, set, &mut last_markers)?;
             row.bind(&mut one, 0)?;
             one.raw_execute()?;
             if let Some(blob) = &new.detail {
@@ -832,12 +1047,70 @@ impl Ctx<'_> {
         Ok(plan.stored)
     }
 
+    /// Before any write: each new outcome's dependency set, when the
+    /// project stores it already (`Some`); else every key of a new set must
+    /// be declared in `units` or stored, or the whole command is refused.
+    fn check_sets(
+        &mut self,
+        project: &str,
+        first: usize,
+        new_outcomes: &[NewOutcome],
+        units: &[CodeUnit],
+    ) -> Result<Vec<Option<i64>>> {
+        let mut sets = Vec::with_capacity(new_outcomes.len());
+        let mut declared: Option<HashSet<u64>> = None;
+        for (i, new) in new_outcomes.iter().enumerate() {
+            let Some(set) = &new.deps else {
+                sets.push(None);
+                continue;
+            };
+            let known = self.interned.set_id(self.conn, project, &set.digest)?;
+            if known.is_none() {
+                let declared =
+                    declared.get_or_insert_with(|| units.iter().map(|u| u.key).collect());
+                for key in &set.keys {
+                    if !declared.contains(key)
+                        && self.interned.unit(self.conn, project, *key)?.is_none()
+                    {
+                        return Err(deps::undeclared(first + i, &new.outcome, *key));
+                    }
+                }
+            }
+            sets.push(known);
+        }
+        Ok(sets)
+    }
+
+    /// Stores the declared units and the new sets; returns each new
+    /// outcome's set id (`None`: no dependencies recorded).
+    fn store_sets(
+        &mut self,
+        project: &str,
+        new_outcomes: &[NewOutcome],
+        units: &[CodeUnit],
+        mut sets: Vec<Option<i64>>,
+    ) -> Result<Vec<Option<i64>>> {
+        if sets.iter().all(Option::is_some) && units.is_empty() {
+            return Ok(sets);
+        }
+        for u in units {
+            self.interned.declare_unit(self.conn, project, u)?;
+        }
+        for (slot, new) in sets.iter_mut().zip(new_outcomes) {
+            if let (None, Some(set)) = (*slot, &new.deps) {
+                *slot = Some(self.interned.store_set(self.conn, project, set)?);
+            }
+        }
+        Ok(sets)
+    }
+
     /// An outcome's row, interning its test and markers.
     fn row<'o>(
         &mut self,
         pk: i64,
         session_started: i64,
         new: &'o NewOutcome,
+        deps: Option<i64>,
         last_markers: &mut Option<(&'o [String], Option<i64>)>,
     ) -> Result<Row<'o>> {
         let o = &new.outcome;
@@ -868,6 +1141,7 @@ impl Ctx<'_> {
             file: file_column(&o.nodeid, &o.file),
             cause: new.cause.as_ref().map(|c| c.key.as_str()),
             quarantined: o.quarantined,
+            deps,
         })
     }
 
@@ -1054,6 +1328,84 @@ impl Ctx<'_> {
             // the next group clears other writers'.
             self.interned.clear();
             self.interned.generation += 1;
+        }
+        Ok(removed)
+    }
+}
+
+impl Ctx<'_> {
+    /// Removes the sets and units a reader found unreferenced, except those
+    /// that sessions which could have gained outcomes since (and sets
+    /// stored since) refer to.
+    fn remove_deps(
+        &mut self,
+        sets: &[i64],
+        units: &[i64],
+        newer_than_set: i64,
+        newer_than_pk: i64,
+        open_sessions: &[i64],
+    ) -> Result<u64> {
+        let mut recheck: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT pk FROM sessions WHERE pk > ?1")?
+            .query_map([newer_than_pk], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        recheck.extend_from_slice(open_sessions);
+        let mut kept_sets: HashSet<i64> = HashSet::new();
+        {
+            let mut used = self.conn.prepare_cached(
+                "SELECT DISTINCT deps FROM outcomes
+                 WHERE id BETWEEN ?1 AND ?2 AND deps IS NOT NULL",
+            )?;
+            for pk in recheck {
+                let (lo, hi) = outcome_rowid_range(pk);
+                let mut rows = used.query([lo, hi])?;
+                while let Some(r) = rows.next()? {
+                    kept_sets.insert(r.get(0)?);
+                }
+            }
+        }
+        // Units of sets kept after all, or stored since, stay.
+        let mut kept_units: HashSet<i64> = HashSet::new();
+        {
+            let mut newer = self
+                .conn
+                .prepare_cached("SELECT id, units FROM dep_sets WHERE id > ?1")?;
+            let mut rows = newer.query([newer_than_set])?;
+            while let Some(r) = rows.next()? {
+                kept_units.extend(deps::decode_units(&r.get::<_, Vec<u8>>(1)?)?);
+            }
+            let mut one = self
+                .conn
+                .prepare_cached("SELECT units FROM dep_sets WHERE id = ?1")?;
+            for id in sets.iter().filter(|s| kept_sets.contains(s)) {
+                if let Some(blob) = one.query_row([id], |r| r.get::<_, Vec<u8>>(0)).optional()? {
+                    kept_units.extend(deps::decode_units(&blob)?);
+                }
+            }
+        }
+        let mut removed = 0u64;
+        let mut delete_set = self
+            .conn
+            .prepare_cached("DELETE FROM dep_sets WHERE id = ?1")?;
+        for id in sets.iter().filter(|s| !kept_sets.contains(s)) {
+            removed += delete_set.execute([id])? as u64;
+        }
+        let mut delete_unit = self
+            .conn
+            .prepare_cached("DELETE FROM dep_units WHERE id = ?1")?;
+        for id in units.iter().filter(|u| !kept_units.contains(u)) {
+            removed += delete_unit.execute([id])? as u64;
+        }
+        if removed > 0 {
+            self.conn.execute(
+                "UPDATE meta SET value = value + 1 WHERE key = 'deps_generation'",
+                [],
+            )?;
+            // This writer's own cache may name them; the generation check at
+            // the next group clears other writers'.
+            self.interned.clear_deps();
+            self.interned.deps_generation += 1;
         }
         Ok(removed)
     }
