@@ -197,6 +197,8 @@ struct Changed {
     valve: Option<String>,
     /// Paths changed that no recorded test depends on (maybe new test files).
     paths: Vec<String>,
+    /// Files of the working tree that are gone: their recorded tests are too.
+    gone: std::collections::HashSet<String>,
 }
 
 /// Selects the tests a change needs from what each test last ran.
@@ -231,10 +233,16 @@ pub fn select(
     let mut unselected: Vec<String> = Vec::new();
     let mut without_deps = 0u64;
     let mut considered = 0u64;
+    let mut deleted = 0u64;
     for run in &snapshot.tests {
         if let Some(c) = &collected
             && !c.contains(run.nodeid.as_str())
         {
+            continue;
+        }
+        let file = run.nodeid.split("::").next().unwrap_or("");
+        if collected.is_none() && changed.gone.contains(file) {
+            deleted += 1;
             continue;
         }
         considered += 1;
@@ -273,6 +281,11 @@ pub fn select(
             }
         }
     }
+    if deleted > 0 {
+        notes.push(format!(
+            "{deleted} recorded tests are in files that no longer exist (left out)"
+        ));
+    }
     if without_deps > 0 {
         notes.push(format!(
             "{without_deps} of {considered} tests had no recorded dependencies (selected); \
@@ -305,7 +318,10 @@ pub fn select(
             .tests
             .iter()
             .map(|t| t.nodeid.as_str())
-            .filter(|n| collected.as_ref().is_none_or(|c| c.contains(n)))
+            .filter(|n| match &collected {
+                Some(c) => c.contains(n),
+                None => !changed.gone.contains(n.split("::").next().unwrap_or("")),
+            })
             .collect();
         if let Some(c) = &request.collected {
             names.extend(c.iter().map(String::as_str));
@@ -481,7 +497,12 @@ fn changed_units(
             for (i, unit) in snapshot.units.iter().enumerate() {
                 match current.get(&(unit.kind, unit.path.as_str(), unit.name.as_str())) {
                     Some(c) if *c == unit.checksum => {}
-                    Some(c) => out.units[i] = Some(c.is_empty()),
+                    Some(c) => {
+                        out.units[i] = Some(c.is_empty());
+                        if c.is_empty() && unit.kind == UnitKind::Module {
+                            out.gone.insert(unit.path.clone());
+                        }
+                    }
                     // Not checked by the client: it cannot be taken as unchanged.
                     None => out.units[i] = Some(false),
                 }

@@ -185,8 +185,8 @@ def ran(done: subprocess.CompletedProcess) -> list[str]:
 async def tool(server: Server, arguments: dict) -> dict:
     async with connect("http", server) as session:
         result = await session.call_tool("affected_tests", arguments)
-        assert not result.isError, [c.text for c in result.content if isinstance(c, types.TextContent)]
-        return result.structuredContent
+        assert not result.is_error, [c.text for c in result.content if isinstance(c, types.TextContent)]
+        return result.structured_content
 
 
 async def test_each_edit_selects_exactly_the_tests_it_can_break_with_reasons_on_every_surface(
@@ -209,8 +209,15 @@ async def test_each_edit_selects_exactly_the_tests_it_can_break_with_reasons_on_
     assert "5 deselected" in done.stdout, done.stdout
     assert "pytest-mcp: affected: running 2 of 7 tests" in done.stdout, done.stdout
     answer = await tool(server, {"project": "affdemo", "diff": git(repo, "diff")})
-    assert selected(answer) == HELPER, answer
+    assert selected(answer) == HELPER, reasons(answer)
     git(repo, "checkout", "--", ".")
+
+    # Undoing the edit is a change too: the helper's tests last ran the
+    # edited body. Running the affected tests brings them up to date.
+    assert selected(cli_affected(server, repo)) == HELPER
+    done = pytest_run(server, repo, "--mcp-affected")
+    assert ran(done) == HELPER, done.stdout
+    assert cli_affected(server, repo)["tests"] == []
 
     # Only a comment: nothing.
     edit(repo, "pkg/util.py", "# doubles", "# twice the input, as the spec says")
@@ -232,12 +239,15 @@ async def test_each_edit_selects_exactly_the_tests_it_can_break_with_reasons_on_
 
     # A new test: it runs (the plugin collects it), and the CLI told the collection names it.
     (repo / "tests" / "test_new.py").write_text("def test_new():\n    assert 1\n")
-    done = pytest_run(server, repo, "--mcp-affected")
-    assert ran(done) == ["tests/test_new.py::test_new"], done.stdout
     collected = tmp_path / "collected.txt"
     collected.write_text("\n".join([*ALL, "tests/test_new.py::test_new"]) + "\n")
     view = cli_affected(server, repo, "--collected", str(collected))
     assert reasons(view) == {"tests/test_new.py::test_new": "new test: no recorded run"}
+    # Without the collection, the new test file is named by its path.
+    answer = await tool(server, {"project": "affdemo", "files": ["tests/test_new.py"]})
+    assert reasons(answer) == {"tests/test_new.py": "new test file: no recorded run"}
+    done = pytest_run(server, repo, "--mcp-affected")
+    assert ran(done) == ["tests/test_new.py::test_new"], done.stdout
     (repo / "tests" / "test_new.py").unlink()
 
     # conftest.py: every test, naming why.
@@ -304,6 +314,6 @@ async def test_an_undescribed_change_the_server_cannot_see_says_what_to_send(
     shutil.rmtree(repo)
     async with connect("http", server) as session:
         result = await session.call_tool("affected_tests", {"project": "affdemo"})
-    assert result.isError
+    assert result.is_error
     text = "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
     assert "cannot see project affdemo's checkout" in text and "diff" in text, text

@@ -101,8 +101,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=None,
         help="run only the tests the working tree's changes need, as the recorder selects them "
-        "from the code each test last ran (record it with --mcp-deps); the rest are deselected "
-        "(env PYTEST_MCP_AFFECTED=1, ini mcp_affected = true)",
+        "from the code each test last ran (recorded by --mcp-deps, which this implies); the rest "
+        "are deselected (env PYTEST_MCP_AFFECTED=1, ini mcp_affected = true)",
     )
     group.addoption(
         "--mcp-base",
@@ -275,6 +275,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--mcp-tls-ca: {tls_ca_path} holds no PEM certificate")
     address = _setting(config, "mcp_address", "PYTEST_MCP_ADDRESS", "mcp_address")
     default = os.environ.get(_DEFAULT_ADDRESS_OVERRIDE) or DEFAULT_ADDRESS
+    affected = _switch(config, "mcp_affected", "PYTEST_MCP_AFFECTED", "mcp_affected")
     settings = Settings(
         addresses=parse_addresses(address or default),
         # An address someone configured is where the results belong: spool
@@ -286,9 +287,11 @@ def pytest_configure(config: pytest.Config) -> None:
         tls_ca=tls_ca,
         spool_dir=_setting(config, "mcp_spool", "PYTEST_MCP_SPOOL", "mcp_spool"),
         timeout=timeout,
-        deps=_switch(config, "mcp_deps", "PYTEST_MCP_DEPS", "mcp_deps"),
+        # A run of the affected tests records what they ran: the next
+        # selection compares with it.
+        deps=affected or _switch(config, "mcp_deps", "PYTEST_MCP_DEPS", "mcp_deps"),
     )
-    if _switch(config, "mcp_affected", "PYTEST_MCP_AFFECTED", "mcp_affected"):
+    if affected:
         from ._affected import Affected
 
         config.pluginmanager.register(
