@@ -166,3 +166,65 @@ async def test_a_test_failing_at_random_on_unchanged_code_is_flaky(
         assert len(evidence["passed_in"]) == 1 and len(evidence["failed_in"]) == 1
         text = text_of(await c.call_tool("find_flaky_tests", {"project": "loop"}))
         assert f"on code state {commit[:12]}" in text, text
+
+
+def run_deps(server: Server, repo: Path, counter: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["LOOP_COUNTER"] = str(counter)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:randomly",
+         "--mcp", "--mcp-deps", "--mcp-address", server.grpc_addr, *args],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+
+
+async def test_with_dependencies_a_random_failure_is_flaky_across_commits_that_did_not_touch_its_code(
+    server: Server, repo: Path, tmp_path: Path
+):
+    counter = tmp_path / "counter"
+    assert run_deps(server, repo, counter, "-k", "test_random").returncode == 1
+    # A commit that changes nothing the test runs: another module.
+    (repo / "notes.py").write_text("WHO = 'someone else'\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "unrelated")
+    assert run_deps(server, repo, counter, "-k", "test_random").returncode == 0
+    async with client("http", server, "2026-07-28") as c:
+        sessions = (await call(c, "list_sessions", {"project": "loop"}))["sessions"]
+        assert len({s["code_state"] for s in sessions}) == 2, "two commits"
+        flaky = await call(c, "find_flaky_tests", {"project": "loop"})
+        assert [t["nodeid"] for t in flaky["tests"]] == ["test_calc.py::test_random"], flaky
+        evidence = flaky["tests"][0]["stability"]["evidence"]
+        assert evidence["rule"] == "same_dependencies", evidence
+        assert len(evidence["passed_in"]) == 1 and len(evidence["failed_in"]) == 1
+
+
+async def test_with_dependencies_a_changed_data_file_between_pass_and_fail_is_a_regression_on_one_code_state(
+    server: Server, repo: Path, tmp_path: Path
+):
+    # The expected total lives in a file git ignores: the code state (commit
+    # plus the digest of what git sees) cannot tell the two runs apart, the
+    # test's dependencies (the file it read) can.
+    (repo / ".gitignore").write_text("expected.txt\n")
+    (repo / "test_calc.py").write_text(textwrap.dedent(TESTS) + textwrap.dedent('''
+
+        def test_expected():
+            expected = int((Path(__file__).parent / "expected.txt").read_text())
+            assert add(2, 3) == expected
+    '''))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "expected")
+    (repo / "calc.py").write_text(textwrap.dedent(CALC) + "\n# dirty, uncommitted\n")
+    counter = tmp_path / "counter"
+    (repo / "expected.txt").write_text("5\n")
+    assert run_deps(server, repo, counter, "-k", "test_expected").returncode == 0
+    (repo / "expected.txt").write_text("6\n")
+    assert run_deps(server, repo, counter, "-k", "test_expected").returncode == 1
+    async with client("http", server, "2026-07-28") as c:
+        sessions = (await call(c, "list_sessions", {"project": "loop"}))["sessions"]
+        codes = {s["code_state"] for s in sessions}
+        assert len(codes) == 1 and "+" in codes.pop(), "one commit, one dirty tree"
+        history = await call(c, "get_test_history", {"nodeid": "test_calc.py::test_expected",
+                                                     "project": "loop"})
+        s = history["stability"]
+        assert s["verdict"] == "regressed", s
+        assert [ch["rule"] for ch in s["changes"]] == ["dependencies"], s["changes"]
+        assert (await call(c, "find_flaky_tests", {"project": "loop"}))["total"] == 0
