@@ -825,7 +825,11 @@ impl super::Store {
             .await?
             .into_keys()
             .collect();
-        let selection = select(&snapshot, request, &flaky)?;
+        // Linear, but a large diff or project is milliseconds of CPU: off the runtime.
+        let (shared, request) = (snapshot.clone(), request.clone());
+        let selection = tokio::task::spawn_blocking(move || select(&shared, &request, &flaky))
+            .await
+            .map_err(|e| crate::error::Error::Internal(format!("selecting failed: {e}")))??;
         Ok((snapshot, selection))
     }
 }
@@ -1097,6 +1101,15 @@ mod tests {
             ["tests/test_n.py"],
             "a new test file is named by its path"
         );
+    }
+
+    #[test]
+    fn a_test_whose_file_is_gone_from_the_working_tree_is_left_out_and_counted() {
+        let p = project();
+        let s = pick(&p, now(&p, &[("tests/test_a.py", ""), ("test_data", "")]));
+        assert!(s.tests.is_empty(), "{:?}", s.tests);
+        assert_eq!(s.total, 0);
+        assert!(s.notes[0].starts_with("3 recorded tests are in files that no longer exist"));
     }
 
     #[test]
