@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
                 .await?;
             if run % 10 == 9 {
                 for v in versions.iter_mut() {
-                    if g.next() % 100 == 0 {
+                    if g.next().is_multiple_of(100) {
                         *v += 1;
                     }
                 }
@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|&t| {
                         seq += 1;
-                        let kind = if g.next() % 50 == 0 {
+                        let kind = if g.next().is_multiple_of(50) {
                             TestOutcome::Failed
                         } else {
                             TestOutcome::Passed

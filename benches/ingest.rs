@@ -414,7 +414,7 @@ impl Deps {
     /// first unit edited every tenth run (the edit is another unit).
     fn of(&self, t: usize, run: u64) -> Vec<u64> {
         let mut keys = self.base[t].clone();
-        let version = if t % 100 == 0 { run / 10 } else { 0 };
+        let version = if t.is_multiple_of(100) { run / 10 } else { 0 };
         if version > 0
             && let Some(first) = keys.first_mut()
         {

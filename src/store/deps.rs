@@ -216,13 +216,16 @@ const SNAPSHOT_PROJECTS: usize = 16;
 /// What a project's newest session was when its snapshot was read.
 type NewestSession = Option<(Uuid, SessionStatus)>;
 
+/// A kept snapshot and the newest session it was read with.
+type Kept = (NewestSession, Arc<DepsSnapshot>);
+
 /// Each project's snapshot as last read, and what its newest session was
 /// then: a snapshot stands while the newest session stays the same (a new
 /// one starts, or it closes, and the next read reads anew). Pruning clears
 /// it, as the sessions it read may be gone.
 #[derive(Default)]
 pub(crate) struct SnapshotCache {
-    kept: std::sync::Mutex<HashMap<Vec<String>, (NewestSession, Arc<DepsSnapshot>)>>,
+    kept: std::sync::Mutex<HashMap<Vec<String>, Kept>>,
 }
 
 impl SnapshotCache {

@@ -71,6 +71,9 @@ const MAX_CACHED_DEPS: usize = 2_000_000;
 /// A test's (nodeid, subtest) and its (id, first session pk).
 type TestEntry = ((Box<str>, Box<str>), (i64, i64));
 
+/// A unit a transaction read or stored: (folded project, key) and (id, code).
+type LearnedUnit = ((Box<str>, u64), (i64, u64));
+
 /// Ids a transaction read or stored, to be cached once it has committed.
 #[derive(Default)]
 pub struct Learned {
@@ -78,7 +81,7 @@ pub struct Learned {
     tests: Vec<TestEntry>,
     markers: Vec<(Box<str>, i64)>,
     deps_generation: i64,
-    units: Vec<((Box<str>, u64), (i64, u64))>,
+    units: Vec<LearnedUnit>,
     sets: Vec<((Box<str>, SetDigest), i64)>,
 }
 

@@ -355,6 +355,10 @@ fn outcomes_of_tests(
         .collect())
 }
 
+/// An outcome of a test in one session: seq, test, kind, and its
+/// dependency set's code when it recorded one.
+type RunOfTest = (u64, i64, i64, Option<u64>);
+
 /// Like [`outcomes_of_tests`], with each outcome's dependency set's code
 /// when `with_code` and it recorded one (what the flaky rule compares).
 fn runs_of_tests(
@@ -363,8 +367,8 @@ fn runs_of_tests(
     open: bool,
     tests: &Rc<Vec<Value>>,
     with_code: bool,
-) -> Result<Vec<(u64, i64, i64, Option<u64>)>> {
-    let mut out: Vec<(u64, i64, i64, Option<u64>)> = Vec::new();
+) -> Result<Vec<RunOfTest>> {
+    let mut out: Vec<RunOfTest> = Vec::new();
     if open {
         let (lo, hi) = outcome_rowid_range(pk);
         let sql = if with_code {
