@@ -70,7 +70,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let dir = tempfile::tempdir()?;
-        let path = dir.path().join("deps.db");
+        // BENCH_DB_FILE keeps the filled database (and reuses it when it
+        // exists), to measure the read again without filling it anew.
+        let kept = std::env::var_os("BENCH_DB_FILE").map(std::path::PathBuf::from);
+        let reuse = kept.as_ref().is_some_and(|p| p.exists());
+        let path = kept.unwrap_or_else(|| dir.path().join("deps.db"));
         println!(
             "deps snapshot benchmark: {tests} tests x {runs} closed runs, {per_test} units per \
              test out of {pool}; database {} (set TMPDIR to measure another disk)",
@@ -80,7 +84,7 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let mut versions = vec![0u64; tests as usize];
         let mut g = Lcg(7);
-        for run in 0..runs {
+        for run in (0..runs).filter(|_| !reuse) {
             let id = uuid::Uuid::from_u128(0xde95_0000_0000_4000_8000_0000_0000_0000 + run as u128);
             let environment = Environment {
                 project: "bench".into(),
@@ -93,7 +97,7 @@ fn main() -> anyhow::Result<()> {
                 .await?;
             if run % 10 == 9 {
                 for v in versions.iter_mut() {
-                    if g.next() % 100 == 0 {
+                    if g.next().is_multiple_of(100) {
                         *v += 1;
                     }
                 }
@@ -104,7 +108,7 @@ fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|&t| {
                         seq += 1;
-                        let kind = if g.next() % 50 == 0 {
+                        let kind = if g.next().is_multiple_of(50) {
                             TestOutcome::Failed
                         } else {
                             TestOutcome::Passed

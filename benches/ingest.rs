@@ -34,6 +34,15 @@
 //! a throwaway server. `PYTEST_MCP_PG_BULK=unnest` (passed on to the server)
 //! writes rows with INSERT … UNNEST instead of binary COPY.
 //!
+//! `BENCH_DEPS=1` has every outcome carry its test's dependencies, as the
+//! plugin's `--mcp-deps` sends them: `BENCH_DEPS_UNITS` unit keys per test
+//! (default 60) out of a project's pool of `BENCH_DEPS_POOL` units (default
+//! 3,000), the same set for a test run after run, except one test in a
+//! hundred whose set changes every tenth run (one of its units is edited: a
+//! new unit). Each run declares each unit once, in its first batch that
+//! names it, as a plugin does per session. Off by default, so the figures
+//! without dependencies stay reproducible.
+//!
 //! Run with `cargo bench --bench ingest`; the figures in the README come from
 //! `BENCH_HISTORY=200 BENCH_ORDER=random cargo bench --bench ingest`. It
 //! prints a table and never fails on a slow result: timing verdicts are for
@@ -134,6 +143,8 @@ struct Config {
     baseline: bool,
     /// A PostgreSQL server to measure as well (`BENCH_DB`).
     postgres: Option<String>,
+    /// Dependencies per outcome (`BENCH_DEPS=1`): units per test and pool size.
+    deps: Option<(u64, u64)>,
 }
 
 /// Which database a store run uses.
@@ -183,6 +194,19 @@ impl Config {
             Ok("0") => false,
             _ => history > 0 || order == Order::Random,
         };
+        let deps = match std::env::var("BENCH_DEPS").as_deref() {
+            Err(_) | Ok("") | Ok("0") => None,
+            Ok("1") => {
+                let units = env_number("BENCH_DEPS_UNITS", 60)?;
+                let pool = env_number("BENCH_DEPS_POOL", 3_000)?;
+                ensure!(
+                    units > 0 && pool > 0,
+                    "BENCH_DEPS_UNITS and BENCH_DEPS_POOL must be at least 1"
+                );
+                Some((units, pool))
+            }
+            Ok(other) => bail!("BENCH_DEPS={other:?}: expected 0 or 1"),
+        };
         let postgres = std::env::var("BENCH_DB").ok().filter(|v| !v.is_empty());
         if let Some(url) = &postgres {
             ensure!(
@@ -200,6 +224,7 @@ impl Config {
             shape,
             baseline,
             postgres,
+            deps,
         })
     }
 
@@ -370,6 +395,57 @@ fn timestamp(micros: i64) -> prost_types::Timestamp {
     }
 }
 
+/// What each test of the suite depends on (`BENCH_DEPS=1`).
+struct Deps {
+    /// Each test's unit keys (out of the pool, keys 1..=pool).
+    base: Vec<Vec<u64>>,
+}
+
+impl Deps {
+    fn new(suite: usize, units: u64, pool: u64) -> Deps {
+        let mut rng = Rng(0xDE95_0001);
+        let base = (0..suite)
+            .map(|_| (0..units).map(|_| rng.below(pool) + 1).collect())
+            .collect();
+        Deps { base }
+    }
+
+    /// Test `t`'s unit keys in run `run`: one test in a hundred has its
+    /// first unit edited every tenth run (the edit is another unit).
+    fn of(&self, t: usize, run: u64) -> Vec<u64> {
+        let mut keys = self.base[t].clone();
+        let version = if t.is_multiple_of(100) { run / 10 } else { 0 };
+        if version > 0
+            && let Some(first) = keys.first_mut()
+        {
+            *first |= version << 32;
+        }
+        keys
+    }
+
+    /// The unit a key stands for: an edited unit (high bits set) is the same
+    /// function with other code.
+    fn unit(key: u64) -> pb::CodeUnit {
+        let base = key & 0xFFFF_FFFF;
+        let line = (base % 300) as u32 * 10 + 1;
+        pb::CodeUnit {
+            key: key.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5bd1_e995,
+            code: (key ^ 0xC0DE).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+            kind: pb::UnitKind::Function as i32,
+            path: format!("src/pkg_{:02}/mod_{:03}.py", base % 20, base % 150),
+            name: format!("Handler{}.method_{base}", base % 40),
+            line_start: line,
+            line_end: line + 8,
+            checksum: format!("{:016x}{:016x}", key.wrapping_mul(31), key ^ 0xFEED),
+        }
+    }
+
+    /// The wire key of a unit key (what outcomes name).
+    fn wire_key(key: u64) -> u64 {
+        Deps::unit(key).key
+    }
+}
+
 /// One run of the suite as a session: its start, and its outcomes in `batch`-sized messages.
 struct RunData {
     id: String,
@@ -381,7 +457,14 @@ struct RunData {
 
 /// Run number `run` of `suite`: each test's outcome depends on the run, not
 /// on the order; the order is collection order or this run's own shuffle.
-fn make_run(suite: &[TestDef], run: u64, order: Order, shape: Shape, batch: usize) -> RunData {
+fn make_run(
+    suite: &[TestDef],
+    run: u64,
+    order: Order,
+    shape: Shape,
+    batch: usize,
+    deps: Option<&Deps>,
+) -> RunData {
     let mut rng = Rng(0xC0FF_EE00 ^ run.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut positions: Vec<usize> = (0..suite.len()).collect();
     if order == Order::Random {
@@ -395,22 +478,30 @@ fn make_run(suite: &[TestDef], run: u64, order: Order, shape: Shape, batch: usiz
     let mut counts = Counts::default();
     let mut batches = Vec::with_capacity(suite.len().div_ceil(batch));
     let mut current = Vec::with_capacity(batch);
+    // Units this run declared already, and those its current batch declares.
+    let mut declared: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    let mut units: Vec<pb::CodeUnit> = Vec::new();
     for (k, &p) in positions.iter().enumerate() {
         let seq = k as u64 + 1;
         let micros = started_micros + seq as i64 * 2_500;
-        current.push(outcome(
-            &mut rng,
-            &suite[p],
-            seq,
-            micros,
-            shape,
-            &mut counts,
-        ));
+        let mut o = outcome(&mut rng, &suite[p], seq, micros, shape, &mut counts);
+        if let Some(deps) = deps {
+            let keys = deps.of(p, run);
+            for key in &keys {
+                if declared.insert(*key) {
+                    units.push(Deps::unit(*key));
+                }
+            }
+            o.deps = Some(pb::TestDependencies {
+                units: keys.into_iter().map(Deps::wire_key).collect(),
+            });
+        }
+        current.push(o);
         if current.len() == batch || k + 1 == positions.len() {
             batches.push(pb::StreamOutcomesRequest {
                 session_id: id.clone(),
                 outcomes: std::mem::replace(&mut current, Vec::with_capacity(batch)),
-                ..Default::default()
+                units: std::mem::take(&mut units),
             });
         }
     }
@@ -654,8 +745,20 @@ impl ServerFigures {
 
 /// The measured runs, generated up front so generation is not timed.
 fn measured_runs(config: &Config, suite: &[TestDef], order: Order) -> Vec<RunData> {
+    let deps = config
+        .deps
+        .map(|(units, pool)| Deps::new(suite.len(), units, pool));
     (0..config.runs())
-        .map(|r| make_run(suite, config.history + r, order, config.shape, config.batch))
+        .map(|r| {
+            make_run(
+                suite,
+                config.history + r,
+                order,
+                config.shape,
+                config.batch,
+                deps.as_ref(),
+            )
+        })
         .collect()
 }
 
@@ -800,12 +903,15 @@ async fn run_store(
             .collect();
         start_sessions(&mut client, ids.iter().cloned()).await?;
         let (suite2, shape, batch) = (suite.clone(), config.shape, config.batch);
+        let deps = config
+            .deps
+            .map(|(units, pool)| Deps::new(suite.len(), units, pool));
         let lazy = ids
             .clone()
             .into_iter()
             .enumerate()
             .flat_map(move |(r, (id, _))| {
-                let mut run = make_run(&suite2, r as u64, order, shape, batch);
+                let mut run = make_run(&suite2, r as u64, order, shape, batch, deps.as_ref());
                 for b in &mut run.batches {
                     b.session_id = id.clone();
                 }
@@ -999,6 +1105,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.order.name(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    match config.deps {
+        Some((units, pool)) => {
+            println!("dependencies: {units} units per test out of a pool of {pool} (BENCH_DEPS=1)")
+        }
+        None => println!("dependencies: none (BENCH_DEPS=1 sends them)"),
+    }
     let suite = Arc::new(build_suite(config.suite, config.shape));
     let mut results = Vec::new();
     for mode in &config.modes {

@@ -32,28 +32,29 @@ use super::digest::Digest;
 
 use super::blob::{VarintError, put_varint, read_varint, unzip};
 use crate::error::{Error, Result};
-use crate::model::{Outcome, Project, SessionStatus, TestOutcome, unit_key_text};
+use crate::model::{Project, SessionStatus, TestOutcome, unit_key_text};
 
 /// A set's content address: SHA-256 of its sorted keys, first 16 bytes.
 pub type SetDigest = [u8; 16];
 
-/// One outcome's dependency set as the writer stores it: computed where the
-/// outcome arrived, off the backend's writer.
+/// One outcome's dependency set as the writer stores it: its digest
+/// computed where the outcome arrived, off the backend's writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DepSet {
-    /// The unit keys, sorted, each once.
+    /// The unit keys as sent (repeats allowed): a refusal names a key by
+    /// its place here.
     pub keys: Vec<u64>,
-    /// Their content address.
+    /// Their content address (of the sorted, distinct keys).
     pub digest: SetDigest,
 }
 
 impl DepSet {
     /// The set of `keys` (in any order, repeats allowed).
-    pub fn of(keys: &[u64]) -> DepSet {
-        let mut keys = keys.to_vec();
-        keys.sort_unstable();
-        keys.dedup();
-        let digest = set_digest(&keys);
+    pub fn of(keys: Vec<u64>) -> DepSet {
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let digest = set_digest(&sorted);
         DepSet { keys, digest }
     }
 }
@@ -107,15 +108,11 @@ pub fn from_sql(v: i64) -> u64 {
     v as u64
 }
 
-/// The refusal of an outcome (at `index` in its request) that names a
+/// The refusal of an outcome (at `index` in its request) whose set names a
 /// unit key neither its request declared nor the project stores: the field
 /// is the key's place in the outcome's list as sent.
-pub fn undeclared(index: usize, outcome: &Outcome, key: u64) -> Error {
-    let at = outcome
-        .deps
-        .as_ref()
-        .and_then(|d| d.iter().position(|k| *k == key))
-        .unwrap_or(0);
+pub fn undeclared(index: usize, set: &DepSet, key: u64) -> Error {
+    let at = set.keys.iter().position(|k| *k == key).unwrap_or(0);
     Error::invalid(
         format!("outcomes[{index}].deps.units[{at}]"),
         format!(
@@ -219,13 +216,16 @@ const SNAPSHOT_PROJECTS: usize = 16;
 /// What a project's newest session was when its snapshot was read.
 type NewestSession = Option<(Uuid, SessionStatus)>;
 
+/// A kept snapshot and the newest session it was read with.
+type Kept = (NewestSession, Arc<DepsSnapshot>);
+
 /// Each project's snapshot as last read, and what its newest session was
 /// then: a snapshot stands while the newest session stays the same (a new
 /// one starts, or it closes, and the next read reads anew). Pruning clears
 /// it, as the sessions it read may be gone.
 #[derive(Default)]
 pub(crate) struct SnapshotCache {
-    kept: std::sync::Mutex<HashMap<Vec<String>, (NewestSession, Arc<DepsSnapshot>)>>,
+    kept: std::sync::Mutex<HashMap<Vec<String>, Kept>>,
 }
 
 impl SnapshotCache {
@@ -294,6 +294,17 @@ struct Seen {
 }
 
 impl Seen {
+    /// Whether `key` was seen.
+    fn contains(&self, key: i64) -> bool {
+        match usize::try_from(key).ok().filter(|k| *k < (1 << 32)) {
+            Some(k) => self
+                .bits
+                .get(k / 64)
+                .is_some_and(|w| w & (1u64 << (k % 64)) != 0),
+            None => self.others.contains(&key),
+        }
+    }
+
     /// Marks `key` seen; returns whether it was new.
     fn insert(&mut self, key: i64) -> bool {
         match usize::try_from(key).ok().filter(|k| *k < (1 << 32)) {
@@ -307,6 +318,54 @@ impl Seen {
                 new
             }
             None => self.others.insert(key),
+        }
+    }
+}
+
+/// The distinct ids among `ids`, sorted: in a bitmap, since a snapshot's
+/// sets name hundreds of thousands of unit ids (ten thousand sets of sixty),
+/// which sorting would take longer to dedupe than reading them.
+pub fn distinct(ids: impl IntoIterator<Item = i64>) -> Vec<i64> {
+    let mut seen = Seen::default();
+    let mut out: Vec<i64> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
+    out.sort_unstable();
+    out
+}
+
+/// Positions of sorted ids, looked up by id: an array over their range when
+/// it is dense enough, else a map.
+enum Positions {
+    Dense { first: i64, at: Vec<u32> },
+    Sparse(HashMap<i64, u32>),
+}
+
+impl Positions {
+    fn new(sorted: &[i64]) -> Positions {
+        match (sorted.first(), sorted.last()) {
+            (Some(&first), Some(&last)) if (last - first) < 16 * sorted.len() as i64 + 1024 => {
+                let mut at = vec![u32::MAX; (last - first + 1) as usize];
+                for (i, id) in sorted.iter().enumerate() {
+                    at[(id - first) as usize] = i as u32;
+                }
+                Positions::Dense { first, at }
+            }
+            _ => Positions::Sparse(
+                sorted
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| (*id, i as u32))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn get(&self, id: i64) -> Option<u32> {
+        match self {
+            Positions::Dense { first, at } => usize::try_from(id - first)
+                .ok()
+                .and_then(|i| at.get(i).copied())
+                .filter(|p| *p != u32::MAX),
+            Positions::Sparse(map) => map.get(&id).copied(),
         }
     }
 }
@@ -339,6 +398,12 @@ pub struct SnapshotScan {
 }
 
 impl SnapshotScan {
+    /// Whether a session whose tests are `keys` ran a test no newer one did
+    /// (only then is the rest of it read).
+    pub fn has_new(&self, keys: &[i64]) -> bool {
+        keys.iter().any(|k| !self.seen.contains(*k))
+    }
+
     /// Takes the next older session (its position `session`): the tests
     /// no newer session ran. `sets` gives its per-attempt sets (digest
     /// order), read only when it has such a test.
@@ -417,26 +482,21 @@ pub struct SnapshotParts {
 pub fn assemble(scan: SnapshotScan, parts: SnapshotParts) -> Result<DepsSnapshot> {
     let mut unit_ids: Vec<i64> = parts.units.keys().copied().collect();
     unit_ids.sort_unstable();
-    let unit_at: HashMap<i64, u32> = unit_ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (*id, i as u32))
-        .collect();
+    let unit_at = Positions::new(&unit_ids);
     let mut set_ids: Vec<i64> = parts.sets.keys().copied().collect();
     set_ids.sort_unstable();
     let mut sets = Vec::with_capacity(set_ids.len());
     let mut set_at: HashMap<i64, usize> = HashMap::with_capacity(set_ids.len());
     for id in &set_ids {
-        let mut members = parts.sets[id]
+        // A set's unit ids are sorted, and so are their positions.
+        let members = parts.sets[id]
             .iter()
             .map(|u| {
                 unit_at
-                    .get(u)
-                    .copied()
+                    .get(*u)
                     .ok_or_else(|| damaged("a set names a unit that is not stored"))
             })
             .collect::<Result<Vec<u32>>>()?;
-        members.sort_unstable();
         set_at.insert(*id, sets.len());
         sets.push(members);
     }
@@ -498,11 +558,11 @@ mod tests {
 
     #[test]
     fn a_set_is_the_same_whatever_the_order_and_repeats_of_its_keys() {
-        let a = DepSet::of(&[3, 1, 2, 3]);
-        let b = DepSet::of(&[1, 2, 3]);
-        assert_eq!(a, b);
-        assert_eq!(a.keys, [1, 2, 3]);
-        assert_ne!(a.digest, DepSet::of(&[1, 2]).digest);
+        let a = DepSet::of(vec![3, 1, 2, 3]);
+        let b = DepSet::of(vec![1, 2, 3]);
+        assert_eq!(a.digest, b.digest);
+        assert_eq!(a.keys, [3, 1, 2, 3], "as sent");
+        assert_ne!(a.digest, DepSet::of(vec![1, 2]).digest);
     }
 
     #[test]

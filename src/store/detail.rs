@@ -146,8 +146,8 @@ pub struct NewOutcome {
     /// A failure's cause, computed here from its full text, once: what
     /// clusters and new causes are counted from.
     pub cause: Option<StoredCause>,
-    /// Its dependency set (sorted keys and digest), computed here once;
-    /// `outcome.deps` keeps the keys as sent, for errors that name one.
+    /// Its dependency set (its keys, moved out of `outcome.deps`, and
+    /// their digest, computed here once).
     pub deps: Option<DepSet>,
 }
 
@@ -161,7 +161,8 @@ impl AsRef<Outcome> for NewOutcome {
 /// failure from it.
 pub fn split(mut outcome: Outcome) -> NewOutcome {
     let cause = StoredCause::of(&outcome);
-    let deps = outcome.deps.as_deref().map(DepSet::of);
+    // The keys move into the set: one copy per outcome waiting to be stored.
+    let deps = outcome.deps.take().map(DepSet::of);
     let detail = ENCODER.with(|e| e.borrow_mut().encode(&outcome));
     if detail.is_some() {
         if outcome.message.len() > INLINE_MESSAGE_BYTES {

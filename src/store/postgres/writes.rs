@@ -44,10 +44,12 @@ pub struct Interned {
     markers: HashMap<Box<str>, i64>,
     /// The `tests_generation` these ids are valid for.
     generation: i64,
-    /// (folded project, unit key) -> (unit id, code).
-    units: HashMap<(Box<str>, u64), (i64, u64)>,
-    /// (folded project, set digest) -> set id.
-    sets: HashMap<(Box<str>, SetDigest), i64>,
+    /// Per folded project: unit key -> (unit id, code).
+    units: HashMap<Box<str>, HashMap<u64, (i64, u64)>>,
+    /// Per folded project: set digest -> set id.
+    sets: HashMap<Box<str>, HashMap<SetDigest, i64>>,
+    /// Units and sets cached, all projects together.
+    dep_entries: usize,
     /// The `deps_generation` the units and sets are valid for.
     deps_generation: i64,
 }
@@ -59,6 +61,7 @@ impl Interned {
         self.markers.clear();
         self.units.clear();
         self.sets.clear();
+        self.dep_entries = 0;
     }
 }
 
@@ -68,6 +71,9 @@ const MAX_CACHED_DEPS: usize = 2_000_000;
 /// A test's (nodeid, subtest) and its (id, first session pk).
 type TestEntry = ((Box<str>, Box<str>), (i64, i64));
 
+/// A unit a transaction read or stored: (folded project, key) and (id, code).
+type LearnedUnit = ((Box<str>, u64), (i64, u64));
+
 /// Ids a transaction read or stored, to be cached once it has committed.
 #[derive(Default)]
 pub struct Learned {
@@ -75,7 +81,7 @@ pub struct Learned {
     tests: Vec<TestEntry>,
     markers: Vec<(Box<str>, i64)>,
     deps_generation: i64,
-    units: Vec<((Box<str>, u64), (i64, u64))>,
+    units: Vec<LearnedUnit>,
     sets: Vec<((Box<str>, SetDigest), i64)>,
 }
 
@@ -97,14 +103,18 @@ impl Learned {
         if cache.deps_generation != self.deps_generation {
             return;
         }
-        if cache.units.len() + cache.sets.len() + self.units.len() + self.sets.len()
-            > MAX_CACHED_DEPS
-        {
+        if cache.dep_entries + self.units.len() + self.sets.len() > MAX_CACHED_DEPS {
             cache.units.clear();
             cache.sets.clear();
+            cache.dep_entries = 0;
         }
-        cache.units.extend(self.units);
-        cache.sets.extend(self.sets);
+        cache.dep_entries += self.units.len() + self.sets.len();
+        for ((project, key), unit) in self.units {
+            cache.units.entry(project).or_default().insert(key, unit);
+        }
+        for ((project, digest), id) in self.sets {
+            cache.sets.entry(project).or_default().insert(digest, id);
+        }
     }
 }
 
@@ -336,10 +346,11 @@ async fn intern_sets(
         if cache.deps_generation != learned.deps_generation {
             cache.units.clear();
             cache.sets.clear();
+            cache.dep_entries = 0;
             cache.deps_generation = learned.deps_generation;
         }
         for set in outcomes.iter().filter_map(|n| n.deps.as_ref()) {
-            match cache.sets.get(&(project_key.clone(), set.digest)) {
+            match cache.sets.get(project).and_then(|s| s.get(&set.digest)) {
                 Some(&id) => {
                     known_sets.insert(set.digest, id);
                 }
@@ -347,7 +358,7 @@ async fn intern_sets(
             }
         }
         for u in units {
-            if let Some(&unit) = cache.units.get(&(project_key.clone(), u.key)) {
+            if let Some(&unit) = cache.units.get(project).and_then(|m| m.get(&u.key)) {
                 known_units.insert(u.key, unit);
             }
         }
@@ -385,15 +396,19 @@ async fn intern_sets(
     if !wanted.is_empty() {
         {
             let cache = shared.interned.lock().unwrap_or_else(|p| p.into_inner());
-            wanted.retain(
-                |k| match cache.units.get(&(project_key.clone(), deps::from_sql(*k))) {
+            wanted.retain(|k| {
+                match cache
+                    .units
+                    .get(project)
+                    .and_then(|m| m.get(&deps::from_sql(*k)))
+                {
                     Some(&unit) => {
                         known_units.insert(deps::from_sql(*k), unit);
                         false
                     }
                     None => true,
-                },
-            );
+                }
+            });
         }
         wanted.sort_unstable();
         wanted.dedup();
@@ -419,11 +434,7 @@ async fn intern_sets(
             .iter()
             .find(|k| !known_units.contains_key(k) && !declared.contains(k))
         {
-            return Err(crate::store::deps::undeclared(
-                first + i,
-                &outcomes[*i].outcome,
-                *key,
-            ));
+            return Err(crate::store::deps::undeclared(first + i, set, *key));
         }
     }
     // The declared units not stored yet.
@@ -510,6 +521,7 @@ async fn intern_sets(
                 unit_codes.push(code);
             }
             unit_ids.sort_unstable();
+            unit_ids.dedup();
             digests.push(&set.digest);
             codes.push(deps::to_sql(deps::code_digest(&mut unit_codes)));
             blobs.push(deps::encode_units(&unit_ids));

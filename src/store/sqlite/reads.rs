@@ -355,6 +355,10 @@ fn outcomes_of_tests(
         .collect())
 }
 
+/// An outcome of a test in one session: seq, test, kind, and its
+/// dependency set's code when it recorded one.
+type RunOfTest = (u64, i64, i64, Option<u64>);
+
 /// Like [`outcomes_of_tests`], with each outcome's dependency set's code
 /// when `with_code` and it recorded one (what the flaky rule compares).
 fn runs_of_tests(
@@ -363,8 +367,8 @@ fn runs_of_tests(
     open: bool,
     tests: &Rc<Vec<Value>>,
     with_code: bool,
-) -> Result<Vec<(u64, i64, i64, Option<u64>)>> {
-    let mut out: Vec<(u64, i64, i64, Option<u64>)> = Vec::new();
+) -> Result<Vec<RunOfTest>> {
+    let mut out: Vec<RunOfTest> = Vec::new();
     if open {
         let (lo, hi) = outcome_rowid_range(pk);
         let sql = if with_code {
@@ -662,21 +666,28 @@ pub fn deps_snapshot(c: &Connection, project: &Project) -> Result<DepsSnapshot> 
         })
         .collect::<Result<_>>()?;
     let mut scan = SnapshotScan::default();
-    let mut read = c.prepare_cached("SELECT tests, deps FROM digests WHERE session_pk = ?1")?;
+    let mut read = c.prepare_cached("SELECT tests FROM digests WHERE session_pk = ?1")?;
+    let mut read_sets = c.prepare_cached("SELECT deps FROM digests WHERE session_pk = ?1")?;
     for (at, (pk, _, _)) in sessions.iter().enumerate() {
-        let stored: Option<(Vec<u8>, Option<Vec<u8>>)> = read
-            .query_row([pk], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let decoded = stored.as_ref().and_then(|(tests, sets)| {
-            let d = digest::decode(tests, None)
+        let stored: Option<Vec<u8>> = read.query_row([pk], |r| r.get(0)).optional()?;
+        // Most sessions ran no test a newer one did not: their keys say so.
+        if let Some(tests) = &stored
+            && let Ok(keys) = digest::decode_keys(tests)
+            && !scan.has_new(&keys)
+        {
+            continue;
+        }
+        let decoded = stored.as_ref().and_then(|tests| {
+            digest::decode(tests, None)
                 .map_err(|e| tracing::warn!(session_pk = pk, error = %e, "reading the session's rows instead"))
-                .ok()?;
-            Some((d, sets.as_deref()))
+                .ok()
         });
         match decoded {
-            Some((d, sets)) => scan.add(at, &d, || match sets {
-                Some(blob) => deps::decode_session_sets(blob),
-                None => Ok(Vec::new()),
+            Some(d) => scan.add(at, &d, || {
+                match read_sets.query_row([pk], |r| r.get::<_, Option<Vec<u8>>>(0))? {
+                    Some(blob) => deps::decode_session_sets(&blob),
+                    None => Ok(Vec::new()),
+                }
             })?,
             None => {
                 let (d, sets) = digest_and_sets_from_rows(c, *pk)?;
@@ -684,29 +695,41 @@ pub fn deps_snapshot(c: &Connection, project: &Project) -> Result<DepsSnapshot> 
             }
         }
     }
-    let tests: Vec<TestKey> = scan.found.iter().map(|f| f.test).collect();
-    let names = test_names(c, &tests)?;
+    let mut tests: Vec<TestKey> = scan.found.iter().map(|f| f.test).collect();
+    tests.sort_unstable();
+    let mut names = HashMap::with_capacity(tests.len());
+    rows_by_id(
+        c,
+        &tests,
+        "SELECT id, nodeid, subtest FROM tests WHERE id IN rarray(?1)",
+        "SELECT id, nodeid, subtest FROM tests WHERE id BETWEEN ?1 AND ?2",
+        |r| {
+            names.insert(r.get(0)?, (r.get(1)?, r.get(2)?));
+            Ok(())
+        },
+    )?;
     let mut sets = HashMap::new();
-    let mut unit_ids = Vec::new();
-    {
-        let mut stmt = c.prepare_cached("SELECT id, units FROM dep_sets WHERE id IN rarray(?1)")?;
-        let mut rows = stmt.query([id_array(scan.set_ids())])?;
-        while let Some(r) = rows.next()? {
-            let ids = deps::decode_units(&r.get::<_, Vec<u8>>(1)?)?;
-            unit_ids.extend_from_slice(&ids);
-            sets.insert(r.get::<_, i64>(0)?, ids);
-        }
-    }
-    unit_ids.sort_unstable();
-    unit_ids.dedup();
+    rows_by_id(
+        c,
+        &scan.set_ids(),
+        "SELECT id, units FROM dep_sets WHERE id IN rarray(?1)",
+        "SELECT id, units FROM dep_sets WHERE id BETWEEN ?1 AND ?2",
+        |r| {
+            let blob = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            sets.insert(r.get::<_, i64>(0)?, deps::decode_units(blob)?);
+            Ok(())
+        },
+    )?;
+    let unit_ids = deps::distinct(sets.values().flatten().copied());
     let mut units = HashMap::with_capacity(unit_ids.len());
-    {
-        let mut stmt = c.prepare_cached(
-            "SELECT id, kind, path, name, line_start, line_end, checksum FROM dep_units
-             WHERE id IN rarray(?1)",
-        )?;
-        let mut rows = stmt.query([id_array(unit_ids)])?;
-        while let Some(r) = rows.next()? {
+    rows_by_id(
+        c,
+        &unit_ids,
+        "SELECT id, kind, path, name, line_start, line_end, checksum FROM dep_units
+         WHERE id IN rarray(?1)",
+        "SELECT id, kind, path, name, line_start, line_end, checksum FROM dep_units
+         WHERE id BETWEEN ?1 AND ?2",
+        |r| {
             let kind: i64 = r.get(1)?;
             units.insert(
                 r.get::<_, i64>(0)?,
@@ -721,8 +744,9 @@ pub fn deps_snapshot(c: &Connection, project: &Project) -> Result<DepsSnapshot> 
                     checksum: r.get(6)?,
                 },
             );
-        }
-    }
+            Ok(())
+        },
+    )?;
     // The newest closed session that recorded either (the environment
     // leaves out what is empty).
     let sql = format!(
@@ -754,6 +778,43 @@ pub fn deps_snapshot(c: &Connection, project: &Project) -> Result<DepsSnapshot> 
             packages: environment.packages,
         },
     )
+}
+
+/// Calls `each` with the rows of these ids (sorted): one probe per id, or,
+/// when they fill most of their range (a project's tests and sets mostly
+/// do), one walk over the range, skipping the rows not asked for, which
+/// reads ten thousand rows several times faster.
+fn rows_by_id(
+    c: &Connection,
+    sorted: &[i64],
+    probe: &str,
+    range: &str,
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> Result<()>,
+) -> Result<()> {
+    let (Some(&first), Some(&last)) = (sorted.first(), sorted.last()) else {
+        return Ok(());
+    };
+    if (last - first) / 2 < sorted.len() as i64 {
+        let mut stmt = c.prepare_cached(range)?;
+        let mut rows = stmt.query([first, last])?;
+        let mut at = 0;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            while at < sorted.len() && sorted[at] < id {
+                at += 1;
+            }
+            if sorted.get(at) == Some(&id) {
+                each(r)?;
+            }
+        }
+    } else {
+        let mut stmt = c.prepare_cached(probe)?;
+        let mut rows = stmt.query([id_array(sorted.iter().copied())])?;
+        while let Some(r) = rows.next()? {
+            each(r)?;
+        }
+    }
+    Ok(())
 }
 
 /// The newest `window` sessions of `project` and the tests (not subtests)

@@ -473,6 +473,7 @@ impl Interned {
             codes.push(code);
         }
         ids.sort_unstable();
+        ids.dedup();
         conn.prepare_cached(
             "INSERT INTO dep_sets (project, digest, code, units) VALUES (?1, ?2, ?3, ?4)",
         )?
@@ -1072,7 +1073,7 @@ impl Ctx<'_> {
                     if !declared.contains(key)
                         && self.interned.unit(self.conn, project, *key)?.is_none()
                     {
-                        return Err(deps::undeclared(first + i, &new.outcome, *key));
+                        return Err(deps::undeclared(first + i, set, *key));
                     }
                 }
             }
