@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -143,22 +145,31 @@ def fetch(project: Project) -> None:
     log(f"{project.name}: downloading the {project.version} sdist")
     run_checked([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
                  f"{project.name}=={project.version}", "-d", str(sdists)])
-    archives = [a for a in sdists.iterdir() if a.name.endswith((".tar.gz", ".zip"))
-                and project.version in a.name]
-    if len(archives) != 1:
-        raise SystemExit(f"{project.name}: expected one sdist in {sdists}, found {archives}")
-    if project.tree.exists():
-        shutil.rmtree(project.tree)
-    unpack = project.home / "unpack"
-    shutil.rmtree(unpack, ignore_errors=True)
-    with tarfile.open(archives[0]) as archive:
-        archive.extractall(unpack, filter="data")
-    (top,) = list(unpack.iterdir())
-    top.rename(project.tree)
-    unpack.rmdir()
+    unpack(project, project.tree)
     for old in project.home.glob(".unpacked-*"):
         old.unlink()
     marker.touch()
+
+
+def sdist_archive(project: Project) -> Path:
+    sdists = project.home / "sdist"
+    archives = [a for a in sdists.iterdir() if a.name.endswith((".tar.gz", ".zip"))
+                and project.version in a.name] if sdists.is_dir() else []
+    if len(archives) != 1:
+        raise SystemExit(f"{project.name}: expected one sdist in {sdists}, found {archives}")
+    return archives[0]
+
+
+def unpack(project: Project, dest: Path) -> None:
+    """Unpacks the sdist into `dest` (replacing it): a tree no other benchmark edits."""
+    staging = dest.with_name(dest.name + ".unpack")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    with tarfile.open(sdist_archive(project)) as archive:
+        archive.extractall(staging, filter="data")
+    (top,) = list(staging.iterdir())
+    top.rename(dest)
+    staging.rmdir()
 
 
 def make_venv(project: Project, python: str) -> None:
@@ -251,3 +262,49 @@ def find_binary() -> Optional[str]:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
+
+
+class Server:
+    """``pytest-mcp serve`` on free ports (the OS picks them) with a fresh database; its
+    gRPC address is read from its log line, so no port is guessed and no race is lost."""
+
+    def __init__(self, binary: str, db: Path) -> None:
+        self.binary = binary
+        self.db = db
+        self.address = ""
+        self.proc: Optional[subprocess.Popen] = None
+        self.stderr: List[str] = []
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_MCP")}
+        env["RUST_LOG"] = "warn"
+        self.proc = subprocess.Popen(
+            [self.binary, "serve", "--db", str(self.db),
+             "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, env=env)
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.stderr.append(line.rstrip("\n"))
+                match = re.search(r"gRPC listening on (\S+),", line)
+                if match:
+                    self.address = match.group(1)
+                    ready.set()
+            ready.set()  # the server exited
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(30) or not self.address:
+            self.stop()
+            raise RuntimeError("pytest-mcp serve did not start: " + " / ".join(self.stderr[-5:]))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

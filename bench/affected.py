@@ -251,51 +251,6 @@ def run_full_runs(project: Project, mutants: List[Mutant], cache: FullRuns, time
 # ---- selection ---------------------------------------------------------------------
 
 
-class Server:
-    """``pytest-mcp serve`` on free ports with a fresh database."""
-
-    def __init__(self, binary: str, db: Path) -> None:
-        self.binary = binary
-        self.db = db
-        self.address = ""
-        self.proc: Optional[subprocess.Popen] = None
-        self.stderr: List[str] = []
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_MCP")}
-        env["RUST_LOG"] = "warn"
-        self.proc = subprocess.Popen(
-            [self.binary, "serve", "--db", str(self.db),
-             "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env=env)
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc is not None and self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.stderr.append(line.rstrip("\n"))
-                match = re.search(r"gRPC listening on (\S+),", line)
-                if match:
-                    self.address = match.group(1)
-                    ready.set()
-            ready.set()  # the server exited
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(30) or not self.address:
-            self.stop()
-            raise RuntimeError("pytest-mcp serve did not start: " + " / ".join(self.stderr[-5:]))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def selection_unavailable(project: Project, binary: Optional[str]) -> Optional[str]:
     """Why selection cannot be measured with this plugin and binary, or None if it can."""
     if binary is None or not os.access(binary, os.X_OK):
@@ -316,6 +271,12 @@ def mcp_env(binary: str) -> Dict[str, str]:
     return {"PYTEST_MCP_BIN": binary}
 
 
+def mcp_args(address: str, spool: Path) -> List[str]:
+    """Recording options shared by the baseline and the selection runs."""
+    return ["-p", "pytest_mcp.plugin", "--mcp", f"--mcp-address={address}",
+            f"--mcp-spool={spool}"]
+
+
 @dataclass
 class Selection:
     selected: List[str]
@@ -326,11 +287,10 @@ class Selection:
     broken: bool  # pytest stopped before collecting (a conftest that no longer imports)
 
 
-def select(project: Project, address: str, binary: str, mutated: bool) -> Selection:
+def select(project: Project, address: str, binary: str, spool: Path, mutated: bool) -> Selection:
     """The tests `pytest --mcp --mcp-affected` would run on the tree as it is now."""
     result = run_pytest(project, project.tree,
-                        ["-p", "pytest_mcp.plugin", "--mcp", "--mcp-affected",
-                         f"--mcp-address={address}", "--collect-only", "-q"],
+                        mcp_args(address, spool) + ["--mcp-affected", "--collect-only", "-q"],
                         timeout=600, env_extra=mcp_env(binary))
     broken = result.exitstatus in (3, 4) and mutated
     if result.exitstatus not in (0, 1, 2, 5) and not broken:
@@ -342,10 +302,9 @@ def select(project: Project, address: str, binary: str, mutated: bool) -> Select
                      broken=broken)
 
 
-def record_baseline(project: Project, address: str, binary: str, timeout: float) -> RunResult:
-    result = run_pytest(project, project.tree,
-                        ["-p", "pytest_mcp.plugin", "--mcp", "--mcp-deps",
-                         f"--mcp-address={address}", "-q"],
+def record_baseline(project: Project, address: str, binary: str, spool: Path,
+                    timeout: float) -> RunResult:
+    result = run_pytest(project, project.tree, mcp_args(address, spool) + ["--mcp-deps", "-q"],
                         timeout=timeout, env_extra=mcp_env(binary))
     if result.timed_out or "pytest-mcp: warning" in result.output:
         raise RuntimeError("the baseline run with --mcp --mcp-deps failed:\n"
@@ -471,20 +430,20 @@ def measure_selection(project: Project, binary: str, kept: List[Tuple[Mutant, di
                       clean: RunResult, timeout: float, report: ProjectReport) -> None:
     total_time = sum(clean.durations.values()) or 1.0
     tmp = Path(tempfile.mkdtemp(prefix="bench-affected-"))
-    server = Server(binary, tmp / "bench.db")
+    server = _suites.Server(binary, tmp / "bench.db")
     journal = project.tree.parent / f".{project.tree.name}.mutant-journal"
     try:
         server.start()
         _suites.log(f"{project.name}: recording the baseline with --mcp --mcp-deps")
-        baseline = record_baseline(project, server.address, binary, timeout)
+        baseline = record_baseline(project, server.address, binary, tmp / "spool", timeout)
         report.baseline_wall = baseline.wall
-        unchanged = select(project, server.address, binary, mutated=False)
+        unchanged = select(project, server.address, binary, tmp / "spool", mutated=False)
         if unchanged.selected:
             _suites.log(f"{project.name}: note: with no change, --mcp-affected still selects "
                         f"{len(unchanged.selected)} tests")
         for n, (mutant, entry) in enumerate(kept, 1):
             with _mutants.Applied(project.tree, mutant, journal):
-                sel = select(project, server.address, binary, mutated=True)
+                sel = select(project, server.address, binary, tmp / "spool", mutated=True)
             if sel.printed != len(sel.selected):
                 _suites.log(f"  {mutant.id}: pytest printed {sel.printed} node ids, the probe "
                             f"saw {len(sel.selected)} items")
