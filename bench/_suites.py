@@ -6,8 +6,9 @@ given its own virtual environment (``.cache/bench-affected/<project>/venv``) mad
 Python the caller names. The project is installed into that venv (for its metadata and runtime
 dependencies), but every test run imports it from the unpacked tree: the tree's import root is
 first on ``PYTHONPATH``, and ``check_imports`` verifies that, so an edit to the tree is what the
-tests see. The repository's ``python-plugin/src`` is on ``PYTHONPATH`` too, so the plugin under
-test is the working copy, loaded with ``-p pytest_mcp.plugin``.
+tests see. The repository's ``python-plugin/src`` (or ``$BENCH_PLUGIN_SRC``, to measure another
+checkout's plugin) is on ``PYTHONPATH`` too, so the plugin under test is the working copy,
+loaded with ``-p pytest_mcp.plugin``.
 
 No test run writes bytecode (``PYTHONDONTWRITEBYTECODE=1``) and ``prepare`` removes every
 ``__pycache__`` of a tree: a mutant and its restore can share a file size and a modification
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,7 +32,8 @@ from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "bench-affected"
-PLUGIN_SRC = REPO / "python-plugin" / "src"
+# The plugin under test: this checkout's, or another's (a branch in another worktree).
+PLUGIN_SRC = Path(os.environ.get("BENCH_PLUGIN_SRC") or REPO / "python-plugin" / "src").resolve()
 PROBE_DIR = REPO / "bench" / "probe"  # bench_probe.py, loaded with -p bench_probe
 DEFAULT_PYTHON = "/root/.pyenv/versions/3.12.1/bin/python"
 
@@ -308,3 +311,21 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def plugin_label() -> str:
+    """Where the plugin under test comes from, for messages."""
+    try:
+        return str(PLUGIN_SRC.relative_to(REPO.resolve()))
+    except ValueError:
+        return str(PLUGIN_SRC)
+
+
+def env_prefix() -> str:
+    """The environment settings a rerun command needs to measure the same plugin and server."""
+    parts = []
+    for name in ("BENCH_PLUGIN_SRC", "PYTEST_MCP_BIN"):
+        value = os.environ.get(name)
+        if value:
+            parts.append(f"{name}={shlex.quote(value)} ")
+    return "".join(parts)

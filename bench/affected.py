@@ -262,7 +262,7 @@ def selection_unavailable(project: Project, binary: Optional[str]) -> Optional[s
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
     missing = [flag for flag in ("--mcp-deps", "--mcp-affected") if flag not in help_text]
     if missing:
-        return (f"the plugin in {_suites.PLUGIN_SRC.relative_to(REPO)} has no "
+        return (f"the plugin in {_suites.plugin_label()} has no "
                 f"{' or '.join(missing)} option yet (pytest --help)")
     return None
 
@@ -493,6 +493,7 @@ def print_report(reports: List[ProjectReport], args: argparse.Namespace, started
     print()
     print(f"affected-test selection on real suites: seed {args.seed}, {args.mutants} mutants "
           f"tried per project, started {started}, took {elapsed / 60:.1f} min")
+    print(f"plugin: {_suites.plugin_label()}; server: {_suites.find_binary() or 'none'}")
     print(f"Python {_suites.python_version(first)}; "
           + _suites.versions(first, ["pytest", "hypothesis"]).replace("hypothesis missing", "")
           .rstrip(", "))
@@ -591,7 +592,8 @@ def rerun_command(args: argparse.Namespace) -> str:
         parts += ["--python", args.python]
     if args.timeout_factor != 5.0:
         parts += ["--timeout-factor", str(args.timeout_factor)]
-    return "cd " + shlex.quote(str(REPO)) + " && " + " ".join(shlex.quote(p) for p in parts)
+    return ("cd " + shlex.quote(str(REPO)) + " && " + _suites.env_prefix()
+            + " ".join(shlex.quote(p) for p in parts))
 
 
 def parse_args() -> argparse.Namespace:

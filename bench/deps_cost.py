@@ -184,7 +184,7 @@ def deps_unavailable(project: Project, tree: Path) -> Optional[str]:
         cwd=tree, env=_suites.child_env(project, tree), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
     if "--mcp-deps" not in help_text:
-        return (f"the plugin in {_suites.PLUGIN_SRC.relative_to(REPO)} has no --mcp-deps "
+        return (f"the plugin in {_suites.plugin_label()} has no --mcp-deps "
                 "option yet")
     return None
 
@@ -258,6 +258,7 @@ def print_results(results: List[Result], args: argparse.Namespace, started: str,
     print(f"machine: {os.cpu_count()} CPUs, {platform.machine()}; Python "
           f"{_suites.python_version(first)}; "
           + _suites.versions(first, ["pytest", "pytest-testmon", "coverage", "pytest-cov"]))
+    print(f"plugin: {_suites.plugin_label()}; server: {_suites.find_binary() or 'none'}")
     if load_before:
         print(f"load average (1/5/15 min): {' '.join(load_before)} before, "
               f"{' '.join(load_after)} after")
@@ -341,7 +342,8 @@ def rerun_command(args: argparse.Namespace) -> str:
         parts += ["--variants", ",".join(args.variants)]
     if args.python != _suites.DEFAULT_PYTHON:
         parts += ["--python", args.python]
-    return "cd " + shlex.quote(str(REPO)) + " && " + " ".join(shlex.quote(p) for p in parts)
+    return ("cd " + shlex.quote(str(REPO)) + " && " + _suites.env_prefix()
+            + " ".join(shlex.quote(p) for p in parts))
 
 
 def main() -> int:
