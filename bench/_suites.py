@@ -37,11 +37,12 @@ PLUGIN_SRC = Path(os.environ.get("BENCH_PLUGIN_SRC") or REPO / "python-plugin" /
 PROBE_DIR = REPO / "bench" / "probe"  # bench_probe.py, loaded with -p bench_probe
 DEFAULT_PYTHON = "/root/.pyenv/versions/3.12.1/bin/python"
 
-# What every venv gets besides the project: the plugin's runtime needs, and the tools the
-# cost benchmark compares against. Unpinned on purpose: the versions installed are printed
-# with every table.
+# What every venv gets besides the project: the plugin's runtime needs, the tools the cost
+# benchmark compares against, and pytest-timeout (a mutant that hangs one test must fail that
+# test, not stop the run; idle unless --timeout is given). Unpinned on purpose: the versions
+# installed are printed with every table.
 COMMON_DEPS = ["pytest", "grpcio", "protobuf", "pytest-testmon", "coverage", "pytest-cov",
-               "pytest-xdist"]
+               "pytest-xdist", "pytest-timeout"]
 
 
 @dataclass(frozen=True)

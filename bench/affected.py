@@ -7,11 +7,12 @@ For each real third-party project (pinned sdists, see bench/_suites.py) it:
    exist, how long each takes, which already fail on this machine);
 2. draws single-point mutants of the library's own source (bench/_mutants.py: operator,
    boolean, comparison, constant and statement edits, reproducible from --seed) and runs the
-   whole suite on each (the full run: no -x, so every failing test is known; a run that takes
-   more than --timeout-factor times the clean run is stopped and counted as killed by timeout,
-   apart from the rest). A mutant is kept when at least one test that passes in the clean run
-   fails (or its module stops importing). Full runs are cached in
-   .cache/bench-affected/<project>/full-runs.jsonl, so a rerun only runs what is new;
+   whole suite on each (the full run: no -x, so every failing test is known; a test that takes
+   more than --timeout-factor times the slowest clean test fails (pytest-timeout) and the run
+   goes on; a run that takes more than --timeout-factor times the clean run + 60 s is stopped
+   and counted as killed by timeout, apart from the rest). A mutant is kept when at least one
+   test that passes in the clean run fails (or its module stops importing). Full runs are
+   cached in .cache/bench-affected/<project>/full-runs.jsonl, so a rerun runs only what is new;
 3. records the dependency baseline: a ``pytest-mcp serve`` on free ports with a fresh
    database, and one ``pytest --mcp --mcp-deps`` run of the unmutated tree into it;
 4. for each kept mutant, applies it and asks the plugin which tests it would run:
@@ -164,12 +165,29 @@ class FullRuns:
                 f.write(json.dumps(entry) + "\n")
 
 
-def full_run(project: Project, tree: Path, mutant: Mutant, timeout: float,
+@dataclass(frozen=True)
+class Limits:
+    """How long a mutant may run: per test (pytest-timeout fails the test and the run goes
+    on, so a hang in one test still leaves every other failure known), and for the whole run
+    (a backstop for a hang outside any test, e.g. at import)."""
+
+    per_test: float
+    run: float
+
+    @staticmethod
+    def from_clean(clean: "RunResult", factor: float) -> "Limits":
+        slowest = max(clean.durations.values(), default=0.0)
+        return Limits(per_test=max(10.0, factor * slowest), run=factor * clean.wall + 60)
+
+
+def full_run(project: Project, tree: Path, mutant: Mutant, limits: Limits,
              clean_broken: set) -> dict:
     """Runs the suite with the mutant applied to `tree`; returns the cache entry."""
     journal = tree.parent / f".{tree.name}.mutant-journal"
     with _mutants.Applied(tree, mutant, journal):
-        result = run_pytest(project, tree, ["-q"], timeout)
+        # --tb=no: formatting thousands of tracebacks is most of a badly broken run's time.
+        result = run_pytest(project, tree, ["-q", "--tb=no", f"--timeout={limits.per_test:.0f}",
+                                            "--timeout-method=signal"], limits.run)
     if result.timed_out:
         status = "timeout"
     elif result.exitstatus in (0, 1, 2) and (result.collected or result.collect_errors):
@@ -200,7 +218,7 @@ def worker_trees(project: Project, jobs: int) -> List[Path]:
     return trees
 
 
-def run_full_runs(project: Project, mutants: List[Mutant], cache: FullRuns, timeout: float,
+def run_full_runs(project: Project, mutants: List[Mutant], cache: FullRuns, limits: Limits,
                   clean_broken: set, jobs: int) -> Dict[str, dict]:
     results: Dict[str, dict] = {}
     todo = []
@@ -213,7 +231,7 @@ def run_full_runs(project: Project, mutants: List[Mutant], cache: FullRuns, time
     if not todo:
         return results
     _suites.log(f"{project.name}: {len(todo)} full runs to do ({len(results)} cached), "
-                f"{jobs} at a time, timeout {timeout:.0f}s")
+                f"{jobs} at a time, timeouts {limits.per_test:.0f}s a test, {limits.run:.0f}s a run")
     trees = worker_trees(project, min(jobs, len(todo)))
     free = list(trees)
     lock = threading.Lock()
@@ -223,7 +241,7 @@ def run_full_runs(project: Project, mutants: List[Mutant], cache: FullRuns, time
         with lock:
             tree = free.pop()
         try:
-            entry = full_run(project, tree, mutant, timeout, clean_broken)
+            entry = full_run(project, tree, mutant, limits, clean_broken)
         finally:
             with lock:
                 free.append(tree)
@@ -287,11 +305,14 @@ class Selection:
     broken: bool  # pytest stopped before collecting (a conftest that no longer imports)
 
 
-def select(project: Project, address: str, binary: str, spool: Path, mutated: bool) -> Selection:
+def select(project: Project, address: str, binary: str, spool: Path, mutated: bool,
+           timeout: float) -> Selection:
     """The tests `pytest --mcp --mcp-affected` would run on the tree as it is now."""
     result = run_pytest(project, project.tree,
                         mcp_args(address, spool) + ["--mcp-affected", "--collect-only", "-q"],
-                        timeout=600, env_extra=mcp_env(binary))
+                        timeout=timeout, env_extra=mcp_env(binary))
+    if result.timed_out:
+        raise RuntimeError(f"the selection run did not finish in {timeout:.0f}s")
     broken = result.exitstatus in (3, 4) and mutated
     if result.exitstatus not in (0, 1, 2, 5) and not broken:
         raise RuntimeError(f"the selection run exited {result.exitstatus}:\n"
@@ -354,7 +375,8 @@ def confirm_alone(project: Project, mutant: Mutant, tests: List[str], timeout: f
     """Reruns missed tests alone with the mutant applied: does each fail by itself?"""
     journal = project.tree.parent / f".{project.tree.name}.mutant-journal"
     with _mutants.Applied(project.tree, mutant, journal):
-        result = run_pytest(project, project.tree, ["-q", *tests], timeout, with_tests=False)
+        result = run_pytest(project, project.tree, ["-q", "--tb=no", *tests], timeout,
+                            with_tests=False)
     if result.timed_out:
         return {t: "times out" for t in tests}
     failing = set(result.failed) | set(result.collect_errors)
@@ -390,16 +412,18 @@ def bench_project(project: Project, args: argparse.Namespace, binary: Optional[s
     report.clean_wall = clean.wall
     report.clean_broken = sorted(set(clean.failed) | set(clean.collect_errors))
     clean_broken = set(report.clean_broken)
-    timeout = args.timeout_factor * clean.wall + 10
+    limits = Limits.from_clean(clean, args.timeout_factor)
+    timeout = limits.run
 
     candidates = _mutants.enumerate_mutants(project.tree, project.sources, project.exclude)
     report.candidates = len(candidates)
     mutants = _mutants.sample(candidates, project.tree, args.mutants, args.seed, project.name)
     report.tried = len(mutants)
-    config = hashlib.sha256(repr((project.pytest_args, project.test_args, "full-v1",
-                                  _suites.python_version(project))).encode()).hexdigest()[:8]
+    config = hashlib.sha256(repr((project.pytest_args, project.test_args, "full-v2",
+                                  args.timeout_factor, _suites.python_version(project))
+                                 ).encode()).hexdigest()[:8]
     cache = FullRuns(project, config)
-    full = run_full_runs(project, mutants, cache, timeout, clean_broken, args.jobs)
+    full = run_full_runs(project, mutants, cache, limits, clean_broken, args.jobs)
     kept: List[Tuple[Mutant, dict]] = []
     for mutant in mutants:
         entry = full[mutant.id]
@@ -437,13 +461,15 @@ def measure_selection(project: Project, binary: str, kept: List[Tuple[Mutant, di
         _suites.log(f"{project.name}: recording the baseline with --mcp --mcp-deps")
         baseline = record_baseline(project, server.address, binary, tmp / "spool", timeout)
         report.baseline_wall = baseline.wall
-        unchanged = select(project, server.address, binary, tmp / "spool", mutated=False)
+        unchanged = select(project, server.address, binary, tmp / "spool", mutated=False,
+                           timeout=timeout)
         if unchanged.selected:
             _suites.log(f"{project.name}: note: with no change, --mcp-affected still selects "
                         f"{len(unchanged.selected)} tests")
         for n, (mutant, entry) in enumerate(kept, 1):
             with _mutants.Applied(project.tree, mutant, journal):
-                sel = select(project, server.address, binary, tmp / "spool", mutated=True)
+                sel = select(project, server.address, binary, tmp / "spool", mutated=True,
+                             timeout=timeout)
             if sel.printed != len(sel.selected):
                 _suites.log(f"  {mutant.id}: pytest printed {sel.printed} node ids, the probe "
                             f"saw {len(sel.selected)} items")
@@ -533,7 +559,8 @@ def print_report(reports: List[ProjectReport], args: argparse.Namespace, started
     print()
     print("tests: items in the clean run; clean s: its wall time; killed: mutants that made at")
     print("  least one test fail that passes in the clean run (kept for selection); timeout: full")
-    print(f"  runs stopped after {args.timeout_factor}x the clean run + 10 s, not kept; misses: tests")
+    print(f"  runs stopped after {args.timeout_factor:g}x the clean run + 60 s (a test alone: after")
+    print(f"  {args.timeout_factor:g}x the slowest clean test, at least 10 s: it fails), not kept; misses: tests")
     print("  failing in a mutant's full run but not selected; sel: selected / tests per kept mutant;")
     print("  time saved: median of 1 - (clean-run durations of the selected tests / all tests');")
     print("  select s: median wall time of the `--mcp-affected --collect-only` run.")
@@ -608,7 +635,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1,
                         help="full runs at a time, each in its own copy of the tree (default 1)")
     parser.add_argument("--timeout-factor", type=float, default=5.0,
-                        help="a full run is stopped after this many times the clean run + 10 s")
+                        help="a test fails after this many times the slowest clean test (at least "
+                             "10 s); a full run stops after this many times the clean run + 60 s")
     parser.add_argument("--python", default=_suites.DEFAULT_PYTHON,
                         help=f"the interpreter of the projects' venvs (default {_suites.DEFAULT_PYTHON})")
     parser.add_argument("--json", help="also write the per-mutant results to this file")

@@ -19,7 +19,7 @@ database for the project; it keeps every round's session, so later rounds record
 database with history, as users' do. Every variant runs with the same plugins installed and
 loaded (the venv's pytest-testmon, pytest-cov and pytest-xdist autoload; the plugin under test
 is loaded with ``-p pytest_mcp.plugin`` in every variant, idle unless --mcp is given) and the
-cache provider off, so two variants differ only in the option at work. The suite runs in a
+cache provider and pytest-timeout (there for bench/affected.py) off, so two variants differ only in the option at work. The suite runs in a
 fresh unpacking of the sdist of its own, so bench/affected.py can run meanwhile (though not
 for figures to rely on: the machine should be idle).
 
@@ -115,8 +115,8 @@ class Bench:
 
     def command(self, variant: str) -> List[str]:
         p = self.project
-        base = [str(p.python), "-m", "pytest", "-p", "no:cacheprovider", "-p", "pytest_mcp.plugin",
-                *p.pytest_args]
+        base = [str(p.python), "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:timeout",
+                "-p", "pytest_mcp.plugin", *p.pytest_args]
         if variant == "bare":
             extra: List[str] = []
         elif variant in ("mcp", "mcp-deps"):
@@ -291,8 +291,8 @@ def print_results(results: List[Result], args: argparse.Namespace, started: str,
     print()
     print("wall s: median seconds from spawn to exit; x bare: median over rounds of the run's")
     print("  wall time / bare's in the same round; CPU s: user+system of pytest and its children")
-    print("  (not the recorder's). Every variant: python -m pytest -p no:cacheprovider")
-    print("  -p pytest_mcp.plugin, the venv's plugins autoloaded, plus the variant's options.")
+    print("  (not the recorder's). Every variant: python -m pytest -p no:cacheprovider -p no:timeout")
+    print("  -p pytest_mcp.plugin, the venv's other plugins autoloaded, plus the variant's options.")
     if all_other:
         other = statistics.median(all_other)
         print(f"noise: other processes (the recorder included) kept {other:.2f} of "
