@@ -271,18 +271,20 @@ def run_full_runs(project: Project, mutants: List[Mutant], cache: FullRuns, limi
 
 def selection_unavailable(project: Project, binary: Optional[str]) -> Optional[str]:
     """Why selection cannot be measured with this plugin and binary, or None if it can."""
-    if binary is None or not os.access(binary, os.X_OK):
-        return ("no pytest-mcp binary (cargo build --release, or set PYTEST_MCP_BIN)"
-                if binary is None else f"{binary} is not an executable")
+    why = []
     help_text = subprocess.run(
         [str(project.python), "-m", "pytest", "-p", "pytest_mcp.plugin", "--help"],
         cwd=project.tree, env=_suites.child_env(project), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
     missing = [flag for flag in ("--mcp-deps", "--mcp-affected") if flag not in help_text]
     if missing:
-        return (f"the plugin in {_suites.plugin_label()} has no "
-                f"{' or '.join(missing)} option yet (pytest --help)")
-    return None
+        why.append(f"the plugin in {_suites.plugin_label()} has no "
+                   f"{' or '.join(missing)} option yet (pytest --help)")
+    if binary is None:
+        why.append("no pytest-mcp binary (cargo build --release, or set PYTEST_MCP_BIN)")
+    elif not os.access(binary, os.X_OK):
+        why.append(f"{binary} is not an executable")
+    return "; ".join(why) or None
 
 
 def mcp_env(binary: str) -> Dict[str, str]:
@@ -514,12 +516,12 @@ def print_table(rows: List[Sequence[str]]) -> None:
 
 
 def print_report(reports: List[ProjectReport], args: argparse.Namespace, started: str,
-                 elapsed: float) -> None:
+                 elapsed: float, binary: Optional[str]) -> None:
     first = reports[0].project
     print()
     print(f"affected-test selection on real suites: seed {args.seed}, {args.mutants} mutants "
           f"tried per project, started {started}, took {elapsed / 60:.1f} min")
-    print(f"plugin: {_suites.plugin_label()}; server: {_suites.find_binary() or 'none'}")
+    print(f"plugin: {_suites.plugin_label()}; server: {binary or 'none'}")
     print(f"Python {_suites.python_version(first)}; "
           + _suites.versions(first, ["pytest", "hypothesis"]).replace("hypothesis missing", "")
           .rstrip(", "))
@@ -674,7 +676,7 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     t0 = time.perf_counter()
     reports = [bench_project(_suites.PROJECTS[name], args, binary) for name in args.projects]
-    print_report(reports, args, started, time.perf_counter() - t0)
+    print_report(reports, args, started, time.perf_counter() - t0, binary)
     if args.json:
         write_json(args.json, reports)
     print()
