@@ -359,6 +359,7 @@ class ProjectReport:
     by_kind: Dict[str, List[int]] = field(default_factory=dict)  # kind -> [tried, killed]
     selection_note: Optional[str] = None
     baseline_wall: Optional[float] = None
+    failing: List[float] = field(default_factory=list)  # failing / tests, per kept mutant
     fractions: List[float] = field(default_factory=list)
     saved: List[float] = field(default_factory=list)
     selection_walls: List[float] = field(default_factory=list)
@@ -437,6 +438,8 @@ def bench_project(project: Project, args: argparse.Namespace, binary: Optional[s
         elif entry["status"] in ("killed", "killed-all"):
             counts[1] += 1
             report.killed += 1
+            report.failing.append((len(entry["failed"]) + len(entry["collect_errors"]))
+                                  / report.tests)
             if entry["status"] == "killed-all":
                 report.killed_all += 1
             kept.append((mutant, entry))
@@ -527,8 +530,10 @@ def print_report(reports: List[ProjectReport], args: argparse.Namespace, started
           .rstrip(", "))
     print()
     rows: List[Sequence[str]] = [("project", "tests", "clean s", "tried", "killed", "timeout",
-                                  "misses", "sel median", "sel p90", "time saved", "select s")]
+                                  "fail median", "misses", "sel median", "sel p90", "time saved",
+                                  "select s")]
     all_fractions: List[float] = []
+    all_failing = [f for r in reports for f in r.failing]
     all_saved: List[float] = []
     all_walls: List[float] = []
     any_selection = False
@@ -542,6 +547,7 @@ def print_report(reports: List[ProjectReport], args: argparse.Namespace, started
             f"{r.project.name} {r.project.version}", str(r.tests), f"{r.clean_wall:.1f}",
             str(r.tried), f"{r.killed} ({r.killed / r.tried:.0%})" if r.tried else "0",
             str(r.timeouts),
+            pct(statistics.median(r.failing)) if r.failing else "n/a",
             str(len(r.misses)) if have else "n/a",
             pct(statistics.median(r.fractions)) if r.fractions else "n/a",
             pct(nearest_rank(r.fractions, 0.9)) if r.fractions else "n/a",
@@ -552,6 +558,7 @@ def print_report(reports: List[ProjectReport], args: argparse.Namespace, started
     rows.append(("total", str(sum(r.tests for r in reports)), "", str(tried),
                  f"{killed} ({killed / tried:.0%})" if tried else "0",
                  str(sum(r.timeouts for r in reports)),
+                 pct(statistics.median(all_failing)) if all_failing else "n/a",
                  str(sum(len(r.misses) for r in reports)) if any_selection else "n/a",
                  pct(statistics.median(all_fractions)) if all_fractions else "n/a",
                  pct(nearest_rank(all_fractions, 0.9)) if all_fractions else "n/a",
@@ -561,10 +568,12 @@ def print_report(reports: List[ProjectReport], args: argparse.Namespace, started
     print()
     print("tests: items in the clean run; clean s: its wall time; killed: mutants that made at")
     print("  least one test fail that passes in the clean run (kept for selection); timeout: full")
-    print(f"  runs stopped after {args.timeout_factor:g}x the clean run + 60 s (a test alone: after")
-    print(f"  {args.timeout_factor:g}x the slowest clean test, at least 10 s: it fails), not kept; misses: tests")
-    print("  failing in a mutant's full run but not selected; sel: selected / tests per kept mutant;")
-    print("  time saved: median of 1 - (clean-run durations of the selected tests / all tests');")
+    print(f"  runs stopped after {args.timeout_factor:g}x the clean run + 60 s, not kept (one test")
+    print(f"  fails alone after {args.timeout_factor:g}x the slowest clean test, at least 10 s);")
+    print("  fail median: failing tests / tests per kept mutant, the least a selection without")
+    print("  misses can select; misses: tests failing in a mutant's full run but not selected;")
+    print("  sel: selected / tests per kept mutant; time saved: median of 1 - (clean-run")
+    print("  durations of the selected tests / all tests');")
     print("  select s: median wall time of the `--mcp-affected --collect-only` run.")
 
     print()
