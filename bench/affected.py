@@ -33,6 +33,7 @@ Until the plugin has --mcp-deps and --mcp-affected, steps 1 and 2 run and step 3
 Run it with any Python 3 (each project gets its own venv, made with --python):
 
     python3 bench/affected.py [--projects tomlkit,boltons,toolz] [--mutants 100] [--seed 1]
+    python3 bench/affected.py --list       # the mutants the seed draws, without running them
 
 The server binary is $PYTEST_MCP_BIN, else target/release/pytest-mcp, else target/debug.
 """
@@ -624,7 +625,7 @@ def print_report(reports: List[ProjectReport], args: argparse.Namespace, started
 def rerun_command(args: argparse.Namespace) -> str:
     parts = ["python3", "bench/affected.py", "--projects", ",".join(args.projects),
              "--mutants", str(args.mutants), "--seed", str(args.seed)]
-    if args.jobs != 1:
+    if args.jobs != min(2, os.cpu_count() or 1):
         parts += ["--jobs", str(args.jobs)]
     if args.python != _suites.DEFAULT_PYTHON:
         parts += ["--python", args.python]
@@ -643,14 +644,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mutants", type=int, default=100,
                         help="mutants tried per project (default 100)")
     parser.add_argument("--seed", type=int, default=1, help="names the mutants (default 1)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="full runs at a time, each in its own copy of the tree (default 1)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="full runs at a time, each in its own copy of the tree (default: "
+                             "2, or 1 on one CPU); the selection runs one at a time")
     parser.add_argument("--timeout-factor", type=float, default=5.0,
                         help="a test fails after this many times the slowest clean test (at least "
                              "10 s); a full run stops after this many times the clean run + 60 s")
     parser.add_argument("--python", default=_suites.DEFAULT_PYTHON,
                         help=f"the interpreter of the projects' venvs (default {_suites.DEFAULT_PYTHON})")
     parser.add_argument("--json", help="also write the per-mutant results to this file")
+    parser.add_argument("--list", action="store_true",
+                        help="print the mutants the seed draws (id, file:line, kind, scope, edit) "
+                             "and run nothing")
     args = parser.parse_args()
     names = list(_suites.PROJECTS) if args.projects == "all" else \
         [p.strip() for p in args.projects.split(",") if p.strip()]
@@ -681,6 +686,17 @@ def main() -> int:
     args = parse_args()
     # SIGTERM unwinds like Ctrl-C, so every `with Applied(...)` puts its file back.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.list:
+        for name in args.projects:
+            project = _suites.PROJECTS[name]
+            _suites.fetch(project)
+            drawn = _mutants.sample(
+                _mutants.enumerate_mutants(project.tree, project.sources, project.exclude),
+                project.tree, args.mutants, args.seed, project.name)
+            for m in drawn:
+                print(f"{project.name} {m.id} {m.file}:{m.line} {m.kind} ({m.scope}) "
+                      f"{m.description}")
+        return 0
     binary = _suites.find_binary()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     t0 = time.perf_counter()
