@@ -41,6 +41,7 @@ The server binary is $PYTEST_MCP_BIN, else target/release/pytest-mcp, else targe
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import math
@@ -400,6 +401,12 @@ def bench_project(project: Project, args: argparse.Namespace, binary: Optional[s
     report = ProjectReport(project)
     started = time.perf_counter()
     _suites.prepare(project, args.python)
+    # One run per tree at a time: another would see (and "restore") this one's mutants.
+    lock = open(project.home / "lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"{project.name}: another bench/affected.py is using {project.tree}")
     journal = project.tree.parent / f".{project.tree.name}.mutant-journal"
     leftover = _mutants.restore_leftover(journal)
     if leftover:
@@ -452,6 +459,7 @@ def bench_project(project: Project, args: argparse.Namespace, binary: Optional[s
     if tree_digest(project) != before:
         raise SystemExit(f"{project.name}: the library source differs from before the run: "
                          "a mutant was not put back (delete the tree to unpack it again)")
+    lock.close()
     report.wall = time.perf_counter() - started
     return report
 
