@@ -400,13 +400,14 @@ def tree_digest(project: Project) -> str:
 def bench_project(project: Project, args: argparse.Namespace, binary: Optional[str]) -> ProjectReport:
     report = ProjectReport(project)
     started = time.perf_counter()
-    _suites.prepare(project, args.python)
     # One run per tree at a time: another would see (and "restore") this one's mutants.
+    project.home.mkdir(parents=True, exist_ok=True)
     lock = open(project.home / "lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise SystemExit(f"{project.name}: another bench/affected.py is using {project.tree}")
+    _suites.prepare(project, args.python)
     journal = project.tree.parent / f".{project.tree.name}.mutant-journal"
     leftover = _mutants.restore_leftover(journal)
     if leftover:
