@@ -361,6 +361,7 @@ class ProjectReport:
     by_kind: Dict[str, List[int]] = field(default_factory=dict)  # kind -> [tried, killed]
     selection_note: Optional[str] = None
     baseline_wall: Optional[float] = None
+    unchanged_selected: Optional[int] = None  # what --mcp-affected selects with no change at all
     failing: List[float] = field(default_factory=list)  # failing / tests, per kept mutant
     fractions: List[float] = field(default_factory=list)
     saved: List[float] = field(default_factory=list)
@@ -478,9 +479,7 @@ def measure_selection(project: Project, binary: str, kept: List[Tuple[Mutant, di
         report.baseline_wall = baseline.wall
         unchanged = select(project, server.address, binary, tmp / "spool", mutated=False,
                            timeout=timeout)
-        if unchanged.selected:
-            _suites.log(f"{project.name}: note: with no change, --mcp-affected still selects "
-                        f"{len(unchanged.selected)} tests")
+        report.unchanged_selected = len(unchanged.selected)
         for n, (mutant, entry) in enumerate(kept, 1):
             with _mutants.Applied(project.tree, mutant, journal):
                 sel = select(project, server.address, binary, tmp / "spool", mutated=True,
@@ -607,6 +606,8 @@ def print_report(reports: List[ProjectReport], args: argparse.Namespace, started
                 f"{r.full_run_seconds / 60:.1f} min of test time")
         if r.baseline_wall is not None:
             line += f"; the --mcp --mcp-deps baseline took {r.baseline_wall:.1f}s"
+        if r.unchanged_selected is not None:
+            line += f"; with no change --mcp-affected selects {r.unchanged_selected} tests"
         print(line + (("; " + "; ".join(extra)) if extra else ""))
         if r.selection_note is not None:
             print(f"  selection unavailable: {r.selection_note}")
