@@ -157,7 +157,7 @@ def fetch(project: Project) -> None:
 
 def sdist_archive(project: Project) -> Path:
     sdists = project.home / "sdist"
-    archives = [a for a in sdists.iterdir() if a.name.endswith((".tar.gz", ".zip"))
+    archives = [a for a in sdists.iterdir() if a.name.endswith(".tar.gz")
                 and project.version in a.name] if sdists.is_dir() else []
     if len(archives) != 1:
         raise SystemExit(f"{project.name}: expected one sdist in {sdists}, found {archives}")
@@ -170,7 +170,10 @@ def unpack(project: Project, dest: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(dest, ignore_errors=True)
     with tarfile.open(sdist_archive(project)) as archive:
-        archive.extractall(staging, filter="data")
+        try:
+            archive.extractall(staging, filter="data")
+        except TypeError:  # a Python from before extraction filters (3.11.4, 3.12)
+            archive.extractall(staging)
     (top,) = list(staging.iterdir())
     top.rename(dest)
     staging.rmdir()
