@@ -515,6 +515,29 @@ def test_another_tracer_is_never_replaced_and_its_tests_have_no_dependencies_bef
         assert len(warnings) == 1
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring is 3.12+")
+@pytest.mark.parametrize("taken", [[3], [3, 4]], ids=["one tool id free", "no tool id free"])
+def test_with_sys_monitorings_tool_ids_taken_by_others_deps_are_the_same_or_off_with_a_warning(
+    run, pytester, taken
+):
+    make_package(pytester)
+    pytester.makepyfile(test_fails="def test_fails():\n    assert False\n")
+    usual = run()
+    claims = "".join(f"sys.monitoring.use_tool_id({tool}, 'someone else')\n" for tool in taken)
+    pytester.makeconftest("import sys\n" + claims)
+    crowded = run()
+    assert crowded.ret == usual.ret == 1
+    by_test = {o["nodeid"]: o for o in crowded.outcomes}
+    if len(taken) == 1:
+        # One id: every test re-arms everything (restart_events), same result.
+        assert deps_by_test(crowded) == deps_by_test(usual)
+        assert not warning_lines(crowded.result)[1:]
+    else:
+        (warning,) = [line for line in warning_lines(crowded.result) if "dependencies" in line]
+        assert "sys.monitoring tool ids 3 and 4 are both in use" in warning
+        assert all("deps" not in o for o in by_test.values())
+
+
 # ---- the working tree now: current_checksums and watched_now -------------------
 
 

@@ -30,10 +30,10 @@ whose dependencies may be incomplete (another tracer took over, too many
 units) gets ``None``, never a smaller set; any exception in here turns
 recording off for the rest of the run with one warning, and the run goes on.
 
-Tracing: on Python 3.12+ ``sys.monitoring`` (tool id 3, else 4), PY_START
+Tracing: on Python 3.12+ ``sys.monitoring`` (tool ids 3 and 4), PY_START
 only; the callback adds the code object and disables the event for it, and
-each test re-arms (``restart_events``), so a test pays once per code object
-it runs. Before 3.12, ``sys.settrace`` for the main thread and
+each test re-arms what it needs (see ``_Monitoring``), so a test pays once per
+code object it runs. Before 3.12, ``sys.settrace`` for the main thread and
 ``threading.settrace`` for threads started in a test, installed for the test
 only; a trace function someone else set (coverage, a debugger) is never
 replaced: tests run while it is there have no dependencies. Files read are
@@ -294,7 +294,11 @@ def _analyse(path: str, data: bytes) -> _Analysis:
                 for inner in _inner_bodies(stmt):
                     scope(inner, prefix, classes)
 
-    scope(tree.body, "", ())
+    try:
+        scope(tree.body, "", ())
+    except RecursionError:  # nested deeper than Python recurses: one unit, as if unparsed
+        module = make_unit(MODULE, path, "", 1, last, _digest(data))
+        return _Analysis([module], module[KEY], {}, [], {})
     module = make_unit(MODULE, path, "", 1, last, _digest(_dump(tree).encode()))
     units = [make_unit(k, path, name, start, end, checksum)
              for k, name, start, end, checksum, _classes, _simple in found]
@@ -574,50 +578,108 @@ class _Unavailable(Exception):
 
 
 class _Monitoring:
-    """Python 3.12+: sys.monitoring, PY_START only, each event disabled after its first hit."""
+    """Python 3.12+: sys.monitoring, PY_START only, each event disabled after its first hit.
 
-    def __init__(self) -> None:
+    With two free tool ids, a scout (global events) sees each code object once
+    per process and, for the project's code only, arms the recorder's local
+    events; re-arming for a test then costs a toggle per project code object
+    the previous test ran, not the re-instrumentation of everything pytest
+    runs per test that ``restart_events`` would cause (click's suite: about 50
+    project code objects of about 300 per test). With one free id, the
+    recorder watches everything and each test calls ``restart_events``.
+    """
+
+    def __init__(self, is_project: Callable[[Any], bool]) -> None:
         mon = sys.monitoring
-        for tool in (3, 4):  # 0 debuggers, 1 coverage, 2 profilers
-            if mon.get_tool(tool) is None:
-                break
-        else:
+        free = [tool for tool in (3, 4) if mon.get_tool(tool) is None]  # 0 debuggers, 1 coverage, 2 profilers
+        if not free:
             raise _Unavailable("sys.monitoring tool ids 3 and 4 are both in use")
-        mon.use_tool_id(tool, "pytest-mcp")
-        self.tool = tool
         self._mon = mon
-        self._event = mon.events.PY_START
+        self._event = event = mon.events.PY_START
+        #: The active frame's codes (id -> code object), or None between tests.
+        self._current: List[Optional[dict]] = [None]
+        #: Project code objects whose recorder event fired since the last re-arm.
+        self._fired: Dict[int, Any] = {}
+        #: Every code object the scout armed (to disarm at the end).
+        self._armed: Dict[int, Any] = {}
+        current, fired, armed = self._current, self._fired, self._armed
         disable = mon.DISABLE
+        recorder = free[0]
+        mon.use_tool_id(recorder, "pytest-mcp")
+        self._recorder = recorder
+        self._scout: Optional[int] = free[1] if len(free) > 1 else None
 
-        def idle(code, offset, _disable=disable):
-            # Between tests: disabled until the next test re-arms it.
+        # Keyed by id, holding the code: hashing a code object hashes its
+        # constants, nested code included (about 1 us a function on 3.12).
+        def record(code, offset, _current=current, _fired=fired, _id=id, _disable=disable):
+            key = _id(code)
+            _fired[key] = code
+            seen = _current[0]
+            if seen is not None:
+                seen[key] = code
             return _disable
 
-        self._idle = idle
-        mon.register_callback(tool, self._event, idle)
-        mon.set_events(tool, self._event)
+        mon.register_callback(recorder, event, record)
+        if self._scout is None:
+            mon.set_events(recorder, event)
+            return
+        mon.use_tool_id(self._scout, "pytest-mcp-scout")
+        set_local = mon.set_local_events
 
-    def activate(self, codes: set, restart: bool) -> None:
-        def on_start(code, offset, _add=codes.add, _disable=self._mon.DISABLE):
-            _add(code)
+        def scout(code, offset, _current=current, _armed=armed, _id=id, _disable=disable):
+            try:
+                if is_project(code):
+                    key = _id(code)
+                    _armed[key] = code
+                    set_local(recorder, code, event)  # from its next start on
+                    seen = _current[0]
+                    if seen is not None:
+                        seen[key] = code  # this start
+            except Exception:  # raised here, it would be raised in the test's code
+                pass
             return _disable
 
-        self._mon.register_callback(self.tool, self._event, on_start)
-        if restart:
+        mon.register_callback(self._scout, event, scout)
+        mon.set_events(self._scout, event)
+
+    def activate(self, codes: dict, restart: bool) -> None:
+        self._current[0] = codes
+        if not restart:
+            return
+        if self._scout is None:
             self._mon.restart_events()
+            return
+        fired = self._fired
+        if fired:
+            set_local, recorder, event = self._mon.set_local_events, self._recorder, self._event
+            for code in list(fired.values()):
+                set_local(recorder, code, 0)
+                set_local(recorder, code, event)
+            fired.clear()
 
     def deactivate(self) -> bool:
-        """Stops recording into the current set; whether it saw everything."""
-        self._mon.register_callback(self.tool, self._event, self._idle)
+        """Stops recording into the current frame; whether it saw everything."""
+        self._current[0] = None
         return True
 
     def stop(self) -> None:
         mon = self._mon
-        try:
-            mon.set_events(self.tool, 0)
-            mon.register_callback(self.tool, self._event, None)
-        finally:
-            mon.free_tool_id(self.tool)
+        self._current[0] = None
+        for tool in (self._scout, self._recorder):
+            if tool is None:
+                continue
+            try:
+                mon.set_events(tool, 0)
+                mon.register_callback(tool, self._event, None)
+            finally:
+                mon.free_tool_id(tool)
+        for code in self._armed.values():
+            try:
+                mon.set_local_events(self._recorder, code, 0)
+            except ValueError:
+                pass
+        self._armed.clear()
+        self._fired.clear()
 
 
 class _Settrace:
@@ -628,15 +690,17 @@ class _Settrace:
         self._current: Optional[Callable] = None
         self.foreign = False  # someone else's trace function was there
 
-    def activate(self, codes: set, restart: bool) -> None:
+    def activate(self, codes: dict, restart: bool) -> None:
         present = sys.gettrace()
         if present is not None and present is not self._current:
             self.foreign = True
             return
 
-        def trace(frame, event, arg, _add=codes.add):
+        # By id, holding the code: hashing a code object is slow (see _Monitoring).
+        def trace(frame, event, arg, _codes=codes, _id=id):
             # The global trace function only ever sees "call".
-            _add(frame.f_code)
+            code = frame.f_code
+            _codes[_id(code)] = code
 
         self._current = trace
         sys.settrace(trace)
@@ -709,7 +773,7 @@ class _Frame:
     __slots__ = ("codes", "opens", "keys")
 
     def __init__(self) -> None:
-        self.codes: set = set()
+        self.codes: Dict[int, Any] = {}  # id -> code object (kept alive, so ids stay unique)
         self.opens: list = []
         self.keys: set = set()  # resolved already (wider fixtures set up inside it)
 
@@ -748,6 +812,7 @@ class Tracer:
         self._frames: List[_Frame] = []
         self._incomplete = False  # the current test's set may miss something
         self._files: Dict[str, Optional[_Analysis]] = {}  # co_filename -> its units
+        self._project_files: Dict[str, bool] = {}  # co_filename -> is the project's
         self._data: Dict[str, Tuple[tuple, Optional[int]]] = {}  # path -> (stat, key)
         self._fixture_keys: Dict[Any, set] = {}  # wider fixturedef -> keys of its setup
         self._warning: Optional[str] = None  # not yet handed on
@@ -817,7 +882,9 @@ class Tracer:
     def _begin(self) -> None:
         if self._backend is None:
             _AUDIT_PROJECT[0] = self._project
-            self._backend = _Monitoring() if sys.version_info >= (3, 12) else _Settrace()
+            self._backend = (
+                _Monitoring(self._is_project) if sys.version_info >= (3, 12) else _Settrace()
+            )
             _install_audit_hook()
         frame = _Frame()
         self._frames = [frame]
@@ -881,7 +948,7 @@ class Tracer:
         """The keys of what a frame ran and read; parses files and hashes data as needed."""
         keys = set(frame.keys)
         files = self._files
-        for code in list(frame.codes):
+        for code in list(frame.codes.values()):
             filename = code.co_filename
             try:
                 analysis = files[filename]
@@ -895,16 +962,28 @@ class Tracer:
                 keys.add(key)
         return keys
 
-    def _analysis(self, filename: str) -> Optional[_Analysis]:
+    def _is_project(self, code) -> bool:
+        """Whether a code object is the project's (from its file's path alone)."""
+        filename = code.co_filename
+        known = self._project_files.get(filename)
+        if known is None:
+            known = self._project_files[filename] = self._relative(filename) is not None
+        return known
+
+    def _relative(self, filename: str) -> Optional[str]:
         if not filename.endswith(".py"):
             return None  # "<string>", "<frozen ...>", generated code
         project = self._project
         path = project.absolute(filename)
         if path is None:
             return None
-        rel = project.relative(path)
+        return project.relative(path)
+
+    def _analysis(self, filename: str) -> Optional[_Analysis]:
+        rel = self._relative(filename)
         if rel is None:
             return None
+        path = self._project.absolute(filename)
         try:
             with open(path, "rb") as f:
                 data = f.read()
