@@ -169,18 +169,24 @@ def test_a_helper_is_a_dependency_of_exactly_the_tests_that_ran_it_with_its_file
     assert len(helper["checksum"]) == 32 and set(helper["checksum"]) <= HEX16
 
     # Module-level code ran at import, before any test: every test that ran
-    # code of the file depends on it; a method brings its classes.
+    # code of the file depends on it; a method brings its classes. What
+    # collection ran (the package's module and class bodies, imported by the
+    # test module) is every test's: a test can read what it built without
+    # running any of its functions. The test module itself is not.
     module = ("module", "pkg/parser.py", "")
-    assert r.deps("test_helper") == {
-        ("function", "pkg/parser.py", "helper"),
+    imported = {
+        ("module", "pkg/__init__.py", ""),
         module,
+        ("class", "pkg/parser.py", "Parser"),
+        ("class", "pkg/parser.py", "Parser.Inner"),
+    }
+    assert r.deps("test_helper") == imported | {
+        ("function", "pkg/parser.py", "helper"),
         ("function", "test_parser.py", "test_helper"),
         ("module", "test_parser.py", ""),
     }
-    assert r.deps("test_split") == {
+    assert r.deps("test_split") == imported | {
         ("function", "pkg/parser.py", "Parser.split"),
-        ("class", "pkg/parser.py", "Parser"),
-        module,
         ("function", "test_parser.py", "test_split"),
         ("module", "test_parser.py", ""),
     }
@@ -190,7 +196,7 @@ def test_a_helper_is_a_dependency_of_exactly_the_tests_that_ran_it_with_its_file
         ("class", "pkg/parser.py", "Parser"),
         module,
     } <= r.deps("test_deep")
-    assert r.deps("test_nothing_of_the_package") == {
+    assert r.deps("test_nothing_of_the_package") == imported | {
         ("function", "test_parser.py", "test_nothing_of_the_package"),
         ("module", "test_parser.py", ""),
     }
@@ -301,9 +307,13 @@ def test_a_session_fixtures_setup_is_a_dependency_of_every_test_using_it_in_any_
     )
     r = run("-p", "no:randomly")
     assert r.ret == 0
-    for unit in (("function", "pkg/loader.py", "load"), ("module", "pkg/loader.py", ""),
+    for unit in (("function", "pkg/loader.py", "load"),
                  ("function", "conftest.py", "catalogue"), ("file", "pkg/catalogue.txt", "")):
         assert r.tests_depending_on(*unit) == {"test_first", "test_second"}, unit
+    # The conftest.py imported the loader before any test: its top-level
+    # code is every test's.
+    assert r.tests_depending_on("module", "pkg/loader.py", "") == {
+        "test_first", "test_second", "test_third"}
 
 
 def deps_by_test(r: Run) -> Dict[str, set]:
@@ -787,7 +797,9 @@ def test_units_are_declared_again_after_a_batch_that_declared_them_was_not_ackno
     assert len(stored) == 12
     helper_tests = [o for o in shared["outcomes"] if "test_slow" in o.nodeid]
     assert helper_tests and all(o.HasField("deps") for o in helper_tests)
-    assert {len(o.deps.units) for o in helper_tests} == {4}, [list(o.deps.units) for o in helper_tests]
+    # The test, its module, the helper and its module; and what importing
+    # the package ran: its __init__ and the parser's two class bodies.
+    assert {len(o.deps.units) for o in helper_tests} == {7}, [list(o.deps.units) for o in helper_tests]
     kinds = {u.kind for _stream, req in shared["requests"] for u in req.units}
     assert kinds == {pb.UNIT_KIND_FUNCTION, pb.UNIT_KIND_CLASS, pb.UNIT_KIND_MODULE}
     assert "tox.ini" in shared["environment"].watched_files

@@ -240,6 +240,12 @@ class _Analysis:
         self._implied = implied  # index -> keys: the unit, its classes, the module
         self._memo: Dict[Tuple[int, str], Tuple[int, ...]] = {}
 
+    def import_keys(self) -> Tuple[int, ...]:
+        """The units importing the file ran: its module body and class bodies."""
+        return (self.module,) + tuple(
+            u[KEY] for u in self.units if u[KIND] == CLASS
+        )
+
     def keys_for(self, line: int, name: str) -> Tuple[int, ...]:
         """The unit keys running a code object (first line, name) means."""
         memo_key = (line, name)
@@ -817,8 +823,63 @@ class Tracer:
         self._fixture_keys: Dict[Any, set] = {}  # wider fixturedef -> keys of its setup
         self._warning: Optional[str] = None  # not yet handed on
         self._noted_foreign = False
+        #: What ran at import (collection), given to every test: see pytest_collection.
+        self._import_frame: Optional[_Frame] = None
+        self._import_keys: frozenset = frozenset()
 
     # ---- hooks ----------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session) -> None:
+        # Code that runs at import (module and class bodies, default values,
+        # the functions they call to build tables) runs once, while pytest
+        # collects, before any test; a test that reads what it built depends
+        # on it without running it. So what collection runs is recorded too,
+        # and every test depends on it.
+        if self._broken:
+            return
+        try:
+            self._start_backend()
+            frame = _Frame()
+            self._import_frame = frame
+            self._activate(frame, restart=True)
+        except _Unavailable as e:
+            self._fail(None, str(e))
+        except Exception as e:
+            self._fail(e)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session) -> None:
+        frame, self._import_frame = self._import_frame, None
+        if frame is None or self._broken:
+            return
+        try:
+            self._deactivate()
+            keys = self._resolve(frame)
+            # Modules imported before collection (a rootdir conftest.py and
+            # what it imports) ran their top-level code unseen: that code,
+            # their module and class bodies, counts as well.
+            for module in list(sys.modules.values()):
+                filename = getattr(module, "__file__", None)
+                if not isinstance(filename, str) or not filename.endswith(".py"):
+                    continue
+                analysis = self._files.get(filename)
+                if analysis is None and filename not in self._files:
+                    analysis = self._files[filename] = self._analysis(filename)
+                if analysis is not None:
+                    keys.update(analysis.import_keys())
+            # Test modules and conftest.py files are not every test's code:
+            # a test depends on its own module through what it ran, and a
+            # conftest.py is a watched file.
+            tests = {os.path.normcase(os.path.abspath(str(getattr(i, "path", "") or i.fspath)))
+                     for i in session.items}
+            units = self._units
+            self._import_keys = frozenset(
+                k for k in keys
+                if k in units and not self._is_test_path(units[k][PATH], tests)
+            )
+        except Exception as e:
+            self._fail(e)
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item):
@@ -879,13 +940,26 @@ class Tracer:
 
     # ---- one test -------------------------------------------------------------
 
-    def _begin(self) -> None:
+    def _start_backend(self) -> None:
         if self._backend is None:
             _AUDIT_PROJECT[0] = self._project
             self._backend = (
                 _Monitoring(self._is_project) if sys.version_info >= (3, 12) else _Settrace()
             )
             _install_audit_hook()
+
+    def _is_test_path(self, rel: str, tests: set) -> bool:
+        """Whether a rootdir-relative path is a collected test module or a conftest.py."""
+        if rel.rsplit("/", 1)[-1] == "conftest.py":
+            return True
+        full = os.path.normcase(os.path.join(self._project.root, *rel.split("/")))
+        return full in tests
+
+    def _begin(self) -> None:
+        self._start_backend()
+        if self._import_frame is not None:  # a test run inside collection (pytester)
+            self._deactivate()
+            self._import_frame = None
         frame = _Frame()
         self._frames = [frame]
         self._incomplete = False
@@ -940,6 +1014,7 @@ class Tracer:
                     more = remembered.get(fixturedef)
                     if more:
                         keys |= more
+        keys |= self._import_keys
         if self._incomplete or len(keys) > MAX_TEST_UNITS:
             return None
         return tuple(sorted(keys))
