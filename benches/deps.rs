@@ -18,6 +18,7 @@ use anyhow::{Context, ensure};
 use pytest_mcp::model::{
     CodeUnit, Environment, Outcome, Project, Source, Summary, TestOutcome, Timestamp, UnitKind,
 };
+use pytest_mcp::store::affected::{ChangeInput, SelectRequest};
 use pytest_mcp::store::{Store, StoreConfig};
 
 fn env_or(name: &str, default: u64) -> anyhow::Result<u64> {
@@ -141,6 +142,9 @@ fn main() -> anyhow::Result<()> {
 
         let project = Project::named("bench");
         let mut cold: Vec<Duration> = Vec::new();
+        let mut selections: Vec<Duration> = Vec::new();
+        let mut selections_kept: Vec<Duration> = Vec::new();
+        let mut selected = 0;
         let mut last = None;
         for _ in 0..reads {
             let store = Store::open(StoreConfig::new(path.clone())).await?;
@@ -151,9 +155,27 @@ fn main() -> anyhow::Result<()> {
             let again = store.deps_snapshot(&project).await?;
             let warm = t.elapsed();
             ensure!(std::sync::Arc::ptr_eq(&snap, &again), "the snapshot was not kept");
-            last = Some((snap, warm));
             store.shutdown().await;
+            // The whole selection, as `affected_tests` and `--mcp-affected`
+            // make it: snapshot, flaky verdicts, rules; on a store opened
+            // anew, then again with what it keeps.
+            let store = Store::open(StoreConfig::new(path.clone())).await?;
+            let change = SelectRequest {
+                change: Some(ChangeInput::Files(vec![snap.units[0].path.clone()])),
+                ..SelectRequest::default()
+            };
+            let t = Instant::now();
+            let (_, selection) = store.affected(&project, &change).await?;
+            selections.push(t.elapsed());
+            let t = Instant::now();
+            store.affected(&project, &change).await?;
+            selections_kept.push(t.elapsed());
+            selected = selection.tests.len();
+            store.shutdown().await;
+            last = Some((snap, warm));
         }
+        selections.sort();
+        selections_kept.sort();
         let (snap, warm) = last.context("no read")?;
         ensure!(
             snap.tests.len() as u64 == tests,
@@ -171,6 +193,14 @@ fn main() -> anyhow::Result<()> {
             ms(cold[cold.len() / 2])
         );
         println!("| deps_snapshot, kept (the newest session unchanged) | {:.3} |", ms(warm));
+        println!(
+            "| affected (one changed file: {selected} tests selected), cold (median of {reads}) | {:.1} |",
+            ms(selections[selections.len() / 2])
+        );
+        println!(
+            "| affected, again (snapshot and flaky verdicts kept) (median of {reads}) | {:.1} |",
+            ms(selections_kept[selections_kept.len() / 2])
+        );
         println!();
         println!(
             "snapshot: {} tests, {} sets, {} units (target: under 100 ms cold)",
