@@ -40,8 +40,9 @@
 //! 3,000), the same set for a test run after run, except one test in a
 //! hundred whose set changes every tenth run (one of its units is edited: a
 //! new unit). Each run declares each unit once, in its first batch that
-//! names it, as a plugin does per session. Off by default, so the figures
-//! without dependencies stay reproducible.
+//! names it, as a plugin does per session (`BENCH_DEPS_DECLARE=once`:
+//! once per stream of runs instead, to see what declaring costs). Off by
+//! default, so the figures without dependencies stay reproducible.
 //!
 //! Run with `cargo bench --bench ingest`; the figures in the README come from
 //! `BENCH_HISTORY=200 BENCH_ORDER=random cargo bench --bench ingest`. It
@@ -399,6 +400,9 @@ fn timestamp(micros: i64) -> prost_types::Timestamp {
 struct Deps {
     /// Each test's unit keys (out of the pool, keys 1..=pool).
     base: Vec<Vec<u64>>,
+    /// With `BENCH_DEPS_DECLARE=once`, the units declared so far on this
+    /// stream of runs (each unit once per stream, not once per run).
+    stream: Option<std::sync::Mutex<std::collections::HashSet<u64>>>,
 }
 
 impl Deps {
@@ -407,7 +411,9 @@ impl Deps {
         let base = (0..suite)
             .map(|_| (0..units).map(|_| rng.below(pool) + 1).collect())
             .collect();
-        Deps { base }
+        let stream = (std::env::var("BENCH_DEPS_DECLARE").as_deref() == Ok("once"))
+            .then(|| std::sync::Mutex::new(std::collections::HashSet::new()));
+        Deps { base, stream }
     }
 
     /// Test `t`'s unit keys in run `run`: one test in a hundred has its
@@ -479,7 +485,10 @@ fn make_run(
     let mut batches = Vec::with_capacity(suite.len().div_ceil(batch));
     let mut current = Vec::with_capacity(batch);
     // Units this run declared already, and those its current batch declares.
-    let mut declared: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    let mut declared: std::collections::HashSet<u64> = deps
+        .and_then(|d| d.stream.as_ref())
+        .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|p| p.into_inner())))
+        .unwrap_or_default();
     let mut units: Vec<pb::CodeUnit> = Vec::new();
     for (k, &p) in positions.iter().enumerate() {
         let seq = k as u64 + 1;
@@ -504,6 +513,9 @@ fn make_run(
                 units: std::mem::take(&mut units),
             });
         }
+    }
+    if let Some(stream) = deps.and_then(|d| d.stream.as_ref()) {
+        *stream.lock().unwrap_or_else(|p| p.into_inner()) = declared;
     }
     RunData {
         id,
