@@ -658,10 +658,13 @@ class _Monitoring:
         fired = self._fired
         if fired:
             set_local, recorder, event = self._mon.set_local_events, self._recorder, self._event
-            for code in list(fired.values()):
+            # One at a time: a thread of the tests may add to it meanwhile,
+            # and what it adds must be re-armed too (now or next time).
+            pop = fired.popitem
+            while fired:
+                code = pop()[1]
                 set_local(recorder, code, 0)
                 set_local(recorder, code, event)
-            fired.clear()
 
     def deactivate(self) -> bool:
         """Stops recording into the current frame; whether it saw everything."""
@@ -671,21 +674,21 @@ class _Monitoring:
     def stop(self) -> None:
         mon = self._mon
         self._current[0] = None
-        for tool in (self._scout, self._recorder):
-            if tool is None:
-                continue
-            try:
-                mon.set_events(tool, 0)
-                mon.register_callback(tool, self._event, None)
-            finally:
-                mon.free_tool_id(tool)
-        for code in self._armed.values():
-            try:
+        try:
+            # Local events first: they need the tool id still in use.
+            for code in self._armed.values():
                 mon.set_local_events(self._recorder, code, 0)
-            except ValueError:
-                pass
-        self._armed.clear()
-        self._fired.clear()
+        finally:
+            self._armed.clear()
+            self._fired.clear()
+            for tool in (self._scout, self._recorder):
+                if tool is None:
+                    continue
+                try:
+                    mon.set_events(tool, 0)
+                    mon.register_callback(tool, self._event, None)
+                finally:
+                    mon.free_tool_id(tool)
 
 
 class _Settrace:
