@@ -204,7 +204,7 @@ fn each_malformed_policy_file_is_refused_at_start_up_naming_the_field(db: TestDb
         ),
         (
             r#"{"version": "1", "default": "deny", "tools": {"record_session_finis": {}}}"#,
-            "tools.record_session_finis: unknown tool \"record_session_finis\"; the tools are: compare_sessions, duration_regressions, find_flaky_tests",
+            "tools.record_session_finis: unknown tool \"record_session_finis\"; the tools are: affected_tests, compare_sessions, duration_regressions, find_flaky_tests",
         ),
         (
             r#"{"version": "1", "default": "deny", "tool": {}}"#,
