@@ -1113,6 +1113,18 @@ mod tests {
     }
 
     #[test]
+    fn a_diff_past_the_byte_bound_is_refused_naming_the_field() {
+        let p = project();
+        let text = "+".repeat(MAX_DIFF_BYTES + 1);
+        let request = SelectRequest {
+            change: Some(ChangeInput::Diff(text)),
+            ..SelectRequest::default()
+        };
+        let e = select(&p, &request, &Default::default()).expect_err("too large");
+        assert!(e.to_string().contains("diff"), "{e}");
+    }
+
+    #[test]
     fn changed_files_select_every_test_of_a_unit_in_them() {
         let p = project();
         let s = pick(&p, ChangeInput::Files(vec!["./tests/data.json".into()]));

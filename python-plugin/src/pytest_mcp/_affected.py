@@ -298,7 +298,7 @@ def _why(selection: Selection, new: Optional[int]) -> str:
         kinds[key] = kinds.get(key, 0) + 1
     if new:
         kinds["new"] = kinds.get("new", 0) + new
-    return ", ".join(f"{n} {k}" for k, n in kinds.items()) or "nothing changed"
+    return ", ".join(f"{n} {k}" for k, n in kinds.items()) or "no recorded test ran changed code"
 
 
 def summary_line(selection: Selection, ran: Optional[int], collected: Optional[int],
